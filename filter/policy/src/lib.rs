@@ -1,0 +1,18 @@
+//! tracegate's policy core.
+//!
+//! Everything the filter decides or builds lives here, as plain functions over
+//! bytes, times and configuration, with no proxy-wasm calls. That keeps it
+//! testable natively (`cargo test`) and inside wasm (wasm-bindgen-test under
+//! Node), and keeps the filter crate a thin layer of host glue.
+//!
+//! Nothing here may panic on any input: a panic in the filter traps the VM and
+//! fails every later request on that worker.
+
+pub mod config;
+pub mod outbox;
+pub mod record;
+
+pub use config::{Config, ConfigError};
+pub use outbox::{Batch, BatchId, BufferFull, Outbox};
+pub use record::{ExchangeRecorder, RequestInfo};
+pub use tracegate_proto::v1::Record;

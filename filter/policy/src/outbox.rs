@@ -1,0 +1,416 @@
+//! Per-worker batching of records on their way to the collector.
+//!
+//! The filter's root context owns one `Outbox`. HTTP contexts push finished
+//! records; the root context's timer asks for due batches, sends them, and
+//! reports each batch's fate. A batch stays in the outbox until the collector
+//! acknowledges it, so a failed or unanswered export is retried (after a
+//! backoff), never lost. The buffer is bounded: once full, new records are
+//! refused and the caller counts them.
+
+use prost::Message;
+use std::collections::{BTreeMap, VecDeque};
+use tracegate_proto::v1::{ExportRequest, Record};
+
+use crate::config::RecordingConfig;
+
+/// Export calls in flight at once per worker.
+pub const MAX_IN_FLIGHT: usize = 4;
+const BACKOFF_START_NANOS: u64 = 100_000_000;
+const BACKOFF_MAX_NANOS: u64 = 30_000_000_000;
+
+/// Identifies a batch between `take_batch` and `acknowledge`/`fail`.
+pub type BatchId = u64;
+
+#[derive(Debug)]
+struct Queued {
+    record: Record,
+    encoded_len: usize,
+    enqueued_at: u64,
+}
+
+/// A batch ready to send: its id and the encoded `ExportRequest`.
+#[derive(Debug)]
+pub struct Batch {
+    pub id: BatchId,
+    pub records: usize,
+    pub payload: Vec<u8>,
+}
+
+/// The buffer is full; the record was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BufferFull;
+
+#[derive(Debug)]
+pub struct Outbox {
+    limits: RecordingConfig,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    in_flight: BTreeMap<BatchId, Vec<Queued>>,
+    in_flight_records: usize,
+    next_batch: BatchId,
+    consecutive_failures: u32,
+    retry_at: u64,
+}
+
+impl Outbox {
+    pub fn new(limits: RecordingConfig) -> Self {
+        Self {
+            limits,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            in_flight: BTreeMap::new(),
+            in_flight_records: 0,
+            next_batch: 1,
+            consecutive_failures: 0,
+            retry_at: 0,
+        }
+    }
+
+    /// Records held: queued plus in flight.
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.in_flight_records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push(&mut self, record: Record, now: u64) -> Result<(), BufferFull> {
+        if self.len() >= self.limits.buffer_max_records {
+            return Err(BufferFull);
+        }
+        let encoded_len = field_len(record.encoded_len());
+        self.queued_bytes += encoded_len;
+        self.queue.push_back(Queued {
+            record,
+            encoded_len,
+            enqueued_at: now,
+        });
+        Ok(())
+    }
+
+    /// Whether a batch should be sent now: enough records or bytes, or the
+    /// oldest record has waited a flush interval; and no backoff is running
+    /// and a call slot is free.
+    pub fn is_due(&self, now: u64) -> bool {
+        let Some(oldest) = self.queue.front() else {
+            return false;
+        };
+        if self.in_flight.len() >= MAX_IN_FLIGHT || now < self.retry_at {
+            return false;
+        }
+        self.queue.len() >= self.limits.batch_max_records
+            || self.queued_bytes >= self.limits.batch_max_bytes
+            || now.saturating_sub(oldest.enqueued_at) >= self.limits.flush_interval_ms * 1_000_000
+    }
+
+    /// Takes the next batch if one is due: up to `batch_max_records` records
+    /// and `batch_max_bytes` bytes, and always at least one record.
+    pub fn take_batch(&mut self, now: u64) -> Option<Batch> {
+        if !self.is_due(now) {
+            return None;
+        }
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.queue.front() {
+            let full = taken.len() >= self.limits.batch_max_records
+                || (!taken.is_empty() && bytes + next.encoded_len > self.limits.batch_max_bytes);
+            if full {
+                break;
+            }
+            bytes += next.encoded_len;
+            taken.extend(self.queue.pop_front());
+        }
+        self.queued_bytes -= bytes;
+        let request = ExportRequest {
+            records: taken.iter().map(|q| q.record.clone()).collect(),
+        };
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let records = taken.len();
+        self.in_flight_records += records;
+        self.in_flight.insert(id, taken);
+        Some(Batch {
+            id,
+            records,
+            payload: request.encode_to_vec(),
+        })
+    }
+
+    /// The collector stored the batch. Returns how many records it held.
+    pub fn acknowledge(&mut self, id: BatchId) -> usize {
+        let Some(batch) = self.in_flight.remove(&id) else {
+            return 0;
+        };
+        self.in_flight_records -= batch.len();
+        self.consecutive_failures = 0;
+        self.retry_at = 0;
+        batch.len()
+    }
+
+    /// The export failed or was never answered: its records go back to the
+    /// front of the queue, in their order, and sending pauses for a backoff
+    /// that doubles with each consecutive failure.
+    pub fn fail(&mut self, id: BatchId, now: u64) -> usize {
+        let Some(batch) = self.in_flight.remove(&id) else {
+            return 0;
+        };
+        let n = batch.len();
+        self.in_flight_records -= n;
+        for q in batch.into_iter().rev() {
+            self.queued_bytes += q.encoded_len;
+            self.queue.push_front(q);
+        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let shift = (self.consecutive_failures - 1).min(16);
+        let backoff = (BACKOFF_START_NANOS << shift).min(BACKOFF_MAX_NANOS);
+        self.retry_at = now.saturating_add(backoff);
+        n
+    }
+}
+
+/// Encoded size of a record as a `repeated Record records = 1` entry:
+/// one tag byte, the length varint, the message.
+fn field_len(message_len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(message_len as u64) + message_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const MS: u64 = 1_000_000;
+
+    fn limits() -> RecordingConfig {
+        RecordingConfig {
+            batch_max_records: 3,
+            batch_max_bytes: 1 << 20,
+            flush_interval_ms: 100,
+            buffer_max_records: 5,
+            ..RecordingConfig::default()
+        }
+    }
+
+    fn rec(i: u32) -> Record {
+        Record {
+            record_id: format!("r{i}"),
+            ..Record::default()
+        }
+    }
+
+    fn ids(batch: &Batch) -> Vec<String> {
+        ExportRequest::decode(batch.payload.as_slice())
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.record_id)
+            .collect()
+    }
+
+    #[test]
+    fn flushes_by_size() {
+        let mut o = Outbox::new(limits());
+        o.push(rec(1), 0).unwrap();
+        o.push(rec(2), 0).unwrap();
+        assert!(o.take_batch(0).is_none(), "two records, no time passed");
+        o.push(rec(3), 0).unwrap();
+        o.push(rec(4), 0).unwrap();
+        let b = o.take_batch(0).unwrap();
+        assert_eq!(ids(&b), ["r1", "r2", "r3"]);
+        assert!(o.take_batch(0).is_none(), "one record left, not yet due");
+    }
+
+    #[test]
+    fn flushes_by_bytes() {
+        let mut o = Outbox::new(RecordingConfig {
+            batch_max_bytes: 1024,
+            batch_max_records: 100,
+            buffer_max_records: 100,
+            ..limits()
+        });
+        let big = |i| Record {
+            record_id: format!("r{i}"),
+            path: "x".repeat(600),
+            ..Record::default()
+        };
+        o.push(big(1), 0).unwrap();
+        assert!(o.take_batch(0).is_none());
+        o.push(big(2), 0).unwrap();
+        let b = o.take_batch(0).unwrap();
+        assert_eq!(ids(&b), ["r1"], "a batch never exceeds batch_max_bytes");
+        assert!(b.payload.len() <= 1024);
+    }
+
+    #[test]
+    fn flushes_by_age() {
+        let mut o = Outbox::new(limits());
+        o.push(rec(1), 10 * MS).unwrap();
+        assert!(o.take_batch(109 * MS).is_none());
+        assert_eq!(ids(&o.take_batch(110 * MS).unwrap()), ["r1"]);
+    }
+
+    #[test]
+    fn a_record_larger_than_a_batch_still_goes_alone() {
+        let mut o = Outbox::new(RecordingConfig {
+            batch_max_bytes: 1024,
+            ..limits()
+        });
+        o.push(
+            Record {
+                path: "y".repeat(5000),
+                ..rec(1)
+            },
+            0,
+        )
+        .unwrap();
+        let b = o.take_batch(0).unwrap();
+        assert_eq!(b.records, 1);
+    }
+
+    #[test]
+    fn bounded_buffer_counts_in_flight_records() {
+        let mut o = Outbox::new(limits());
+        for i in 0..5 {
+            o.push(rec(i), 0).unwrap();
+        }
+        assert_eq!(o.push(rec(9), 0), Err(BufferFull));
+        let b = o.take_batch(0).unwrap();
+        assert_eq!(
+            o.push(rec(9), 0),
+            Err(BufferFull),
+            "in-flight records still occupy the buffer"
+        );
+        assert_eq!(o.acknowledge(b.id), 3);
+        o.push(rec(9), 0).unwrap();
+        assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn failed_batch_is_retried_first_after_backoff() {
+        let mut o = Outbox::new(limits());
+        for i in 1..=4 {
+            o.push(rec(i), 0).unwrap();
+        }
+        let b = o.take_batch(0).unwrap();
+        assert_eq!(o.fail(b.id, 0), 3);
+        assert!(
+            o.take_batch(99 * MS).is_none(),
+            "backoff of 100 ms after the first failure"
+        );
+        let b = o.take_batch(100 * MS).unwrap();
+        assert_eq!(ids(&b), ["r1", "r2", "r3"], "order kept");
+        o.fail(b.id, 100 * MS);
+        assert!(o.take_batch(299 * MS).is_none(), "backoff doubled");
+        let b = o.take_batch(300 * MS).unwrap();
+        o.acknowledge(b.id);
+        assert_eq!(
+            ids(&o.take_batch(300 * MS).unwrap()),
+            ["r4"],
+            "backoff reset by success"
+        );
+    }
+
+    #[test]
+    fn in_flight_calls_are_limited() {
+        let mut o = Outbox::new(RecordingConfig {
+            batch_max_records: 1,
+            buffer_max_records: 100,
+            ..limits()
+        });
+        for i in 0..10 {
+            o.push(rec(i), 0).unwrap();
+        }
+        let batches: Vec<_> = std::iter::from_fn(|| o.take_batch(0)).collect();
+        assert_eq!(batches.len(), MAX_IN_FLIGHT);
+        o.acknowledge(batches[0].id);
+        assert!(o.take_batch(0).is_some());
+    }
+
+    #[test]
+    fn unknown_batch_ids_are_ignored() {
+        let mut o = Outbox::new(limits());
+        assert_eq!(o.acknowledge(42), 0);
+        assert_eq!(o.fail(42, 0), 0);
+        assert!(o.is_empty());
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Push,
+            Tick(u64),
+            Ack(usize),
+            Fail(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => Just(Op::Push),
+                2 => (0u64..300).prop_map(Op::Tick),
+                1 => any::<usize>().prop_map(Op::Ack),
+                1 => any::<usize>().prop_map(Op::Fail),
+            ]
+        }
+
+        proptest! {
+            /// Whatever happens, every record pushed is acknowledged exactly
+            /// once or still held; nothing is lost or duplicated.
+            #[test]
+            fn nothing_lost_nothing_duplicated(ops in proptest::collection::vec(op(), 1..200)) {
+                let mut o = Outbox::new(limits());
+                let mut now = 0;
+                let mut next = 0u32;
+                let mut accepted = Vec::new();
+                let mut acked = Vec::new();
+                let mut flying: Vec<(BatchId, Vec<String>)> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Push => {
+                            if o.push(rec(next), now).is_ok() {
+                                accepted.push(format!("r{next}"));
+                            }
+                            next += 1;
+                        }
+                        Op::Tick(ms) => {
+                            now += ms * MS;
+                            while let Some(b) = o.take_batch(now) {
+                                flying.push((b.id, ids(&b)));
+                            }
+                        }
+                        Op::Ack(i) if !flying.is_empty() => {
+                            let (id, batch) = flying.remove(i % flying.len());
+                            prop_assert_eq!(o.acknowledge(id), batch.len());
+                            acked.extend(batch);
+                        }
+                        Op::Fail(i) if !flying.is_empty() => {
+                            let (id, _) = flying.remove(i % flying.len());
+                            o.fail(id, now);
+                        }
+                        _ => {}
+                    }
+                    prop_assert!(o.len() <= limits().buffer_max_records);
+                }
+                // Drain: everything still held must come out exactly once.
+                for (id, batch) in flying.drain(..) {
+                    o.acknowledge(id);
+                    acked.extend(batch);
+                }
+                now += 3_600_000 * MS;
+                while let Some(b) = o.take_batch(now) {
+                    acked.extend(ids(&b));
+                    o.acknowledge(b.id);
+                }
+                prop_assert!(o.is_empty());
+                acked.sort();
+                accepted.sort();
+                prop_assert_eq!(acked, accepted);
+            }
+        }
+    }
+}

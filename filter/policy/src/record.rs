@@ -1,0 +1,250 @@
+//! Builds the record of one HTTP exchange from what the proxy observes.
+//!
+//! Pure: times, ids and bytes come in as arguments, so the same code runs in
+//! the filter, in native tests and in wasm tests.
+
+use tracegate_proto::v1::{Body, Record};
+
+/// Longest session id taken from the session header; a longer or non-printable
+/// value is not a session id and the request id is used instead.
+pub const MAX_SESSION_ID_LEN: usize = 256;
+
+/// What the request headers say about an exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub request_id: String,
+    /// Value of the configured session header, if present.
+    pub session_header: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub content_type: String,
+}
+
+/// The session an exchange belongs to: the session header when it is a usable
+/// id, else the request id (so an exchange is never without a session).
+pub fn session_id(session_header: Option<&str>, request_id: &str) -> String {
+    match session_header.map(str::trim) {
+        Some(s)
+            if !s.is_empty()
+                && s.len() <= MAX_SESSION_ID_LEN
+                && s.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            s.to_string()
+        }
+        _ => request_id.to_string(),
+    }
+}
+
+/// A time-ordered unique record id (UUIDv7) from the host clock and 10 random
+/// bytes supplied by the caller.
+pub fn record_id(unix_millis: u64, random: &[u8; 10]) -> String {
+    uuid::Builder::from_unix_timestamp_millis(unix_millis, random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// Keeps a body's first `limit` bytes and counts all of them.
+#[derive(Debug, Clone, Default)]
+pub struct BodyCapture {
+    data: Vec<u8>,
+    size: u64,
+    limit: usize,
+    content_type: String,
+}
+
+impl BodyCapture {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// How many more bytes would be kept; callers can skip reading a chunk
+    /// from the host when this is zero.
+    pub fn room(&self) -> usize {
+        self.limit - self.data.len()
+    }
+
+    /// Counts a chunk of `len` bytes of which `bytes` (a prefix, possibly
+    /// shorter or empty) were read.
+    pub fn push(&mut self, len: usize, bytes: &[u8]) {
+        self.size += len as u64;
+        let take = bytes.len().min(self.room());
+        self.data.extend_from_slice(&bytes[..take]);
+    }
+
+    pub fn set_content_type(&mut self, content_type: String) {
+        self.content_type = content_type;
+    }
+
+    fn into_proto(self) -> Body {
+        Body {
+            truncated: (self.data.len() as u64) < self.size,
+            data: self.data,
+            size: self.size,
+            content_type: self.content_type,
+        }
+    }
+}
+
+/// Accumulates one exchange, from request headers to the end of the stream.
+#[derive(Debug, Clone)]
+pub struct ExchangeRecorder {
+    info: RequestInfo,
+    session_id: String,
+    request_start: i64,
+    response_start: i64,
+    status: u32,
+    pub request_body: BodyCapture,
+    pub response_body: BodyCapture,
+}
+
+impl ExchangeRecorder {
+    pub fn new(info: RequestInfo, now_unix_nanos: i64, max_body_bytes: usize) -> Self {
+        let session_id = session_id(info.session_header.as_deref(), &info.request_id);
+        let mut request_body = BodyCapture::new(max_body_bytes);
+        request_body.set_content_type(info.content_type.clone());
+        Self {
+            info,
+            session_id,
+            request_start: now_unix_nanos,
+            response_start: 0,
+            status: 0,
+            request_body,
+            response_body: BodyCapture::new(max_body_bytes),
+        }
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    pub fn response_headers(&mut self, status: u32, content_type: String, now_unix_nanos: i64) {
+        self.status = status;
+        self.response_start = now_unix_nanos;
+        self.response_body.set_content_type(content_type);
+    }
+
+    /// The status when no response headers passed the filter (e.g. a local
+    /// reply made before it); never overrides one already seen.
+    pub fn fallback_status(&mut self, status: u32) {
+        if self.status == 0 {
+            self.status = status;
+        }
+    }
+
+    pub fn finish(self, record_id: String, source: String, now_unix_nanos: i64) -> Record {
+        let duration_nanos = now_unix_nanos.saturating_sub(self.request_start).max(0);
+        Record {
+            record_id,
+            session_id: self.session_id,
+            request_id: self.info.request_id,
+            request_start_unix_nanos: self.request_start,
+            response_start_unix_nanos: self.response_start,
+            end_unix_nanos: now_unix_nanos,
+            duration_micros: (duration_nanos / 1_000) as u64,
+            method: self.info.method,
+            path: self.info.path,
+            authority: self.info.authority,
+            status: self.status,
+            request_body: Some(self.request_body.into_proto()),
+            response_body: Some(self.response_body.into_proto()),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn info() -> RequestInfo {
+        RequestInfo {
+            request_id: "req-1".into(),
+            session_header: Some("sess-9".into()),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            authority: "api.example".into(),
+            content_type: "application/json".into(),
+        }
+    }
+
+    #[test]
+    fn session_falls_back_to_request_id() {
+        assert_eq!(session_id(Some("abc"), "r"), "abc");
+        assert_eq!(session_id(Some("  abc "), "r"), "abc");
+        assert_eq!(session_id(None, "r"), "r");
+        assert_eq!(session_id(Some(""), "r"), "r");
+        assert_eq!(session_id(Some("a b"), "r"), "r");
+        assert_eq!(session_id(Some("é"), "r"), "r");
+        let long = "x".repeat(MAX_SESSION_ID_LEN + 1);
+        assert_eq!(session_id(Some(&long), "r"), "r");
+    }
+
+    #[test]
+    fn record_ids_are_uuid_v7_ordered_by_time() {
+        let a = record_id(1_700_000_000_000, &[0xff; 10]);
+        let b = record_id(1_700_000_000_001, &[0; 10]);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "7", "version nibble: {a}");
+        assert!(a < b, "{a} < {b}");
+        assert_ne!(record_id(1, &[1; 10]), record_id(1, &[2; 10]));
+    }
+
+    #[test]
+    fn body_capture_keeps_prefix_and_counts_all() {
+        let mut b = BodyCapture::new(5);
+        b.push(3, b"abc");
+        b.push(4, b"defg");
+        assert_eq!(b.room(), 0);
+        b.push(100, b""); // not read from the host at all
+        let p = b.into_proto();
+        assert_eq!(p.data, b"abcde");
+        assert_eq!(p.size, 107);
+        assert!(p.truncated);
+
+        let mut b = BodyCapture::new(5);
+        b.push(5, b"abcde");
+        assert!(!b.into_proto().truncated);
+    }
+
+    #[test]
+    fn finished_record_has_every_field() {
+        let mut r = ExchangeRecorder::new(info(), 1_000_000, 1024);
+        r.request_body.push(2, b"{}");
+        r.response_headers(200, "text/event-stream".into(), 3_000_000);
+        r.fallback_status(503);
+        r.response_body.push(4, b"data");
+        let rec = r.finish("id-1".into(), "tracegate/0.1.0".into(), 5_500_000);
+        assert_eq!(rec.record_id, "id-1");
+        assert_eq!(rec.session_id, "sess-9");
+        assert_eq!(rec.request_id, "req-1");
+        assert_eq!(rec.status, 200);
+        assert_eq!(rec.duration_micros, 4_500);
+        assert_eq!(rec.response_start_unix_nanos, 3_000_000);
+        assert_eq!(rec.method, "POST");
+        let req = rec.request_body.unwrap();
+        assert_eq!(
+            (req.data.as_slice(), req.content_type.as_str()),
+            (&b"{}"[..], "application/json")
+        );
+        assert_eq!(rec.response_body.unwrap().content_type, "text/event-stream");
+    }
+
+    #[test]
+    fn fallback_status_applies_without_response_headers() {
+        let mut r = ExchangeRecorder::new(info(), 10, 0);
+        r.fallback_status(503);
+        let rec = r.finish("i".into(), "s".into(), 5);
+        assert_eq!(rec.status, 503);
+        assert_eq!(
+            rec.duration_micros, 0,
+            "a clock going backwards never yields a negative duration"
+        );
+    }
+}

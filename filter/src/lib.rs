@@ -1,0 +1,18 @@
+//! tracegate's proxy-wasm HTTP filter: thin glue between Envoy and the policy
+//! core (`tracegate-policy`).
+//!
+//! - `root`: one per worker and configuration. Parses the configuration once,
+//!   owns the record outbox and sends batches to the collector on its timer.
+//! - `exchange`: one per HTTP request. Observes headers and bodies and hands a
+//!   finished record to the root's outbox.
+//! - `host`: the only place that calls the host, through `proxy_wasm::hostcalls`
+//!   so that no host error can become a panic.
+
+mod exchange;
+mod host;
+mod root;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
+}}

@@ -1,0 +1,210 @@
+//! The root context: one per worker thread and plugin configuration.
+//!
+//! It parses the configuration once (`on_configure`), creates the per-request
+//! contexts, and ships records: HTTP contexts push finished records into the
+//! shared outbox, and the timer sends due batches to the collector. Calls are
+//! made from the root context only, because the SDK delivers a gRPC answer to
+//! the context that made the call, and a request's context may be gone by
+//! then.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use prost::Message;
+use tracegate_policy::{BatchId, Config, Outbox, Record};
+use tracegate_proto::v1::ExportResponse;
+use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
+
+use crate::exchange::Exchange;
+use crate::host::{self, Counter};
+
+/// Longest wait between checks of the outbox. A batch that is full is sent at
+/// the next tick, so this bounds how long it waits.
+const MAX_TICK: Duration = Duration::from_millis(100);
+
+/// Envoy stats (`wasmcustom.tracegate.*`), defined once per configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    pub records_exported: Counter,
+    pub records_dropped: Counter,
+    pub export_failures: Counter,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            records_exported: Counter::define("tracegate.records_exported"),
+            records_dropped: Counter::define("tracegate.records_dropped"),
+            export_failures: Counter::define("tracegate.export_failures"),
+        }
+    }
+}
+
+/// What the root context shares with the request contexts it creates.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    /// `tracegate-filter/<version> (<plugin name>)`, stamped on every record.
+    pub source: String,
+    outbox: RefCell<Outbox>,
+}
+
+impl Shared {
+    /// Hands a finished record to the outbox; counts it if the buffer is full.
+    pub fn enqueue(&self, record: Record) {
+        let now = now_u64();
+        let full = self.outbox.borrow_mut().push(record, now).is_err();
+        if full {
+            self.metrics.records_dropped.add(1);
+            host::log(
+                LogLevel::Warn,
+                "tracegate: record buffer full (collector slow or down); record dropped",
+            );
+        }
+    }
+}
+
+pub struct Root {
+    context_id: u32,
+    shared: Option<Rc<Shared>>,
+    /// gRPC call token → batch it carries.
+    calls: HashMap<u32, BatchId>,
+}
+
+impl Root {
+    pub fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            shared: None,
+            calls: HashMap::new(),
+        }
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        let now = now_u64();
+        loop {
+            let Some(batch) = shared.outbox.borrow_mut().take_batch(now) else {
+                return;
+            };
+            let c = &shared.config.collector;
+            match host::grpc_call(
+                &c.cluster,
+                RECORD_SERVICE,
+                EXPORT_METHOD,
+                &batch.payload,
+                Duration::from_millis(c.timeout_ms),
+            ) {
+                Ok(token) => {
+                    self.calls.insert(token, batch.id);
+                }
+                Err(status) => {
+                    shared.outbox.borrow_mut().fail(batch.id, now);
+                    shared.metrics.export_failures.add(1);
+                    host::log(
+                        LogLevel::Error,
+                        &format!(
+                            "tracegate: cannot call collector cluster {:?}: {status}; will retry",
+                            c.cluster
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn now_u64() -> u64 {
+    u64::try_from(host::now_nanos()).unwrap_or(0)
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let (Some(batch), Some(shared)) = (self.calls.remove(&token_id), self.shared.clone())
+        else {
+            return;
+        };
+        let mut outbox = shared.outbox.borrow_mut();
+        let answer = (status_code == 0)
+            .then(|| host::grpc_response(response_size).unwrap_or_default())
+            .and_then(|bytes| ExportResponse::decode(bytes.as_slice()).ok());
+        match answer {
+            Some(response) => {
+                let n = outbox.acknowledge(batch);
+                shared.metrics.records_exported.add(n as u64);
+                for rejected in &response.rejected {
+                    host::log(
+                        LogLevel::Error,
+                        &format!(
+                            "tracegate: collector rejected record {}: {}",
+                            rejected.record_id, rejected.reason
+                        ),
+                    );
+                }
+            }
+            None => {
+                let n = outbox.fail(batch, now_u64());
+                shared.metrics.export_failures.add(1);
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tracegate: export of {n} records failed (gRPC status {status_code}); will retry"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = host::buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            usize::MAX,
+        )
+        .unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                // Envoy refuses the filter when this returns false; this line
+                // tells the operator why.
+                host::log(LogLevel::Critical, &e.to_string());
+                return false;
+            }
+        };
+        let plugin = host::property_string(&["plugin_name"]).unwrap_or_default();
+        let tick = Duration::from_millis(config.recording.flush_interval_ms).min(MAX_TICK);
+        self.shared = Some(Rc::new(Shared {
+            outbox: RefCell::new(Outbox::new(config.recording.clone())),
+            config,
+            metrics: Metrics::define(),
+            source: format!("tracegate-filter/{} ({plugin})", env!("CARGO_PKG_VERSION")),
+        }));
+        host::set_tick_period(tick);
+        host::log(
+            LogLevel::Info,
+            &format!("tracegate: configured (context {})", self.context_id),
+        );
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = self.shared.clone() {
+            self.flush(&shared);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Must not return None (the SDK panics). Without a configuration Envoy
+        // never creates requests for this root; pass through if it ever does.
+        Some(Box::new(Exchange::new(self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

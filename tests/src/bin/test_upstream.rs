@@ -1,0 +1,174 @@
+//! A local LLM upstream that speaks the OpenAI chat-completions wire format,
+//! plain JSON or `stream: true` as server-sent events. It answers with an echo
+//! of the last user message, so tests know exactly what to expect, and keeps
+//! every request it received (`GET /__requests`) so tests can check what
+//! Envoy forwarded.
+//!
+//! Usage: test-upstream [--port N]   (0, the default, picks a free port and
+//! prints `test-upstream: listening on ADDR`).
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Default, Clone)]
+struct Seen(Arc<Mutex<Vec<Value>>>);
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut port = 0u16;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => port = args.next().unwrap_or_default().parse()?,
+            other => anyhow::bail!("unknown argument {other:?}; usage: test-upstream [--port N]"),
+        }
+    }
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/__requests", get(requests))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(Seen::default());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("test-upstream: listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn requests(State(seen): State<Seen>) -> Json<Value> {
+    let seen = seen.0.lock().map(|s| s.clone()).unwrap_or_default();
+    Json(Value::Array(seen))
+}
+
+fn remember(seen: &Seen, path: &str, headers: &HeaderMap, body: &Bytes) {
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+        .collect();
+    if let Ok(mut s) = seen.0.lock() {
+        s.push(json!({
+            "path": path,
+            "headers": headers,
+            "body": String::from_utf8_lossy(body),
+        }));
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
+    (status, Json(body)).into_response()
+}
+
+/// The text of the last user message: a string, or the text parts of a list.
+fn last_user_text(messages: &[Value]) -> String {
+    let Some(m) = messages.iter().rev().find(|m| m["role"] == "user") else {
+        return String::new();
+    };
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    remember(&seen, "/v1/chat/completions", &headers, &body);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let Some(messages) = request["messages"].as_array() else {
+        return error(StatusCode::BAD_REQUEST, "messages is required");
+    };
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("test-model")
+        .to_string();
+    let reply = format!("echo: {}", last_user_text(messages));
+    let id = format!("chatcmpl-{}", unix_now());
+    let usage = json!({
+        "prompt_tokens": messages.len() * 8,
+        "completion_tokens": reply.split_whitespace().count(),
+        "total_tokens": messages.len() * 8 + reply.split_whitespace().count(),
+    });
+
+    if request["stream"] != true {
+        return Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": unix_now(),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": reply},
+                "finish_reason": "stop",
+            }],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+
+    // One event per word, so a stream spans many chunks. A delay between
+    // chunks (header x-test-chunk-delay-ms) makes it arrive in separate reads.
+    let delay = headers
+        .get("x-test-chunk-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map(Duration::from_millis);
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for word in reply.split_inclusive(' ') {
+        events.push(chunk(json!({"content": word}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if request["stream_options"]["include_usage"] == true {
+        let mut last = chunk(json!({}), Value::Null);
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let mut frames: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    frames.push("data: [DONE]\n\n".into());
+
+    let stream = futures_util::stream::unfold(frames.into_iter(), move |mut frames| async move {
+        let frame = frames.next()?;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(frame)),
+            frames,
+        ))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}

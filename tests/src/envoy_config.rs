@@ -1,0 +1,92 @@
+//! The Envoy bootstrap used by tests and the demo. It has the shape of the
+//! shipped `envoy/tracegate.yaml` (listener → tracegate → router → LLM
+//! upstream; collector cluster over HTTP/2), with local ports and plain HTTP
+//! to the upstream.
+
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub struct Ports {
+    pub upstream: u16,
+    pub collector: u16,
+}
+
+fn cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}
+            }}}]}]
+        }
+    })
+}
+
+/// The `envoy.filters.http.wasm` entry that loads tracegate.
+pub fn tracegate_filter(wasm: &Path, plugin_config: &Value) -> Value {
+    json!({
+        "name": "tracegate",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "tracegate",
+                "root_id": "tracegate",
+                "failure_policy": "FAIL_RELOAD",
+                "vm_config": {
+                    "vm_id": "tracegate",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.to_string_lossy()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_config.to_string()
+                }
+            }
+        }
+    })
+}
+
+/// A bootstrap with admin and listener on port 0 (Envoy picks free ports;
+/// the harness reads them back from the admin API).
+pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
+    let mut collector = cluster("tracegate_collector", ports.collector);
+    collector["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    });
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "llm_ingress",
+                "per_connection_buffer_limit_bytes": 8 << 20,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "llm_ingress",
+                        "always_set_request_id_in_response": true,
+                        "route_config": {"virtual_hosts": [{
+                            "name": "llm",
+                            "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                        "route": {"cluster": "llm_upstream", "timeout": "300s"}}]
+                        }]},
+                        "http_filters": [
+                            tracegate_filter(wasm, plugin_config),
+                            {"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": [cluster("llm_upstream", ports.upstream), collector]
+        }
+    })
+}

@@ -1,0 +1,413 @@
+//! The end-to-end harness: starts the real Envoy binary with the real wasm
+//! filter, the real collector process and a local LLM upstream, each on a
+//! free port, and waits for each to be ready by polling (never by sleeping a
+//! guessed time).
+//!
+//! Every child process is killed when its handle is dropped, including while
+//! a test panics, and also if the test process itself dies (PR_SET_PDEATHSIG).
+//! When a test fails, the logs of every child are printed.
+//!
+//! Binaries are found at their build locations; override with
+//! `ENVOY`, `TRACEGATE_BIN`, `TRACEGATE_WASM`, `TEST_UPSTREAM_BIN`.
+
+pub mod envoy_config;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a component may take to become ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a record may take to reach the collector.
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+pub fn envoy_bin() -> PathBuf {
+    from_env_or("ENVOY", workspace_root().join(".venv/bin/envoy"))
+}
+
+pub fn collector_bin() -> PathBuf {
+    from_env_or(
+        "TRACEGATE_BIN",
+        workspace_root().join("target/release/tracegate"),
+    )
+}
+
+pub fn filter_wasm() -> PathBuf {
+    from_env_or(
+        "TRACEGATE_WASM",
+        workspace_root().join("target/tracegate_filter.wasm"),
+    )
+}
+
+/// A binary of this crate: next to the running executable (the demo) or one
+/// level up (integration tests run from `target/<profile>/deps`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join(name))
+}
+
+pub fn upstream_bin() -> PathBuf {
+    from_env_or("TEST_UPSTREAM_BIN", sibling_bin("test-upstream"))
+}
+
+/// Calls `f` until it returns `Some`, or fails after `timeout`.
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A child process whose output goes to a log file. Dropping it stops the
+/// process (SIGTERM, then SIGKILL) and, if the thread is panicking, prints
+/// the log.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, dir: &Path) -> Result<Process> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        let program = command.get_program().to_string_lossy().into_owned();
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; this runs in the forked child
+        // before exec. It makes the kernel kill the child if we die.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({program})"))?;
+        Ok(Process {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited, showing its log.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}); its log:\n{}", self.name, self.log());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit by itself; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let name = format!("{} to exit", self.name);
+        poll(&name, timeout, || Ok(self.child.try_wait()?))
+    }
+
+    /// Waits until a line of the log contains `needle`; returns that line.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let what = format!("{:?} in the log of {}", needle, self.name);
+        poll(&what, timeout, || {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return Ok(Some(line.to_string()));
+            }
+            self.check_alive()?;
+            Ok(None)
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let stopped = poll("exit", Duration::from_secs(5), || {
+                Ok(self.child.try_wait()?)
+            });
+            if stopped.is_err() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== log of {} ({}) =====\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Parses the `host:port` that follows `key` in a line.
+fn port_after(line: &str, key: &str) -> Result<u16> {
+    let rest = line
+        .split(key)
+        .nth(1)
+        .ok_or_else(|| anyhow!("no {key:?} in {line:?}"))?;
+    let addr = rest.split_whitespace().next().unwrap_or_default();
+    let port = addr.rsplit(':').next().unwrap_or_default();
+    port.parse().with_context(|| format!("port in {line:?}"))
+}
+
+/// The real collector: `tracegate serve` on a free port.
+pub struct Collector {
+    pub process: Process,
+    pub data: PathBuf,
+    pub grpc_port: u16,
+}
+
+impl Collector {
+    pub fn start(dir: &Path) -> Result<Collector> {
+        let data = dir.join("data");
+        let mut process = Process::spawn(
+            "collector",
+            Command::new(collector_bin())
+                .arg("serve")
+                .arg("--data")
+                .arg(&data)
+                .args(["--grpc", "127.0.0.1:0"]),
+            dir,
+        )?;
+        let line = process.wait_for_line("listening grpc=", START_TIMEOUT)?;
+        let grpc_port = port_after(&line, "grpc=")?;
+        Ok(Collector {
+            process,
+            data,
+            grpc_port,
+        })
+    }
+
+    /// `tracegate <args> --data DIR`; returns stdout, or fails with stderr.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(collector_bin())
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tracegate {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The session's records as JSON (`tracegate replay --json`), or none.
+    pub fn replay_json(&self, session: &str) -> Result<Vec<Value>> {
+        match self.cli(&["replay", session, "--json"]) {
+            Ok(out) => out
+                .lines()
+                .map(|l| serde_json::from_str(l).context("replay --json line"))
+                .collect(),
+            Err(e) if e.to_string().contains("no exchanges recorded") => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Polls until the session has at least `n` records.
+    pub fn wait_for_records(&mut self, session: &str, n: usize) -> Result<Vec<Value>> {
+        let what = format!("{n} records of session {session}");
+        poll(&what, RECORD_TIMEOUT, || {
+            self.process.check_alive()?;
+            let records = self.replay_json(session)?;
+            Ok((records.len() >= n).then_some(records))
+        })
+    }
+}
+
+/// The local LLM upstream (`test-upstream`) on a free port.
+pub struct Upstream {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn start(dir: &Path) -> Result<Upstream> {
+        let mut process = Process::spawn("upstream", &mut Command::new(upstream_bin()), dir)?;
+        let line = process.wait_for_line("listening on ", START_TIMEOUT)?;
+        let port = port_after(&line, "listening on ")?;
+        Ok(Upstream { process, port })
+    }
+
+    /// Requests the upstream received, as it saw them.
+    pub fn received(&self) -> Result<Vec<Value>> {
+        let url = format!("http://127.0.0.1:{}/__requests", self.port);
+        let v: Value = ureq::get(&url).call()?.body_mut().read_json()?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// The real Envoy, one worker, admin and listener on free ports.
+pub struct Envoy {
+    pub process: Process,
+    pub admin_port: u16,
+    pub port: u16,
+}
+
+impl Envoy {
+    /// Starts Envoy with a bootstrap (JSON) and waits for admin `/ready`.
+    pub fn start(dir: &Path, bootstrap: &Value) -> Result<Envoy> {
+        let mut process = Self::spawn(dir, bootstrap)?;
+        let addr_file = dir.join("envoy-admin.addr");
+        let admin_port = poll("Envoy's admin address", START_TIMEOUT, || {
+            process.check_alive()?;
+            let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
+            Ok(text.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
+        })?;
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        poll("Envoy /ready", START_TIMEOUT, || {
+            process.check_alive()?;
+            Ok(ureq::get(format!("{admin}/ready"))
+                .call()
+                .is_ok()
+                .then_some(()))
+        })?;
+        let listeners: Value = ureq::get(format!("{admin}/listeners?format=json"))
+            .call()?
+            .body_mut()
+            .read_json()?;
+        let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
+        Ok(Envoy {
+            process,
+            admin_port,
+            port,
+        })
+    }
+
+    /// Starts Envoy without waiting; for tests that expect it to refuse a configuration.
+    pub fn spawn(dir: &Path, bootstrap: &Value) -> Result<Process> {
+        let config = dir.join("envoy.json");
+        std::fs::write(&config, serde_json::to_vec_pretty(bootstrap)?)?;
+        Process::spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&config)
+                .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+                .arg("--admin-address-path")
+                .arg(dir.join("envoy-admin.addr")),
+            dir,
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A counter or gauge from admin `/stats`, 0 if absent.
+    pub fn stat(&self, name: &str) -> Result<u64> {
+        let url = format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin_port);
+        let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0))
+    }
+}
+
+/// Collector, upstream and Envoy with the tracegate filter, wired together.
+/// Fields drop in order: Envoy first, the temporary directory last (after the
+/// logs have been printed).
+pub struct Stack {
+    pub envoy: Envoy,
+    pub collector: Collector,
+    pub upstream: Upstream,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts everything with this plugin configuration (the JSON that goes in
+    /// the filter's `configuration`).
+    pub fn start(plugin_config: &Value) -> Result<Stack> {
+        Self::start_in(
+            tempfile::Builder::new()
+                .prefix("tracegate-e2e-")
+                .tempdir()?,
+            plugin_config,
+        )
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, plugin_config: &Value) -> Result<Stack> {
+        let collector = Collector::start(dir.path())?;
+        let upstream = Upstream::start(dir.path())?;
+        let bootstrap = envoy_config::bootstrap(
+            &envoy_config::Ports {
+                upstream: upstream.port,
+                collector: collector.grpc_port,
+            },
+            &filter_wasm(),
+            plugin_config,
+        );
+        let envoy = Envoy::start(dir.path(), &bootstrap)?;
+        Ok(Stack {
+            envoy,
+            collector,
+            upstream,
+            dir,
+        })
+    }
+}
