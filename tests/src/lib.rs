@@ -67,6 +67,11 @@ pub fn sibling_bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| dir.join(name))
 }
 
+/// Python with the openai and anthropic SDKs (the Makefile's virtualenv).
+pub fn python_bin() -> PathBuf {
+    from_env_or("PYTHON", workspace_root().join(".venv/bin/python"))
+}
+
 pub fn upstream_bin() -> PathBuf {
     from_env_or("TEST_UPSTREAM_BIN", sibling_bin("test-upstream"))
 }
@@ -135,12 +140,23 @@ impl Process {
         self.child.id()
     }
 
-    /// Fails if the process has exited, showing its log.
+    /// Fails if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status}); its log:\n{}", self.name, self.log());
+            bail!("{} exited ({status})", self.name);
         }
         Ok(())
+    }
+
+    /// Adds this process's log to an error: for failures before a test body
+    /// runs (start-up), when no panic is there yet to print it on drop.
+    pub fn with_log<T>(&self, result: Result<T>) -> Result<T> {
+        result.with_context(|| format!("===== log of {} =====\n{}", self.name, self.log()))
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// Waits for the process to exit by itself; returns its exit status.
@@ -220,7 +236,8 @@ impl Collector {
                 .args(["--grpc", "127.0.0.1:0"]),
             dir,
         )?;
-        let line = process.wait_for_line("listening grpc=", START_TIMEOUT)?;
+        let line = process.wait_for_line("listening grpc=", START_TIMEOUT);
+        let line = process.with_log(line)?;
         let grpc_port = port_after(&line, "grpc=")?;
         Ok(Collector {
             process,
@@ -278,7 +295,8 @@ pub struct Upstream {
 impl Upstream {
     pub fn start(dir: &Path) -> Result<Upstream> {
         let mut process = Process::spawn("upstream", &mut Command::new(upstream_bin()), dir)?;
-        let line = process.wait_for_line("listening on ", START_TIMEOUT)?;
+        let line = process.wait_for_line("listening on ", START_TIMEOUT);
+        let line = process.with_log(line)?;
         let port = port_after(&line, "listening on ")?;
         Ok(Upstream { process, port })
     }
@@ -302,8 +320,20 @@ impl Envoy {
     /// Starts Envoy with a bootstrap (JSON) and waits for admin `/ready`.
     pub fn start(dir: &Path, bootstrap: &Value) -> Result<Envoy> {
         let mut process = Self::spawn(dir, bootstrap)?;
+        let ports = Self::wait_ready(&mut process, dir);
+        let (admin_port, port) = process.with_log(ports)?;
+        Ok(Envoy {
+            process,
+            admin_port,
+            port,
+        })
+    }
+
+    /// Waits for the admin address, then `/ready`; returns the admin and
+    /// listener ports.
+    fn wait_ready(process: &mut Process, dir: &Path) -> Result<(u16, u16)> {
         let addr_file = dir.join("envoy-admin.addr");
-        let admin_port = poll("Envoy's admin address", START_TIMEOUT, || {
+        let admin_port: u16 = poll("Envoy's admin address", START_TIMEOUT, || {
             process.check_alive()?;
             let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
             Ok(text.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
@@ -311,10 +341,8 @@ impl Envoy {
         let admin = format!("http://127.0.0.1:{admin_port}");
         poll("Envoy /ready", START_TIMEOUT, || {
             process.check_alive()?;
-            Ok(ureq::get(format!("{admin}/ready"))
-                .call()
-                .is_ok()
-                .then_some(()))
+            let ready = ureq::get(format!("{admin}/ready")).call().is_ok();
+            Ok(ready.then_some(()))
         })?;
         let listeners: Value = ureq::get(format!("{admin}/listeners?format=json"))
             .call()?
@@ -325,11 +353,7 @@ impl Envoy {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
-        Ok(Envoy {
-            process,
-            admin_port,
-            port,
-        })
+        Ok((admin_port, port))
     }
 
     /// Starts Envoy without waiting; for tests that expect it to refuse a configuration.
@@ -370,44 +394,46 @@ impl Envoy {
 }
 
 /// Collector, upstream and Envoy with the tracegate filter, wired together.
-/// Fields drop in order: Envoy first, the temporary directory last (after the
-/// logs have been printed).
+/// Fields drop in order: Envoy first, the temporary directory (if any) last,
+/// after the logs have been printed.
 pub struct Stack {
     pub envoy: Envoy,
     pub collector: Collector,
     pub upstream: Upstream,
-    pub dir: tempfile::TempDir,
+    /// Logs, configuration and the collector's data.
+    pub dir: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl Stack {
-    /// Starts everything with this plugin configuration (the JSON that goes in
-    /// the filter's `configuration`).
+    /// Starts everything in a temporary directory with this plugin
+    /// configuration (the JSON that goes in the filter's `configuration`).
     pub fn start(plugin_config: &Value) -> Result<Stack> {
-        Self::start_in(
-            tempfile::Builder::new()
-                .prefix("tracegate-e2e-")
-                .tempdir()?,
-            plugin_config,
-        )
+        let tmp = tempfile::Builder::new()
+            .prefix("tracegate-e2e-")
+            .tempdir()?;
+        let mut stack = Self::start_in(tmp.path(), plugin_config)?;
+        stack._temporary = Some(tmp);
+        Ok(stack)
     }
 
-    pub fn start_in(dir: tempfile::TempDir, plugin_config: &Value) -> Result<Stack> {
-        let collector = Collector::start(dir.path())?;
-        let upstream = Upstream::start(dir.path())?;
-        let bootstrap = envoy_config::bootstrap(
-            &envoy_config::Ports {
-                upstream: upstream.port,
-                collector: collector.grpc_port,
-            },
-            &filter_wasm(),
-            plugin_config,
-        );
-        let envoy = Envoy::start(dir.path(), &bootstrap)?;
+    /// Starts everything in `dir`, which is kept.
+    pub fn start_in(dir: &Path, plugin_config: &Value) -> Result<Stack> {
+        std::fs::create_dir_all(dir)?;
+        let collector = Collector::start(dir)?;
+        let upstream = Upstream::start(dir)?;
+        let ports = envoy_config::Ports {
+            upstream: upstream.port,
+            collector: collector.grpc_port,
+        };
+        let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
+        let envoy = Envoy::start(dir, &bootstrap)?;
         Ok(Stack {
             envoy,
             collector,
             upstream,
-            dir,
+            dir: dir.to_path_buf(),
+            _temporary: None,
         })
     }
 }

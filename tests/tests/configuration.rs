@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 use std::process::Command;
-use tracegate_e2e::{envoy_bin, envoy_config, filter_wasm, workspace_root, Envoy, START_TIMEOUT};
+use tracegate_e2e::{
+    envoy_bin, envoy_config, filter_wasm, python_bin, workspace_root, Envoy, START_TIMEOUT,
+};
 
 /// Starts Envoy with this plugin configuration and expects it to refuse it.
 /// Returns Envoy's log.
@@ -60,21 +62,86 @@ fn shipped_envoy_configuration_validates() {
     );
 }
 
-#[test]
-fn invalid_envoy_configuration_fails_validation() {
-    // The validation above can fail: a broken copy of the file is refused.
+/// `envoy --mode validate` output and success for a copy of the shipped file
+/// changed by `edit`.
+fn validate_edited(edit: impl Fn(&str) -> String) -> (bool, String) {
     let root = workspace_root();
     let yaml = std::fs::read_to_string(root.join("envoy/tracegate.yaml")).unwrap();
-    let broken = yaml.replace("cluster: llm_upstream", "cluster: no_such_cluster");
-    assert_ne!(broken, yaml, "the route names llm_upstream");
+    let edited = edit(&yaml);
+    assert_ne!(edited, yaml, "the edit must change the file");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("broken.yaml");
-    std::fs::write(&path, broken).unwrap();
+    let path = dir.path().join("edited.yaml");
+    std::fs::write(&path, edited).unwrap();
     let out = Command::new(envoy_bin())
         .current_dir(&root)
         .args(["--mode", "validate", "-c"])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn validation_runs_the_filter_configuration() {
+    // The validation above can fail, and it checks the tracegate JSON too.
+    let (ok, log) = validate_edited(|y| {
+        y.replace(
+            r#""timeout_ms": 5000"#,
+            r#""timeout_ms": 5000, "retries": 3"#,
+        )
+    });
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("field `collector.retries`: unknown field `retries`"),
+        "{log}"
+    );
+
+    let (ok, _) =
+        validate_edited(|y| y.replace("cluster: llm_upstream", "cluster: no_such_cluster"));
+    assert!(!ok, "a route to a missing cluster is refused");
+}
+
+/// The Istio WasmPlugin's fields, read with PyYAML (an independent parser).
+fn istio_wasmplugin() -> Value {
+    let script = "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+    let out = Command::new(python_bin())
+        .args(["-c", script])
+        .arg(workspace_root().join("envoy/istio/wasmplugin.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn istio_plugin_config_is_accepted_by_the_filter() {
+    let plugin = istio_wasmplugin();
+    assert_eq!(plugin["kind"], "WasmPlugin");
+    assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
+    assert_eq!(
+        plugin["spec"]["sha256"], "@WASM_SHA256@",
+        "make istio fills it in"
+    );
+    let config = &plugin["spec"]["pluginConfig"];
+    assert!(config["collector"]["cluster"]
+        .as_str()
+        .unwrap()
+        .starts_with("outbound|4317||"));
+
+    // The real filter in the real Envoy takes it (it would refuse to start
+    // otherwise, as the tests above show).
+    let dir = tempfile::tempdir().unwrap();
+    let ports = envoy_config::Ports {
+        upstream: 9,
+        collector: 9,
+    };
+    let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), config);
+    let envoy = Envoy::start(dir.path(), &bootstrap).unwrap();
+    assert!(envoy.process.log().contains("tracegate: configured"));
 }

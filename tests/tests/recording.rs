@@ -230,3 +230,36 @@ fn bodies_over_the_capture_limit_are_truncated_and_marked() {
         answer.len() as u64
     );
 }
+
+#[test]
+fn openai_sdk_conversation_is_recorded() {
+    // The official openai Python SDK (the demo's client) through Envoy.
+    let mut stack = Stack::start(&plugin_config()).unwrap();
+    let session = unique("sdk");
+    let script = tracegate_e2e::workspace_root().join("tests/clients/openai_chat.py");
+    let out = std::process::Command::new(tracegate_e2e::python_bin())
+        .arg(script)
+        .args(["--base-url", &stack.envoy.url("/v1"), "--session", &session])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = stack.collector.wait_for_records(&session, 3).unwrap();
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r["status"] == 200));
+    let agent = |r: &Value| r["request_body"]["text"].as_str().unwrap().to_string();
+    assert!(agent(&records[0]).contains("Summarise the incident report"));
+    assert!(agent(&records[2]).contains("\"stream\":true"));
+    assert_eq!(
+        records[2]["response_body"]["content_type"],
+        "text/event-stream"
+    );
+    assert!(records[2]["response_body"]["text"]
+        .as_str()
+        .unwrap()
+        .ends_with("data: [DONE]\n\n"));
+}

