@@ -14,7 +14,8 @@ ROOT      := $(CURDIR)
 VENV      := $(ROOT)/.venv
 PYTHON    := $(VENV)/bin/python
 ENVOY     ?= $(VENV)/bin/envoy
-TOOLS     := $(ROOT)/.tools
+# Built tools are cached per user (like cargo's registry), so fresh clones reuse them.
+TOOLS     ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tracegate-tools
 WASM      := target/tracegate_filter.wasm
 COLLECTOR := target/release/tracegate
 SUDO      := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -121,7 +122,6 @@ demo: build python-env
 
 clean:
 	cargo clean
-	rm -rf $(TOOLS)
 
 # --- Istio -----------------------------------------------------------------------
 # Renders the WasmPlugin with the sha256 of the module just built.

@@ -9,7 +9,7 @@
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub struct Shared {
     /// `tracegate-filter/<version> (<plugin name>)`, stamped on every record.
     pub source: String,
     outbox: RefCell<Outbox>,
+    /// Records this worker dropped; logged at powers of two and every
+    /// thousandth, so an outage does not flood the log.
+    dropped: Cell<u64>,
 }
 
 impl Shared {
@@ -60,10 +63,16 @@ impl Shared {
         let full = self.outbox.borrow_mut().push(record, now).is_err();
         if full {
             self.metrics.records_dropped.add(1);
-            host::log(
-                LogLevel::Warn,
-                "tracegate: record buffer full (collector slow or down); record dropped",
-            );
+            let dropped = self.dropped.get() + 1;
+            self.dropped.set(dropped);
+            if dropped.is_power_of_two() || dropped.is_multiple_of(1000) {
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "record buffer full (collector slow or down): {dropped} records dropped by this worker"
+                    ),
+                );
+            }
         }
     }
 }
@@ -107,7 +116,7 @@ impl Root {
                     host::log(
                         LogLevel::Error,
                         &format!(
-                            "tracegate: cannot call collector cluster {:?}: {status}; will retry",
+                            "cannot call collector cluster {:?}: {status}; will retry",
                             c.cluster
                         ),
                     );
@@ -140,7 +149,7 @@ impl Context for Root {
                     host::log(
                         LogLevel::Error,
                         &format!(
-                            "tracegate: collector rejected record {}: {}",
+                            "collector rejected record {}: {}",
                             rejected.record_id, rejected.reason
                         ),
                     );
@@ -152,7 +161,7 @@ impl Context for Root {
                 host::log(
                     LogLevel::Warn,
                     &format!(
-                        "tracegate: export of {n} records failed (gRPC status {status_code}); will retry"
+                        "export of {n} records failed (gRPC status {status_code}); will retry"
                     ),
                 );
             }
@@ -182,12 +191,13 @@ impl RootContext for Root {
             outbox: RefCell::new(Outbox::new(config.recording.clone())),
             config,
             metrics: Metrics::define(),
+            dropped: Cell::new(0),
             source: format!("tracegate-filter/{} ({plugin})", env!("CARGO_PKG_VERSION")),
         }));
         host::set_tick_period(tick);
         host::log(
             LogLevel::Info,
-            &format!("tracegate: configured (context {})", self.context_id),
+            &format!("configured (context {})", self.context_id),
         );
         true
     }

@@ -177,6 +177,13 @@ impl Process {
         })
     }
 
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: signalling our own child by pid.
@@ -225,7 +232,13 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Starts a collector on a free port with its data in `dir/data`.
     pub fn start(dir: &Path) -> Result<Collector> {
+        Self::start_on(dir, 0)
+    }
+
+    /// Starts a collector on `port` (0: a free one) with its data in `dir/data`.
+    pub fn start_on(dir: &Path, port: u16) -> Result<Collector> {
         let data = dir.join("data");
         let mut process = Process::spawn(
             "collector",
@@ -233,7 +246,8 @@ impl Collector {
                 .arg("serve")
                 .arg("--data")
                 .arg(&data)
-                .args(["--grpc", "127.0.0.1:0"]),
+                .arg("--grpc")
+                .arg(format!("127.0.0.1:{port}")),
             dir,
         )?;
         let line = process.wait_for_line("listening grpc=", START_TIMEOUT);

@@ -263,3 +263,40 @@ fn openai_sdk_conversation_is_recorded() {
         .unwrap()
         .ends_with("data: [DONE]\n\n"));
 }
+
+#[test]
+fn records_wait_for_a_collector_that_was_down() {
+    let mut stack = Stack::start(&plugin_config()).unwrap();
+    let port = stack.collector.grpc_port;
+    stack.collector.process.kill().unwrap();
+
+    let session = unique("outage");
+    for i in 0..3 {
+        let response = ureq::post(stack.envoy.url("/v1/chat/completions"))
+            .header("x-session-id", &session)
+            .send_json(chat_body(&format!("during outage {i}"), false))
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "the collector being down does not stop traffic (yet)"
+        );
+    }
+    // The filter tried and failed, and holds the records.
+    poll("failed exports", Duration::from_secs(10), || {
+        Ok((stack.envoy.stat("wasmcustom.tracegate.export_failures")? > 0).then_some(()))
+    })
+    .unwrap();
+
+    // Same port, same data: the filter's retries get through.
+    stack.collector = tracegate_e2e::Collector::start_on(&stack.dir, port).unwrap();
+    let records = stack.collector.wait_for_records(&session, 3).unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        stack
+            .envoy
+            .stat("wasmcustom.tracegate.records_dropped")
+            .unwrap(),
+        0
+    );
+}
