@@ -5,7 +5,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
-use tracegate_proto::v1::{Body, Record};
+use tracegate_proto::v1::identity::Status;
+use tracegate_proto::v1::{Body, Identity, Record};
 
 /// Bodies longer than this are cut in the readable timeline (never in --json).
 const TIMELINE_BODY_CHARS: usize = 4000;
@@ -41,10 +42,61 @@ pub fn write_timeline(out: &mut impl Write, session: &str, records: &[Record]) -
             "   record {}  request {}  host {}",
             r.record_id, r.request_id, r.authority
         )?;
+        if let Some(id) = &r.identity {
+            writeln!(out, "   identity: {}", identity_line(id))?;
+        }
         write_body(out, "request", r.request_body.as_ref())?;
         write_body(out, "response", r.response_body.as_ref())?;
     }
     Ok(())
+}
+
+/// `alice (provider corp, iss https://idp, ES256 kid k1) email=a@x`, or
+/// `anonymous`, or `rejected: expired (token has expired)`.
+pub fn identity_line(id: &Identity) -> String {
+    match Status::try_from(id.status).unwrap_or(Status::Unspecified) {
+        Status::Verified => {
+            let mut line = format!(
+                "{} (provider {}, iss {}, {}",
+                if id.subject.is_empty() {
+                    "(no sub)"
+                } else {
+                    &id.subject
+                },
+                id.provider,
+                id.issuer,
+                id.algorithm
+            );
+            if !id.key_id.is_empty() {
+                line.push_str(&format!(" kid {}", id.key_id));
+            }
+            line.push(')');
+            let mut claims: Vec<_> = id.claims.iter().collect();
+            claims.sort();
+            for (k, v) in claims {
+                line.push_str(&format!(" {k}={v}"));
+            }
+            line
+        }
+        Status::Anonymous => "anonymous".into(),
+        Status::Rejected => format!(
+            "rejected: {} ({})",
+            id.rejection_reason, id.rejection_detail
+        ),
+        Status::Unspecified => "unknown".into(),
+    }
+}
+
+/// Who a session's caller is, for the session list: the first verified
+/// subject, else anonymous/rejected, else `-`.
+fn who(id: Option<&Identity>) -> Option<String> {
+    let id = id?;
+    match Status::try_from(id.status).ok()? {
+        Status::Verified => Some(format!("{}@{}", id.subject, id.provider)),
+        Status::Anonymous => Some("anonymous".into()),
+        Status::Rejected => Some("rejected".into()),
+        Status::Unspecified => None,
+    }
 }
 
 fn write_body(out: &mut impl Write, label: &str, body: Option<&Body>) -> io::Result<()> {
@@ -91,6 +143,55 @@ struct RecordJson<'a> {
     request_body: Option<BodyJson<'a>>,
     response_body: Option<BodyJson<'a>>,
     source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<IdentityJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct IdentityJson<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    provider: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    issuer: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    subject: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    claims: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    algorithm: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    key_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    rejection_reason: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    rejection_detail: &'a str,
+}
+
+fn identity_json(id: &Identity) -> IdentityJson<'_> {
+    IdentityJson {
+        status: match Status::try_from(id.status).unwrap_or(Status::Unspecified) {
+            Status::Verified => "verified",
+            Status::Anonymous => "anonymous",
+            Status::Rejected => "rejected",
+            Status::Unspecified => "unknown",
+        },
+        provider: &id.provider,
+        issuer: &id.issuer,
+        subject: &id.subject,
+        claims: id
+            .claims
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        algorithm: &id.algorithm,
+        key_id: &id.key_id,
+        expires: (id.expires_unix > 0).then(|| time(id.expires_unix.saturating_mul(1_000_000_000))),
+        rejection_reason: &id.rejection_reason,
+        rejection_detail: &id.rejection_detail,
+    }
 }
 
 #[derive(Serialize)]
@@ -134,6 +235,7 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
             request_body: r.request_body.as_ref().map(body_json),
             response_body: r.response_body.as_ref().map(body_json),
             source: &r.source,
+            identity: r.identity.as_ref().map(identity_json),
         };
         serde_json::to_writer(&mut *out, &json)?;
         writeln!(out)?;
@@ -142,28 +244,47 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
 }
 
 pub fn write_sessions(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
-    let mut sessions: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
+    struct Row {
+        first: i64,
+        last: i64,
+        exchanges: usize,
+        who: Option<String>,
+    }
+    let mut sessions: BTreeMap<&str, Row> = BTreeMap::new();
     for r in records {
-        let e = sessions
-            .entry(&r.session_id)
-            .or_insert((i64::MAX, i64::MIN, 0));
-        e.0 = e.0.min(r.request_start_unix_nanos);
-        e.1 = e.1.max(r.end_unix_nanos);
-        e.2 += 1;
+        let e = sessions.entry(&r.session_id).or_insert(Row {
+            first: i64::MAX,
+            last: i64::MIN,
+            exchanges: 0,
+            who: None,
+        });
+        e.first = e.first.min(r.request_start_unix_nanos);
+        e.last = e.last.max(r.end_unix_nanos);
+        e.exchanges += 1;
+        let this = who(r.identity.as_ref());
+        // A verified caller names the session over anonymous or rejected tries.
+        if e.who.is_none()
+            || (this.as_deref().is_some_and(|w| w.contains('@'))
+                && !e.who.as_deref().is_some_and(|w| w.contains('@')))
+        {
+            e.who = this.or(e.who.take());
+        }
     }
     let mut rows: Vec<_> = sessions.into_iter().collect();
-    rows.sort_by_key(|(_, (first, _, _))| *first);
+    rows.sort_by_key(|(_, row)| row.first);
     writeln!(
         out,
-        "{:<40} {:<24} {:<24} {:>9}",
-        "SESSION", "FIRST", "LAST", "EXCHANGES"
+        "{:<40} {:<28} {:<24} {:<24} {:>9}",
+        "SESSION", "IDENTITY", "FIRST", "LAST", "EXCHANGES"
     )?;
-    for (id, (first, last, n)) in rows {
+    for (id, row) in rows {
         writeln!(
             out,
-            "{id:<40} {:<24} {:<24} {n:>9}",
-            time(first),
-            time(last)
+            "{id:<40} {:<28} {:<24} {:<24} {:>9}",
+            row.who.as_deref().unwrap_or("-"),
+            time(row.first),
+            time(row.last),
+            row.exchanges
         )?;
     }
     Ok(())
@@ -215,6 +336,38 @@ mod tests {
             text.contains("response: no content-type, 10 B, first 2 B recorded"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn identity_is_shown() {
+        let mut r = record();
+        r.identity = Some(Identity {
+            status: Status::Verified as i32,
+            provider: "corp".into(),
+            issuer: "https://idp".into(),
+            subject: "alice".into(),
+            algorithm: "ES256".into(),
+            key_id: "k1".into(),
+            claims: [("email".to_string(), "a@x".to_string())].into(),
+            ..Identity::default()
+        });
+        let mut out = Vec::new();
+        write_timeline(&mut out, "s", std::slice::from_ref(&r)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "identity: alice (provider corp, iss https://idp, ES256 kid k1) email=a@x"
+            ),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        write_sessions(&mut out, &[r.clone()]).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("alice@corp"));
+        let mut out = Vec::new();
+        write_json_lines(&mut out, &[r]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["identity"]["status"], "verified");
+        assert_eq!(v["identity"]["claims"]["email"], "a@x");
     }
 
     #[test]

@@ -11,19 +11,24 @@ use std::rc::Rc;
 use tracegate_policy::record::{record_id, BodyCapture};
 use tracegate_policy::{ExchangeRecorder, RequestInfo};
 
+use crate::auth::{self, IdentitySlot, Next};
 use crate::host;
 use crate::root::Shared;
 
 pub struct Exchange {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
     recorder: Option<ExchangeRecorder>,
+    identity: IdentitySlot,
 }
 
 impl Exchange {
-    pub fn new(shared: Option<Rc<Shared>>) -> Self {
+    pub fn new(context_id: u32, shared: Option<Rc<Shared>>) -> Self {
         Self {
+            context_id,
             shared,
             recorder: None,
+            identity: IdentitySlot::default(),
         }
     }
 }
@@ -60,7 +65,10 @@ impl HttpContext for Exchange {
             host::now_nanos(),
             shared.config.recording.max_body_bytes,
         ));
-        Action::Continue
+        match auth::authenticate(shared, self.context_id, &self.identity) {
+            Next::Continue => Action::Continue,
+            Next::Stop => Action::Pause,
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
@@ -96,6 +104,8 @@ impl HttpContext for Exchange {
         let (Some(shared), Some(mut recorder)) = (&self.shared, self.recorder.take()) else {
             return;
         };
+        auth::forget(shared, self.context_id);
+        recorder.set_identity(self.identity.borrow_mut().take());
         if let Some(code) = host::property_u64(&["response", "code"]) {
             recorder.fallback_status(u32::try_from(code).unwrap_or(0));
         }

@@ -98,3 +98,47 @@ pub fn random_bytes() -> [u8; 10] {
     }
     bytes
 }
+
+/// Sets (`Some`) or removes (`None`) a request header.
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+/// Answers the current request locally; the upstream never sees it.
+pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) {
+    let _ = hostcalls::send_http_response(status, headers.to_vec(), Some(body));
+}
+
+/// Starts an HTTP call through an Envoy cluster; the answer arrives in
+/// `on_http_call_response` of the context that made it.
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<u32, String> {
+    hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, Vec::new(), timeout)
+        .map_err(|status| format!("{status:?}"))
+}
+
+/// `:status` of the HTTP call being answered; `None` when the call failed
+/// without a response (timeout, reset, no healthy upstream).
+pub fn http_call_status() -> Option<u32> {
+    let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()?;
+    std::str::from_utf8(&bytes).ok()?.parse().ok()
+}
+
+pub fn http_call_body(len: usize) -> Vec<u8> {
+    buffer(BufferType::HttpCallResponseBody, len).unwrap_or_default()
+}
+
+/// Makes later host calls act on another context (a paused request), so the
+/// root context can finish what that request was waiting for.
+pub fn set_effective_context(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
+}
+
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}

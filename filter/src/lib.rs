@@ -5,9 +5,12 @@
 //!   owns the record outbox and sends batches to the collector on its timer.
 //! - `exchange`: one per HTTP request. Observes headers and bodies and hands a
 //!   finished record to the root's outbox.
+//! - `auth`: caller identity on the request path: the JWT decision applied
+//!   to a request, and requests parked while the root fetches JWKS.
 //! - `host`: the only place that calls the host, through `proxy_wasm::hostcalls`
 //!   so that no host error can become a panic.
 
+mod auth;
 mod exchange;
 mod host;
 mod root;

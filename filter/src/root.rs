@@ -15,10 +15,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use prost::Message;
+use tracegate_policy::jwt::Authenticator;
 use tracegate_policy::{BatchId, Config, Outbox, Record};
 use tracegate_proto::v1::ExportResponse;
 use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 
+use crate::auth::{self, JwtMetrics, Waiter};
 use crate::exchange::Exchange;
 use crate::host::{self, Counter};
 
@@ -51,6 +53,11 @@ pub struct Shared {
     /// `tracegate-filter/<version> (<plugin name>)`, stamped on every record.
     pub source: String,
     outbox: RefCell<Outbox>,
+    /// The compiled `jwt` section; `None` when requests are not authenticated.
+    pub auth: Option<RefCell<Authenticator>>,
+    pub jwt_metrics: JwtMetrics,
+    /// Requests paused until a JWKS fetch answers.
+    pub waiters: RefCell<Vec<Waiter>>,
     /// Records this worker dropped; logged at powers of two and every
     /// thousandth, so an outage does not flood the log.
     dropped: Cell<u64>,
@@ -82,6 +89,8 @@ pub struct Root {
     shared: Option<Rc<Shared>>,
     /// gRPC call token → batch it carries.
     calls: HashMap<u32, BatchId>,
+    /// HTTP call token → provider whose JWKS it fetches.
+    jwks_calls: HashMap<u32, usize>,
 }
 
 impl Root {
@@ -90,6 +99,7 @@ impl Root {
             context_id,
             shared: None,
             calls: HashMap::new(),
+            jwks_calls: HashMap::new(),
         }
     }
 
@@ -132,6 +142,26 @@ fn now_u64() -> u64 {
 }
 
 impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let (Some(provider), Some(shared)) =
+            (self.jwks_calls.remove(&token_id), self.shared.clone())
+        else {
+            return;
+        };
+        let result = match host::http_call_status() {
+            Some(200) => Ok(host::http_call_body(body_size)),
+            Some(status) => Err(format!("HTTP {status}")),
+            None => Err("no response (timeout, connection failure or no healthy host)".into()),
+        };
+        auth::jwks_answer(&shared, self.context_id, provider, result);
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let (Some(batch), Some(shared)) = (self.calls.remove(&token_id), self.shared.clone())
         else {
@@ -187,7 +217,17 @@ impl RootContext for Root {
         };
         let plugin = host::property_string(&["plugin_name"]).unwrap_or_default();
         let tick = Duration::from_millis(config.recording.flush_interval_ms).min(MAX_TICK);
+        let auth = match config.jwt.as_ref().map(Authenticator::new).transpose() {
+            Ok(auth) => auth.map(RefCell::new),
+            Err(e) => {
+                host::log(LogLevel::Critical, &e.to_string());
+                return false;
+            }
+        };
         self.shared = Some(Rc::new(Shared {
+            auth,
+            jwt_metrics: JwtMetrics::define(),
+            waiters: RefCell::new(Vec::new()),
             outbox: RefCell::new(Outbox::new(config.recording.clone())),
             config,
             metrics: Metrics::define(),
@@ -204,14 +244,17 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = self.shared.clone() {
+            for (token, provider) in auth::start_fetches(&shared, self.context_id) {
+                self.jwks_calls.insert(token, provider);
+            }
             self.flush(&shared);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Must not return None (the SDK panics). Without a configuration Envoy
         // never creates requests for this root; pass through if it ever does.
-        Some(Box::new(Exchange::new(self.shared.clone())))
+        Some(Box::new(Exchange::new(context_id, self.shared.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

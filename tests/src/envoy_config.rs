@@ -9,6 +9,9 @@ use std::path::Path;
 pub struct Ports {
     pub upstream: u16,
     pub collector: u16,
+    /// The identity provider's JWKS endpoint (cluster `idp`); the test
+    /// upstream serves one.
+    pub idp: u16,
 }
 
 fn cluster(name: &str, port: u16) -> Value {
@@ -86,7 +89,7 @@ pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
                     }
                 }]}]
             }],
-            "clusters": [cluster("llm_upstream", ports.upstream), collector]
+            "clusters": [cluster("llm_upstream", ports.upstream), collector, cluster("idp", ports.idp)]
         }
     })
 }

@@ -11,6 +11,7 @@
 //! `ENVOY`, `TRACEGATE_BIN`, `TRACEGATE_WASM`, `TEST_UPSTREAM_BIN`.
 
 pub mod envoy_config;
+pub mod jwt;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -315,6 +316,24 @@ impl Upstream {
         Ok(Upstream { process, port })
     }
 
+    /// Publishes the JWKS the upstream serves at `/jwks.json`.
+    pub fn publish_jwks(&self, jwks: &Value) -> Result<()> {
+        let url = format!("http://127.0.0.1:{}/__jwks", self.port);
+        ureq::put(&url).send(jwks.to_string())?;
+        Ok(())
+    }
+
+    /// How many times `/jwks.json` was fetched.
+    pub fn jwks_fetches(&self) -> Result<u64> {
+        let url = format!("http://127.0.0.1:{}/__jwks/fetches", self.port);
+        Ok(ureq::get(&url)
+            .call()?
+            .body_mut()
+            .read_to_string()?
+            .trim()
+            .parse()?)
+    }
+
     /// Requests the upstream received, as it saw them.
     pub fn received(&self) -> Result<Vec<Value>> {
         let url = format!("http://127.0.0.1:{}/__requests", self.port);
@@ -433,13 +452,52 @@ impl Stack {
 
     /// Starts everything in `dir`, which is kept.
     pub fn start_in(dir: &Path, plugin_config: &Value) -> Result<Stack> {
+        Self::start_with(dir, plugin_config, |_, _| Ok(()))
+    }
+
+    /// Like `start`, with the identity provider's cluster pointing at a port
+    /// where nothing listens.
+    pub fn start_with_idp_down(plugin_config: &Value) -> Result<Stack> {
+        let tmp = tempfile::Builder::new()
+            .prefix("tracegate-e2e-")
+            .tempdir()?;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut stack = Self::start_with(tmp.path(), plugin_config, |_, p| {
+            p.idp = dead;
+            Ok(())
+        })?;
+        stack._temporary = Some(tmp);
+        Ok(stack)
+    }
+
+    /// Like `start`, with the upstream serving this JWKS before Envoy starts.
+    pub fn start_with_jwks(plugin_config: &Value, jwks: &Value) -> Result<Stack> {
+        let tmp = tempfile::Builder::new()
+            .prefix("tracegate-e2e-")
+            .tempdir()?;
+        let mut stack = Self::start_with(tmp.path(), plugin_config, |u, _| u.publish_jwks(jwks))?;
+        stack._temporary = Some(tmp);
+        Ok(stack)
+    }
+
+    /// Starts collector and upstream, lets `setup` prepare them (publish
+    /// keys, change ports), then starts Envoy.
+    fn start_with(
+        dir: &Path,
+        plugin_config: &Value,
+        setup: impl FnOnce(&Upstream, &mut envoy_config::Ports) -> Result<()>,
+    ) -> Result<Stack> {
         std::fs::create_dir_all(dir)?;
         let collector = Collector::start(dir)?;
         let upstream = Upstream::start(dir)?;
-        let ports = envoy_config::Ports {
+        let mut ports = envoy_config::Ports {
             upstream: upstream.port,
             collector: collector.grpc_port,
+            idp: upstream.port,
         };
+        setup(&upstream, &mut ports)?;
         let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
         let envoy = Envoy::start(dir, &bootstrap)?;
         Ok(Stack {

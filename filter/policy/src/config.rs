@@ -7,14 +7,19 @@
 use serde::Deserialize;
 use std::fmt;
 
+use crate::jwt::{Authenticator, JwtConfig};
+
 /// The whole plugin configuration. Every section and field has a safe default,
 /// so `{}` (or an empty configuration) is valid.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub collector: CollectorConfig,
     pub recording: RecordingConfig,
     pub session: SessionConfig,
+    /// Caller identity. Without this section requests are not authenticated
+    /// and records carry no identity.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// Where records go: an Envoy cluster speaking HTTP/2 to `tracegate serve`.
@@ -183,18 +188,21 @@ impl Config {
                 format!("{h:?} is not a lowercase HTTP header name"),
             ));
         }
+        if let Some(jwt) = &self.jwt {
+            Authenticator::new(jwt)?;
+        }
         Ok(())
     }
 }
 
-fn err(field: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         message: message.into(),
     }
 }
 
-fn in_range<T: PartialOrd + fmt::Display>(
+pub(crate) fn in_range<T: PartialOrd + fmt::Display>(
     field: &str,
     value: T,
     min: T,
@@ -210,7 +218,7 @@ fn in_range<T: PartialOrd + fmt::Display>(
 }
 
 /// Lowercase token characters (RFC 9110); Envoy stores header names lowercased.
-fn is_header_name_byte(b: u8) -> bool {
+pub(crate) fn is_header_name_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -9,6 +9,7 @@
 //! fails every later request on that worker.
 
 pub mod config;
+pub mod jwt;
 pub mod outbox;
 pub mod record;
 

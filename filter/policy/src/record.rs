@@ -98,6 +98,7 @@ pub struct ExchangeRecorder {
     request_start: i64,
     response_start: i64,
     status: u32,
+    identity: Option<tracegate_proto::v1::Identity>,
     pub request_body: BodyCapture,
     pub response_body: BodyCapture,
 }
@@ -113,6 +114,7 @@ impl ExchangeRecorder {
             request_start: now_unix_nanos,
             response_start: 0,
             status: 0,
+            identity: None,
             request_body,
             response_body: BodyCapture::new(max_body_bytes),
         }
@@ -126,6 +128,11 @@ impl ExchangeRecorder {
         self.status = status;
         self.response_start = now_unix_nanos;
         self.response_body.set_content_type(content_type);
+    }
+
+    /// Who made the request (see `jwt::identity_record`).
+    pub fn set_identity(&mut self, identity: Option<tracegate_proto::v1::Identity>) {
+        self.identity = identity;
     }
 
     /// The status when no response headers passed the filter (e.g. a local
@@ -153,6 +160,7 @@ impl ExchangeRecorder {
             request_body: Some(self.request_body.into_proto()),
             response_body: Some(self.response_body.into_proto()),
             source,
+            identity: self.identity,
         }
     }
 }

@@ -4,6 +4,10 @@
 //! every request it received (`GET /__requests`) so tests can check what
 //! Envoy forwarded.
 //!
+//! It doubles as the identity provider's JWKS endpoint: `GET /jwks.json`
+//! serves what a test last `PUT /__jwks` (404 before that), and
+//! `GET /__jwks/fetches` counts the fetches, so tests can rotate keys.
+//!
 //! Usage: test-upstream [--port N]   (0, the default, picks a free port and
 //! prints `test-upstream: listening on ADDR`).
 
@@ -11,14 +15,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Default, Clone)]
 struct Seen(Arc<Mutex<Vec<Value>>>);
+
+#[derive(Default, Clone)]
+struct Jwks {
+    document: Arc<Mutex<Option<Bytes>>>,
+    fetches: Arc<AtomicUsize>,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -34,7 +45,14 @@ async fn main() -> anyhow::Result<()> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/__requests", get(requests))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Seen::default());
+        .with_state(Seen::default())
+        .merge(
+            Router::new()
+                .route("/jwks.json", get(serve_jwks))
+                .route("/__jwks", put(set_jwks))
+                .route("/__jwks/fetches", get(jwks_fetches))
+                .with_state(Jwks::default()),
+        );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("test-upstream: listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
@@ -171,4 +189,24 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
         .header("cache-control", "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+async fn serve_jwks(State(jwks): State<Jwks>) -> Response {
+    jwks.fetches.fetch_add(1, Ordering::SeqCst);
+    let doc = jwks.document.lock().ok().and_then(|d| d.clone());
+    match doc {
+        Some(body) => ([("content-type", "application/json")], body).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no JWKS published yet"),
+    }
+}
+
+async fn set_jwks(State(jwks): State<Jwks>, body: Bytes) -> StatusCode {
+    if let Ok(mut d) = jwks.document.lock() {
+        *d = Some(body);
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn jwks_fetches(State(jwks): State<Jwks>) -> String {
+    jwks.fetches.load(Ordering::SeqCst).to_string()
 }
