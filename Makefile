@@ -3,6 +3,7 @@
 #   make demo     collector + Envoy + filter + a local LLM, driven by the openai SDK
 #   make test     fmt, clippy, unit tests (native and wasm), end-to-end tests
 #   make build    target/tracegate_filter.wasm and target/release/tracegate
+#   make bench    benchmark tables (JWT verification cost, native and in wasm)
 #
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
@@ -43,6 +44,14 @@ FILTER_BUILD := $(OFFLINE_ENV) RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-c
 FILTER_DEPS  := offline-toolchain
 endif
 
+# Benchmarks run the policy core as a WASI command module (it needs _start).
+ifeq ($(call rustup_has,wasm32-wasip1),yes)
+BENCH_WASM_BUILD := cargo build
+else
+BENCH_WASM_BUILD := $(OFFLINE_ENV) RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no \
+                    -C link-arg=/usr/lib/wasm32-wasi/crt1-command.o" /usr/bin/cargo build $(BUILD_STD)
+endif
+
 ifeq ($(call rustup_has,wasm32-unknown-unknown),yes)
 WASM_TEST := cargo test
 WASM_TEST_DEPS :=
@@ -56,7 +65,7 @@ WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/
 WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 
 .PHONY: build filter collector test check unit-test wasm-test e2e-test demo clean \
-        offline-toolchain node python-env
+        offline-toolchain node python-env bench
 
 build: filter collector
 
@@ -114,6 +123,18 @@ wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
 
 e2e-test: build python-env
 	PYTHON=$(PYTHON) cargo test -p tracegate-e2e
+
+# --- Benchmarks (not part of `make test`) ----------------------------------------
+# JWT decision cost per request, natively and inside a wasm VM (V8, as in
+# Envoy, here under Node's WASI). Tables go to the terminal and target/bench/.
+bench: $(FILTER_DEPS) node
+	mkdir -p target/bench
+	cargo run --release -q -p tracegate-policy --example jwt_bench -- native \
+	  | tee target/bench/jwt-native.txt
+	$(BENCH_WASM_BUILD) --release -q -p tracegate-policy --example jwt_bench --target wasm32-wasip1 \
+	  --target-dir target/wasm-bench
+	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/jwt_bench.wasm \
+	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/jwt-wasm.txt
 
 # --- Demo ------------------------------------------------------------------------
 demo: build python-env

@@ -24,11 +24,15 @@ def main() -> int:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--session", required=True)
     parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument(
+        "--api-key", default="sk-demo-not-a-real-key",
+        help="sent as Authorization: Bearer; the demo passes a JWT",
+    )
     args = parser.parse_args()
 
     client = openai.OpenAI(
         base_url=args.base_url,
-        api_key="sk-demo-not-a-real-key",
+        api_key=args.api_key,
         default_headers={"x-session-id": args.session},
         max_retries=0,
         timeout=30,

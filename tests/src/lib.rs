@@ -484,7 +484,7 @@ impl Stack {
 
     /// Starts collector and upstream, lets `setup` prepare them (publish
     /// keys, change ports), then starts Envoy.
-    fn start_with(
+    pub fn start_with(
         dir: &Path,
         plugin_config: &Value,
         setup: impl FnOnce(&Upstream, &mut envoy_config::Ports) -> Result<()>,

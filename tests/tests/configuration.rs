@@ -66,8 +66,12 @@ fn shipped_envoy_configuration_validates() {
 /// `envoy --mode validate` output and success for a copy of the shipped file
 /// changed by `edit`.
 fn validate_edited(edit: impl Fn(&str) -> String) -> (bool, String) {
+    validate_edited_file("envoy/tracegate.yaml", edit)
+}
+
+fn validate_edited_file(file: &str, edit: impl Fn(&str) -> String) -> (bool, String) {
     let root = workspace_root();
-    let yaml = std::fs::read_to_string(root.join("envoy/tracegate.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(root.join(file)).unwrap();
     let edited = edit(&yaml);
     assert_ne!(edited, yaml, "the edit must change the file");
     let dir = tempfile::tempdir().unwrap();
@@ -102,6 +106,33 @@ fn validation_runs_the_filter_configuration() {
     let (ok, _) =
         validate_edited(|y| y.replace("cluster: llm_upstream", "cluster: no_such_cluster"));
     assert!(!ok, "a route to a missing cluster is refused");
+}
+
+#[test]
+fn shipped_oidc_gateway_configuration_validates() {
+    // Envoy insists the injected key's SDS file exists; give it one.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("openai-key.yaml");
+    std::fs::write(
+        &secret,
+        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: openai-api-key\n  generic_secret: { secret: { inline_string: sk-test } }\n",
+    )
+    .unwrap();
+    let with_secret =
+        |y: &str| y.replace("/etc/tracegate/openai-key.yaml", &secret.to_string_lossy());
+    let (ok, log) = validate_edited_file("envoy/tracegate-oidc.yaml", with_secret);
+    assert!(ok, "{log}");
+    assert!(log.contains("tracegate: configured"), "{log}");
+
+    // The jwt section is checked too.
+    let (ok, log) = validate_edited_file("envoy/tracegate-oidc.yaml", |y| {
+        with_secret(y).replace(r#""audiences": ["llm-gateway"]"#, r#""audiences": []"#)
+    });
+    assert!(!ok);
+    assert!(
+        log.contains("field `jwt.providers[0].audiences`: list the accepted `aud` values"),
+        "{log}"
+    );
 }
 
 /// The Istio WasmPlugin's fields, read with PyYAML (an independent parser).

@@ -439,7 +439,7 @@ fn optional_tokens_inline_keys_hmac_and_several_providers() {
 }
 
 #[test]
-fn openai_sdk_authenticates_with_a_jwt() {
+fn openai_and_anthropic_sdks_authenticate_with_a_jwt() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::generate(dir.path()).unwrap();
     let mut stack = Stack::start_with_jwks(
@@ -458,7 +458,7 @@ fn openai_sdk_authenticates_with_a_jwt() {
         ])
         .unwrap();
     let out = std::process::Command::new(python_bin())
-        .arg(workspace_root().join("tests/clients/openai_identity.py"))
+        .arg(workspace_root().join("tests/clients/sdk_identity.py"))
         .arg(stack.envoy.url("/v1"))
         .arg("sdk-identity")
         .args(&t)
@@ -471,7 +471,13 @@ fn openai_sdk_authenticates_with_a_jwt() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("tracegate: token has expired"), "{stdout}");
-    let records = stack.collector.wait_for_records("sdk-identity", 2).unwrap();
+    assert!(
+        stdout.contains("anthropic refused: tracegate: token has expired"),
+        "{stdout}"
+    );
+    let records = stack.collector.wait_for_records("sdk-identity", 3).unwrap();
     assert_eq!(records[0]["identity"]["subject"], "alice");
     assert_eq!(records[1]["identity"]["rejection_reason"], "expired");
+    assert_eq!(records[2]["path"], "/v1/messages");
+    assert_eq!(records[2]["identity"]["rejection_reason"], "expired");
 }

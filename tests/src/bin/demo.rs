@@ -1,16 +1,18 @@
 //! `make demo`: the whole path on real components.
 //!
-//! Starts the collector, a local OpenAI-compatible upstream and Envoy with the
-//! tracegate filter; runs a short conversation with the official `openai`
-//! Python SDK pointed at Envoy; prints the session as `tracegate replay`
-//! shows it; stops everything (also on Ctrl-C). The data stays in
-//! target/demo/ to explore afterwards.
+//! Starts the collector, a local OpenAI-compatible upstream (which also serves
+//! the identity provider's JWKS) and Envoy with the tracegate filter; runs a
+//! short conversation with the official `openai` Python SDK pointed at Envoy,
+//! authenticated by a JWT; shows an expired token refused; prints the session
+//! as `tracegate replay` shows it; stops everything (also on Ctrl-C). The data
+//! stays in target/demo/ to explore afterwards.
 
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracegate_e2e::jwt::{claims, unix_now, Keys, AUDIENCE, ISSUER};
 use tracegate_e2e::{collector_bin, poll, python_bin, workspace_root, Process, Stack};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -36,12 +38,37 @@ fn run() -> Result<()> {
     let root = workspace_root();
     let dir = root.join("target/demo");
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+
+    // The identity provider: an ES256 key pair; its public JWKS is served to
+    // Envoy's `idp` cluster, and the agent gets a token signed with it.
+    let keys = Keys::generate(&dir)?;
+    let jwks = keys.jwks(&["ec256"])?;
+    let mut agent = claims("sre-agent");
+    agent["email"] = json!("sre-agent@example.com");
+    let mut stale = claims("sre-agent");
+    stale["iat"] = json!(unix_now() - 7200);
+    stale["exp"] = json!(unix_now() - 3600);
+    let tokens = keys.mint(&[
+        json!({"key": "ec256", "alg": "ES256", "claims": agent}),
+        json!({"key": "ec256", "alg": "ES256", "claims": stale}),
+    ])?;
+    let config = json!({
+        "recording": {"flush_interval_ms": 100},
+        "jwt": {"providers": [{
+            "name": "demo-idp", "issuer": ISSUER, "audiences": [AUDIENCE],
+            "remote_jwks": {"uri": "http://idp.example/jwks.json", "cluster": "idp"},
+            "record_claims": ["email"]
+        }]}
+    });
+
     println!("demo: starting collector, local LLM upstream and Envoy with the tracegate filter…");
-    let stack = Stack::start_in(&dir, &json!({"recording": {"flush_interval_ms": 100}}))?;
+    let stack = Stack::start_with(&dir, &config, |upstream, _| upstream.publish_jwks(&jwks))?;
     println!(
-        "demo: Envoy on 127.0.0.1:{} (admin :{}), collector gRPC on :{}, upstream on :{}\n",
+        "demo: Envoy on 127.0.0.1:{} (admin :{}), collector gRPC on :{}, upstream on :{}",
         stack.envoy.port, stack.envoy.admin_port, stack.collector.grpc_port, stack.upstream.port
     );
+    println!("demo: the agent authenticates with an ES256 JWT (sub sre-agent) as its API key\n");
 
     let session = format!("demo-{}", std::process::id());
     let mut client = Process::spawn(
@@ -50,7 +77,8 @@ fn run() -> Result<()> {
             .arg(root.join("tests/clients/openai_chat.py"))
             .arg("--base-url")
             .arg(stack.envoy.url("/v1"))
-            .args(["--session", &session]),
+            .args(["--session", &session])
+            .args(["--api-key", &tokens[0]]),
         &dir,
     )?;
     let status = poll("the openai client", Duration::from_secs(120), || {
@@ -62,10 +90,28 @@ fn run() -> Result<()> {
         bail!("the openai client failed ({status})");
     }
 
+    // The same call with an expired token never reaches the LLM.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut refused = agent
+        .post(stack.envoy.url("/v1/chat/completions"))
+        .header("authorization", &format!("Bearer {}", tokens[1]))
+        .header("x-session-id", &session)
+        .send_json(
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )?;
+    println!(
+        "demo: with an expired token: HTTP {}, {}\n",
+        refused.status(),
+        refused.body_mut().read_to_string()?
+    );
+
     let records = poll("the session's records", Duration::from_secs(30), || {
         check_interrupted()?;
         let n = stack.collector.replay_json(&session)?.len();
-        Ok((n >= 3).then_some(n))
+        Ok((n >= 4).then_some(n))
     })?;
     let data = stack.collector.data.display().to_string();
     println!("demo: the collector holds {records} exchanges of session {session}.\n");

@@ -547,3 +547,43 @@ fn several_providers_are_chosen_by_issuer() {
     // wrong_issuer is signed by ec256, which "other" also publishes.
     assert_eq!(verified(&mut a, "wrong_issuer").provider, "other");
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any text as a token: a decision, never a panic, never a pass.
+        #[test]
+        fn arbitrary_tokens_are_refused(token in "\\PC{0,300}", dots in 0usize..4) {
+            let mut a = auth();
+            let token = format!("{token}{}", ".".repeat(dots));
+            let t = Extracted { source: 0, token };
+            let d = a.decide(Some(&t), now_ms(), true);
+            prop_assert!(matches!(d, Decision::Rejected(_)), "{:?}", d);
+        }
+
+        /// Changing any character of the signed part (header or payload)
+        /// of a valid token makes it fail, whatever the algorithm.
+        #[test]
+        fn edited_tokens_never_verify(
+            name in prop::sample::select(vec!["rs256", "ps384", "es256", "es384", "eddsa"]),
+            at in any::<prop::sample::Index>(),
+            with in prop::sample::select(b"AQgw_-.=x".to_vec()),
+        ) {
+            let mut a = auth_with(json!({"cache_entries": 0}), provider(json!({})));
+            let good = token(name).token;
+            let signed_len = good.rfind('.').unwrap();
+            let i = at.index(signed_len);
+            let mut bytes = good.clone().into_bytes();
+            prop_assume!(bytes[i] != with);
+            bytes[i] = with;
+            let t = Extracted { source: 0, token: String::from_utf8(bytes).unwrap() };
+            let d = a.decide(Some(&t), now_ms(), true);
+            prop_assert!(matches!(d, Decision::Rejected(_)), "{} at {}: {:?}", name, i, d);
+        }
+    }
+}
