@@ -9,7 +9,9 @@
 //! fails every later request on that worker.
 
 pub mod config;
+pub mod detect;
 pub mod jwt;
+pub mod mask;
 pub mod outbox;
 pub mod record;
 

@@ -1,0 +1,141 @@
+use super::*;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+fn all() -> Catalogue {
+    Catalogue::new(|_| true, &[]).unwrap()
+}
+
+/// The (detector name, matched text) pairs found in `text`.
+fn found(c: &Catalogue, text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    c.find(text, &mut out);
+    out.iter()
+        .map(|f| {
+            (
+                c.detectors()[f.detector].name.clone(),
+                text[f.start..f.end].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn one(c: &Catalogue, name: &str, text: &str, want: &str) {
+    let got = found(c, text);
+    assert_eq!(
+        got,
+        vec![(name.to_string(), want.to_string())],
+        "in {text:?}"
+    );
+}
+
+#[test]
+fn every_builtin_finds_its_kind() {
+    let c = all();
+    let cases: &[(&str, &str, &str)] = &[
+        ("email", "mail alice.smith+llm@corp.example.com today", "alice.smith+llm@corp.example.com"),
+        ("phone", "call +1 415 555 0132 now", "+1 415 555 0132"),
+        ("phone", "call (415) 555-0132 now", "(415) 555-0132"),
+        ("payment_card", "card 4111 1111 1111 1111 exp", "4111 1111 1111 1111"),
+        ("payment_card", "amex 3400-0000-0000-009.", "3400-0000-0000-009"),
+        ("iban", "pay to GB82 WEST 1234 5698 7654 32 please", "GB82 WEST 1234 5698 7654 32"),
+        ("iban", "DE89370400440532013000", "DE89370400440532013000"),
+        ("us_ssn", "ssn 123-45-6789.", "123-45-6789"),
+        ("ipv4", "host 10.20.30.40:8080", "10.20.30.40"),
+        ("ipv6", "addr 2001:db8:85a3::8a2e:370:7334 up", "2001:db8:85a3::8a2e:370:7334"),
+        ("aws_access_key_id", "id=AKIAIOSFODNN7EXAMPLE;", "AKIAIOSFODNN7EXAMPLE"),
+        ("aws_secret_access_key", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        ("github_token", "token ghp_1234567890abcdefghijABCDEFGHIJ123456 ok", "ghp_1234567890abcdefghijABCDEFGHIJ123456"),
+        ("gitlab_token", "glpat-Abc123def456GHI789jk used", "glpat-Abc123def456GHI789jk"),
+        ("slack_token", "xoxb-1234567890-0987654321-AbCdEfGhIjKl", "xoxb-1234567890-0987654321-AbCdEfGhIjKl"),
+        ("stripe_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+        ("openai_api_key", "key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123 end", "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123"),
+        ("anthropic_api_key", "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
+        ("google_api_key", "AIzaSyA1234567890abcdefghijklmnopqrstuv", "AIzaSyA1234567890abcdefghijklmnopqrstuv"),
+        ("azure_storage_key", "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;", "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="),
+        ("jwt", "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+        ("bearer_token", "Authorization: Bearer abcdef0123456789ABCDEF.xyz", "abcdef0123456789ABCDEF.xyz"),
+        ("url_password", "postgres://app:S3cr3t-pw@db.internal:5432/x", "S3cr3t-pw"),
+        ("secret_assignment", r#"{"password": "Zx9!vT4#qL2m"}"#, "Zx9!vT4#qL2m"),
+        ("secret_assignment", "API_KEY=f3a9c1d7e5b2a8c4", "f3a9c1d7e5b2a8c4"),
+    ];
+    for (name, text, want) in cases {
+        one(&c, name, text, want);
+    }
+}
+
+#[test]
+fn pem_private_keys_whole_or_cut_short() {
+    let c = all();
+    let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq\nk1Zz+9Q==\n-----END RSA PRIVATE KEY-----";
+    one(&c, "private_key", &format!("key:\n{pem}\nthanks"), pem);
+    let cut = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC";
+    one(&c, "private_key", cut, cut);
+}
+
+#[test]
+fn look_alikes_are_left_alone() {
+    let c = all();
+    for text in [
+        "order 4111 1111 1111 1112 (bad checksum)",
+        "GB82 WEST 1234 5698 7654 33",
+        "000-12-3456 and 666-12-3456 are not SSNs",
+        "version 1.2.300.4 and 256.1.1.1",
+        "see std::vec::Vec and a::b::c, at 12:30:45",
+        "the date 2024-01-15 and the id 12345678",
+        "password: changeme and password=${DB_PASSWORD} and token: aaaaaaaaaaaa",
+        "sk-short",
+        "plain prose about keys, passwords and tokens",
+    ] {
+        assert_eq!(found(&c, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn overlaps_keep_one_finding() {
+    let c = all();
+    // A JWT after "Bearer": one finding (the earliest start wins).
+    let text = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig123456";
+    assert_eq!(found(&c, text).len(), 1);
+    // An Anthropic key is not also an OpenAI key.
+    let got = found(&c, "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789");
+    assert_eq!(got[0].0, "anthropic_api_key");
+}
+
+#[test]
+fn custom_detectors_and_selection() {
+    let custom = [Custom {
+        name: "employee_id".into(),
+        pattern: r"EMP-[0-9]{6}".into(),
+        risk: 5,
+    }];
+    let c = Catalogue::new(|name| name == "email", &custom).unwrap();
+    assert_eq!(c.detectors().len(), 2);
+    let got = found(
+        &c,
+        "EMP-123456 is bob@example.com, card 4111 1111 1111 1111",
+    );
+    assert_eq!(
+        got,
+        vec![
+            ("employee_id".to_string(), "EMP-123456".to_string()),
+            ("email".to_string(), "bob@example.com".to_string())
+        ]
+    );
+    assert_eq!(c.detectors()[1].label, "EMPLOYEE_ID");
+    let bad = [Custom {
+        name: "broken".into(),
+        pattern: "(".into(),
+        risk: 1,
+    }];
+    assert!(Catalogue::new(|_| false, &bad)
+        .unwrap_err()
+        .contains("broken"));
+}
+
+#[test]
+fn at_least_twenty_builtins() {
+    assert!(builtin::BUILTINS.len() >= 20);
+    let c = all();
+    assert_eq!(c.detectors().len(), builtin::BUILTINS.len());
+}

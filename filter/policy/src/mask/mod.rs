@@ -1,0 +1,209 @@
+//! Masking: what replaces a finding, and the state one exchange keeps.
+//!
+//! - `redact`: `[EMAIL]`.
+//! - `partial`: `[CARD_NUMBER:…1111]`, the last N characters kept.
+//! - `hash`: `[EMAIL:hmac:9f86d081884c]`, HMAC-SHA256 under the configured
+//!   key: the same value gives the same mark, so records can be correlated
+//!   without holding the value.
+//! - `tokenize`: `[EMAIL_1]` in the request, turned back into the value in
+//!   the response to the same exchange; the mapping lives only as long as the
+//!   exchange.
+
+pub mod stream;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::detect::{Catalogue, Finding};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    Redact,
+    Partial { keep_last: usize },
+    Hash,
+    Tokenize,
+}
+
+/// Detectors and what to do with their findings, compiled once.
+#[derive(Debug, Clone)]
+pub struct Masker {
+    catalogue: Catalogue,
+    operators: Vec<Operator>,
+    hmac_key: Vec<u8>,
+}
+
+/// Findings per detector name, for the record and for risk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hits {
+    pub counts: BTreeMap<String, u32>,
+    /// Sum of the risk of every detector that hit (each counted once).
+    pub risk: u32,
+}
+
+impl Hits {
+    fn add(&mut self, name: &str, risk: u32) {
+        let n = self.counts.entry(name.to_string()).or_insert(0);
+        if *n == 0 {
+            self.risk = self.risk.saturating_add(risk);
+        }
+        *n += 1;
+    }
+
+    pub fn merge(&mut self, other: &Hits) {
+        for (name, n) in &other.counts {
+            let mine = self.counts.entry(name.clone()).or_insert(0);
+            *mine += n;
+        }
+        self.risk = self.risk.max(other.risk);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// The tokenize mapping of one exchange: placeholder ↔ value.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_value: HashMap<String, String>,
+    by_token: HashMap<String, String>,
+    next: HashMap<String, u32>,
+}
+
+impl Tokens {
+    fn token_for(&mut self, label: &str, value: &str) -> String {
+        if let Some(t) = self.by_value.get(value) {
+            return t.clone();
+        }
+        let n = self.next.entry(label.to_string()).or_insert(0);
+        *n += 1;
+        let token = format!("[{label}_{n}]");
+        self.by_value.insert(value.to_string(), token.clone());
+        self.by_token.insert(token.clone(), value.to_string());
+        token
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+
+    /// Longest placeholder, which bounds the stream window for restoring.
+    pub fn max_token_len(&self) -> usize {
+        self.by_token.keys().map(String::len).max().unwrap_or(0)
+    }
+
+    /// Puts the values back in place of this exchange's placeholders.
+    pub fn restore(&self, text: &str) -> Option<String> {
+        if self.by_token.is_empty() || !text.contains('[') {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        let mut changed = false;
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..open]);
+            let tail = &rest[open..];
+            let found = tail.find(']').and_then(|close| {
+                let candidate = &tail[..=close];
+                self.by_token.get(candidate).map(|v| (v, close + 1))
+            });
+            match found {
+                Some((value, len)) => {
+                    out.push_str(value);
+                    rest = &tail[len..];
+                    changed = true;
+                }
+                None => {
+                    out.push('[');
+                    rest = &tail[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        changed.then_some(out)
+    }
+}
+
+impl Masker {
+    pub fn new(catalogue: Catalogue, operators: Vec<Operator>, hmac_key: Vec<u8>) -> Masker {
+        Masker {
+            catalogue,
+            operators,
+            hmac_key,
+        }
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Finds and replaces in `text`; `None` when nothing was found.
+    pub fn mask(&self, text: &str, tokens: &mut Tokens, hits: &mut Hits) -> Option<String> {
+        let mut findings = Vec::new();
+        self.catalogue.find(text, &mut findings);
+        if findings.is_empty() {
+            return None;
+        }
+        Some(self.apply(text, &findings, tokens, hits))
+    }
+
+    /// Replaces `findings` (sorted, non-overlapping) in `text`.
+    pub fn apply(
+        &self,
+        text: &str,
+        findings: &[Finding],
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+    ) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for f in findings {
+            out.push_str(&text[at..f.start]);
+            let d = &self.catalogue.detectors()[f.detector];
+            hits.add(&d.name, d.risk);
+            let value = &text[f.start..f.end];
+            let op = self
+                .operators
+                .get(f.detector)
+                .copied()
+                .unwrap_or(Operator::Redact);
+            match op {
+                Operator::Redact => {
+                    out.push('[');
+                    out.push_str(&d.label);
+                    out.push(']');
+                }
+                Operator::Partial { keep_last } => {
+                    let n = value.chars().count();
+                    let kept: String = value.chars().skip(n.saturating_sub(keep_last)).collect();
+                    out.push_str(&format!("[{}:…{kept}]", d.label));
+                }
+                Operator::Hash => {
+                    out.push_str(&format!("[{}:hmac:{}]", d.label, self.hmac_hex(value)));
+                }
+                Operator::Tokenize => out.push_str(&tokens.token_for(&d.label, value)),
+            }
+            at = f.end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    /// First 12 hex digits (48 bits) of HMAC-SHA256(key, value).
+    fn hmac_hex(&self, value: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.hmac_key) else {
+            return "error".into();
+        };
+        mac.update(value.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
