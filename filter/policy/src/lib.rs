@@ -11,6 +11,7 @@
 pub mod config;
 pub mod detect;
 pub mod jwt;
+pub mod llm;
 pub mod mask;
 pub mod outbox;
 pub mod record;
