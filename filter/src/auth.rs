@@ -23,9 +23,20 @@ use crate::root::Shared;
 /// jwks_unavailable) rather than held without bound.
 const MAX_WAITERS: usize = 1024;
 
-/// Where a request's identity lands, for its record. Shared with the parked
-/// request list, since the root context may decide for the request.
-pub type IdentitySlot = Rc<RefCell<Option<Identity>>>;
+/// A request's authentication state, shared with the parked request list,
+/// since the root context may decide for the request.
+#[derive(Debug, Default)]
+pub struct AuthState {
+    /// For the record.
+    pub identity: Option<Identity>,
+    /// Waiting for a JWKS fetch.
+    pub parked: bool,
+    /// The request holds its headers until its body is inspected; the root
+    /// must then not resume it (the body's last callback continues it).
+    pub body_pending: bool,
+}
+
+pub type IdentitySlot = Rc<RefCell<AuthState>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct JwtMetrics {
@@ -101,6 +112,7 @@ pub fn authenticate(shared: &Shared, context_id: u32, slot: &IdentitySlot) -> Ne
                     token,
                     slot: slot.clone(),
                 });
+                slot.borrow_mut().parked = true;
                 return Next::Stop;
             }
         }
@@ -125,7 +137,7 @@ fn apply(
         return Next::Continue;
     };
     shared.jwt_metrics.count(decision);
-    *slot.borrow_mut() = identity_record(decision);
+    slot.borrow_mut().identity = identity_record(decision);
     let rejection = match decision {
         Decision::Rejected(r) => r.clone(),
         // Never forwarded without a decision (fail closed). `decide` with
@@ -243,7 +255,9 @@ pub fn jwks_answer(
             continue; // the request is gone
         }
         let decision = auth.borrow_mut().decide(Some(&w.token), now_ms(), false);
-        if let Next::Continue = apply(shared, &decision, Some(&w.token), &w.slot) {
+        w.slot.borrow_mut().parked = false;
+        let next = apply(shared, &decision, Some(&w.token), &w.slot);
+        if matches!(next, Next::Continue) && !w.slot.borrow().body_pending {
             host::resume_request();
         }
     }

@@ -1,13 +1,21 @@
-//! The per-request context: observes one HTTP exchange and, when the stream
-//! ends, hands its record to the worker's outbox.
+//! The per-request context: authenticates the caller, inspects one HTTP
+//! exchange and, when the stream ends, hands its record to the worker's
+//! outbox.
 //!
-//! Bodies stream through untouched: each chunk is copied into the record (up
-//! to the capture limit) and continues at once.
+//! Request bodies are held whole (headers too) until inspected: masked,
+//! checked against block rules, or refused; only then do headers and body go
+//! upstream together, with the right content-length. Response bodies are held
+//! whole when they are JSON or text; SSE streams are masked event by event
+//! as they pass. The record captures bodies as they were sent on.
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType};
+use proxy_wasm::types::{Action, BufferType, LogLevel};
 use std::rc::Rc;
 
+use tracegate_policy::inspect::{error_body, media_type, ExchangeInspection, RequestVerdict};
+use tracegate_policy::llm::sse::SseMasker;
+use tracegate_policy::llm::Api;
+use tracegate_policy::mask::Tokens;
 use tracegate_policy::record::{record_id, BodyCapture};
 use tracegate_policy::{ExchangeRecorder, RequestInfo};
 
@@ -15,11 +23,35 @@ use crate::auth::{self, IdentitySlot, Next};
 use crate::host;
 use crate::root::Shared;
 
+/// How the response body is handled.
+enum ResponseMode {
+    /// Not inspected (no masking, or a binary type): captured as it passes.
+    Pass,
+    /// JSON or text: held whole, masked, sent.
+    Whole,
+    /// Server-sent events: masked event by event.
+    Stream(Box<SseMasker>),
+}
+
 pub struct Exchange {
     context_id: u32,
     shared: Option<Rc<Shared>>,
     recorder: Option<ExchangeRecorder>,
     identity: IdentitySlot,
+    api: Api,
+    content_type: String,
+    /// The request body is being held for inspection.
+    inspect_request: bool,
+    /// Headers are held too (`inspection.hold_headers`).
+    hold: bool,
+    /// The request body was inspected (at its end or at trailers).
+    request_done: bool,
+    request_bytes: usize,
+    response: ResponseMode,
+    tokens: Tokens,
+    inspection: ExchangeInspection,
+    /// A local reply was sent; later callbacks only record.
+    answered: bool,
 }
 
 impl Exchange {
@@ -29,7 +61,122 @@ impl Exchange {
             shared,
             recorder: None,
             identity: IdentitySlot::default(),
+            api: Api::Other,
+            content_type: String::new(),
+            inspect_request: false,
+            hold: false,
+            request_done: false,
+            request_bytes: 0,
+            response: ResponseMode::Pass,
+            tokens: Tokens::default(),
+            inspection: ExchangeInspection::default(),
+            answered: false,
         }
+    }
+
+    /// Answers locally with an error in the API's shape.
+    fn refuse(
+        &mut self,
+        shared: &Shared,
+        status: u32,
+        kind: &str,
+        message: &str,
+        rule: Option<&str>,
+    ) {
+        auth::forget(shared, self.context_id);
+        self.answered = true;
+        self.identity.borrow_mut().body_pending = false;
+        host::send_response(
+            status,
+            &[("content-type", "application/json")],
+            error_body(self.api, kind, message, rule).as_bytes(),
+        );
+    }
+
+    fn request_body_end(&mut self, shared: &Shared, size: usize) -> Action {
+        let Some(inspector) = &shared.inspector else {
+            return Action::Continue;
+        };
+        self.request_done = true;
+        let body = host::buffer(BufferType::HttpRequestBody, size).unwrap_or_default();
+        let verdict = inspector.request(&self.content_type, &body, &mut self.tokens);
+        let sent = match verdict {
+            RequestVerdict::Forward {
+                body: masked,
+                hits,
+                rules,
+            } => {
+                shared
+                    .metrics
+                    .findings
+                    .add(hits.counts.values().map(|&n| u64::from(n)).sum());
+                self.inspection.rules_risk = inspector.rules_risk(&rules);
+                self.inspection.request = hits;
+                self.inspection.rules = rules;
+                match masked {
+                    Some(new) => {
+                        host::replace_buffer(BufferType::HttpRequestBody, size, &new);
+                        new
+                    }
+                    None => body,
+                }
+            }
+            RequestVerdict::Blocked {
+                rule,
+                message,
+                hits,
+                rules,
+            } => {
+                shared.metrics.blocked.add(1);
+                self.inspection.rules_risk = inspector.rules_risk(&rules);
+                self.inspection.request = hits;
+                self.inspection.rules = rules;
+                self.inspection.verdict = "blocked";
+                self.inspection.blocked_rule = rule.id.clone();
+                self.inspection.reason = message.clone();
+                let kind = match self.api {
+                    Api::Anthropic => "permission_error",
+                    _ => "permission_denied",
+                };
+                self.refuse(shared, 403, kind, &message, Some(&rule.id));
+                return Action::Pause;
+            }
+            RequestVerdict::Refused {
+                status,
+                kind,
+                message,
+            } => {
+                self.refuse_uninspectable(shared, status, kind, &message);
+                return Action::Pause;
+            }
+        };
+        if self.hold {
+            // Headers are still here: give them the length of what is sent.
+            host::set_request_header("content-length", Some(&sent.len().to_string()));
+        }
+        if let Some(r) = &mut self.recorder {
+            r.request_body.set(&sent);
+        }
+        let mut slot = self.identity.borrow_mut();
+        slot.body_pending = false;
+        if slot.parked {
+            // Authentication still waits for keys: the root resumes the
+            // request once it is decided.
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn refuse_uninspectable(&mut self, shared: &Shared, status: u32, kind: &str, message: &str) {
+        shared.metrics.refused.add(1);
+        self.inspection.verdict = "refused";
+        self.inspection.reason = message.to_string();
+        let kind = match (self.api, status) {
+            (Api::Anthropic, 413) => "request_too_large",
+            (Api::Anthropic, _) => "invalid_request_error",
+            (_, _) => kind,
+        };
+        self.refuse(shared, status, kind, message, None);
     }
 }
 
@@ -47,8 +194,8 @@ fn capture(body: &mut BodyCapture, kind: BufferType, chunk_len: usize) {
 impl Context for Exchange {}
 
 impl HttpContext for Exchange {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = &self.shared else {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
         let header = |name: &str| host::request_header(name).unwrap_or_default();
@@ -60,25 +207,90 @@ impl HttpContext for Exchange {
             authority: header(":authority"),
             content_type: header("content-type"),
         };
+        self.api = Api::from_path(&info.path);
+        self.content_type = info.content_type.clone();
         self.recorder = Some(ExchangeRecorder::new(
             info,
             host::now_nanos(),
             shared.config.recording.max_body_bytes,
         ));
-        match auth::authenticate(shared, self.context_id, &self.identity) {
-            Next::Continue => Action::Continue,
+
+        if let Some(inspector) = &shared.inspector {
+            if inspector.config.responses && inspector.masker().is_some() {
+                // Answers must come back uncompressed to be inspected.
+                host::set_request_header("accept-encoding", None);
+            }
+            if !end_of_stream {
+                let encoding = header("content-encoding");
+                if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+                    let message = format!("compressed request bodies ({encoding}) are not inspected; send it uncompressed");
+                    self.refuse_uninspectable(&shared, 415, "unsupported_media_type", &message);
+                    return Action::Pause;
+                }
+                if !inspector.accepts(&self.content_type) {
+                    let message = format!(
+                        "content type {:?} is not inspected",
+                        media_type(&self.content_type)
+                    );
+                    self.refuse_uninspectable(&shared, 415, "unsupported_media_type", &message);
+                    return Action::Pause;
+                }
+                self.inspect_request = true;
+                self.hold = inspector.config.hold_headers;
+                self.identity.borrow_mut().body_pending = self.hold;
+                host::set_request_header("content-length", None);
+            }
+        }
+        let auth = auth::authenticate(&shared, self.context_id, &self.identity);
+        match auth {
             Next::Stop => Action::Pause,
+            Next::Continue if self.hold => Action::Pause,
+            Next::Continue => Action::Continue,
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if let Some(r) = &mut self.recorder {
-            capture(&mut r.request_body, BufferType::HttpRequestBody, body_size);
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.answered {
+            return Action::Pause;
         }
-        Action::Continue
+        if !self.inspect_request {
+            if let Some(r) = &mut self.recorder {
+                capture(&mut r.request_body, BufferType::HttpRequestBody, body_size);
+            }
+            return Action::Continue;
+        }
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        // While buffering, body_size is everything received so far.
+        self.request_bytes = body_size;
+        if let Some(inspector) = &shared.inspector {
+            let limit = inspector.config.max_body_bytes;
+            if body_size > limit {
+                let message = format!("request body exceeds {limit} bytes");
+                self.refuse_uninspectable(&shared, 413, "request_too_large", &message);
+                return Action::Pause;
+            }
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.request_body_end(&shared, body_size)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // With trailers (HTTP/2, gRPC) the body never ends in the body
+        // callback: inspect here.
+        if !self.inspect_request || self.request_done || self.answered {
+            return Action::Continue;
+        }
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        self.request_body_end(&shared, self.request_bytes)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(r) = &mut self.recorder {
             let status = host::response_header(":status")
                 .and_then(|s| s.parse().ok())
@@ -86,18 +298,152 @@ impl HttpContext for Exchange {
             let content_type = host::response_header("content-type").unwrap_or_default();
             r.response_headers(status, content_type, host::now_nanos());
         }
-        Action::Continue
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Some(inspector) = &shared.inspector else {
+            return Action::Continue;
+        };
+        if self.answered
+            || end_of_stream
+            || !inspector.config.responses
+            || inspector.masker().is_none()
+        {
+            return Action::Continue;
+        }
+        let content_type = host::response_header("content-type").unwrap_or_default();
+        let media = media_type(&content_type);
+        let encoding = host::response_header("content-encoding").unwrap_or_default();
+        let textual = media.ends_with("json") || media.starts_with("text/");
+        if textual && !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            let message = format!(
+                "the upstream answered compressed ({encoding}); tracegate cannot inspect it"
+            );
+            self.refuse_uninspectable(&shared, 502, "api_error", &message);
+            return Action::Pause;
+        }
+        self.response = if media == "text/event-stream" {
+            ResponseMode::Stream(Box::new(inspector.stream(self.api)))
+        } else if textual {
+            ResponseMode::Whole
+        } else {
+            ResponseMode::Pass
+        };
+        match self.response {
+            ResponseMode::Pass => Action::Continue,
+            // Without hold_headers, pausing here would stop the body
+            // callbacks too: headers go on without a length instead.
+            ResponseMode::Whole if inspector.config.hold_headers => {
+                host::set_response_header("content-length", None);
+                Action::Pause
+            }
+            ResponseMode::Whole | ResponseMode::Stream(_) => {
+                host::set_response_header("content-length", None);
+                Action::Continue
+            }
+        }
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if let Some(r) = &mut self.recorder {
-            capture(
-                &mut r.response_body,
-                BufferType::HttpResponseBody,
-                body_size,
-            );
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Some(masker) = shared.inspector.as_ref().and_then(|i| i.masker()) else {
+            if let Some(r) = &mut self.recorder {
+                capture(
+                    &mut r.response_body,
+                    BufferType::HttpResponseBody,
+                    body_size,
+                );
+            }
+            return Action::Continue;
+        };
+        match &mut self.response {
+            ResponseMode::Pass => {
+                if let Some(r) = &mut self.recorder {
+                    capture(
+                        &mut r.response_body,
+                        BufferType::HttpResponseBody,
+                        body_size,
+                    );
+                }
+                Action::Continue
+            }
+            ResponseMode::Whole => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body =
+                    host::buffer(BufferType::HttpResponseBody, body_size).unwrap_or_default();
+                let content_type = self
+                    .recorder
+                    .as_ref()
+                    .map(|r| r.response_content_type().to_string())
+                    .unwrap_or_default();
+                let inspector = shared.inspector.as_ref();
+                let result = inspector.map(|i| {
+                    i.response(
+                        &content_type,
+                        &body,
+                        &mut self.tokens,
+                        &mut self.inspection.response,
+                    )
+                });
+                let sent = match result {
+                    Some(Ok(Some(masked))) => {
+                        host::replace_buffer(BufferType::HttpResponseBody, body_size, &masked);
+                        masked
+                    }
+                    Some(Err(e)) => {
+                        // Cannot be inspected: it must not reach the client.
+                        let replacement = error_body(self.api, "api_error", &e, None).into_bytes();
+                        host::replace_buffer(BufferType::HttpResponseBody, body_size, &replacement);
+                        self.inspection.reason = e;
+                        replacement
+                    }
+                    _ => body,
+                };
+                if shared
+                    .inspector
+                    .as_ref()
+                    .is_some_and(|i| i.config.hold_headers)
+                {
+                    host::set_response_header("content-length", Some(&sent.len().to_string()));
+                }
+                if let Some(r) = &mut self.recorder {
+                    r.response_body.set(&sent);
+                }
+                Action::Continue
+            }
+            ResponseMode::Stream(sse) => {
+                let chunk =
+                    host::buffer(BufferType::HttpResponseBody, body_size).unwrap_or_default();
+                let mut out = sse.push(
+                    masker,
+                    &chunk,
+                    &mut self.tokens,
+                    &mut self.inspection.response,
+                );
+                if end_of_stream {
+                    out.extend(sse.finish(masker, &mut self.tokens, &mut self.inspection.response));
+                }
+                if let Some(why) = &sse.broken {
+                    // Nothing more of this stream is sent: it can no longer
+                    // be inspected.
+                    host::log(LogLevel::Warn, &format!("response stream cut: {why}"));
+                    self.inspection.reason = format!("response stream cut: {why}");
+                    out.clear();
+                }
+                if out != chunk {
+                    host::replace_buffer(BufferType::HttpResponseBody, body_size, &out);
+                }
+                if let Some(r) = &mut self.recorder {
+                    let len = out.len();
+                    r.response_body.push(len, &out);
+                }
+                Action::Continue
+            }
         }
-        Action::Continue
     }
 
     fn on_log(&mut self) {
@@ -105,7 +451,13 @@ impl HttpContext for Exchange {
             return;
         };
         auth::forget(shared, self.context_id);
-        recorder.set_identity(self.identity.borrow_mut().take());
+        recorder.set_identity(self.identity.borrow_mut().identity.take());
+        if self.inspect_request
+            || !self.inspection.response.is_empty()
+            || !self.inspection.verdict.is_empty()
+        {
+            recorder.inspection = Some(self.inspection.to_proto());
+        }
         if let Some(code) = host::property_u64(&["response", "code"]) {
             recorder.fallback_status(u32::try_from(code).unwrap_or(0));
         }

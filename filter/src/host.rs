@@ -142,3 +142,14 @@ pub fn set_effective_context(context_id: u32) -> bool {
 pub fn resume_request() {
     let _ = hostcalls::resume_http_request();
 }
+
+/// Replaces the first `len` bytes of a body buffer (the whole buffered body,
+/// or the current chunk of a stream) with `bytes`.
+pub fn replace_buffer(kind: BufferType, len: usize, bytes: &[u8]) -> bool {
+    hostcalls::set_buffer(kind, 0, len, bytes).is_ok()
+}
+
+/// Sets (`Some`) or removes (`None`) a response header.
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}

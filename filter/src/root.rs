@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use prost::Message;
+use tracegate_policy::inspect::Inspector;
 use tracegate_policy::jwt::Authenticator;
 use tracegate_policy::{BatchId, Config, Outbox, Record};
 use tracegate_proto::v1::ExportResponse;
@@ -34,6 +35,12 @@ pub struct Metrics {
     pub records_exported: Counter,
     pub records_dropped: Counter,
     pub export_failures: Counter,
+    /// Detector findings in requests.
+    pub findings: Counter,
+    /// Requests answered 403 by a block rule.
+    pub blocked: Counter,
+    /// Requests refused as uninspectable (400, 413, 415, 502).
+    pub refused: Counter,
 }
 
 impl Metrics {
@@ -42,6 +49,9 @@ impl Metrics {
             records_exported: Counter::define("tracegate.records_exported"),
             records_dropped: Counter::define("tracegate.records_dropped"),
             export_failures: Counter::define("tracegate.export_failures"),
+            findings: Counter::define("tracegate.inspect.findings"),
+            blocked: Counter::define("tracegate.inspect.blocked"),
+            refused: Counter::define("tracegate.inspect.refused"),
         }
     }
 }
@@ -53,6 +63,8 @@ pub struct Shared {
     /// `tracegate-filter/<version> (<plugin name>)`, stamped on every record.
     pub source: String,
     outbox: RefCell<Outbox>,
+    /// Masking and block rules; `None` when neither is configured.
+    pub inspector: Option<Inspector>,
     /// The compiled `jwt` section; `None` when requests are not authenticated.
     pub auth: Option<RefCell<Authenticator>>,
     pub jwt_metrics: JwtMetrics,
@@ -224,7 +236,15 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let inspector = match Inspector::new(&config.inspection, &config.masking, &config.rules) {
+            Ok(i) => (config.masking.enabled || !config.rules.is_empty()).then_some(i),
+            Err(e) => {
+                host::log(LogLevel::Critical, &e.to_string());
+                return false;
+            }
+        };
         self.shared = Some(Rc::new(Shared {
+            inspector,
             auth,
             jwt_metrics: JwtMetrics::define(),
             waiters: RefCell::new(Vec::new()),

@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use std::fmt;
 
+use crate::inspect::config::{InspectionConfig, MaskingConfig, RuleConfig};
+use crate::inspect::Inspector;
 use crate::jwt::{Authenticator, JwtConfig};
 
 /// The whole plugin configuration. Every section and field has a safe default,
@@ -20,6 +22,12 @@ pub struct Config {
     /// Caller identity. Without this section requests are not authenticated
     /// and records carry no identity.
     pub jwt: Option<JwtConfig>,
+    /// Which bodies are inspected, and limits.
+    pub inspection: InspectionConfig,
+    /// Detectors and operators; on by default with every built-in detector.
+    pub masking: MaskingConfig,
+    /// Block rules, evaluated on request text by scope.
+    pub rules: Vec<RuleConfig>,
 }
 
 /// Where records go: an Envoy cluster speaking HTTP/2 to `tracegate serve`.
@@ -191,6 +199,7 @@ impl Config {
         if let Some(jwt) = &self.jwt {
             Authenticator::new(jwt)?;
         }
+        Inspector::new(&self.inspection, &self.masking, &self.rules)?;
         Ok(())
     }
 }

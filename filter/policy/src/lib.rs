@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod detect;
+pub mod inspect;
 pub mod jwt;
 pub mod llm;
 pub mod mask;

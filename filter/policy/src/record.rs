@@ -76,6 +76,15 @@ impl BodyCapture {
         self.data.extend_from_slice(&bytes[..take]);
     }
 
+    /// Replaces what was captured with the whole body as it was sent on
+    /// (the masked body).
+    pub fn set(&mut self, bytes: &[u8]) {
+        self.size = bytes.len() as u64;
+        self.data.clear();
+        let take = bytes.len().min(self.limit);
+        self.data.extend_from_slice(&bytes[..take]);
+    }
+
     pub fn set_content_type(&mut self, content_type: String) {
         self.content_type = content_type;
     }
@@ -99,6 +108,7 @@ pub struct ExchangeRecorder {
     response_start: i64,
     status: u32,
     identity: Option<tracegate_proto::v1::Identity>,
+    pub inspection: Option<tracegate_proto::v1::Inspection>,
     pub request_body: BodyCapture,
     pub response_body: BodyCapture,
 }
@@ -115,9 +125,14 @@ impl ExchangeRecorder {
             response_start: 0,
             status: 0,
             identity: None,
+            inspection: None,
             request_body,
             response_body: BodyCapture::new(max_body_bytes),
         }
+    }
+
+    pub fn response_content_type(&self) -> &str {
+        &self.response_body.content_type
     }
 
     pub fn session_id(&self) -> &str {
@@ -161,6 +176,7 @@ impl ExchangeRecorder {
             response_body: Some(self.response_body.into_proto()),
             source,
             identity: self.identity,
+            inspection: self.inspection,
         }
     }
 }

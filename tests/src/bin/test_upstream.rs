@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let app = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(anthropic_messages))
         .route("/__requests", get(requests))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Seen::default())
@@ -103,6 +104,116 @@ fn last_user_text(messages: &[Value]) -> String {
     }
 }
 
+/// `echo: <last user text>`, or the `x-test-reply` header's text, so tests
+/// can make the model "say" something (a secret, a placeholder).
+fn reply_text(headers: &HeaderMap, messages: &[Value]) -> String {
+    match headers.get("x-test-reply").and_then(|v| v.to_str().ok()) {
+        Some(text) => text.to_string(),
+        None => format!("echo: {}", last_user_text(messages)),
+    }
+}
+
+fn delay_of(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("x-test-chunk-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map(Duration::from_millis)
+}
+
+/// Frames sent one by one, with an optional delay before each.
+fn sse_response(frames: Vec<String>, delay: Option<Duration>) -> Response {
+    let stream = futures_util::stream::unfold(frames.into_iter(), move |mut frames| async move {
+        let frame = frames.next()?;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(frame)),
+            frames,
+        ))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// Anthropic `/v1/messages`: a text answer (with a thinking block when the
+/// request enables thinking), plain or streamed as Anthropic's events.
+async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    remember(&seen, "/v1/messages", &headers, &body);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let Some(messages) = request["messages"].as_array() else {
+        return error(StatusCode::BAD_REQUEST, "messages is required");
+    };
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("claude-test")
+        .to_string();
+    let reply = reply_text(&headers, messages);
+    let thinking = (request["thinking"]["type"] == "enabled")
+        .then(|| format!("thinking about: {}", last_user_text(messages)));
+    let id = format!("msg_{}", unix_now());
+    let usage = json!({"input_tokens": 10, "output_tokens": reply.split_whitespace().count()});
+    let mut blocks = Vec::new();
+    if let Some(t) = &thinking {
+        blocks.push(json!({"type": "thinking", "thinking": t, "signature": "c2lnbmF0dXJl"}));
+    }
+    blocks.push(json!({"type": "text", "text": reply}));
+    if request["stream"] != true {
+        return Json(json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": blocks, "stop_reason": "end_turn", "stop_sequence": null, "usage": usage,
+        }))
+        .into_response();
+    }
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut frames = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {
+        "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+    )];
+    for (index, block) in blocks.iter().enumerate() {
+        let (kind, field, delta_kind) = if block["type"] == "thinking" {
+            ("thinking", "thinking", "thinking_delta")
+        } else {
+            ("text", "text", "text_delta")
+        };
+        frames.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": kind, field: ""}}),
+        ));
+        let text = block[field].as_str().unwrap_or("");
+        for word in text.split_inclusive(' ') {
+            frames.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": delta_kind, field: word}}),
+            ));
+        }
+        if kind == "thinking" {
+            frames.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl"}}),
+            ));
+        }
+        frames.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    frames.push(event("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}})));
+    frames.push(event("message_stop", json!({"type": "message_stop"})));
+    sse_response(frames, delay_of(&headers))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -121,7 +232,7 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
         .as_str()
         .unwrap_or("test-model")
         .to_string();
-    let reply = format!("echo: {}", last_user_text(messages));
+    let reply = reply_text(&headers, messages);
     let id = format!("chatcmpl-{}", unix_now());
     let usage = json!({
         "prompt_tokens": messages.len() * 8,
@@ -147,10 +258,7 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
 
     // One event per word, so a stream spans many chunks. A delay between
     // chunks (header x-test-chunk-delay-ms) makes it arrive in separate reads.
-    let delay = headers
-        .get("x-test-chunk-delay-ms")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .map(Duration::from_millis);
+    let delay = delay_of(&headers);
     let chunk = |delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
@@ -173,22 +281,7 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
     }
     let mut frames: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
     frames.push("data: [DONE]\n\n".into());
-
-    let stream = futures_util::stream::unfold(frames.into_iter(), move |mut frames| async move {
-        let frame = frames.next()?;
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(frame)),
-            frames,
-        ))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+    sse_response(frames, delay)
 }
 
 async fn serve_jwks(State(jwks): State<Jwks>) -> Response {

@@ -78,6 +78,16 @@ impl Catalogue {
         Ok(Catalogue { detectors, set })
     }
 
+    /// Overrides risks (`None` keeps the built-in one), by detector index.
+    pub fn with_risks(mut self, risks: &[Option<u32>]) -> Catalogue {
+        for (d, r) in self.detectors.iter_mut().zip(risks) {
+            if let Some(r) = r {
+                d.risk = *r;
+            }
+        }
+        self
+    }
+
     pub fn detectors(&self) -> &[Detector] {
         &self.detectors
     }

@@ -1,0 +1,518 @@
+//! Inspection of request and response bodies: masking, block rules and the
+//! refusal of what cannot be inspected. Compiled once per configuration.
+//!
+//! A request body is refused (never forwarded uninspected) when it is over
+//! the size limit (413), compressed or of a content type outside the
+//! configured set (415), or not valid UTF-8 / JSON (400). Otherwise the
+//! block rules run on the raw text by scope, then every text string is
+//! masked. Responses are masked the same way; SSE streams by `SseMasker`.
+
+pub mod config;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use regex::Regex;
+use serde_json::{json, Value};
+
+use crate::config::{err, ConfigError};
+use crate::detect::{builtin::BUILTINS, Catalogue, Custom};
+use crate::llm::sse::{mask_text, SseMasker};
+use crate::llm::{walk, Api, Direction, Scope};
+use crate::mask::{Hits, Masker, Operator, Tokens};
+use config::{InspectionConfig, MaskingConfig, OperatorName, RuleAction, RuleConfig, RuleScope};
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub scope: RuleScope,
+    matcher: Regex,
+    pub action: RuleAction,
+    pub message: String,
+    pub risk: u32,
+}
+
+/// A rule that matched, for the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleHit {
+    pub id: String,
+    pub action: RuleAction,
+    pub scope: &'static str,
+}
+
+/// What to do with a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// Forward, with this body instead when masking changed it.
+    Forward {
+        body: Option<Vec<u8>>,
+        hits: Hits,
+        rules: Vec<RuleHit>,
+    },
+    /// A rule with action `block` (or `approve`, until approvals exist)
+    /// matched: answer 403.
+    Blocked {
+        rule: RuleHit,
+        message: String,
+        hits: Hits,
+        rules: Vec<RuleHit>,
+    },
+    /// The body cannot be inspected: answer `status`.
+    Refused {
+        status: u32,
+        kind: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Inspector {
+    pub config: InspectionConfig,
+    masker: Option<Masker>,
+    rules: Vec<Rule>,
+}
+
+impl Inspector {
+    pub fn new(
+        inspection: &InspectionConfig,
+        masking: &MaskingConfig,
+        rules: &[RuleConfig],
+    ) -> Result<Inspector, ConfigError> {
+        crate::config::in_range(
+            "inspection.max_body_bytes",
+            inspection.max_body_bytes,
+            1024,
+            64 << 20,
+        )?;
+        crate::config::in_range(
+            "inspection.stream_window_bytes",
+            inspection.stream_window_bytes,
+            0,
+            64 * 1024,
+        )?;
+        if inspection.content_types.is_empty() {
+            return Err(err(
+                "inspection.content_types",
+                "must list at least one type",
+            ));
+        }
+        let masker = if masking.enabled {
+            Some(compile_masker(masking)?)
+        } else {
+            None
+        };
+        let mut compiled = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            if r.id.trim().is_empty() {
+                return Err(err(&format!("{at}.id"), "must not be empty"));
+            }
+            if compiled.iter().any(|c: &Rule| c.id == r.id) {
+                return Err(err(
+                    &format!("{at}.id"),
+                    format!("{:?} is used twice", r.id),
+                ));
+            }
+            let pattern = match (&r.regex, r.keywords.is_empty()) {
+                (Some(re), true) => re.clone(),
+                (None, false) => {
+                    if r.keywords.iter().any(|k| k.trim().is_empty()) {
+                        return Err(err(&format!("{at}.keywords"), "empty keyword"));
+                    }
+                    let alts: Vec<String> = r.keywords.iter().map(|k| regex::escape(k)).collect();
+                    format!("(?i:{})", alts.join("|"))
+                }
+                _ => {
+                    return Err(err(&at, "give exactly one of `regex` or `keywords`"));
+                }
+            };
+            let matcher = regex::RegexBuilder::new(&pattern)
+                .size_limit(2 << 20)
+                .build()
+                .map_err(|e| err(&format!("{at}.regex"), e.to_string()))?;
+            compiled.push(Rule {
+                id: r.id.clone(),
+                scope: r.scope,
+                matcher,
+                action: r.action,
+                message: r
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("request blocked by rule {}", r.id)),
+                risk: r.risk,
+            });
+        }
+        Ok(Inspector {
+            config: inspection.clone(),
+            masker,
+            rules: compiled,
+        })
+    }
+
+    pub fn masker(&self) -> Option<&Masker> {
+        self.masker.as_ref()
+    }
+
+    /// Whether a request with this content type may be inspected.
+    pub fn accepts(&self, content_type: &str) -> bool {
+        let media = media_type(content_type);
+        self.config
+            .content_types
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&media))
+    }
+
+    /// Inspects a whole request body.
+    pub fn request(&self, content_type: &str, body: &[u8], tokens: &mut Tokens) -> RequestVerdict {
+        if body.len() > self.config.max_body_bytes {
+            return refused(
+                413,
+                "request_too_large",
+                format!("request body exceeds {} bytes", self.config.max_body_bytes),
+            );
+        }
+        if !self.accepts(content_type) {
+            return refused(
+                415,
+                "unsupported_media_type",
+                format!(
+                    "content type {:?} is not inspected",
+                    media_type(content_type)
+                ),
+            );
+        }
+        let Ok(text) = std::str::from_utf8(body) else {
+            return refused(
+                400,
+                "invalid_request_error",
+                "request body is not valid UTF-8".into(),
+            );
+        };
+        let mut hits = Hits::default();
+        let mut rule_hits = Vec::new();
+        if media_type(content_type).ends_with("json") {
+            let mut value: Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    return refused(
+                        400,
+                        "invalid_request_error",
+                        format!("request body is not valid JSON: {e}"),
+                    );
+                }
+            };
+            walk(&mut value, Direction::Request, &mut |scope, s| {
+                self.match_rules(scope, s, &mut rule_hits)
+            });
+            if let Some(blocked) = self.first_blocking(&rule_hits) {
+                return RequestVerdict::Blocked {
+                    message: blocked.1,
+                    rule: blocked.0,
+                    hits,
+                    rules: rule_hits,
+                };
+            }
+            let mut changed = false;
+            if let Some(m) = &self.masker {
+                walk(&mut value, Direction::Request, &mut |scope, s| {
+                    if scope == Scope::Model {
+                        return;
+                    }
+                    if let Some(new) = m.mask(s, tokens, &mut hits) {
+                        *s = new;
+                        changed = true;
+                    }
+                });
+            }
+            RequestVerdict::Forward {
+                body: changed.then(|| value.to_string().into_bytes()),
+                hits,
+                rules: rule_hits,
+            }
+        } else {
+            self.match_rules(Scope::Prompt, text, &mut rule_hits);
+            if let Some(blocked) = self.first_blocking(&rule_hits) {
+                return RequestVerdict::Blocked {
+                    message: blocked.1,
+                    rule: blocked.0,
+                    hits,
+                    rules: rule_hits,
+                };
+            }
+            let body = self
+                .masker
+                .as_ref()
+                .and_then(|m| m.mask(text, tokens, &mut hits))
+                .map(String::into_bytes);
+            RequestVerdict::Forward {
+                body,
+                hits,
+                rules: rule_hits,
+            }
+        }
+    }
+
+    /// Masks a whole (non-streamed) response body. `Err` when it cannot be
+    /// inspected (not UTF-8): it must not reach the client.
+    pub fn response(
+        &self,
+        content_type: &str,
+        body: &[u8],
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let Some(m) = &self.masker else {
+            return Ok(None);
+        };
+        if body.is_empty() {
+            return Ok(None);
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| "response body is not valid UTF-8".to_string())?;
+        if media_type(content_type).ends_with("json") {
+            if let Ok(mut value) = serde_json::from_str::<Value>(text) {
+                let mut changed = false;
+                walk(&mut value, Direction::Response, &mut |scope, s| {
+                    if scope == Scope::Model {
+                        return;
+                    }
+                    if let Some(new) = mask_text(m, s, tokens, hits) {
+                        *s = new;
+                        changed = true;
+                    }
+                });
+                return Ok(changed.then(|| value.to_string().into_bytes()));
+            }
+        }
+        // Not JSON (or malformed JSON): masked as text.
+        Ok(mask_text(m, text, tokens, hits).map(String::into_bytes))
+    }
+
+    /// A masker for an SSE response stream.
+    pub fn stream(&self, api: Api) -> SseMasker {
+        SseMasker::new(api, self.config.stream_window_bytes)
+    }
+
+    fn match_rules(&self, scope: Scope, text: &str, out: &mut Vec<RuleHit>) {
+        for r in &self.rules {
+            let applies = match r.scope {
+                RuleScope::Any => true,
+                RuleScope::Prompt => scope == Scope::Prompt,
+                RuleScope::System => scope == Scope::System,
+                RuleScope::Model => scope == Scope::Model,
+                RuleScope::ToolName => scope == Scope::ToolName,
+                RuleScope::ToolArguments => scope == Scope::ToolArguments,
+            };
+            if applies && !out.iter().any(|h| h.id == r.id) && r.matcher.is_match(text) {
+                out.push(RuleHit {
+                    id: r.id.clone(),
+                    action: r.action,
+                    scope: scope.as_str(),
+                });
+            }
+        }
+    }
+
+    fn first_blocking(&self, hits: &[RuleHit]) -> Option<(RuleHit, String)> {
+        hits.iter()
+            .find(|h| matches!(h.action, RuleAction::Block | RuleAction::Approve))
+            .map(|h| {
+                let rule = self.rules.iter().find(|r| r.id == h.id);
+                let mut message = rule.map(|r| r.message.clone()).unwrap_or_default();
+                if h.action == RuleAction::Approve {
+                    message.push_str(" (needs approval; no approval service is configured)");
+                }
+                (h.clone(), message)
+            })
+    }
+
+    /// Risk of the rules that matched.
+    pub fn rules_risk(&self, hits: &[RuleHit]) -> u32 {
+        hits.iter()
+            .filter_map(|h| self.rules.iter().find(|r| r.id == h.id))
+            .map(|r| r.risk)
+            .sum()
+    }
+}
+
+fn refused(status: u32, kind: &'static str, message: String) -> RequestVerdict {
+    RequestVerdict::Refused {
+        status,
+        kind,
+        message,
+    }
+}
+
+/// `application/json; charset=utf-8` → `application/json`.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn compile_masker(c: &MaskingConfig) -> Result<Masker, ConfigError> {
+    for name in c.detectors.keys() {
+        if !BUILTINS.iter().any(|b| b.name == name) {
+            let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+            return Err(err(
+                &format!("masking.detectors.{name}"),
+                format!(
+                    "no built-in detector {name:?}; expected one of {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut custom = Vec::new();
+    for (i, d) in c.custom.iter().enumerate() {
+        if d.name.is_empty()
+            || !d
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(err(
+                &format!("masking.custom[{i}].name"),
+                "use letters, digits and _",
+            ));
+        }
+        if BUILTINS.iter().any(|b| b.name == d.name)
+            || c.custom[..i].iter().any(|o| o.name == d.name)
+        {
+            return Err(err(
+                &format!("masking.custom[{i}].name"),
+                format!("{:?} is already a detector", d.name),
+            ));
+        }
+        custom.push(Custom {
+            name: d.name.clone(),
+            pattern: d.pattern.clone(),
+            risk: d.risk,
+        });
+    }
+    let enabled = |name: &str| {
+        c.detectors
+            .get(name)
+            .and_then(|s| s.enabled)
+            .unwrap_or(true)
+    };
+    let catalogue = Catalogue::new(enabled, &custom).map_err(|e| {
+        let field = c
+            .custom
+            .iter()
+            .position(|d| e.starts_with(&format!("{}:", d.name)))
+            .map_or("masking.custom".to_string(), |i| {
+                format!("masking.custom[{i}].pattern")
+            });
+        err(&field, e)
+    })?;
+    let to_op = |name: OperatorName, keep: Option<usize>| match name {
+        OperatorName::Redact => Operator::Redact,
+        OperatorName::Partial => Operator::Partial {
+            keep_last: keep.unwrap_or(4),
+        },
+        OperatorName::Hash => Operator::Hash,
+        OperatorName::Tokenize => Operator::Tokenize,
+    };
+    let mut operators = Vec::new();
+    let mut risks = Vec::new();
+    for d in catalogue.detectors() {
+        let (op, keep, risk) = match c.detectors.get(&d.name) {
+            Some(s) => (s.operator, s.keep_last, s.risk),
+            None => match c.custom.iter().find(|x| x.name == d.name) {
+                Some(x) => (x.operator, x.keep_last, None),
+                None => (None, None, None),
+            },
+        };
+        operators.push(to_op(op.unwrap_or(c.default_operator), keep));
+        risks.push(risk);
+    }
+    let catalogue = catalogue.with_risks(&risks);
+    let key = match &c.hmac_key_base64 {
+        Some(k) => {
+            let bytes = STANDARD
+                .decode(k.trim())
+                .or_else(|_| URL_SAFE_NO_PAD.decode(k.trim().trim_end_matches('=')))
+                .map_err(|e| err("masking.hmac_key_base64", format!("not base64: {e}")))?;
+            if bytes.len() < 32 {
+                return Err(err("masking.hmac_key_base64", "use at least 32 bytes"));
+            }
+            bytes
+        }
+        None => {
+            if operators.contains(&Operator::Hash) {
+                return Err(err(
+                    "masking.hmac_key_base64",
+                    "the `hash` operator needs a key",
+                ));
+            }
+            Vec::new()
+        }
+    };
+    Ok(Masker::new(catalogue, operators, key))
+}
+
+/// An error body in the API's own shape: OpenAI's `{"error": {...}}` or
+/// Anthropic's `{"type": "error", "error": {...}}`.
+pub fn error_body(api: Api, kind: &str, message: &str, rule: Option<&str>) -> String {
+    let message = format!("tracegate: {message}");
+    let mut v = match api {
+        Api::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        _ => json!({"error": {"message": message, "type": kind, "param": null, "code": kind}}),
+    };
+    if let Some(rule) = rule {
+        v["error"]["rule"] = json!(rule);
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests;
+
+/// What inspection found in one exchange, for its record.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeInspection {
+    pub request: Hits,
+    pub response: Hits,
+    pub rules: Vec<RuleHit>,
+    pub rules_risk: u32,
+    pub verdict: &'static str,
+    pub blocked_rule: String,
+    pub reason: String,
+}
+
+impl ExchangeInspection {
+    pub fn to_proto(&self) -> tracegate_proto::v1::Inspection {
+        use tracegate_proto::v1 as p;
+        let counts = |h: &Hits| h.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        p::Inspection {
+            request_findings: counts(&self.request),
+            response_findings: counts(&self.response),
+            risk: self.request.risk.saturating_add(self.rules_risk),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| p::RuleMatch {
+                    id: r.id.clone(),
+                    action: match r.action {
+                        RuleAction::Block => "block",
+                        RuleAction::Approve => "approve",
+                        RuleAction::Log => "log",
+                    }
+                    .into(),
+                    scope: r.scope.into(),
+                })
+                .collect(),
+            verdict: if self.verdict.is_empty() {
+                "forwarded"
+            } else {
+                self.verdict
+            }
+            .into(),
+            blocked_rule: self.blocked_rule.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
