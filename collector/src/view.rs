@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 use tracegate_proto::v1::identity::Status;
-use tracegate_proto::v1::{Body, Identity, Record};
+use tracegate_proto::v1::{Body, Identity, Inspection, Record};
 
 /// Bodies longer than this are cut in the readable timeline (never in --json).
 const TIMELINE_BODY_CHARS: usize = 4000;
@@ -44,6 +44,9 @@ pub fn write_timeline(out: &mut impl Write, session: &str, records: &[Record]) -
         )?;
         if let Some(id) = &r.identity {
             writeln!(out, "   identity: {}", identity_line(id))?;
+        }
+        if let Some(i) = &r.inspection {
+            writeln!(out, "   inspection: {}", inspection_line(i))?;
         }
         write_body(out, "request", r.request_body.as_ref())?;
         write_body(out, "response", r.response_body.as_ref())?;
@@ -85,6 +88,37 @@ pub fn identity_line(id: &Identity) -> String {
         ),
         Status::Unspecified => "unknown".into(),
     }
+}
+
+/// `blocked by no-jailbreak (prompt injection); risk 170; request: email×1
+/// payment_card×1; response: phone×1; rules: no-jailbreak(block, prompt)`.
+pub fn inspection_line(i: &Inspection) -> String {
+    let mut line = match i.verdict.as_str() {
+        "blocked" => format!("blocked by {} ({})", i.blocked_rule, i.reason),
+        "refused" => format!("refused ({})", i.reason),
+        v => v.to_string(),
+    };
+    line.push_str(&format!("; risk {}", i.risk));
+    let findings = |m: &std::collections::HashMap<String, u32>| {
+        let mut v: Vec<_> = m.iter().map(|(k, n)| format!("{k}×{n}")).collect();
+        v.sort();
+        v.join(" ")
+    };
+    if !i.request_findings.is_empty() {
+        line.push_str(&format!("; request: {}", findings(&i.request_findings)));
+    }
+    if !i.response_findings.is_empty() {
+        line.push_str(&format!("; response: {}", findings(&i.response_findings)));
+    }
+    if !i.rules.is_empty() {
+        let rules: Vec<String> = i
+            .rules
+            .iter()
+            .map(|r| format!("{}({}, {})", r.id, r.action, r.scope))
+            .collect();
+        line.push_str(&format!("; rules: {}", rules.join(" ")));
+    }
+    line
 }
 
 /// Who a session's caller is, for the session list: the first verified
@@ -145,6 +179,51 @@ struct RecordJson<'a> {
     source: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<IdentityJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inspection: Option<InspectionJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct InspectionJson<'a> {
+    verdict: &'a str,
+    risk: u32,
+    request_findings: BTreeMap<&'a str, u32>,
+    response_findings: BTreeMap<&'a str, u32>,
+    rules: Vec<RuleJson<'a>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    blocked_rule: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct RuleJson<'a> {
+    id: &'a str,
+    action: &'a str,
+    scope: &'a str,
+}
+
+fn inspection_json(i: &Inspection) -> InspectionJson<'_> {
+    fn counts(m: &std::collections::HashMap<String, u32>) -> BTreeMap<&str, u32> {
+        m.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+    }
+    InspectionJson {
+        verdict: &i.verdict,
+        risk: i.risk,
+        request_findings: counts(&i.request_findings),
+        response_findings: counts(&i.response_findings),
+        rules: i
+            .rules
+            .iter()
+            .map(|r| RuleJson {
+                id: &r.id,
+                action: &r.action,
+                scope: &r.scope,
+            })
+            .collect(),
+        blocked_rule: &i.blocked_rule,
+        reason: &i.reason,
+    }
 }
 
 #[derive(Serialize)]
@@ -236,6 +315,7 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
             response_body: r.response_body.as_ref().map(body_json),
             source: &r.source,
             identity: r.identity.as_ref().map(identity_json),
+            inspection: r.inspection.as_ref().map(inspection_json),
         };
         serde_json::to_writer(&mut *out, &json)?;
         writeln!(out)?;

@@ -452,6 +452,16 @@ impl HttpContext for Exchange {
         };
         auth::forget(shared, self.context_id);
         recorder.set_identity(self.identity.borrow_mut().identity.take());
+        if !self.tokens.is_empty() {
+            // The client got tokenized values back; the record must not.
+            if let Some(m) = shared.inspector.as_ref().and_then(|i| i.masker()) {
+                let mut discard = tracegate_policy::mask::Hits::default();
+                let tokens = &mut self.tokens;
+                recorder
+                    .response_body
+                    .map_text(|t| m.mask(t, tokens, &mut discard));
+            }
+        }
         if self.inspect_request
             || !self.inspection.response.is_empty()
             || !self.inspection.verdict.is_empty()

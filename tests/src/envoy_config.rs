@@ -30,6 +30,8 @@ fn cluster(name: &str, port: u16) -> Value {
 
 /// The `envoy.filters.http.wasm` entry that loads tracegate.
 pub fn tracegate_filter(wasm: &Path, plugin_config: &Value) -> Value {
+    // Holding headers until the body is inspected needs this Envoy option.
+    let hold = plugin_config["inspection"]["hold_headers"] == true;
     json!({
         "name": "tracegate",
         "typed_config": {
@@ -38,6 +40,7 @@ pub fn tracegate_filter(wasm: &Path, plugin_config: &Value) -> Value {
                 "name": "tracegate",
                 "root_id": "tracegate",
                 "failure_policy": "FAIL_RELOAD",
+                "allow_on_headers_stop_iteration": hold,
                 "vm_config": {
                     "vm_id": "tracegate",
                     "runtime": "envoy.wasm.runtime.v8",

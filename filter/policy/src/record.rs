@@ -85,6 +85,16 @@ impl BodyCapture {
         self.data.extend_from_slice(&bytes[..take]);
     }
 
+    /// Rewrites the captured text (not the counted size), e.g. to mask
+    /// again what was restored for the client. Non-UTF-8 data is kept.
+    pub fn map_text(&mut self, f: impl FnOnce(&str) -> Option<String>) {
+        if let Ok(text) = std::str::from_utf8(&self.data) {
+            if let Some(new) = f(text) {
+                self.data = new.into_bytes();
+            }
+        }
+    }
+
     pub fn set_content_type(&mut self, content_type: String) {
         self.content_type = content_type;
     }
