@@ -3,7 +3,7 @@
 #   make demo     collector + Envoy + filter + a local LLM, driven by the openai SDK
 #   make test     fmt, clippy, unit tests (native and wasm), end-to-end tests
 #   make build    target/tracegate_filter.wasm and target/release/tracegate
-#   make bench    benchmark tables (JWT verification cost, native and in wasm)
+#   make bench    benchmark tables (JWT verification cost, masking MB/s; native and in wasm)
 #
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
@@ -125,8 +125,9 @@ e2e-test: build python-env
 	PYTHON=$(PYTHON) cargo test -p tracegate-e2e
 
 # --- Benchmarks (not part of `make test`) ----------------------------------------
-# JWT decision cost per request, natively and inside a wasm VM (V8, as in
-# Envoy, here under Node's WASI). Tables go to the terminal and target/bench/.
+# JWT decision cost per request and masking throughput, natively and inside a
+# wasm VM (V8, as in Envoy, here under Node's WASI). Tables go to the terminal
+# and target/bench/.
 bench: $(FILTER_DEPS) node
 	mkdir -p target/bench
 	cargo run --release -q -p tracegate-policy --example jwt_bench -- native \
@@ -135,6 +136,12 @@ bench: $(FILTER_DEPS) node
 	  --target-dir target/wasm-bench
 	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/jwt_bench.wasm \
 	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/jwt-wasm.txt
+	cargo run --release -q -p tracegate-policy --example mask_bench -- native \
+	  | tee target/bench/mask-native.txt
+	$(BENCH_WASM_BUILD) --release -q -p tracegate-policy --example mask_bench --target wasm32-wasip1 \
+	  --target-dir target/wasm-bench
+	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/mask_bench.wasm \
+	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/mask-wasm.txt
 
 # --- Demo ------------------------------------------------------------------------
 demo: build python-env

@@ -102,18 +102,24 @@ impl Catalogue {
         }
         for i in self.set.matches(text).iter() {
             let d = &self.detectors[i];
-            for caps in d.regex.captures_iter(text) {
-                let Some(m) = caps.get(d.group).or_else(|| caps.get(0)) else {
-                    continue;
-                };
-                if m.is_empty() || d.check.is_some_and(|check| !check(m.as_str())) {
-                    continue;
+            let mut keep = |m: regex::Match<'_>| {
+                if !m.is_empty() && d.check.is_none_or(|check| check(m.as_str())) {
+                    out.push(Finding {
+                        start: m.start(),
+                        end: m.end(),
+                        detector: i,
+                    });
                 }
-                out.push(Finding {
-                    start: m.start(),
-                    end: m.end(),
-                    detector: i,
-                });
+            };
+            if d.group == 0 {
+                // No capture slots: the regex engine can stay on its DFA.
+                d.regex.find_iter(text).for_each(&mut keep);
+            } else {
+                for caps in d.regex.captures_iter(text) {
+                    if let Some(m) = caps.get(d.group).or_else(|| caps.get(0)) {
+                        keep(m);
+                    }
+                }
             }
         }
         if out.len() < 2 {

@@ -7,7 +7,10 @@
 //! secret split across pieces is still seen whole; a finding that runs to the
 //! end of what has arrived (a PEM key without its END line yet) holds
 //! everything from its start. The delay a piece can suffer is bounded by the
-//! window (plus the finding that holds it).
+//! window plus 64 bytes (text is released in pieces of at least 64 bytes or
+//! the window, whichever is smaller, so
+//! the window is not scanned again for every small delta), plus the finding
+//! that holds it.
 
 use super::{Hits, Masker, Tokens};
 use crate::detect::Finding;
@@ -15,6 +18,10 @@ use crate::detect::Finding;
 /// Bytes of already-released text kept as left context, so `\b` and the
 /// `password:` before a value see what they would in the whole text.
 const CONTEXT: usize = 128;
+
+/// Text is released in pieces of at least this many bytes (at most the
+/// window; or at the end).
+const MIN_RELEASE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct StreamMasker {
@@ -58,6 +65,11 @@ impl StreamMasker {
 
     fn release(&mut self, m: &Masker, all: bool, tokens: &mut Tokens, hits: &mut Hits) -> String {
         if self.pending.is_empty() {
+            return String::new();
+        }
+        // Scanning costs the whole window each time: wait until a useful
+        // amount can be released (this adds at most MIN_RELEASE to the delay).
+        if !all && self.pending.len() < self.window + MIN_RELEASE.min(self.window) {
             return String::new();
         }
         let offset = self.context.len();

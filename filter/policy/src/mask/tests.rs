@@ -4,6 +4,10 @@ use crate::detect::Catalogue;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+/// Every split natively; a sample of them in wasm, where the same code runs
+/// some 20 times slower under the test runner.
+const SPLIT_STEP: usize = if cfg!(target_arch = "wasm32") { 7 } else { 1 };
+
 fn redactor() -> &'static Masker {
     static M: std::sync::OnceLock<Masker> = std::sync::OnceLock::new();
     M.get_or_init(|| masker(|_| Operator::Redact))
@@ -65,7 +69,7 @@ fn tokenize_round_trip() {
         "I wrote to alice@corp.example.com about 4111 1111 1111 1111; [EMAIL_2] is unknown [x"
     );
     // Streamed, split anywhere.
-    for at in 0..answer.len() {
+    for at in (0..answer.len()).step_by(SPLIT_STEP) {
         if !answer.is_char_boundary(at) {
             continue;
         }
@@ -95,7 +99,7 @@ fn streams_mask_values_split_across_pieces() {
     let mut t = Tokens::default();
     let mut whole_hits = Hits::default();
     let whole = m.mask(TEXT, &mut t, &mut whole_hits).unwrap();
-    for at in 0..TEXT.len() {
+    for at in (0..TEXT.len()).step_by(SPLIT_STEP) {
         for at2 in [at, (at + 7).min(TEXT.len()), TEXT.len()] {
             let (out, hits) = stream(&m, &[&TEXT[..at], &TEXT[at..at2], &TEXT[at2..]], 512);
             assert_eq!(out, whole, "split at {at}/{at2}");
