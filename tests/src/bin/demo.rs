@@ -24,6 +24,26 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// One chat request as the agent, with any status as an answer.
+fn agent_call(
+    stack: &Stack,
+    token: &str,
+    session: &str,
+    text: &str,
+) -> Result<ureq::http::Response<ureq::Body>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    Ok(agent
+        .post(stack.envoy.url("/v1/chat/completions"))
+        .header("authorization", &format!("Bearer {token}"))
+        .header("x-session-id", session)
+        .send_json(
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}),
+        )?)
+}
+
 fn main() {
     // Ctrl-C or SIGTERM: stop at the next step; dropping the stack stops
     // every process.
@@ -90,18 +110,23 @@ fn run() -> Result<()> {
         bail!("the openai client failed ({status})");
     }
 
+    // A prompt that leaks a key: the LLM (which echoes) sees the mask.
+    let leaky = format!(
+        "deploy with key {} please",
+        "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123"
+    );
+    let mut masked = agent_call(&stack, &tokens[0], &session, &leaky)?;
+    let answer: serde_json::Value = masked.body_mut().read_json()?;
+    println!("user> {leaky}");
+    println!(
+        "assistant> {}   (the model only ever saw the mask)\n",
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("?")
+    );
+
     // The same call with an expired token never reaches the LLM.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut refused = agent
-        .post(stack.envoy.url("/v1/chat/completions"))
-        .header("authorization", &format!("Bearer {}", tokens[1]))
-        .header("x-session-id", &session)
-        .send_json(
-            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
-        )?;
+    let mut refused = agent_call(&stack, &tokens[1], &session, "hi")?;
     println!(
         "demo: with an expired token: HTTP {}, {}\n",
         refused.status(),
@@ -111,7 +136,7 @@ fn run() -> Result<()> {
     let records = poll("the session's records", Duration::from_secs(30), || {
         check_interrupted()?;
         let n = stack.collector.replay_json(&session)?.len();
-        Ok((n >= 4).then_some(n))
+        Ok((n >= 5).then_some(n))
     })?;
     let data = stack.collector.data.display().to_string();
     println!("demo: the collector holds {records} exchanges of session {session}.\n");
