@@ -9,7 +9,8 @@ what the `x-test-reply` header asks. Checks, with the clients' own parsing:
 - a secret in an answer never reaches the client, also when streamed word by
   word (card and phone numbers contain spaces, so they span several events);
 - a tokenized e-mail comes back to the caller as the real address;
-- Anthropic thinking blocks are masked like text.
+- Anthropic thinking blocks are masked like text;
+- the Responses API is masked the same way, streamed and not.
 Prints one line per check; exits non-zero on the first failure.
 """
 import sys
@@ -57,6 +58,22 @@ r = oa.chat.completions.create(model="gpt-test", messages=[
     {"role": "user", "content": "mail bob@example.com about it"}])
 text = r.choices[0].message.content
 check("openai tokenized e-mail restored", text == "echo: mail bob@example.com about it", text)
+
+r = oa.responses.create(model="gpt-test", input=f"card {CARD} and key {KEY}")
+check("responses API prompt masked", r.output_text == "echo: card [CARD_NUMBER] and key [OPENAI_API_KEY]", r.output_text)
+
+parts = []
+final_text = None
+with oa.responses.stream(model="gpt-test", input=[{"role": "user", "content": "stream please"}],
+                         extra_headers={"x-test-reply": f"Call {PHONE} with card {CARD}.",
+                                        "x-test-chunk-delay-ms": "3"}) as s:
+    for event in s:
+        if event.type == "response.output_text.delta":
+            parts.append(event.delta)
+    final_text = s.get_final_response().output_text
+text = "".join(parts)
+check("responses API stream masked", text == "Call [PHONE] with card [CARD_NUMBER].", text)
+check("responses API final response masked", final_text == "Call [PHONE] with card [CARD_NUMBER].", final_text)
 
 an = anthropic.Anthropic(base_url=base_url, api_key="sk-ant-test", max_retries=0,
                          default_headers={"x-session-id": session})

@@ -77,6 +77,25 @@ pub fn upstream_bin() -> PathBuf {
     from_env_or("TEST_UPSTREAM_BIN", sibling_bin("test-upstream"))
 }
 
+/// Runs a Python client from `tests/clients/` with the SDK virtualenv; its
+/// stdout, or an error with stdout and stderr when it fails.
+pub fn run_client(script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(python_bin())
+        .arg(workspace_root().join("tests/clients").join(script))
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {script} with {}", python_bin().display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{script} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
 /// Calls `f` until it returns `Some`, or fails after `timeout`.
 pub fn poll<T>(
     what: &str,

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use tracegate_e2e::jwt::{claims, unix_now, Keys, AUDIENCE, ISSUER};
-use tracegate_e2e::{poll, python_bin, workspace_root, Stack};
+use tracegate_e2e::{poll, run_client, Stack};
 
 fn remote_provider() -> Value {
     json!({
@@ -457,19 +457,8 @@ fn openai_and_anthropic_sdks_authenticate_with_a_jwt() {
             json!({"key": "ec256", "alg": "ES256", "claims": old}),
         ])
         .unwrap();
-    let out = std::process::Command::new(python_bin())
-        .arg(workspace_root().join("tests/clients/sdk_identity.py"))
-        .arg(stack.envoy.url("/v1"))
-        .arg("sdk-identity")
-        .args(&t)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = stack.envoy.url("/v1");
+    let stdout = run_client("sdk_identity.py", &[&url, "sdk-identity", &t[0], &t[1]]).unwrap();
     assert!(stdout.contains("tracegate: token has expired"), "{stdout}");
     assert!(
         stdout.contains("anthropic refused: tracegate: token has expired"),

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use tracegate_e2e::{python_bin, workspace_root, Stack};
+use tracegate_e2e::{run_client, Stack};
 
 const CARD: &str = "4111 1111 1111 1111";
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123";
@@ -347,20 +347,10 @@ fn uninspectable_requests_are_refused_not_forwarded() {
 #[test]
 fn official_sdks_streaming_and_not() {
     let mut stack = Stack::start(&plugin_config(true)).unwrap();
-    let out = std::process::Command::new(python_bin())
-        .arg(workspace_root().join("tests/clients/sdk_masking.py"))
-        .arg(stack.envoy.url(""))
-        .arg("sdk-mask")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = stack.envoy.url("");
+    let stdout = run_client("sdk_masking.py", &[&url, "sdk-mask"]).unwrap();
     assert!(stdout.contains("all ok"), "{stdout}");
-    let records = stack.collector.wait_for_records("sdk-mask", 8).unwrap();
+    let records = stack.collector.wait_for_records("sdk-mask", 10).unwrap();
     let stored = stored_bytes(&stack.collector.data);
     for secret in [CARD, KEY, PHONE] {
         assert!(
@@ -369,4 +359,5 @@ fn official_sdks_streaming_and_not() {
         );
     }
     assert!(records.iter().any(|r| r["path"] == "/v1/messages"));
+    assert!(records.iter().any(|r| r["path"] == "/v1/responses"));
 }

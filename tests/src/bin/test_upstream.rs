@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/responses", post(responses))
         .route("/__requests", get(requests))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Seen::default())
@@ -104,6 +105,20 @@ fn last_user_text(messages: &[Value]) -> String {
     }
 }
 
+/// The request JSON and its `messages`, or the 400 to answer.
+fn chat_request(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "body is not JSON")));
+    };
+    let Some(messages) = request["messages"].as_array().cloned() else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "messages is required",
+        )));
+    };
+    Ok((request, messages))
+}
+
 /// `echo: <last user text>`, or the `x-test-reply` header's text, so tests
 /// can make the model "say" something (a secret, a placeholder).
 fn reply_text(headers: &HeaderMap, messages: &[Value]) -> String {
@@ -143,12 +158,11 @@ fn sse_response(frames: Vec<String>, delay: Option<Duration>) -> Response {
 /// request enables thinking), plain or streamed as Anthropic's events.
 async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     remember(&seen, "/v1/messages", &headers, &body);
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    let (request, messages) = match chat_request(&body) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
-    let Some(messages) = request["messages"].as_array() else {
-        return error(StatusCode::BAD_REQUEST, "messages is required");
-    };
+    let messages = &messages[..];
     let model = request["model"]
         .as_str()
         .unwrap_or("claude-test")
@@ -214,6 +228,102 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
     sse_response(frames, delay_of(&headers))
 }
 
+/// OpenAI Responses API: `input` as a string or message items; the answer
+/// is one output message, plain or streamed as the API's typed events.
+async fn responses(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    remember(&seen, "/v1/responses", &headers, &body);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let prompt = match &request["input"] {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let messages: Vec<Value> = items
+                .iter()
+                .map(|m| {
+                    let text: Vec<&str> = match &m["content"] {
+                        Value::String(s) => vec![s.as_str()],
+                        Value::Array(parts) => {
+                            parts.iter().filter_map(|p| p["text"].as_str()).collect()
+                        }
+                        _ => vec![],
+                    };
+                    json!({"role": m["role"], "content": text.join(" ")})
+                })
+                .collect();
+            last_user_text(&messages)
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "input is required"),
+    };
+    let reply = match headers.get("x-test-reply").and_then(|v| v.to_str().ok()) {
+        Some(text) => text.to_string(),
+        None => format!("echo: {prompt}"),
+    };
+    let model = request["model"].as_str().unwrap_or("gpt-test").to_string();
+    let id = format!("resp_{}", unix_now());
+    let item = |text: &str, status: &str| {
+        json!({"id": "msg_1", "type": "message", "role": "assistant",
+        "status": status, "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let response = |text: &str, status: &str| {
+        json!({"id": id, "object": "response", "created_at": unix_now(),
+        "model": model, "status": status, "output": if text.is_empty() { json!([]) } else { json!([item(text, "completed")]) },
+        "usage": {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}})
+    };
+    if request["stream"] != true {
+        return Json(response(&reply, "completed")).into_response();
+    }
+    let mut seq = 0;
+    let mut event = |kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        format!("event: {kind}\ndata: {data}\n\n")
+    };
+    let mut frames = vec![
+        event(
+            "response.created",
+            json!({"response": response("", "in_progress")}),
+        ),
+        event(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": item("", "in_progress")}),
+        ),
+        event(
+            "response.content_part.added",
+            json!({"item_id": "msg_1", "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ];
+    for word in reply.split_inclusive(' ') {
+        frames.push(event(
+            "response.output_text.delta",
+            json!({"item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "delta": word}),
+        ));
+    }
+    frames.push(event(
+        "response.output_text.done",
+        json!({"item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "text": reply}),
+    ));
+    frames.push(event(
+        "response.content_part.done",
+        json!({"item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "part": {"type": "output_text", "text": reply, "annotations": []}}),
+    ));
+    frames.push(event(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": item(&reply, "completed")}),
+    ));
+    frames.push(event(
+        "response.completed",
+        json!({"response": response(&reply, "completed")}),
+    ));
+    sse_response(frames, delay_of(&headers))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -222,12 +332,11 @@ fn unix_now() -> u64 {
 
 async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     remember(&seen, "/v1/chat/completions", &headers, &body);
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    let (request, messages) = match chat_request(&body) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
-    let Some(messages) = request["messages"].as_array() else {
-        return error(StatusCode::BAD_REQUEST, "messages is required");
-    };
+    let messages = &messages[..];
     let model = request["model"]
         .as_str()
         .unwrap_or("test-model")

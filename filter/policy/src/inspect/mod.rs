@@ -203,13 +203,8 @@ impl Inspector {
             walk(&mut value, Direction::Request, &mut |scope, s| {
                 self.match_rules(scope, s, &mut rule_hits)
             });
-            if let Some(blocked) = self.first_blocking(&rule_hits) {
-                return RequestVerdict::Blocked {
-                    message: blocked.1,
-                    rule: blocked.0,
-                    hits,
-                    rules: rule_hits,
-                };
+            if let Some(blocked) = self.blocked(&rule_hits) {
+                return blocked;
             }
             let mut changed = false;
             if let Some(m) = &self.masker {
@@ -230,13 +225,8 @@ impl Inspector {
             }
         } else {
             self.match_rules(Scope::Prompt, text, &mut rule_hits);
-            if let Some(blocked) = self.first_blocking(&rule_hits) {
-                return RequestVerdict::Blocked {
-                    message: blocked.1,
-                    rule: blocked.0,
-                    hits,
-                    rules: rule_hits,
-                };
+            if let Some(blocked) = self.blocked(&rule_hits) {
+                return blocked;
             }
             let body = self
                 .masker
@@ -312,17 +302,23 @@ impl Inspector {
         }
     }
 
-    fn first_blocking(&self, hits: &[RuleHit]) -> Option<(RuleHit, String)> {
-        hits.iter()
-            .find(|h| matches!(h.action, RuleAction::Block | RuleAction::Approve))
-            .map(|h| {
-                let rule = self.rules.iter().find(|r| r.id == h.id);
-                let mut message = rule.map(|r| r.message.clone()).unwrap_or_default();
-                if h.action == RuleAction::Approve {
-                    message.push_str(" (needs approval; no approval service is configured)");
-                }
-                (h.clone(), message)
-            })
+    /// The verdict when a `block` (or `approve`) rule matched: the first one
+    /// names the refusal; masking has not run, so there are no findings yet.
+    fn blocked(&self, rule_hits: &[RuleHit]) -> Option<RequestVerdict> {
+        let hit = rule_hits
+            .iter()
+            .find(|h| matches!(h.action, RuleAction::Block | RuleAction::Approve))?;
+        let rule = self.rules.iter().find(|r| r.id == hit.id);
+        let mut message = rule.map(|r| r.message.clone()).unwrap_or_default();
+        if hit.action == RuleAction::Approve {
+            message.push_str(" (needs approval; no approval service is configured)");
+        }
+        Some(RequestVerdict::Blocked {
+            rule: hit.clone(),
+            message,
+            hits: Hits::default(),
+            rules: rule_hits.to_vec(),
+        })
     }
 
     /// Risk of the rules that matched.
