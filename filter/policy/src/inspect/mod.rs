@@ -163,6 +163,14 @@ impl Inspector {
 
     /// Inspects a whole request body.
     pub fn request(&self, content_type: &str, body: &[u8], tokens: &mut Tokens) -> RequestVerdict {
+        if body.is_empty() {
+            // Nothing to inspect (a POST without a body).
+            return RequestVerdict::Forward {
+                body: None,
+                hits: Hits::default(),
+                rules: Vec::new(),
+            };
+        }
         if body.len() > self.config.max_body_bytes {
             return refused(
                 413,

@@ -111,6 +111,11 @@ fn uninspectable_requests_are_refused() {
             other => panic!("{ct}: {other:?}"),
         }
     }
+    // An empty body has nothing to inspect, whatever its type.
+    assert!(matches!(
+        i.request("application/octet-stream", b"", &mut t),
+        RequestVerdict::Forward { body: None, .. }
+    ));
     // Plain text is masked as text.
     let v = i.request("text/plain", b"mail bob@example.com", &mut t);
     assert!(matches!(v, RequestVerdict::Forward { body: Some(b), .. } if b == b"mail [EMAIL]"));
