@@ -1,7 +1,7 @@
 //! The tamper-evident record format of the durable store (issue 6), as pure
 //! functions over bytes: frames with CRC32C and a SHA-256 hash chain, segment
 //! headers, the scan that tells a torn tail from corruption, and RFC 6962
-//! Merkle roots for segment seals.
+//! Merkle roots, and the signed seal of a closed segment.
 //!
 //! Not yet used by `tracegate serve` (which still writes the interim
 //! `records.log`, see store.rs); the segment writer, seals, `verify` and
@@ -9,6 +9,7 @@
 
 pub mod frame;
 pub mod merkle;
+pub mod seal;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
