@@ -1,10 +1,10 @@
 //! The tamper-evident record format of the durable store (issue 6), as pure
 //! functions over bytes: frames with CRC32C and a SHA-256 hash chain, segment
-//! headers, the scan that tells a torn tail from corruption, and RFC 6962
-//! Merkle roots, and the signed seal of a closed segment.
+//! headers, the scan that tells a torn tail from corruption, RFC 6962 Merkle
+//! roots, and the signed seal of a closed segment.
 //!
 //! Not yet used by `tracegate serve` (which still writes the interim
-//! `records.log`, see store.rs); the segment writer, seals, `verify` and
+//! `records.log`, see store.rs); the segment writer, `verify`, retention and
 //! recovery build on this.
 
 pub mod frame;
