@@ -254,6 +254,18 @@ impl RootContext for Root {
             dropped: Cell::new(0),
             source: format!("tracegate-filter/{} ({plugin})", env!("CARGO_PKG_VERSION")),
         }));
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.config.inspection.hold_headers)
+        {
+            // Envoy gives no way to check this from the plugin; a wrong pair
+            // of settings makes requests hang, so say it where operators look.
+            host::log(
+                LogLevel::Info,
+                "inspection.hold_headers is on: the Wasm filter must set allow_on_headers_stop_iteration: true (Envoy >= 1.35), or requests with a body will hang",
+            );
+        }
         host::set_tick_period(tick);
         host::log(
             LogLevel::Info,
