@@ -260,6 +260,13 @@ fn block_rules_answer_403_and_nothing_leaves() {
                 .unwrap(),
             2
         );
+        // Operators are told what holding headers needs from Envoy.
+        let told = stack
+            .envoy
+            .process
+            .log()
+            .contains("must set allow_on_headers_stop_iteration");
+        assert_eq!(told, hold);
     }
 }
 
