@@ -1,4 +1,7 @@
-//! The collector's library part: the parts other binaries and benchmarks
-//! share. The `tracegate` binary is in main.rs.
+//! The collector: the durable record store (`ledger`), the gRPC ingest
+//! service in front of it (`grpc`), and the readable views the CLI prints
+//! (`view`). The `tracegate` binary (main.rs) is the command line over these.
 
+pub mod grpc;
 pub mod ledger;
+pub mod view;

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 use tracegate_proto::v1::identity::Status;
+use tracegate_proto::v1::record::Phase;
 use tracegate_proto::v1::{Body, Identity, Inspection, Record};
+
+use crate::ledger::index::SessionSummary;
 
 /// Bodies longer than this are cut in the readable timeline (never in --json).
 const TIMELINE_BODY_CHARS: usize = 4000;
@@ -42,6 +45,18 @@ pub fn write_timeline(out: &mut impl Write, session: &str, records: &[Record]) -
             "   record {}  request {}  host {}",
             r.record_id, r.request_id, r.authority
         )?;
+        if r.phase() == Phase::Request {
+            writeln!(
+                out,
+                "   written ahead (durable before forwarding); no record of its end: the proxy stopped mid-exchange"
+            )?;
+        } else if !r.request_record_id.is_empty() {
+            writeln!(
+                out,
+                "   request written ahead as record {}",
+                r.request_record_id
+            )?;
+        }
         if let Some(id) = &r.identity {
             writeln!(out, "   identity: {}", identity_line(id))?;
         }
@@ -123,7 +138,7 @@ pub fn inspection_line(i: &Inspection) -> String {
 
 /// Who a session's caller is, for the session list: the first verified
 /// subject, else anonymous/rejected, else `-`.
-fn who(id: Option<&Identity>) -> Option<String> {
+pub fn who(id: Option<&Identity>) -> Option<String> {
     let id = id?;
     match Status::try_from(id.status).ok()? {
         Status::Verified => Some(format!("{}@{}", id.subject, id.provider)),
@@ -177,6 +192,9 @@ struct RecordJson<'a> {
     request_body: Option<BodyJson<'a>>,
     response_body: Option<BodyJson<'a>>,
     source: &'a str,
+    phase: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_record_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<IdentityJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +332,11 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
             request_body: r.request_body.as_ref().map(body_json),
             response_body: r.response_body.as_ref().map(body_json),
             source: &r.source,
+            phase: match r.phase() {
+                Phase::Exchange => "exchange",
+                Phase::Request => "request",
+            },
+            request_record_id: &r.request_record_id,
             identity: r.identity.as_ref().map(identity_json),
             inspection: r.inspection.as_ref().map(inspection_json),
         };
@@ -323,35 +346,12 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
     Ok(())
 }
 
-pub fn write_sessions(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
-    struct Row {
-        first: i64,
-        last: i64,
-        exchanges: usize,
-        who: Option<String>,
-    }
-    let mut sessions: BTreeMap<&str, Row> = BTreeMap::new();
-    for r in records {
-        let e = sessions.entry(&r.session_id).or_insert(Row {
-            first: i64::MAX,
-            last: i64::MIN,
-            exchanges: 0,
-            who: None,
-        });
-        e.first = e.first.min(r.request_start_unix_nanos);
-        e.last = e.last.max(r.end_unix_nanos);
-        e.exchanges += 1;
-        let this = who(r.identity.as_ref());
-        // A verified caller names the session over anonymous or rejected tries.
-        if e.who.is_none()
-            || (this.as_deref().is_some_and(|w| w.contains('@'))
-                && !e.who.as_deref().is_some_and(|w| w.contains('@')))
-        {
-            e.who = this.or(e.who.take());
-        }
-    }
-    let mut rows: Vec<_> = sessions.into_iter().collect();
-    rows.sort_by_key(|(_, row)| row.first);
+pub fn write_sessions(
+    out: &mut impl Write,
+    sessions: &BTreeMap<String, SessionSummary>,
+) -> io::Result<()> {
+    let mut rows: Vec<_> = sessions.iter().collect();
+    rows.sort_by_key(|(id, row)| (row.first_unix_nanos, *id));
     writeln!(
         out,
         "{:<40} {:<28} {:<24} {:<24} {:>9}",
@@ -361,103 +361,26 @@ pub fn write_sessions(out: &mut impl Write, records: &[Record]) -> io::Result<()
         writeln!(
             out,
             "{id:<40} {:<28} {:<24} {:<24} {:>9}",
-            row.who.as_deref().unwrap_or("-"),
-            time(row.first),
-            time(row.last),
+            row.identity.as_deref().unwrap_or("-"),
+            time(row.first_unix_nanos),
+            time(row.last_unix_nanos),
             row.exchanges
         )?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> Record {
-        Record {
-            record_id: "r1".into(),
-            session_id: "s".into(),
-            request_start_unix_nanos: 1_700_000_000_123_000_000,
-            duration_micros: 12_345,
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            status: 200,
-            request_body: Some(Body {
-                data: b"{\"a\":1}".to_vec(),
-                size: 7,
-                truncated: false,
-                content_type: "application/json".into(),
-            }),
-            response_body: Some(Body {
-                data: vec![0xff, 0x00],
-                size: 10,
-                truncated: true,
-                content_type: String::new(),
-            }),
-            ..Record::default()
-        }
-    }
-
-    #[test]
-    fn timeline_shows_the_exchange() {
-        let mut out = Vec::new();
-        write_timeline(&mut out, "s", &[record()]).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.contains(
-                "#1 2023-11-14T22:13:20.123Z  POST /v1/chat/completions  -> 200  12.3 ms"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("request: application/json, 7 B"), "{text}");
-        assert!(text.contains("| {\"a\":1}"), "{text}");
-        assert!(
-            text.contains("response: no content-type, 10 B, first 2 B recorded"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn identity_is_shown() {
-        let mut r = record();
-        r.identity = Some(Identity {
-            status: Status::Verified as i32,
-            provider: "corp".into(),
-            issuer: "https://idp".into(),
-            subject: "alice".into(),
-            algorithm: "ES256".into(),
-            key_id: "k1".into(),
-            claims: [("email".to_string(), "a@x".to_string())].into(),
-            ..Identity::default()
-        });
-        let mut out = Vec::new();
-        write_timeline(&mut out, "s", std::slice::from_ref(&r)).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.contains(
-                "identity: alice (provider corp, iss https://idp, ES256 kid k1) email=a@x"
-            ),
-            "{text}"
-        );
-        let mut out = Vec::new();
-        write_sessions(&mut out, &[r.clone()]).unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("alice@corp"));
-        let mut out = Vec::new();
-        write_json_lines(&mut out, &[r]).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["identity"]["status"], "verified");
-        assert_eq!(v["identity"]["claims"]["email"], "a@x");
-    }
-
-    #[test]
-    fn json_lines_use_text_or_base64() {
-        let mut out = Vec::new();
-        write_json_lines(&mut out, &[record()]).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["request_body"]["text"], "{\"a\":1}");
-        assert_eq!(v["response_body"]["data_base64"], "/wA=");
-        assert_eq!(v["response_body"]["truncated"], true);
-        assert_eq!(v["request_start"], "2023-11-14T22:13:20.123Z");
-    }
+/// The exchanges of a session as shown: a record written ahead
+/// (`recording.mode: write_ahead`) is folded into the record that completes
+/// it; one never completed (the proxy stopped mid-exchange) stays, marked.
+pub fn fold_written_ahead(records: Vec<Record>) -> Vec<Record> {
+    let completed: std::collections::HashSet<String> = records
+        .iter()
+        .filter(|r| !r.request_record_id.is_empty())
+        .map(|r| r.request_record_id.clone())
+        .collect();
+    records
+        .into_iter()
+        .filter(|r| !(r.phase() == Phase::Request && completed.contains(&r.record_id)))
+        .collect()
 }

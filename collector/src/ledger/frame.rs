@@ -20,7 +20,7 @@ use super::Hash;
 
 pub const MAGIC: &[u8; 8] = b"TGSEG001";
 pub const SEGMENT_HEADER_LEN: usize = 60;
-const FRAME_HEADER_LEN: usize = 24;
+pub const FRAME_HEADER_LEN: usize = 24;
 pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + 32;
 /// A length field larger than this is corruption, not a record.
 pub const MAX_PAYLOAD: usize = 64 << 20;
@@ -64,9 +64,14 @@ impl SegmentHeader {
 
 /// `SHA-256(previous chain || leaf hash of payload)`.
 pub fn chain_next(prev: &Hash, payload: &[u8]) -> Hash {
+    chain_from_leaf(prev, &leaf_hash(payload))
+}
+
+/// `SHA-256(previous chain || leaf)`, when the leaf is already known.
+pub fn chain_from_leaf(prev: &Hash, leaf: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
-    h.update(leaf_hash(payload));
+    h.update(leaf);
     h.finalize().into()
 }
 
@@ -113,13 +118,15 @@ pub enum Ending {
     /// Bytes from `offset` to the end form no valid frame and none follows:
     /// an interrupted write, never acknowledged, safe to cut.
     TornTail { offset: usize },
-    /// Invalid bytes at `offset`, but a valid frame follows at `resumes_at`:
-    /// corruption or tampering inside the log. Never cut silently.
-    Corrupt {
-        offset: usize,
-        resumes_at: usize,
-        why: String,
-    },
+}
+
+/// Invalid bytes at `offset` with a valid frame after them at `resumes_at`:
+/// corruption or tampering inside the log. Never cut silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub offset: usize,
+    pub resumes_at: usize,
+    pub why: String,
 }
 
 /// A problem with frames that are each intact (their CRCs hold): a broken
@@ -134,65 +141,123 @@ pub struct LinkProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
     pub header: SegmentHeader,
+    /// Every intact frame, also those after a corruption.
     pub frames: Vec<FrameRef>,
+    /// The RFC 6962 leaf hash of each frame's payload.
+    pub leaves: Vec<Hash>,
     pub ending: Ending,
+    pub corrupt: Vec<Corruption>,
     pub links: Vec<LinkProblem>,
 }
 
-/// Reads a segment: the header, every valid frame up to the first invalid
-/// one, how the bytes end, and every broken chain link or sequence gap.
+impl Scan {
+    /// No corruption, no broken link, no torn tail.
+    pub fn is_intact(&self) -> bool {
+        self.ending == Ending::Clean && self.corrupt.is_empty() && self.links.is_empty()
+    }
+
+    /// Sequence number and chain hash after the last intact frame.
+    pub fn tip(&self) -> (u64, Hash) {
+        match self.frames.last() {
+            Some(f) => (f.seq + 1, f.chain),
+            None => (self.header.first_seq, self.header.prev_chain),
+        }
+    }
+}
+
+/// Reads a segment: the header, every intact frame, how the bytes end, every
+/// stretch of corruption (the scan resynchronises on the next valid frame),
+/// and every broken chain link or sequence gap.
 pub fn scan(bytes: &[u8]) -> Result<Scan, String> {
     let header = SegmentHeader::decode(bytes)?;
     let mut frames = Vec::new();
     let mut links = Vec::new();
+    let mut corrupt = Vec::new();
+    let mut leaves = Vec::new();
     let mut offset = SEGMENT_HEADER_LEN;
-    let mut chain = header.prev_chain;
-    let mut next_seq = header.first_seq;
+    // `None` right after a corruption: the frames lost there are reported
+    // once, not as a broken link at the next frame.
+    let mut expect: Option<(u64, Hash)> = Some((header.first_seq, header.prev_chain));
     let ending = loop {
         if offset == bytes.len() {
             break Ending::Clean;
         }
         match parse_frame(bytes, offset) {
             Ok(f) => {
-                if f.seq != next_seq {
-                    links.push(LinkProblem {
-                        offset,
-                        what: format!("sequence {} where {next_seq} was expected", f.seq),
-                    });
+                let leaf = leaf_hash(&bytes[f.payload.clone()]);
+                if let Some((next_seq, chain)) = expect {
+                    if f.seq != next_seq {
+                        links.push(LinkProblem {
+                            offset,
+                            what: format!("sequence {} where {next_seq} was expected", f.seq),
+                        });
+                    }
+                    if chain_from_leaf(&chain, &leaf) != f.chain {
+                        links.push(LinkProblem {
+                            offset,
+                            what: format!(
+                                "chain link of sequence {} does not follow from the previous record",
+                                f.seq
+                            ),
+                        });
+                    }
                 }
-                let expected = chain_next(&chain, &bytes[f.payload.clone()]);
-                if expected != f.chain {
-                    links.push(LinkProblem {
-                        offset,
-                        what: format!(
-                            "chain link of sequence {} does not follow from the previous record",
-                            f.seq
-                        ),
-                    });
-                }
-                chain = f.chain;
-                next_seq = f.seq.wrapping_add(1);
+                expect = Some((f.seq.wrapping_add(1), f.chain));
                 offset += f.len;
                 frames.push(f);
+                leaves.push(leaf);
             }
             Err(why) => {
-                break match (offset + 1..bytes.len()).find(|&p| parse_frame(bytes, p).is_ok()) {
-                    Some(resumes_at) => Ending::Corrupt {
-                        offset,
-                        resumes_at,
-                        why,
-                    },
-                    None => Ending::TornTail { offset },
-                };
+                let after = expect.map_or(0, |(seq, _)| seq);
+                match resync(bytes, offset + 1, after) {
+                    Some(resumes_at) => {
+                        corrupt.push(Corruption {
+                            offset,
+                            resumes_at,
+                            why,
+                        });
+                        expect = None;
+                        offset = resumes_at;
+                    }
+                    None => break Ending::TornTail { offset },
+                }
             }
         }
     };
     Ok(Scan {
         header,
         frames,
+        leaves,
         ending,
+        corrupt,
         links,
     })
+}
+
+/// The next offset from `from` where a valid frame starts. Frames whose
+/// sequence number is implausible are not even checksummed, which keeps the
+/// search linear over garbage.
+fn resync(bytes: &[u8], from: usize, min_seq: u64) -> Option<usize> {
+    (from..bytes.len()).find(|&p| {
+        let Some(seq) = bytes.get(p + 8..p + 16) else {
+            return false;
+        };
+        let mut s = [0u8; 8];
+        s.copy_from_slice(seq);
+        let seq = u64::from_le_bytes(s);
+        seq >= min_seq && seq - min_seq < (1 << 32) && parse_frame(bytes, p).is_ok()
+    })
+}
+
+/// Parses the frame at the start of `bytes` (a frame read on its own, e.g.
+/// through an index offset).
+pub fn parse_one(bytes: &[u8]) -> Result<FrameRef, String> {
+    parse_frame(bytes, 0)
+}
+
+/// The payload length a frame header announces, from its first 4 bytes.
+pub fn announced_len(header: &[u8; 4]) -> usize {
+    u32::from_le_bytes(*header) as usize
 }
 
 fn parse_frame(bytes: &[u8], offset: usize) -> Result<FrameRef, String> {
@@ -266,8 +331,7 @@ mod tests {
     fn round_trip() {
         let (bytes, payloads) = segment(20);
         let s = scan(&bytes).unwrap();
-        assert_eq!(s.ending, Ending::Clean);
-        assert!(s.links.is_empty());
+        assert!(s.is_intact());
         assert_eq!(s.header.segment, 3);
         assert_eq!(s.frames.len(), 20);
         for (f, p) in s.frames.iter().zip(&payloads) {
@@ -300,6 +364,27 @@ mod tests {
         assert!(!scan(&ins).unwrap().links.is_empty());
     }
 
+    #[test]
+    fn corruption_is_reported_and_later_frames_still_read() {
+        let (mut bytes, _) = segment(6);
+        let s = scan(&bytes).unwrap();
+        let hit = s.frames[2].payload.start + 3;
+        bytes[hit] ^= 0x10;
+        let d = scan(&bytes).unwrap();
+        assert_eq!(d.ending, Ending::Clean);
+        assert_eq!(d.corrupt.len(), 1);
+        assert_eq!(d.corrupt[0].offset, s.frames[2].offset);
+        assert_eq!(d.corrupt[0].resumes_at, s.frames[3].offset);
+        let seqs: Vec<_> = d.frames.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [100, 101, 103, 104, 105]);
+        assert!(
+            d.links.is_empty(),
+            "the loss is reported once: {:?}",
+            d.links
+        );
+        assert_eq!(d.tip(), s.tip());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -313,7 +398,7 @@ mod tests {
             let s = scan(&bytes[..cut]).unwrap();
             let whole: Vec<_> = full.frames.iter().filter(|f| f.offset + f.len <= cut).cloned().collect();
             prop_assert_eq!(&s.frames, &whole);
-            prop_assert!(s.links.is_empty());
+            prop_assert!(s.links.is_empty() && s.corrupt.is_empty());
             if whole.last().map_or(SEGMENT_HEADER_LEN, |f| f.offset + f.len) == cut {
                 prop_assert_eq!(s.ending, Ending::Clean);
             } else {
@@ -330,7 +415,7 @@ mod tests {
             match scan(&bytes) {
                 Err(_) => {} // the segment header
                 Ok(s) => prop_assert!(
-                    s.ending != Ending::Clean || !s.links.is_empty() || s.frames.len() < 8,
+                    !s.is_intact() || s.frames.len() < 8,
                     "flip at {} went unnoticed", i
                 ),
             }

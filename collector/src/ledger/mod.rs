@@ -1,15 +1,28 @@
-//! The tamper-evident record format of the durable store (issue 6), as pure
-//! functions over bytes: frames with CRC32C and a SHA-256 hash chain, segment
-//! headers, the scan that tells a torn tail from corruption, RFC 6962 Merkle
-//! roots, and the signed seal of a closed segment.
+//! The durable, tamper-evident record store.
 //!
-//! Not yet used by `tracegate serve` (which still writes the interim
-//! `records.log`, see store.rs); the segment writer, `verify`, retention and
-//! recovery build on this.
+//! - `frame`: segment header and frame format (CRC32C over every field,
+//!   SHA-256 hash chain across records and segments) and the scan that tells
+//!   a torn tail from corruption.
+//! - `merkle`, `seal`: RFC 6962 roots and the Ed25519-signed texts (segment
+//!   seals, HEAD, retention statements).
+//! - `keys`: the seal key pair as PEM.
+//! - `layout`: the files of a data directory.
+//! - `writer`: the one writer: recovery, group commit, roll, seal, retention.
+//! - `index`, `read`: session look-ups and export without the lock.
+//! - `verify`: the auditor's check.
 
 pub mod frame;
+pub mod index;
+pub mod keys;
+pub mod layout;
 pub mod merkle;
+pub mod read;
 pub mod seal;
+pub mod verify;
+pub mod writer;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
+
+#[cfg(test)]
+mod tests;

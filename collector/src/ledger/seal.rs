@@ -58,36 +58,24 @@ impl Seal {
 
     /// Body, blank line, signature line.
     pub fn sign(&self, key: &SigningKey) -> String {
-        let body = self.body();
-        let signature = key.sign(body.as_bytes());
-        format!(
-            "{body}\n{SIGNATURE_PREFIX}{}\n",
-            STANDARD.encode(signature.to_bytes())
-        )
+        sign_text(&self.body(), key)
     }
 
     /// Parses a seal's text and checks its signature.
     pub fn verify(text: &str, key: &VerifyingKey) -> Result<Seal, String> {
-        let (body, sig_part) = text
-            .split_once("\n\n")
-            .ok_or("no blank line between body and signature")?;
-        let body = format!("{body}\n");
-        let sig_line = sig_part
-            .lines()
-            .find_map(|l| l.strip_prefix(SIGNATURE_PREFIX))
-            .ok_or("no tracegate signature line")?;
-        let sig_bytes: [u8; 64] = STANDARD
-            .decode(sig_line.trim())
-            .map_err(|e| format!("signature is not base64: {e}"))?
-            .try_into()
-            .map_err(|_| "signature is not 64 bytes")?;
-        key.verify_strict(body.as_bytes(), &Signature::from_bytes(&sig_bytes))
-            .map_err(|_| "signature does not verify with this public key")?;
+        let body = open_signed(text, key)?;
         let seal = Seal::parse_body(&body)?;
         if seal.body() != body {
             return Err("body is not in canonical form".into());
         }
         Ok(seal)
+    }
+
+    /// Parses a seal's text without checking its signature: for readers
+    /// that only want its time range. `verify` is for trusting it.
+    pub fn parse_unverified(text: &str) -> Result<Seal, String> {
+        let body = text.split_once("\n\n").map_or(text, |(b, _)| b);
+        Seal::parse_body(&format!("{body}\n"))
     }
 
     fn parse_body(body: &str) -> Result<Seal, String> {
@@ -134,6 +122,101 @@ impl Seal {
     }
 }
 
+/// A signed text: `body`, a blank line, the signature line.
+pub fn sign_text(body: &str, key: &SigningKey) -> String {
+    let signature = key.sign(body.as_bytes());
+    format!(
+        "{body}\n{SIGNATURE_PREFIX}{}\n",
+        STANDARD.encode(signature.to_bytes())
+    )
+}
+
+/// Checks a signed text's signature; returns its body.
+pub fn open_signed(text: &str, key: &VerifyingKey) -> Result<String, String> {
+    let (body, sig_part) = text
+        .split_once("\n\n")
+        .ok_or("no blank line between body and signature")?;
+    let body = format!("{body}\n");
+    let sig_line = sig_part
+        .lines()
+        .find_map(|l| l.strip_prefix(SIGNATURE_PREFIX))
+        .ok_or("no tracegate signature line")?;
+    let sig = decode_signature(sig_line.trim())?;
+    key.verify_strict(body.as_bytes(), &sig)
+        .map_err(|_| "signature does not verify with this public key")?;
+    Ok(body)
+}
+
+pub fn decode_signature(b64: &str) -> Result<Signature, String> {
+    let bytes: [u8; 64] = STANDARD
+        .decode(b64)
+        .map_err(|e| format!("signature is not base64: {e}"))?
+        .try_into()
+        .map_err(|_| "signature is not 64 bytes")?;
+    Ok(Signature::from_bytes(&bytes))
+}
+
+/// The signed statement that the writer has made records durable up to
+/// `sequence` (file HEAD). It anchors the unsealed tail: cutting whole
+/// records off the end of the open segment leaves HEAD naming a record
+/// that is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub segment: u64,
+    /// Sequence number of the last durable record.
+    pub sequence: u64,
+    pub chain: Hash,
+    pub unix_nanos: i64,
+}
+
+const HEAD_FIRST_LINE: &str = "tracegate head v1";
+
+impl Head {
+    pub fn body(&self) -> String {
+        format!(
+            "{HEAD_FIRST_LINE}\nsegment {}\nsequence {}\nchain {}\ntime {}\n",
+            self.segment,
+            self.sequence,
+            hex(&self.chain),
+            self.unix_nanos
+        )
+    }
+
+    pub fn verify(text: &str, key: &VerifyingKey) -> Result<Head, String> {
+        let body = open_signed(text, key)?;
+        let mut lines = body.lines();
+        if lines.next() != Some(HEAD_FIRST_LINE) {
+            return Err("not a tracegate head".into());
+        }
+        let mut value = |name: &str| -> Result<String, String> {
+            lines
+                .next()
+                .and_then(|l| l.strip_prefix(name))
+                .and_then(|l| l.strip_prefix(' '))
+                .map(str::to_string)
+                .ok_or(format!("missing {name}"))
+        };
+        let segment = value("segment")?.parse().map_err(|_| "bad segment")?;
+        let sequence = value("sequence")?.parse().map_err(|_| "bad sequence")?;
+        let chain = unhex(&value("chain")?)?;
+        let unix_nanos = value("time")?.parse().map_err(|_| "bad time")?;
+        Ok(Head {
+            segment,
+            sequence,
+            chain,
+            unix_nanos,
+        })
+    }
+}
+
+/// The text a retention entry's signature covers.
+pub fn retention_statement(r: &tracegate_proto::v1::Retention) -> String {
+    format!(
+        "tracegate retention v1\nsegments {} {}\npolicy {}\ntime {}\n",
+        r.first_segment, r.last_segment, r.policy, r.unix_nanos
+    )
+}
+
 /// SHA-256 of a seal's whole text, which the next seal names as `previous`.
 pub fn seal_hash(text: &str) -> Hash {
     Sha256::digest(text.as_bytes()).into()
@@ -143,7 +226,7 @@ pub fn hex(h: &Hash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Result<Hash, String> {
+pub fn unhex(s: &str) -> Result<Hash, String> {
     if s.len() != 64 {
         return Err(format!("{s:?} is not a 32-byte hex hash"));
     }

@@ -1,0 +1,89 @@
+//! Per-segment session index: which sessions a sealed segment holds, their
+//! summary (for `tracegate sessions`) and the offsets of their records (for
+//! `tracegate replay`), so neither reads whole segments.
+//!
+//! The server rebuilds every index from the segments at start-up; readers
+//! check each frame they reach through an index (CRC, session id), so a stale
+//! or edited index can hide nothing it did not already fail to list.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tracegate_proto::v1::record::Phase;
+use tracegate_proto::v1::Record;
+
+use crate::view::who;
+
+/// What one session looks like, over the records seen so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub first_unix_nanos: i64,
+    pub last_unix_nanos: i64,
+    /// Whole exchanges (records written ahead are not counted twice).
+    pub exchanges: u64,
+    pub identity: Option<String>,
+}
+
+impl SessionSummary {
+    pub fn add(&mut self, r: &Record) {
+        let end = r.end_unix_nanos.max(r.request_start_unix_nanos);
+        if self.exchanges == 0 && self.first_unix_nanos == 0 {
+            self.first_unix_nanos = r.request_start_unix_nanos;
+            self.last_unix_nanos = end;
+        }
+        self.first_unix_nanos = self.first_unix_nanos.min(r.request_start_unix_nanos);
+        self.last_unix_nanos = self.last_unix_nanos.max(end);
+        if r.phase() == Phase::Exchange {
+            self.exchanges += 1;
+        }
+        self.name(who(r.identity.as_ref()));
+    }
+
+    pub fn merge(&mut self, other: &SessionSummary) {
+        if self.first_unix_nanos == 0 && self.exchanges == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.first_unix_nanos = self.first_unix_nanos.min(other.first_unix_nanos);
+        self.last_unix_nanos = self.last_unix_nanos.max(other.last_unix_nanos);
+        self.exchanges += other.exchanges;
+        self.name(other.identity.clone());
+    }
+
+    /// A verified caller (`subject@issuer`) names the session over anonymous
+    /// or rejected tries.
+    fn name(&mut self, this: Option<String>) {
+        let verified = |w: &Option<String>| w.as_deref().is_some_and(|w| w.contains('@'));
+        if self.identity.is_none() || (verified(&this) && !verified(&self.identity)) {
+            self.identity = this.or(self.identity.take());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    #[serde(flatten)]
+    pub summary: SessionSummary,
+    /// Frame offsets in the segment.
+    pub offsets: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentIndex {
+    pub segment: u64,
+    pub sessions: BTreeMap<String, SessionEntry>,
+}
+
+impl SegmentIndex {
+    pub fn new(segment: u64) -> Self {
+        Self {
+            segment,
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, r: &Record, offset: u64) {
+        let e = self.sessions.entry(r.session_id.clone()).or_default();
+        e.summary.add(r);
+        e.offsets.push(offset);
+    }
+}

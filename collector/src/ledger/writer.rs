@@ -1,0 +1,583 @@
+//! The one writer of a data directory: recovery at start-up, group commit,
+//! segment roll and seal, retention, and the signed HEAD.
+//!
+//! Durability rule: `append` returns only after the batch's frames are
+//! written with one `write` and made durable with one `fdatasync`; only then
+//! does the gRPC layer acknowledge. Any write or sync error is returned and
+//! the server exits without acknowledging (a failed fsync may have dropped
+//! dirty pages; retrying it would lie).
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::{Signer, SigningKey};
+use prost::Message;
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use tracegate_proto::v1::ledger_entry::Entry;
+use tracegate_proto::v1::{LedgerEntry, Record, RejectedRecord, Retention};
+
+use super::frame::{self, Ending, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::index::SegmentIndex;
+use super::layout::{sync_dir, write_atomic, Layout};
+use super::merkle::{self, leaf_hash};
+use super::seal::{self, Head, Seal};
+use super::Hash;
+
+/// A record larger than this is refused (the filter's limits keep records far below).
+pub const MAX_RECORD_BYTES: usize = 32 << 20;
+/// HEAD is rewritten at most this often (and at every seal and at shutdown).
+const HEAD_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Roll to a new segment once the open one holds this many bytes...
+    pub segment_bytes: u64,
+    /// ...or its first record is this old.
+    pub segment_age: Duration,
+    /// Delete sealed segments whose newest record is older than this.
+    pub retain_age: Option<Duration>,
+    /// Delete the oldest sealed segments while all segments exceed this.
+    pub retain_bytes: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            segment_age: Duration::from_secs(3600),
+            retain_age: None,
+            retain_bytes: None,
+        }
+    }
+}
+
+/// What happened to one export call's records.
+#[derive(Debug, Default, PartialEq)]
+pub struct Appended {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+struct OpenSegment {
+    number: u64,
+    file: File,
+    len: u64,
+    first_seq: u64,
+    /// Wall clock when this segment was opened (for the age roll).
+    opened_unix_nanos: i64,
+    leaves: Vec<Hash>,
+    first_time: i64,
+    last_time: i64,
+    index: SegmentIndex,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sealed {
+    number: u64,
+    bytes: u64,
+    last_time: i64,
+}
+
+pub struct Ledger {
+    layout: Layout,
+    key: SigningKey,
+    opts: Options,
+    open: OpenSegment,
+    next_seq: u64,
+    chain: Hash,
+    last_seal: Hash,
+    ids: HashSet<String>,
+    sealed: VecDeque<Sealed>,
+    head_written: Option<Instant>,
+    /// Sequence HEAD names.
+    head_seq: u64,
+    retention_checked: Instant,
+    /// What recovery found; the server prints it.
+    pub findings: Vec<String>,
+    _lock: File,
+}
+
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// One entry about to be written.
+struct Pending<'a> {
+    payload: Vec<u8>,
+    record: Option<&'a Record>,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) a data directory for writing, after
+    /// recovering it: takes the lock, cuts a torn tail off the open segment,
+    /// reports and quarantines corruption (never cutting it), and rebuilds the
+    /// indexes and the set of record ids from the segments.
+    pub fn open(layout: Layout, key: SigningKey, opts: Options) -> Result<Ledger> {
+        std::fs::create_dir_all(&layout.root)
+            .with_context(|| format!("creating {}", layout.root.display()))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(layout.lock())?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "{} is in use by another tracegate server",
+                layout.root.display()
+            );
+        }
+        if layout.root.join("records.log").exists() {
+            bail!(
+                "{} holds records.log from tracegate before 0.4 (unsigned); move it away or use another --data",
+                layout.root.display()
+            );
+        }
+        layout.create_dirs()?;
+
+        let mut findings = Vec::new();
+        let mut ids = HashSet::new();
+        let mut sealed = VecDeque::new();
+        let seals: HashSet<u64> = layout.seals()?.into_iter().collect();
+        let numbers = layout.segments()?;
+        let mut tip: (u64, Hash) = (1, [0; 32]);
+        let mut reopen: Option<OpenSegment> = None;
+        for (i, &n) in numbers.iter().enumerate() {
+            let path = layout.segment(n);
+            let name = layout.show(&path);
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .with_context(|| format!("reading {}", path.display()))?;
+            let scan = match frame::scan(&bytes) {
+                Ok(s) => s,
+                Err(why) => {
+                    let msg = format!("{name}: {why}; segment not used");
+                    quarantine(&layout, n, &msg)?;
+                    findings.push(msg);
+                    continue;
+                }
+            };
+            let is_last = i + 1 == numbers.len();
+            let is_sealed = seals.contains(&n);
+            let mut index = SegmentIndex::new(n);
+            for f in &scan.frames {
+                if let Some(Entry::Record(r)) = LedgerEntry::decode(&bytes[f.payload.clone()])
+                    .ok()
+                    .and_then(|e| e.entry)
+                {
+                    index.add(&r, f.offset as u64);
+                    ids.insert(r.record_id);
+                }
+            }
+            for c in &scan.corrupt {
+                let msg = format!(
+                    "{name}: corrupt bytes at offset {} ({}), intact frames resume at {}; kept as they are",
+                    c.offset, c.why, c.resumes_at
+                );
+                findings.push(msg);
+            }
+            for l in &scan.links {
+                findings.push(format!("{name}: offset {}: {}", l.offset, l.what));
+            }
+            if !scan.corrupt.is_empty() {
+                quarantine(
+                    &layout,
+                    n,
+                    &findings[findings.len() - scan.corrupt.len() - scan.links.len()..].join("\n"),
+                )?;
+            }
+            let mut len = bytes.len() as u64;
+            if let Ending::TornTail { offset } = scan.ending {
+                if is_last && !is_sealed && scan.corrupt.is_empty() {
+                    // An interrupted append: never acknowledged, safe to cut.
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(offset as u64)?;
+                    f.sync_all()?;
+                    findings.push(format!(
+                        "{name}: cut {} bytes of an interrupted write at offset {offset}",
+                        bytes.len() - offset
+                    ));
+                    len = offset as u64;
+                } else {
+                    findings.push(format!(
+                        "{name}: ends in a partial frame at offset {offset}; kept as it is"
+                    ));
+                }
+            }
+            tip = scan.tip();
+            let last_time = scan.frames.last().map_or(0, |f| f.unix_nanos);
+            if is_sealed {
+                write_index(&layout, &index)?;
+                sealed.push_back(Sealed {
+                    number: n,
+                    bytes: len,
+                    last_time,
+                });
+            } else if is_last && scan.corrupt.is_empty() {
+                let file = OpenOptions::new().append(true).open(&path)?;
+                reopen = Some(OpenSegment {
+                    number: n,
+                    file,
+                    len,
+                    first_seq: scan.header.first_seq,
+                    opened_unix_nanos: scan.frames.first().map_or(now_nanos(), |f| f.unix_nanos),
+                    leaves: scan.leaves.clone(),
+                    first_time: scan.frames.first().map_or(0, |f| f.unix_nanos),
+                    last_time,
+                    index,
+                });
+            } else if !scan.corrupt.is_empty() {
+                // Damaged: never written again; appends go to a new segment.
+            } else {
+                findings.push(format!(
+                    "{name}: closed segment without a seal (seal deleted, or damage)"
+                ));
+            }
+        }
+        let last_seal = match layout.seals()?.last() {
+            Some(&n) => {
+                let text = std::fs::read_to_string(layout.seal(n))?;
+                seal::seal_hash(&text)
+            }
+            None => [0; 32],
+        };
+        let (next_seq, chain) = tip;
+        let open = match reopen {
+            Some(o) => o,
+            None => {
+                let number = numbers.last().map_or(1, |n| n + 1);
+                create_segment(&layout, number, next_seq, chain)?
+            }
+        };
+        Ok(Ledger {
+            layout,
+            key,
+            opts,
+            open,
+            next_seq,
+            chain,
+            last_seal,
+            ids,
+            sealed,
+            head_written: None,
+            head_seq: 0,
+            retention_checked: Instant::now(),
+            findings,
+            _lock: lock,
+        })
+    }
+
+    /// Records held (distinct ids).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Sequence number of the last durable entry (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Appends the new records of several export calls with one write and
+    /// one fdatasync (group commit). Records already held are counted as
+    /// duplicates; malformed ones are rejected.
+    pub fn append(&mut self, calls: &[Vec<Record>]) -> Result<Vec<Appended>> {
+        let mut results = Vec::with_capacity(calls.len());
+        let mut pending = Vec::new();
+        let mut new_ids: HashSet<&str> = HashSet::new();
+        for records in calls {
+            let mut out = Appended::default();
+            for record in records {
+                let payload = LedgerEntry {
+                    entry: Some(Entry::Record(record.clone())),
+                }
+                .encode_to_vec();
+                let problem = if record.record_id.is_empty() {
+                    Some("record_id is empty")
+                } else if payload.len() > MAX_RECORD_BYTES {
+                    Some("record is larger than 32 MiB")
+                } else {
+                    None
+                };
+                if let Some(reason) = problem {
+                    out.rejected.push(RejectedRecord {
+                        record_id: record.record_id.clone(),
+                        reason: reason.into(),
+                    });
+                    continue;
+                }
+                if self.ids.contains(&record.record_id) || !new_ids.insert(&record.record_id) {
+                    out.duplicates += 1;
+                    continue;
+                }
+                pending.push(Pending {
+                    payload,
+                    record: Some(record),
+                });
+                out.accepted += 1;
+            }
+            results.push(out);
+        }
+        if !pending.is_empty() {
+            self.write(pending)?;
+        }
+        Ok(results)
+    }
+
+    /// Writes entries durably to the open segment, rolling first if it is
+    /// full or old.
+    fn write(&mut self, pending: Vec<Pending<'_>>) -> Result<()> {
+        let now = now_nanos();
+        let size: u64 = pending
+            .iter()
+            .map(|p| (p.payload.len() + frame::FRAME_OVERHEAD) as u64)
+            .sum();
+        if !self.open.leaves.is_empty()
+            && (self.open.len + size > self.opts.segment_bytes || self.segment_too_old(now))
+        {
+            self.roll(now)?;
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        let mut seq = self.next_seq;
+        let mut chain = self.chain;
+        let mut leaves = Vec::with_capacity(pending.len());
+        let mut offsets = Vec::with_capacity(pending.len());
+        for p in &pending {
+            offsets.push(self.open.len + buf.len() as u64);
+            let (f, c) = frame::encode_frame(seq, now, &p.payload, &chain);
+            leaves.push(leaf_hash(&p.payload));
+            buf.extend_from_slice(&f);
+            chain = c;
+            seq += 1;
+        }
+        self.open
+            .file
+            .write_all(&buf)
+            .context("writing to the open segment")?;
+        self.open
+            .file
+            .sync_data()
+            .context("fdatasync of the open segment")?;
+        // Durable: now the state may move on.
+        for (p, offset) in pending.iter().zip(offsets) {
+            if let Some(r) = p.record {
+                self.open.index.add(r, offset);
+                self.ids.insert(r.record_id.clone());
+            }
+        }
+        if self.open.leaves.is_empty() {
+            self.open.first_time = now;
+        }
+        self.open.last_time = now;
+        self.open.leaves.extend(leaves);
+        self.open.len += buf.len() as u64;
+        self.next_seq = seq;
+        self.chain = chain;
+        if self
+            .head_written
+            .is_none_or(|at| at.elapsed() >= HEAD_INTERVAL)
+        {
+            self.write_head(false)?;
+        }
+        Ok(())
+    }
+
+    fn segment_too_old(&self, now: i64) -> bool {
+        let age = now.saturating_sub(self.open.opened_unix_nanos);
+        age >= 0 && age as u128 >= self.opts.segment_age.as_nanos()
+    }
+
+    /// Periodic work while idle: roll an old segment, apply retention,
+    /// refresh HEAD.
+    pub fn tick(&mut self) -> Result<()> {
+        let now = now_nanos();
+        if !self.open.leaves.is_empty() && self.segment_too_old(now) {
+            self.roll(now)?;
+        }
+        if self.retention_checked.elapsed() >= Duration::from_secs(60) {
+            self.retention_checked = Instant::now();
+            self.apply_retention(now)?;
+        }
+        if self.head_seq + 1 != self.next_seq {
+            self.write_head(false)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the open segment and opens the next one. Order matters for
+    /// recovery: the seal is durable before the next segment exists.
+    fn roll(&mut self, now: i64) -> Result<()> {
+        let o = &self.open;
+        let seal = Seal {
+            segment: o.number,
+            records: o.leaves.len() as u64,
+            first_seq: o.first_seq,
+            last_seq: self.next_seq - 1,
+            first_unix_nanos: o.first_time,
+            last_unix_nanos: o.last_time,
+            last_chain: self.chain,
+            merkle_root: merkle::root(&o.leaves),
+            previous: self.last_seal,
+        };
+        let text = seal.sign(&self.key);
+        write_atomic(&self.layout.seal(o.number), text.as_bytes(), true)?;
+        self.last_seal = seal::seal_hash(&text);
+        write_index(&self.layout, &o.index)?;
+        self.sealed.push_back(Sealed {
+            number: o.number,
+            bytes: o.len,
+            last_time: o.last_time,
+        });
+        let next_number = o.number + 1;
+        self.write_head(true)?;
+        let next = create_segment(&self.layout, next_number, self.next_seq, self.chain)?;
+        self.open = next;
+        self.open.opened_unix_nanos = now;
+        self.apply_retention(now)
+    }
+
+    /// Deletes the oldest sealed segments the policy no longer keeps. The
+    /// signed retention entry is durable before any file goes. Segments go
+    /// oldest first, so the deleted ones are always 1..=N.
+    fn apply_retention(&mut self, now: i64) -> Result<()> {
+        let mut total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
+        let mut victims = Vec::new();
+        let mut policy = String::new();
+        for s in &self.sealed {
+            let too_old = self
+                .opts
+                .retain_age
+                .is_some_and(|age| now.saturating_sub(s.last_time) as u128 > age.as_nanos());
+            let too_big = self.opts.retain_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            if policy.is_empty() {
+                policy = match (too_old, self.opts.retain_age, self.opts.retain_bytes) {
+                    (true, Some(age), _) => format!("age > {}", humantime::format_duration(age)),
+                    (_, _, Some(max)) => format!("size > {max} bytes"),
+                    _ => "retention".into(),
+                };
+            }
+            total -= s.bytes;
+            victims.push(*s);
+        }
+        let (Some(first), Some(last)) = (victims.first(), victims.last()) else {
+            return Ok(());
+        };
+        // Cumulative (always from segment 1): an earlier retention entry may
+        // itself be in a segment deleted now, so the newest one must vouch
+        // for every deletion so far.
+        let mut retention = Retention {
+            first_segment: 1,
+            last_segment: last.number,
+            policy,
+            unix_nanos: now,
+            signature: Vec::new(),
+        };
+        let statement = seal::retention_statement(&retention);
+        retention.signature = self.key.sign(statement.as_bytes()).to_bytes().to_vec();
+        let payload = LedgerEntry {
+            entry: Some(Entry::Retention(retention)),
+        }
+        .encode_to_vec();
+        self.write(vec![Pending {
+            payload,
+            record: None,
+        }])?;
+        for v in &victims {
+            for path in [self.layout.segment(v.number), self.layout.index(v.number)] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("deleting {}", path.display()))
+                    }
+                }
+            }
+            self.sealed.pop_front();
+        }
+        sync_dir(&self.layout.root.join("segments"))?;
+        eprintln!(
+            "tracegate: retention deleted segments {}..{} ({}); their seals are kept",
+            first.number,
+            last.number,
+            statement.lines().nth(2).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// Rewrites HEAD: the last durable record, signed. `durable` also
+    /// fsyncs it (at seals and shutdown; otherwise it may lag by a second).
+    fn write_head(&mut self, durable: bool) -> Result<()> {
+        self.head_written = Some(Instant::now());
+        if self.next_seq == 1 {
+            return Ok(());
+        }
+        self.head_seq = self.next_seq - 1;
+        let head = Head {
+            segment: self.open.number,
+            sequence: self.next_seq - 1,
+            chain: self.chain,
+            unix_nanos: now_nanos(),
+        };
+        let text = seal::sign_text(&head.body(), &self.key);
+        write_atomic(&self.layout.head(), text.as_bytes(), durable)
+    }
+
+    /// Clean shutdown: HEAD made durable.
+    pub fn close(mut self) -> Result<()> {
+        self.write_head(true)
+    }
+}
+
+fn create_segment(layout: &Layout, number: u64, first_seq: u64, prev: Hash) -> Result<OpenSegment> {
+    let header = SegmentHeader {
+        segment: number,
+        first_seq,
+        prev_chain: prev,
+    };
+    let path = layout.segment(number);
+    write_atomic(&path, &header.encode(), true)?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(OpenSegment {
+        number,
+        file,
+        len: SEGMENT_HEADER_LEN as u64,
+        first_seq,
+        opened_unix_nanos: now_nanos(),
+        leaves: Vec::new(),
+        first_time: 0,
+        last_time: 0,
+        index: SegmentIndex::new(number),
+    })
+}
+
+fn write_index(layout: &Layout, index: &SegmentIndex) -> Result<()> {
+    let json = serde_json::to_vec(index)?;
+    // Not fsynced: an index is rebuilt from its segment at every start.
+    write_atomic(&layout.index(index.segment), &json, false)
+}
+
+/// Writes (once) what was found damaged in a segment, for the operator.
+fn quarantine(layout: &Layout, n: u64, what: &str) -> Result<()> {
+    let path = layout.quarantine(n);
+    if path.exists() {
+        return Ok(());
+    }
+    let text = format!(
+        "found at start-up, {}:\n{what}\nThe segment is kept unchanged and no longer written; `tracegate verify` reports it.\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
+    write_atomic(&path, text.as_bytes(), true)
+}
