@@ -16,8 +16,10 @@ use std::time::Duration;
 use tracegate_policy::jwt::{identity_record, Decision, Extracted, Reason, Rejection};
 use tracegate_proto::v1::Identity;
 
+use crate::ahead::{self, Ahead};
 use crate::host::{self, Counter};
 use crate::root::Shared;
+use tracegate_policy::llm::Api;
 
 /// Requests one worker parks while keys are fetched; more are refused (401,
 /// jwks_unavailable) rather than held without bound.
@@ -34,6 +36,19 @@ pub struct AuthState {
     /// The request holds its headers until its body is inspected; the root
     /// must then not resume it (the body's last callback continues it).
     pub body_pending: bool,
+    /// Write-ahead recording of this request (`recording.mode: write_ahead`).
+    pub ahead: Ahead,
+    /// Answered locally (e.g. 503 by the root when a write-ahead failed).
+    pub answered: bool,
+    /// The API the request is for, to shape local error answers.
+    pub api: Api,
+}
+
+impl AuthState {
+    /// Whether something other than the JWT decision still holds the request.
+    pub fn held_otherwise(&self) -> bool {
+        self.body_pending || self.ahead.pending() || self.answered
+    }
 }
 
 pub type IdentitySlot = Rc<RefCell<AuthState>>;
@@ -257,8 +272,20 @@ pub fn jwks_answer(
         let decision = auth.borrow_mut().decide(Some(&w.token), now_ms(), false);
         w.slot.borrow_mut().parked = false;
         let next = apply(shared, &decision, Some(&w.token), &w.slot);
-        if matches!(next, Next::Continue) && !w.slot.borrow().body_pending {
-            host::resume_request();
+        let deferred = w.slot.borrow_mut().ahead.take_deferred();
+        match (next, deferred) {
+            (Next::Continue, Some(record)) => {
+                // The request ended while parked: its record goes ahead now,
+                // with the identity just decided.
+                if let ahead::Start::Waiting(token) = ahead::start(shared, &w.slot, record) {
+                    shared
+                        .ahead_calls
+                        .borrow_mut()
+                        .insert(token, (w.context_id, w.slot.clone()));
+                }
+            }
+            (Next::Continue, None) if !w.slot.borrow().held_otherwise() => host::resume_request(),
+            _ => {}
         }
     }
     host::set_effective_context(root_context_id);

@@ -19,9 +19,11 @@ use tracegate_policy::mask::Tokens;
 use tracegate_policy::record::{record_id, BodyCapture};
 use tracegate_policy::{ExchangeRecorder, RequestInfo};
 
+use crate::ahead::{self, Ahead};
 use crate::auth::{self, IdentitySlot, Next};
 use crate::host;
-use crate::root::Shared;
+use crate::root::{Admission, Shared};
+use tracegate_policy::config::RecordingMode;
 
 /// How the response body is handled.
 enum ResponseMode {
@@ -52,6 +54,13 @@ pub struct Exchange {
     inspection: ExchangeInspection,
     /// A local reply was sent; later callbacks only record.
     answered: bool,
+    /// A buffer place is reserved for this exchange's record (fail_closed).
+    reserved: bool,
+    /// The request body is held (not inspected) only so that its record can
+    /// be written ahead whole.
+    hold_for_ahead: bool,
+    /// The write-ahead call this request made, if any.
+    ahead_token: Option<u32>,
 }
 
 impl Exchange {
@@ -71,6 +80,48 @@ impl Exchange {
             tokens: Tokens::default(),
             inspection: ExchangeInspection::default(),
             answered: false,
+            reserved: false,
+            hold_for_ahead: false,
+            ahead_token: None,
+        }
+    }
+
+    /// Answered locally, here or by the root (a failed write-ahead).
+    fn is_answered(&self) -> bool {
+        self.answered || self.identity.borrow().answered
+    }
+
+    /// The request is complete and cleared to go upstream: write its record
+    /// ahead first when configured, else go on unless authentication still
+    /// waits for keys.
+    fn forward(&mut self, shared: &Shared) -> Action {
+        if shared.config.recording.mode != RecordingMode::WriteAhead {
+            return if self.identity.borrow().parked {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        let Some(recorder) = &self.recorder else {
+            return Action::Continue;
+        };
+        let inspection = self.inspect_request.then(|| self.inspection.to_proto());
+        let now = host::now_nanos();
+        let millis = u64::try_from(now / 1_000_000).unwrap_or(0);
+        let id = record_id(millis, &host::random_bytes());
+        let record = recorder.request_record(id, shared.source.clone(), None, inspection);
+        if self.identity.borrow().parked {
+            // The caller is not known yet: the root sends it once decided.
+            self.identity.borrow_mut().ahead = Ahead::Deferred(Box::new(record));
+            return Action::Pause;
+        }
+        match ahead::start(shared, &self.identity, record) {
+            ahead::Start::Waiting(token) => {
+                self.ahead_token = Some(token);
+                Action::Pause
+            }
+            ahead::Start::Proceed => Action::Continue,
+            ahead::Start::Refused => Action::Pause,
         }
     }
 
@@ -94,10 +145,13 @@ impl Exchange {
     }
 
     fn request_body_end(&mut self, shared: &Shared, size: usize) -> Action {
-        let Some(inspector) = &shared.inspector else {
-            return Action::Continue;
-        };
         self.request_done = true;
+        let Some(inspector) = &shared.inspector else {
+            if let Some(r) = &mut self.recorder {
+                capture(&mut r.request_body, BufferType::HttpRequestBody, size);
+            }
+            return self.forward(shared);
+        };
         let body = host::buffer(BufferType::HttpRequestBody, size).unwrap_or_default();
         let verdict = inspector.request(&self.content_type, &body, &mut self.tokens);
         let sent = match verdict {
@@ -157,14 +211,10 @@ impl Exchange {
         if let Some(r) = &mut self.recorder {
             r.request_body.set(&sent);
         }
-        let mut slot = self.identity.borrow_mut();
-        slot.body_pending = false;
-        if slot.parked {
-            // Authentication still waits for keys: the root resumes the
-            // request once it is decided.
-            return Action::Pause;
-        }
-        Action::Continue
+        self.identity.borrow_mut().body_pending = false;
+        // If authentication still waits for keys, the root resumes the
+        // request once it is decided.
+        self.forward(shared)
     }
 
     fn refuse_uninspectable(&mut self, shared: &Shared, status: u32, kind: &str, message: &str) {
@@ -191,7 +241,28 @@ fn capture(body: &mut BodyCapture, kind: BufferType, chunk_len: usize) {
     body.push(chunk_len, &bytes);
 }
 
-impl Context for Exchange {}
+impl Context for Exchange {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.ahead_token != Some(token_id) {
+            return;
+        }
+        self.ahead_token = None;
+        if let Some(shared) = self.shared.clone() {
+            let result = ahead::read_answer(status_code, response_size);
+            ahead::answered(&shared, &self.identity, result);
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // A request that ended without its record (no on_log) gives its
+        // buffer place back.
+        if let (true, Some(shared)) = (self.reserved, &self.shared) {
+            shared.release();
+        }
+    }
+}
 
 impl HttpContext for Exchange {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -199,6 +270,24 @@ impl HttpContext for Exchange {
             return Action::Continue;
         };
         let header = |name: &str| host::request_header(name).unwrap_or_default();
+        self.api = Api::from_path(&header(":path"));
+        self.identity.borrow_mut().api = self.api;
+        match shared.admit() {
+            Admission::Reserved => self.reserved = true,
+            Admission::Unreserved => {}
+            Admission::Refused => {
+                // fail_closed: what cannot be recorded is not served.
+                self.answered = true;
+                let message = "the collector is unreachable or slow and this proxy's record buffer is full; the request was not forwarded, retry later";
+                host::send_response(
+                    503,
+                    &[("content-type", "application/json"), ("retry-after", "1")],
+                    error_body(self.api, ahead::unavailable_kind(self.api), message, None)
+                        .as_bytes(),
+                );
+                return Action::Pause;
+            }
+        }
         let info = RequestInfo {
             request_id: header("x-request-id"),
             session_header: host::request_header(&shared.config.session.header),
@@ -207,7 +296,6 @@ impl HttpContext for Exchange {
             authority: header(":authority"),
             content_type: header("content-type"),
         };
-        self.api = Api::from_path(&info.path);
         self.content_type = info.content_type.clone();
         self.recorder = Some(ExchangeRecorder::new(
             info,
@@ -241,8 +329,17 @@ impl HttpContext for Exchange {
                 host::set_request_header("content-length", None);
             }
         }
+        let write_ahead = shared.config.recording.mode == RecordingMode::WriteAhead;
+        if write_ahead && !end_of_stream && !self.inspect_request {
+            // The record written ahead holds the whole request body.
+            self.hold_for_ahead = true;
+            host::set_request_header("content-length", None);
+        }
         let auth = auth::authenticate(&shared, self.context_id, &self.identity);
+        let parked = self.identity.borrow().parked;
         match auth {
+            Next::Stop if !parked => Action::Pause, // answered 401
+            _ if end_of_stream => self.forward(&shared),
             Next::Stop => Action::Pause,
             Next::Continue if self.hold => Action::Pause,
             Next::Continue => Action::Continue,
@@ -250,8 +347,18 @@ impl HttpContext for Exchange {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.answered {
+        if self.is_answered() {
             return Action::Pause;
+        }
+        if self.hold_for_ahead {
+            self.request_bytes = body_size;
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let Some(shared) = self.shared.clone() else {
+                return Action::Continue;
+            };
+            return self.request_body_end(&shared, body_size);
         }
         if !self.inspect_request {
             if let Some(r) = &mut self.recorder {
@@ -281,7 +388,8 @@ impl HttpContext for Exchange {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // With trailers (HTTP/2, gRPC) the body never ends in the body
         // callback: inspect here.
-        if !self.inspect_request || self.request_done || self.answered {
+        if !(self.inspect_request || self.hold_for_ahead) || self.request_done || self.is_answered()
+        {
             return Action::Continue;
         }
         let Some(shared) = self.shared.clone() else {
@@ -304,7 +412,7 @@ impl HttpContext for Exchange {
         let Some(inspector) = &shared.inspector else {
             return Action::Continue;
         };
-        if self.answered
+        if self.is_answered()
             || end_of_stream
             || !inspector.config.responses
             || inspector.masker().is_none()
@@ -452,6 +560,9 @@ impl HttpContext for Exchange {
         };
         auth::forget(shared, self.context_id);
         recorder.set_identity(self.identity.borrow_mut().identity.take());
+        if let Some(id) = self.identity.borrow().ahead.record_id() {
+            recorder.request_record_id = id.to_string();
+        }
         if !self.tokens.is_empty() {
             // The client got tokenized values back; the record must not.
             if let Some(m) = shared.inspector.as_ref().and_then(|i| i.masker()) {
@@ -474,6 +585,10 @@ impl HttpContext for Exchange {
         let now = host::now_nanos();
         let millis = u64::try_from(now / 1_000_000).unwrap_or(0);
         let id = record_id(millis, &host::random_bytes());
-        shared.enqueue(recorder.finish(id, shared.source.clone(), now));
+        shared.enqueue(
+            recorder.finish(id, shared.source.clone(), now),
+            self.reserved,
+        );
+        self.reserved = false;
     }
 }

@@ -7,9 +7,12 @@
 //!   finished record to the root's outbox.
 //! - `auth`: caller identity on the request path: the JWT decision applied
 //!   to a request, and requests parked while the root fetches JWKS.
+//! - `ahead`: write-ahead recording: the request's record acknowledged
+//!   durable before the request goes on.
 //! - `host`: the only place that calls the host, through `proxy_wasm::hostcalls`
 //!   so that no host error can become a panic.
 
+mod ahead;
 mod auth;
 mod exchange;
 mod host;

@@ -15,13 +15,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use prost::Message;
+use tracegate_policy::config::FailureMode;
 use tracegate_policy::inspect::Inspector;
 use tracegate_policy::jwt::Authenticator;
 use tracegate_policy::{BatchId, Config, Outbox, Record};
 use tracegate_proto::v1::ExportResponse;
 use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 
-use crate::auth::{self, JwtMetrics, Waiter};
+use crate::ahead;
+use crate::auth::{self, IdentitySlot, JwtMetrics, Waiter};
 use crate::exchange::Exchange;
 use crate::host::{self, Counter};
 
@@ -41,6 +43,12 @@ pub struct Metrics {
     pub blocked: Counter,
     /// Requests refused as uninspectable (400, 413, 415, 502).
     pub refused: Counter,
+    /// Requests answered 503 because they could not be recorded (fail_closed).
+    pub unrecorded_refused: Counter,
+    /// Request records acknowledged before forwarding (write_ahead).
+    pub written_ahead: Counter,
+    /// Write-ahead calls that failed or were refused.
+    pub write_ahead_failed: Counter,
 }
 
 impl Metrics {
@@ -52,8 +60,22 @@ impl Metrics {
             findings: Counter::define("tracegate.inspect.findings"),
             blocked: Counter::define("tracegate.inspect.blocked"),
             refused: Counter::define("tracegate.inspect.refused"),
+            unrecorded_refused: Counter::define("tracegate.recording.refused"),
+            written_ahead: Counter::define("tracegate.recording.written_ahead"),
+            write_ahead_failed: Counter::define("tracegate.recording.write_ahead_failed"),
         }
     }
+}
+
+/// Whether a new request may be served, as far as recording goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A buffer place is reserved for its record (fail_closed).
+    Reserved,
+    /// Served without a reservation (fail_open: its record may be dropped).
+    Unreserved,
+    /// No place for its record: answer 503 (fail_closed).
+    Refused,
 }
 
 /// What the root context shares with the request contexts it creates.
@@ -73,11 +95,54 @@ pub struct Shared {
     /// Records this worker dropped; logged at powers of two and every
     /// thousandth, so an outage does not flood the log.
     dropped: Cell<u64>,
+    /// Buffer places promised to requests under way (fail_closed), so their
+    /// records always fit when they end.
+    reserved: Cell<usize>,
+    /// Write-ahead calls the root made for parked requests: call token →
+    /// (request context, its state).
+    pub ahead_calls: RefCell<HashMap<u32, (u32, IdentitySlot)>>,
+    /// Requests refused because the buffer was full; logged like `dropped`.
+    refused: Cell<u64>,
 }
 
 impl Shared {
-    /// Hands a finished record to the outbox; counts it if the buffer is full.
-    pub fn enqueue(&self, record: Record) {
+    /// Admits a new request for recording. With `fail_closed` it reserves a
+    /// buffer place for its record, or refuses when there is none; with
+    /// `fail_open` it always admits.
+    pub fn admit(&self) -> Admission {
+        if self.config.recording.failure_mode == FailureMode::FailOpen {
+            return Admission::Unreserved;
+        }
+        if self.outbox.borrow().has_room(self.reserved.get()) {
+            self.reserved.set(self.reserved.get() + 1);
+            return Admission::Reserved;
+        }
+        self.metrics.unrecorded_refused.add(1);
+        let refused = self.refused.get() + 1;
+        self.refused.set(refused);
+        if refused.is_power_of_two() || refused.is_multiple_of(1000) {
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "record buffer full (collector slow or down): {refused} requests refused with 503 by this worker (recording.failure_mode fail_closed)"
+                ),
+            );
+        }
+        Admission::Refused
+    }
+
+    /// Gives back a reservation whose record will not come.
+    pub fn release(&self) {
+        self.reserved.set(self.reserved.get().saturating_sub(1));
+    }
+
+    /// Hands a record to the outbox, using the request's reservation if it
+    /// has one; counts it if the buffer is full (fail_open only: a reserved
+    /// place is always there).
+    pub fn enqueue(&self, record: Record, reserved: bool) {
+        if reserved {
+            self.release();
+        }
         let now = now_u64();
         let full = self.outbox.borrow_mut().push(record, now).is_err();
         if full {
@@ -175,8 +240,19 @@ impl Context for Root {
     }
 
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let (Some(batch), Some(shared)) = (self.calls.remove(&token_id), self.shared.clone())
-        else {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let parked = shared.ahead_calls.borrow_mut().remove(&token_id);
+        if let Some((context_id, slot)) = parked {
+            let result = ahead::read_answer(status_code, response_size);
+            if host::set_effective_context(context_id) {
+                ahead::answered(&shared, &slot, result);
+                host::set_effective_context(self.context_id);
+            }
+            return;
+        }
+        let Some(batch) = self.calls.remove(&token_id) else {
             return;
         };
         let mut outbox = shared.outbox.borrow_mut();
@@ -252,6 +328,9 @@ impl RootContext for Root {
             config,
             metrics: Metrics::define(),
             dropped: Cell::new(0),
+            reserved: Cell::new(0),
+            ahead_calls: RefCell::new(HashMap::new()),
+            refused: Cell::new(0),
             source: format!("tracegate-filter/{} ({plugin})", env!("CARGO_PKG_VERSION")),
         }));
         if self

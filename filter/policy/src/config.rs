@@ -62,9 +62,35 @@ pub struct RecordingConfig {
     pub batch_max_bytes: usize,
     /// ...or its oldest record has waited this long.
     pub flush_interval_ms: u64,
-    /// Records held per worker (queued and in flight). When full, new records
-    /// are dropped and counted in `tracegate.records_dropped`.
+    /// Records held per worker (queued, in flight, and reserved for requests
+    /// under way). What happens when it is full: `failure_mode`.
     pub buffer_max_records: usize,
+    /// `async`: records are batched and sent after the exchange.
+    /// `write_ahead`: a record of the request is acknowledged durable by the
+    /// collector before the request is forwarded; the exchange's record
+    /// follows as usual.
+    pub mode: RecordingMode,
+    /// `fail_closed`: a request that could not be recorded is not served:
+    /// 503 when the buffer is full (or the write-ahead call fails).
+    /// `fail_open`: it is served; the lost record is counted in
+    /// `tracegate.records_dropped`.
+    pub failure_mode: FailureMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingMode {
+    #[default]
+    Async,
+    WriteAhead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    FailClosed,
+    FailOpen,
 }
 
 impl Default for RecordingConfig {
@@ -75,6 +101,8 @@ impl Default for RecordingConfig {
             batch_max_bytes: 4 * 1024 * 1024,
             flush_interval_ms: 1_000,
             buffer_max_records: 10_000,
+            mode: RecordingMode::Async,
+            failure_mode: FailureMode::FailClosed,
         }
     }
 }
@@ -261,6 +289,18 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named_with_its_path() {
+        let c =
+            Config::parse(br#"{"recording":{"mode":"write_ahead","failure_mode":"fail_open"}}"#)
+                .unwrap();
+        assert_eq!(c.recording.mode, RecordingMode::WriteAhead);
+        assert_eq!(c.recording.failure_mode, FailureMode::FailOpen);
+        assert_eq!(
+            Config::default().recording.failure_mode,
+            FailureMode::FailClosed,
+            "safe default: nothing unrecorded is served"
+        );
+        let e = Config::parse(br#"{"recording":{"mode":"sync"}}"#).unwrap_err();
+        assert_eq!(e.field, "recording.mode");
         let e = Config::parse(br#"{"recording":{"batch_size":3}}"#).unwrap_err();
         assert_eq!(e.field, "recording.batch_size");
         assert!(e.message.contains("unknown field `batch_size`"), "{e}");

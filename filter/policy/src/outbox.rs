@@ -75,6 +75,12 @@ impl Outbox {
         self.len() == 0
     }
 
+    /// Whether `reserved` more records (promised to requests under way) and
+    /// one more still fit.
+    pub fn has_room(&self, reserved: usize) -> bool {
+        self.len() + reserved < self.limits.buffer_max_records
+    }
+
     pub fn push(&mut self, record: Record, now: u64) -> Result<(), BufferFull> {
         if self.len() >= self.limits.buffer_max_records {
             return Err(BufferFull);
@@ -285,6 +291,16 @@ mod tests {
         assert_eq!(o.acknowledge(b.id), 3);
         o.push(rec(9), 0).unwrap();
         assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn room_counts_reservations() {
+        let mut o = Outbox::new(limits());
+        for i in 0..3 {
+            o.push(rec(i), 0).unwrap();
+        }
+        assert!(o.has_room(1));
+        assert!(!o.has_room(2), "3 held + 2 promised = the limit of 5");
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub struct ExchangeRecorder {
     pub inspection: Option<tracegate_proto::v1::Inspection>,
     pub request_body: BodyCapture,
     pub response_body: BodyCapture,
+    /// Id of this exchange's record written ahead, if any.
+    pub request_record_id: String,
 }
 
 impl ExchangeRecorder {
@@ -138,6 +140,34 @@ impl ExchangeRecorder {
             inspection: None,
             request_body,
             response_body: BodyCapture::new(max_body_bytes),
+            request_record_id: String::new(),
+        }
+    }
+
+    /// The record written ahead (`recording.mode: write_ahead`): the request
+    /// as it will be forwarded, its identity and request-side inspection; no
+    /// response yet.
+    pub fn request_record(
+        &self,
+        record_id: String,
+        source: String,
+        identity: Option<tracegate_proto::v1::Identity>,
+        inspection: Option<tracegate_proto::v1::Inspection>,
+    ) -> Record {
+        Record {
+            record_id,
+            session_id: self.session_id.clone(),
+            request_id: self.info.request_id.clone(),
+            request_start_unix_nanos: self.request_start,
+            method: self.info.method.clone(),
+            path: self.info.path.clone(),
+            authority: self.info.authority.clone(),
+            request_body: Some(self.request_body.clone().into_proto()),
+            source,
+            identity,
+            inspection,
+            phase: tracegate_proto::v1::record::Phase::Request as i32,
+            ..Record::default()
         }
     }
 
@@ -187,6 +217,8 @@ impl ExchangeRecorder {
             source,
             identity: self.identity,
             inspection: self.inspection,
+            phase: tracegate_proto::v1::record::Phase::Exchange as i32,
+            request_record_id: self.request_record_id,
         }
     }
 }

@@ -15,11 +15,12 @@ pub mod sse;
 use serde_json::Value;
 
 /// The API a request is for, by its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Api {
     OpenAiChat,
     OpenAiResponses,
     Anthropic,
+    #[default]
     Other,
 }
 
