@@ -335,6 +335,13 @@ impl Upstream {
         Ok(Upstream { process, port })
     }
 
+    /// Lets answers held with header `x-test-hold: NAME` go.
+    pub fn release(&self, name: &str) -> Result<()> {
+        let url = format!("http://127.0.0.1:{}/__release/{name}", self.port);
+        ureq::post(&url).send_empty()?;
+        Ok(())
+    }
+
     /// Publishes the JWKS the upstream serves at `/jwks.json`.
     pub fn publish_jwks(&self, jwks: &Value) -> Result<()> {
         let url = format!("http://127.0.0.1:{}/__jwks", self.port);

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1/responses", post(responses))
         .route("/__requests", get(requests))
+        .route("/__release/{name}", post(release))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Seen::default())
         .merge(
@@ -330,8 +331,34 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Names released by `POST /__release/NAME`.
+static RELEASED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn release(axum::extract::Path(name): axum::extract::Path<String>) -> &'static str {
+    if let Ok(mut r) = RELEASED.lock() {
+        r.push(name);
+    }
+    "released"
+}
+
+/// With header `x-test-hold: NAME`, the answer waits until a test releases
+/// NAME, so a test can look at the world while the request is upstream.
+async fn hold(headers: &HeaderMap) {
+    let Some(name) = headers.get("x-test-hold").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if RELEASED.lock().is_ok_and(|r| r.iter().any(|n| n == name)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     remember(&seen, "/v1/chat/completions", &headers, &body);
+    hold(&headers).await;
     let (request, messages) = match chat_request(&body) {
         Ok(parsed) => parsed,
         Err(response) => return *response,
