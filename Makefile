@@ -3,7 +3,8 @@
 #   make demo     collector + Envoy + filter + a local LLM, driven by the openai SDK
 #   make test     fmt, clippy, unit tests (native and wasm), end-to-end tests
 #   make build    target/tracegate_filter.wasm and target/release/tracegate
-#   make bench    benchmark tables (JWT verification cost, masking MB/s; native and in wasm)
+#   make bench    benchmark tables (JWT verification cost, masking MB/s native and in wasm,
+#                 collector durable records/s and ack latency, verify MB/s)
 #
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
@@ -126,8 +127,9 @@ e2e-test: build python-env
 
 # --- Benchmarks (not part of `make test`) ----------------------------------------
 # JWT decision cost per request and masking throughput, natively and inside a
-# wasm VM (V8, as in Envoy, here under Node's WASI). Tables go to the terminal
-# and target/bench/.
+# wasm VM (V8, as in Envoy, here under Node's WASI); the collector's durable
+# ingest through real gRPC next to a raw write+fdatasync loop on the same
+# disk, and verify throughput. Tables go to the terminal and target/bench/.
 bench: $(FILTER_DEPS) node
 	mkdir -p target/bench
 	cargo run --release -q -p tracegate-policy --example jwt_bench -- native \
@@ -142,6 +144,10 @@ bench: $(FILTER_DEPS) node
 	  --target-dir target/wasm-bench
 	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/mask_bench.wasm \
 	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/mask-wasm.txt
+	cargo build --release -q -p tracegate-collector --bin tracegate --example store_bench
+	target/release/examples/store_bench target/release/tracegate target/bench/store \
+	  | tee target/bench/store.txt
+	rm -rf target/bench/store
 
 # --- Demo ------------------------------------------------------------------------
 demo: build python-env

@@ -144,6 +144,16 @@ fn run() -> Result<()> {
     print!("{}", stack.collector.cli(&["replay", &session])?);
 
     drop(stack);
+    // Stopped cleanly: every segment and HEAD are final. The auditor's check.
+    let pubkey = format!("{data}/seal.pub");
+    println!("\n$ tracegate verify --data {data} --pubkey {pubkey}");
+    let verify = std::process::Command::new(collector_bin())
+        .args(["verify", "--data", &data, "--pubkey", &pubkey])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&verify.stdout));
+    if !verify.status.success() {
+        anyhow::bail!("verify failed: {}", String::from_utf8_lossy(&verify.stderr));
+    }
     println!(
         "\ndemo: stopped everything. The records stay in {data}:\n  {} sessions --data {data}",
         collector_bin().display()
