@@ -11,7 +11,7 @@ use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
 use tracegate_collector::ledger::{keys, verify};
-use tracegate_collector::{grpc, view};
+use tracegate_collector::{approvals_cli, server, view};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +51,25 @@ enum Command {
         /// Delete the oldest sealed segments while the store is larger than this (e.g. 50GiB).
         #[arg(long, value_parser = parse_size)]
         retain_size: Option<u64>,
+        /// Also serve the reference approval service's HTTP API here (e.g.
+        /// 127.0.0.1:4318; port 0 picks a free one).
+        #[arg(long)]
+        approvals: Option<SocketAddr>,
+        /// POST a JSON notice to this URL for every new pending approval.
+        #[arg(long, requires = "approvals")]
+        approval_webhook: Option<String>,
+    },
+    /// Look at and decide approvals (talks to `serve --approvals`).
+    Approvals {
+        /// The approval service.
+        #[arg(
+            long,
+            env = "TRACEGATE_APPROVALS",
+            default_value = "http://127.0.0.1:4318"
+        )]
+        server: String,
+        #[command(subcommand)]
+        command: ApprovalCommand,
     },
     /// Make a seal key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
@@ -98,6 +117,34 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// Pending approvals (all with --all), newest first.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One approval: the request, its risk, its history.
+    Show { id: String },
+    /// Approve a pending request.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        /// Who approves (default: $USER). Nobody may approve their own request.
+        #[arg(long = "as", env = "USER")]
+        approver: String,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "as", env = "USER")]
+        approver: String,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     /// One JSON object per record and line.
@@ -124,6 +171,8 @@ fn run(cli: Cli) -> Result<i32> {
             segment_age,
             retain_age,
             retain_size,
+            approvals,
+            approval_webhook,
         } => {
             let layout = Layout::new(&data);
             let key = seal_key(&layout, key.as_deref())?;
@@ -137,7 +186,31 @@ fn run(cli: Cli) -> Result<i32> {
             for finding in &ledger.findings {
                 eprintln!("tracegate: recovery: {finding}");
             }
-            grpc::serve(ledger, grpc, &data)?;
+            let listen = server::Listen {
+                grpc,
+                approvals,
+                webhook: approval_webhook,
+            };
+            server::serve(ledger, listen, &data)?;
+            Ok(0)
+        }
+        Command::Approvals { server, command } => {
+            let client = approvals_cli::Client::new(&server);
+            let out = &mut std::io::stdout().lock();
+            match command {
+                ApprovalCommand::List { all } => client.list(out, all)?,
+                ApprovalCommand::Show { id } => client.show(out, &id)?,
+                ApprovalCommand::Approve {
+                    id,
+                    reason,
+                    approver,
+                } => client.decide(out, &id, true, &approver, &reason)?,
+                ApprovalCommand::Deny {
+                    id,
+                    reason,
+                    approver,
+                } => client.decide(out, &id, false, &approver, &reason)?,
+            }
             Ok(0)
         }
         Command::Keygen { out } => {
@@ -186,6 +259,12 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let mut reader = Reader::open(Layout::new(&data))?;
             let records = view::fold_written_ahead(reader.session(&session)?);
+            let ids: Vec<String> = records
+                .iter()
+                .filter_map(|r| r.approval.as_ref().map(|a| a.id.clone()))
+                .filter(|id| !id.is_empty())
+                .collect();
+            let events = reader.approval_events(&ids)?;
             warn(&reader);
             if records.is_empty() {
                 bail!(
@@ -197,7 +276,7 @@ fn run(cli: Cli) -> Result<i32> {
             if json {
                 view::write_json_lines(&mut out, &records)?;
             } else {
-                view::write_timeline(&mut out, &session, &records)?;
+                view::write_timeline(&mut out, &session, &records, &events)?;
             }
             Ok(0)
         }

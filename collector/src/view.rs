@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::Phase;
-use tracegate_proto::v1::{Body, Identity, Inspection, Record};
+use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, Record};
 
 use crate::ledger::index::SessionSummary;
 
@@ -26,7 +26,14 @@ fn millis(micros: u64) -> String {
     format!("{:.1} ms", micros as f64 / 1000.0)
 }
 
-pub fn write_timeline(out: &mut impl Write, session: &str, records: &[Record]) -> io::Result<()> {
+/// The readable timeline of a session; `events` are the stored events of
+/// the approvals its records name.
+pub fn write_timeline(
+    out: &mut impl Write,
+    session: &str,
+    records: &[Record],
+    events: &[ApprovalEvent],
+) -> io::Result<()> {
     writeln!(out, "session {session}: {} exchanges", records.len())?;
     for (i, r) in records.iter().enumerate() {
         writeln!(out)?;
@@ -63,10 +70,42 @@ pub fn write_timeline(out: &mut impl Write, session: &str, records: &[Record]) -
         if let Some(i) = &r.inspection {
             writeln!(out, "   inspection: {}", inspection_line(i))?;
         }
+        if let Some(a) = &r.approval {
+            writeln!(out, "   approval: {}", approval_line(a))?;
+            for ev in events.iter().filter(|e| e.approval_id == a.id) {
+                let who = if ev.actor.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", ev.actor)
+                };
+                let why = if ev.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", ev.reason)
+                };
+                writeln!(out, "     {} {}{who}{why}", time(ev.unix_nanos), ev.event)?;
+            }
+        }
         write_body(out, "request", r.request_body.as_ref())?;
         write_body(out, "response", r.response_body.as_ref())?;
     }
     Ok(())
+}
+
+/// `apr_1 (hold): APPROVED by bob: "looks fine"; risk 130 >= 100; forwarded`.
+pub fn approval_line(a: &Approval) -> String {
+    let mut line = format!("{} ({}): {}", a.id, a.mode, a.state);
+    if !a.approver.is_empty() {
+        line.push_str(&format!(" by {}", a.approver));
+    }
+    if !a.reason.is_empty() {
+        line.push_str(&format!(": {:?}", a.reason));
+    }
+    line.push_str(&format!(
+        "; risk {} >= {}; {}",
+        a.risk, a.threshold, a.outcome
+    ));
+    line
 }
 
 /// `alice (provider corp, iss https://idp, ES256 kid k1) email=a@x`, or
@@ -199,6 +238,21 @@ struct RecordJson<'a> {
     identity: Option<IdentityJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inspection: Option<InspectionJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<ApprovalJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ApprovalJson<'a> {
+    id: &'a str,
+    mode: &'a str,
+    state: &'a str,
+    approver: &'a str,
+    reason: &'a str,
+    risk: u32,
+    threshold: u32,
+    outcome: &'a str,
+    detail: &'a str,
 }
 
 #[derive(Serialize)]
@@ -339,6 +393,17 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
             request_record_id: &r.request_record_id,
             identity: r.identity.as_ref().map(identity_json),
             inspection: r.inspection.as_ref().map(inspection_json),
+            approval: r.approval.as_ref().map(|a| ApprovalJson {
+                id: &a.id,
+                mode: &a.mode,
+                state: &a.state,
+                approver: &a.approver,
+                reason: &a.reason,
+                risk: a.risk,
+                threshold: a.threshold,
+                outcome: &a.outcome,
+                detail: &a.detail,
+            }),
         };
         serde_json::to_writer(&mut *out, &json)?;
         writeln!(out)?;

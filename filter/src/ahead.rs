@@ -2,11 +2,8 @@
 //! request is acknowledged durable by the collector before the request is
 //! forwarded.
 //!
-//! The call is made from whichever context is running when the request is
-//! ready: the request's own (its answer arrives in the request's
-//! `on_grpc_call_response`), or the root's when the request was parked for
-//! JWKS (the root looks the token up in `Shared::ahead_calls`). Both paths
-//! end in `answered`, acting on the effective request.
+//! A gate (see gates.rs): the call is made by whichever context runs the
+//! gates, and its answer ends in `answered`, acting on the effective request.
 
 use prost::Message;
 use proxy_wasm::types::LogLevel;
@@ -17,19 +14,19 @@ use tracegate_policy::Record;
 use tracegate_proto::v1::{ExportRequest, ExportResponse};
 use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 
-use crate::auth::IdentitySlot;
+use crate::gates::{self, track_call, Gate, Purpose, RequestSlot, Via};
 use crate::host;
 use crate::root::Shared;
 
 /// Progress of one request's write-ahead record.
 #[derive(Debug, Default)]
 pub enum Ahead {
-    /// Not started (async mode, or the request is not finished yet).
+    /// Not written ahead (async mode).
     #[default]
     Off,
-    /// Built when the request ended while its JWT decision waited for keys;
-    /// sent once the caller is known.
-    Deferred(Box<Record>),
+    /// Built when the request ended; sent when the gates get here (after
+    /// authentication and approval).
+    Todo(Box<Record>),
     /// Sent; the request waits for the acknowledgement.
     InFlight(Box<Record>),
     /// Acknowledged durable: the request went on.
@@ -40,43 +37,32 @@ pub enum Ahead {
 }
 
 impl Ahead {
-    /// Whether the request must still wait for it.
-    pub fn pending(&self) -> bool {
-        matches!(self, Ahead::Deferred(_) | Ahead::InFlight(_))
-    }
-
-    pub fn take_deferred(&mut self) -> Option<Record> {
-        match std::mem::take(self) {
-            Ahead::Deferred(r) => Some(*r),
-            other => {
-                *self = other;
-                None
-            }
-        }
-    }
-
     /// The written-ahead record's id, for the exchange's record to name.
     pub fn record_id(&self) -> Option<&str> {
         match self {
-            Ahead::Off => None,
-            Ahead::Deferred(r) | Ahead::InFlight(r) => Some(&r.record_id),
+            Ahead::Off | Ahead::Todo(_) => None,
+            Ahead::InFlight(r) => Some(&r.record_id),
             Ahead::Written(id) | Ahead::Queued(id) => Some(id),
         }
     }
 }
 
-pub enum Start {
-    /// The call is made (its token); the request waits.
-    Waiting(u32),
-    /// Not written ahead but allowed on (`fail_open`).
-    Proceed,
-    /// Answered 503 (`fail_closed`).
-    Refused,
-}
-
-/// Sends the request's record ahead, on the current (effective) request.
-pub fn start(shared: &Shared, slot: &IdentitySlot, mut record: Record) -> Start {
+/// The write-ahead gate.
+pub fn advance(shared: &Shared, slot: &RequestSlot, via: Via) -> Gate {
+    let state = std::mem::take(&mut slot.borrow_mut().ahead);
+    let mut record = match state {
+        Ahead::Todo(record) => *record,
+        Ahead::InFlight(_) => {
+            slot.borrow_mut().ahead = state;
+            return Gate::Wait;
+        }
+        done => {
+            slot.borrow_mut().ahead = done;
+            return Gate::Pass;
+        }
+    };
     record.identity = slot.borrow().identity.clone();
+    record.approval = slot.borrow().approval.record();
     let c = &shared.config.collector;
     let payload = ExportRequest {
         records: vec![record.clone()],
@@ -91,7 +77,8 @@ pub fn start(shared: &Shared, slot: &IdentitySlot, mut record: Record) -> Start 
     ) {
         Ok(token) => {
             slot.borrow_mut().ahead = Ahead::InFlight(Box::new(record));
-            Start::Waiting(token)
+            track_call(shared, slot, via, token, Purpose::WriteAhead);
+            Gate::Wait
         }
         Err(status) => fail(
             shared,
@@ -120,7 +107,7 @@ pub fn read_answer(status_code: u32, response_size: usize) -> Result<(), String>
 
 /// The collector answered the current (effective) request's write-ahead
 /// call: go on, or fail as configured.
-pub fn answered(shared: &Shared, slot: &IdentitySlot, result: Result<(), String>) {
+pub fn answered(shared: &Shared, slot: &RequestSlot, via: Via, result: Result<(), String>) {
     let state = std::mem::take(&mut slot.borrow_mut().ahead);
     let Ahead::InFlight(record) = state else {
         slot.borrow_mut().ahead = state;
@@ -132,19 +119,15 @@ pub fn answered(shared: &Shared, slot: &IdentitySlot, result: Result<(), String>
             slot.borrow_mut().ahead = Ahead::Written(record.record_id);
         }
         Err(why) => {
-            if let Start::Refused = fail(shared, slot, *record, &why) {
+            if let Gate::Stop = fail(shared, slot, *record, &why) {
                 return;
             }
         }
     }
-    let s = slot.borrow();
-    if !s.parked && !s.held_otherwise() {
-        drop(s);
-        host::resume_request();
-    }
+    gates::resume(shared, slot, via);
 }
 
-fn fail(shared: &Shared, slot: &IdentitySlot, record: Record, why: &str) -> Start {
+fn fail(shared: &Shared, slot: &RequestSlot, record: Record, why: &str) -> Gate {
     shared.metrics.write_ahead_failed.add(1);
     match shared.config.recording.failure_mode {
         FailureMode::FailClosed => {
@@ -163,7 +146,7 @@ fn fail(shared: &Shared, slot: &IdentitySlot, record: Record, why: &str) -> Star
                 &[("content-type", "application/json"), ("retry-after", "1")],
                 error_body(api, unavailable_kind(api), &message, None).as_bytes(),
             );
-            Start::Refused
+            Gate::Stop
         }
         FailureMode::FailOpen => {
             host::log(
@@ -173,7 +156,7 @@ fn fail(shared: &Shared, slot: &IdentitySlot, record: Record, why: &str) -> Star
             let id = record.record_id.clone();
             shared.enqueue(record, false);
             slot.borrow_mut().ahead = Ahead::Queued(id);
-            Start::Proceed
+            Gate::Pass
         }
     }
 }

@@ -9,49 +9,17 @@
 //! through `set_effective_context`.
 
 use proxy_wasm::types::LogLevel;
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Duration;
 
 use tracegate_policy::jwt::{identity_record, Decision, Extracted, Reason, Rejection};
-use tracegate_proto::v1::Identity;
 
-use crate::ahead::{self, Ahead};
+use crate::gates::{self, RequestSlot, Via};
 use crate::host::{self, Counter};
 use crate::root::Shared;
-use tracegate_policy::llm::Api;
 
 /// Requests one worker parks while keys are fetched; more are refused (401,
 /// jwks_unavailable) rather than held without bound.
 const MAX_WAITERS: usize = 1024;
-
-/// A request's authentication state, shared with the parked request list,
-/// since the root context may decide for the request.
-#[derive(Debug, Default)]
-pub struct AuthState {
-    /// For the record.
-    pub identity: Option<Identity>,
-    /// Waiting for a JWKS fetch.
-    pub parked: bool,
-    /// The request holds its headers until its body is inspected; the root
-    /// must then not resume it (the body's last callback continues it).
-    pub body_pending: bool,
-    /// Write-ahead recording of this request (`recording.mode: write_ahead`).
-    pub ahead: Ahead,
-    /// Answered locally (e.g. 503 by the root when a write-ahead failed).
-    pub answered: bool,
-    /// The API the request is for, to shape local error answers.
-    pub api: Api,
-}
-
-impl AuthState {
-    /// Whether something other than the JWT decision still holds the request.
-    pub fn held_otherwise(&self) -> bool {
-        self.body_pending || self.ahead.pending() || self.answered
-    }
-}
-
-pub type IdentitySlot = Rc<RefCell<AuthState>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct JwtMetrics {
@@ -100,7 +68,7 @@ pub struct Waiter {
     context_id: u32,
     provider: usize,
     token: Extracted,
-    slot: IdentitySlot,
+    slot: RequestSlot,
 }
 
 /// What the request should do next.
@@ -111,7 +79,7 @@ pub enum Next {
 }
 
 /// Reads the token from the current request and acts on the decision.
-pub fn authenticate(shared: &Shared, context_id: u32, slot: &IdentitySlot) -> Next {
+pub fn authenticate(shared: &Shared, context_id: u32, slot: &RequestSlot) -> Next {
     let Some(auth) = &shared.auth else {
         return Next::Continue;
     };
@@ -146,7 +114,7 @@ fn apply(
     shared: &Shared,
     decision: &Decision,
     token: Option<&Extracted>,
-    slot: &IdentitySlot,
+    slot: &RequestSlot,
 ) -> Next {
     let Some(auth) = &shared.auth else {
         return Next::Continue;
@@ -272,20 +240,19 @@ pub fn jwks_answer(
         let decision = auth.borrow_mut().decide(Some(&w.token), now_ms(), false);
         w.slot.borrow_mut().parked = false;
         let next = apply(shared, &decision, Some(&w.token), &w.slot);
-        let deferred = w.slot.borrow_mut().ahead.take_deferred();
-        match (next, deferred) {
-            (Next::Continue, Some(record)) => {
-                // The request ended while parked: its record goes ahead now,
-                // with the identity just decided.
-                if let ahead::Start::Waiting(token) = ahead::start(shared, &w.slot, record) {
-                    shared
-                        .ahead_calls
-                        .borrow_mut()
-                        .insert(token, (w.context_id, w.slot.clone()));
-                }
+        if let Next::Continue = next {
+            let (ready, body_pending) = {
+                let s = w.slot.borrow();
+                (s.ready, s.body_pending)
+            };
+            if ready {
+                // The request ended while parked: its gates run now, with
+                // the identity just decided.
+                gates::resume(shared, &w.slot, Via::Root(w.context_id));
+            } else if !body_pending {
+                // Headers go on; the body's end runs the gates.
+                host::resume_request();
             }
-            (Next::Continue, None) if !w.slot.borrow().held_otherwise() => host::resume_request(),
-            _ => {}
         }
     }
     host::set_effective_context(root_context_id);

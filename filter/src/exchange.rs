@@ -20,9 +20,12 @@ use tracegate_policy::record::{record_id, BodyCapture};
 use tracegate_policy::{ExchangeRecorder, RequestInfo};
 
 use crate::ahead::{self, Ahead};
-use crate::auth::{self, IdentitySlot, Next};
+use crate::approvals::{self, ApprovalGate, Ask};
+use crate::auth::{self, Next};
+use crate::gates::{self, Flow, RequestSlot, Via};
 use crate::host;
 use crate::root::{Admission, Shared};
+use tracegate_policy::approval::{excerpt, request_digest, RiskReason, GRANT_HEADER};
 use tracegate_policy::config::RecordingMode;
 
 /// How the response body is handled.
@@ -39,7 +42,7 @@ pub struct Exchange {
     context_id: u32,
     shared: Option<Rc<Shared>>,
     recorder: Option<ExchangeRecorder>,
-    identity: IdentitySlot,
+    identity: RequestSlot,
     api: Api,
     content_type: String,
     /// The request body is being held for inspection.
@@ -56,11 +59,11 @@ pub struct Exchange {
     answered: bool,
     /// A buffer place is reserved for this exchange's record (fail_closed).
     reserved: bool,
-    /// The request body is held (not inspected) only so that its record can
-    /// be written ahead whole.
-    hold_for_ahead: bool,
-    /// The write-ahead call this request made, if any.
-    ahead_token: Option<u32>,
+    /// The request body is held (not inspected) only for the gates: its
+    /// record written ahead whole, its digest for an approval.
+    hold_for_gates: bool,
+    /// `x-tracegate-approval` (async approval: the grant this retry redeems).
+    grant: Option<String>,
 }
 
 impl Exchange {
@@ -69,7 +72,7 @@ impl Exchange {
             context_id,
             shared,
             recorder: None,
-            identity: IdentitySlot::default(),
+            identity: RequestSlot::default(),
             api: Api::Other,
             content_type: String::new(),
             inspect_request: false,
@@ -81,8 +84,8 @@ impl Exchange {
             inspection: ExchangeInspection::default(),
             answered: false,
             reserved: false,
-            hold_for_ahead: false,
-            ahead_token: None,
+            hold_for_gates: false,
+            grant: None,
         }
     }
 
@@ -91,37 +94,73 @@ impl Exchange {
         self.answered || self.identity.borrow().answered
     }
 
-    /// The request is complete and cleared to go upstream: write its record
-    /// ahead first when configured, else go on unless authentication still
-    /// waits for keys.
-    fn forward(&mut self, shared: &Shared) -> Action {
-        if shared.config.recording.mode != RecordingMode::WriteAhead {
-            return if self.identity.borrow().parked {
-                Action::Pause
-            } else {
-                Action::Continue
-            };
-        }
-        let Some(recorder) = &self.recorder else {
-            return Action::Continue;
-        };
-        let inspection = self.inspect_request.then(|| self.inspection.to_proto());
-        let now = host::now_nanos();
-        let millis = u64::try_from(now / 1_000_000).unwrap_or(0);
-        let id = record_id(millis, &host::random_bytes());
-        let record = recorder.request_record(id, shared.source.clone(), None, inspection);
-        if self.identity.borrow().parked {
-            // The caller is not known yet: the root sends it once decided.
-            self.identity.borrow_mut().ahead = Ahead::Deferred(Box::new(record));
-            return Action::Pause;
-        }
-        match ahead::start(shared, &self.identity, record) {
-            ahead::Start::Waiting(token) => {
-                self.ahead_token = Some(token);
-                Action::Pause
+    /// The request is complete and cleared by inspection: hand it to the
+    /// gates (approval, write-ahead), which let it go on now or later.
+    /// `raw` is the body as the caller sent it, `sent` as it goes upstream.
+    fn ready(&mut self, shared: &Shared, raw: &[u8], sent: &[u8]) -> Action {
+        if let Some(recorder) = &self.recorder {
+            if shared.config.recording.mode == RecordingMode::WriteAhead {
+                let inspection = self.inspect_request.then(|| self.inspection.to_proto());
+                let now = host::now_nanos();
+                let millis = u64::try_from(now / 1_000_000).unwrap_or(0);
+                let id = record_id(millis, &host::random_bytes());
+                let record = recorder.request_record(id, shared.source.clone(), None, inspection);
+                self.identity.borrow_mut().ahead = Ahead::Todo(Box::new(record));
             }
-            ahead::Start::Proceed => Action::Continue,
-            ahead::Start::Refused => Action::Pause,
+            if shared.config.approval.is_some() {
+                let ask = self.approval_ask(shared, recorder, raw, sent);
+                self.identity.borrow_mut().approval = ApprovalGate::Todo(Box::new(ask));
+            }
+        }
+        self.identity.borrow_mut().ready = true;
+        match gates::proceed(shared, &self.identity, Via::Request) {
+            Flow::Continue => Action::Continue,
+            Flow::Wait | Flow::Answered => Action::Pause,
+        }
+    }
+
+    /// What the approval gate needs to know of this request.
+    fn approval_ask(
+        &self,
+        shared: &Shared,
+        recorder: &ExchangeRecorder,
+        raw: &[u8],
+        sent: &[u8],
+    ) -> Ask {
+        let i = &self.inspection;
+        let mut reasons: Vec<RiskReason> = i
+            .request
+            .counts
+            .iter()
+            .map(|(name, &count)| RiskReason {
+                kind: "detector".into(),
+                name: name.clone(),
+                risk: 0,
+                count,
+            })
+            .collect();
+        for rule in &i.rules {
+            reasons.push(RiskReason {
+                kind: "rule".into(),
+                name: rule.id.clone(),
+                risk: shared
+                    .inspector
+                    .as_ref()
+                    .map_or(0, |x| x.rule_risk(&rule.id)),
+                count: 1,
+            });
+        }
+        let info = recorder.info();
+        Ask {
+            base_risk: i.request.risk.saturating_add(i.rules_risk),
+            reasons,
+            session_id: recorder.session_id().to_string(),
+            request_id: info.request_id.clone(),
+            method: info.method.clone(),
+            path: info.path.clone(),
+            digest: request_digest(&info.method, &info.path, raw),
+            excerpt: excerpt(sent, 600),
+            grant: self.grant.clone(),
         }
     }
 
@@ -147,13 +186,15 @@ impl Exchange {
     fn request_body_end(&mut self, shared: &Shared, size: usize) -> Action {
         self.request_done = true;
         let Some(inspector) = &shared.inspector else {
+            let body = host::buffer(BufferType::HttpRequestBody, size).unwrap_or_default();
             if let Some(r) = &mut self.recorder {
-                capture(&mut r.request_body, BufferType::HttpRequestBody, size);
+                r.request_body.set(&body);
             }
-            return self.forward(shared);
+            return self.ready(shared, &body, &body);
         };
         let body = host::buffer(BufferType::HttpRequestBody, size).unwrap_or_default();
         let verdict = inspector.request(&self.content_type, &body, &mut self.tokens);
+        let raw = body.clone();
         let sent = match verdict {
             RequestVerdict::Forward {
                 body: masked,
@@ -212,9 +253,9 @@ impl Exchange {
             r.request_body.set(&sent);
         }
         self.identity.borrow_mut().body_pending = false;
-        // If authentication still waits for keys, the root resumes the
-        // request once it is decided.
-        self.forward(shared)
+        // If authentication still waits for keys, the root runs the gates
+        // once it is decided.
+        self.ready(shared, &raw, &sent)
     }
 
     fn refuse_uninspectable(&mut self, shared: &Shared, status: u32, kind: &str, message: &str) {
@@ -243,13 +284,43 @@ fn capture(body: &mut BodyCapture, kind: BufferType, chunk_len: usize) {
 
 impl Context for Exchange {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        if self.ahead_token != Some(token_id) {
+        if !self.take_call(token_id) {
             return;
         }
-        self.ahead_token = None;
         if let Some(shared) = self.shared.clone() {
             let result = ahead::read_answer(status_code, response_size);
-            ahead::answered(&shared, &self.identity, result);
+            ahead::answered(&shared, &self.identity, Via::Request, result);
+        }
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if !self.take_call(token_id) {
+            return;
+        }
+        if let Some(shared) = self.shared.clone() {
+            let status = host::http_call_status();
+            let body = host::http_call_body(body_size);
+            approvals::answered(&shared, &self.identity, Via::Request, status, &body);
+        }
+    }
+}
+
+impl Exchange {
+    /// Whether `token` is the call this request's gates wait for (and
+    /// forgets it).
+    fn take_call(&mut self, token: u32) -> bool {
+        let mut s = self.identity.borrow_mut();
+        if s.call == Some(token) {
+            s.call = None;
+            true
+        } else {
+            false
         }
     }
 }
@@ -330,16 +401,25 @@ impl HttpContext for Exchange {
             }
         }
         let write_ahead = shared.config.recording.mode == RecordingMode::WriteAhead;
-        if write_ahead && !end_of_stream && !self.inspect_request {
-            // The record written ahead holds the whole request body.
-            self.hold_for_ahead = true;
+        if (write_ahead || shared.config.approval.is_some())
+            && !end_of_stream
+            && !self.inspect_request
+        {
+            // The record written ahead holds the whole body; an approval is
+            // bound to its digest.
+            self.hold_for_gates = true;
             host::set_request_header("content-length", None);
+        }
+        if shared.config.approval.is_some() {
+            // The grant is for tracegate, not for the upstream.
+            self.grant = host::request_header(GRANT_HEADER).filter(|g| !g.is_empty());
+            host::set_request_header(GRANT_HEADER, None);
         }
         let auth = auth::authenticate(&shared, self.context_id, &self.identity);
         let parked = self.identity.borrow().parked;
         match auth {
             Next::Stop if !parked => Action::Pause, // answered 401
-            _ if end_of_stream => self.forward(&shared),
+            _ if end_of_stream => self.ready(&shared, &[], &[]),
             Next::Stop => Action::Pause,
             Next::Continue if self.hold => Action::Pause,
             Next::Continue => Action::Continue,
@@ -350,7 +430,7 @@ impl HttpContext for Exchange {
         if self.is_answered() {
             return Action::Pause;
         }
-        if self.hold_for_ahead {
+        if self.hold_for_gates {
             self.request_bytes = body_size;
             if !end_of_stream {
                 return Action::Pause;
@@ -388,7 +468,7 @@ impl HttpContext for Exchange {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // With trailers (HTTP/2, gRPC) the body never ends in the body
         // callback: inspect here.
-        if !(self.inspect_request || self.hold_for_ahead) || self.request_done || self.is_answered()
+        if !(self.inspect_request || self.hold_for_gates) || self.request_done || self.is_answered()
         {
             return Action::Continue;
         }
@@ -562,6 +642,17 @@ impl HttpContext for Exchange {
         recorder.set_identity(self.identity.borrow_mut().identity.take());
         if let Some(id) = self.identity.borrow().ahead.record_id() {
             recorder.request_record_id = id.to_string();
+        }
+        recorder.approval = self.identity.borrow().approval.record();
+        if let Some(a) = &recorder.approval {
+            if !matches!(a.outcome.as_str(), "forwarded" | "forwarded_expired") {
+                self.inspection.verdict = if a.outcome == "approval_required" {
+                    "awaiting_approval"
+                } else {
+                    "denied"
+                };
+                self.inspection.reason = a.detail.clone();
+            }
         }
         if !self.tokens.is_empty() {
             // The client got tokenized values back; the record must not.

@@ -122,6 +122,17 @@ pub fn http_call(
 
 /// `:status` of the HTTP call being answered; `None` when the call failed
 /// without a response (timeout, reset, no healthy upstream).
+/// Like `http_call`, with a request body.
+pub fn http_call_with_body(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<u32, String> {
+    hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, Vec::new(), timeout)
+        .map_err(|status| format!("{status:?}"))
+}
+
 pub fn http_call_status() -> Option<u32> {
     let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()

@@ -7,14 +7,18 @@
 //!   finished record to the root's outbox.
 //! - `auth`: caller identity on the request path: the JWT decision applied
 //!   to a request, and requests parked while the root fetches JWKS.
-//! - `ahead`: write-ahead recording: the request's record acknowledged
-//!   durable before the request goes on.
+//! - `gates`: what a finished request passes before it goes upstream,
+//!   carried on by its own context or the root's: `approvals` (a person's
+//!   decision on a risky request, through the approval service) and `ahead`
+//!   (write-ahead recording: the request's record durable first).
 //! - `host`: the only place that calls the host, through `proxy_wasm::hostcalls`
 //!   so that no host error can become a panic.
 
 mod ahead;
+mod approvals;
 mod auth;
 mod exchange;
+mod gates;
 mod host;
 mod root;
 

@@ -22,10 +22,11 @@ use tracegate_policy::{BatchId, Config, Outbox, Record};
 use tracegate_proto::v1::ExportResponse;
 use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 
-use crate::ahead;
-use crate::auth::{self, IdentitySlot, JwtMetrics, Waiter};
+use crate::auth::{self, JwtMetrics, Waiter};
 use crate::exchange::Exchange;
+use crate::gates::{take_root_call, Purpose, RequestSlot, Via};
 use crate::host::{self, Counter};
+use crate::{ahead, approvals};
 
 /// Longest wait between checks of the outbox. A batch that is full is sent at
 /// the next tick, so this bounds how long it waits.
@@ -49,6 +50,14 @@ pub struct Metrics {
     pub written_ahead: Counter,
     /// Write-ahead calls that failed or were refused.
     pub write_ahead_failed: Counter,
+    /// Requests whose risk called for approval.
+    pub approval_requested: Counter,
+    /// ...forwarded with an approval (or on timeout with on_timeout: forward).
+    pub approval_approved: Counter,
+    /// ...answered 403: denied, expired, grant refused, service unavailable.
+    pub approval_refused: Counter,
+    /// ...of which because the approval service failed.
+    pub approval_unavailable: Counter,
 }
 
 impl Metrics {
@@ -63,6 +72,10 @@ impl Metrics {
             unrecorded_refused: Counter::define("tracegate.recording.refused"),
             written_ahead: Counter::define("tracegate.recording.written_ahead"),
             write_ahead_failed: Counter::define("tracegate.recording.write_ahead_failed"),
+            approval_requested: Counter::define("tracegate.approval.requested"),
+            approval_approved: Counter::define("tracegate.approval.approved"),
+            approval_refused: Counter::define("tracegate.approval.refused"),
+            approval_unavailable: Counter::define("tracegate.approval.unavailable"),
         }
     }
 }
@@ -98,9 +111,10 @@ pub struct Shared {
     /// Buffer places promised to requests under way (fail_closed), so their
     /// records always fit when they end.
     reserved: Cell<usize>,
-    /// Write-ahead calls the root made for parked requests: call token →
-    /// (request context, its state).
-    pub ahead_calls: RefCell<HashMap<u32, (u32, IdentitySlot)>>,
+    /// Calls the root made for a request's gates (approval, write-ahead)
+    /// after it was parked for JWKS: call token → (request context, its
+    /// state, what for).
+    pub root_calls: RefCell<HashMap<u32, (u32, RequestSlot, Purpose)>>,
     /// Requests refused because the buffer was full; logged like `dropped`.
     refused: Cell<u64>,
 }
@@ -226,9 +240,20 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let (Some(provider), Some(shared)) =
-            (self.jwks_calls.remove(&token_id), self.shared.clone())
-        else {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        if let Some((context_id, slot)) = take_root_call(&shared, token_id, Purpose::Approval) {
+            // Read the answer before acting on the request's context.
+            let status = host::http_call_status();
+            let body = host::http_call_body(body_size);
+            if host::set_effective_context(context_id) {
+                approvals::answered(&shared, &slot, Via::Root(context_id), status, &body);
+                host::set_effective_context(self.context_id);
+            }
+            return;
+        }
+        let Some(provider) = self.jwks_calls.remove(&token_id) else {
             return;
         };
         let result = match host::http_call_status() {
@@ -243,11 +268,11 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let parked = shared.ahead_calls.borrow_mut().remove(&token_id);
-        if let Some((context_id, slot)) = parked {
+        if let Some((context_id, slot)) = take_root_call(&shared, token_id, Purpose::WriteAhead) {
+            // Read the answer before acting on the request's context.
             let result = ahead::read_answer(status_code, response_size);
             if host::set_effective_context(context_id) {
-                ahead::answered(&shared, &slot, result);
+                ahead::answered(&shared, &slot, Via::Root(context_id), result);
                 host::set_effective_context(self.context_id);
             }
             return;
@@ -313,7 +338,8 @@ impl RootContext for Root {
             }
         };
         let inspector = match Inspector::new(&config.inspection, &config.masking, &config.rules) {
-            Ok(i) => (config.masking.enabled || !config.rules.is_empty()).then_some(i),
+            Ok(i) => (config.masking.enabled || !config.rules.is_empty())
+                .then_some(i.with_approvals(config.approval.is_some())),
             Err(e) => {
                 host::log(LogLevel::Critical, &e.to_string());
                 return false;
@@ -329,7 +355,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             dropped: Cell::new(0),
             reserved: Cell::new(0),
-            ahead_calls: RefCell::new(HashMap::new()),
+            root_calls: RefCell::new(HashMap::new()),
             refused: Cell::new(0),
             source: format!("tracegate-filter/{} ({plugin})", env!("CARGO_PKG_VERSION")),
         }));

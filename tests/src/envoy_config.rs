@@ -12,6 +12,9 @@ pub struct Ports {
     /// The identity provider's JWKS endpoint (cluster `idp`); the test
     /// upstream serves one.
     pub idp: u16,
+    /// The approval service (cluster `tracegate_approvals`, HTTP/1.1): the
+    /// collector's `--approvals` port.
+    pub approvals: u16,
 }
 
 fn cluster(name: &str, port: u16) -> Value {
@@ -92,7 +95,12 @@ pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
                     }
                 }]}]
             }],
-            "clusters": [cluster("llm_upstream", ports.upstream), collector, cluster("idp", ports.idp)]
+            "clusters": [
+                cluster("llm_upstream", ports.upstream),
+                collector,
+                cluster("idp", ports.idp),
+                cluster("tracegate_approvals", ports.approvals)
+            ]
         }
     })
 }

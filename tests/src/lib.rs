@@ -249,6 +249,8 @@ pub struct Collector {
     pub process: Process,
     pub data: PathBuf,
     pub grpc_port: u16,
+    /// The reference approval service (`serve --approvals`).
+    pub approvals_port: u16,
 }
 
 impl Collector {
@@ -267,16 +269,19 @@ impl Collector {
                 .arg("--data")
                 .arg(&data)
                 .arg("--grpc")
-                .arg(format!("127.0.0.1:{port}")),
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["--approvals", "127.0.0.1:0"]),
             dir,
         )?;
         let line = process.wait_for_line("listening grpc=", START_TIMEOUT);
         let line = process.with_log(line)?;
         let grpc_port = port_after(&line, "grpc=")?;
+        let approvals_port = port_after(&line, "approvals=http://")?;
         Ok(Collector {
             process,
             data,
             grpc_port,
+            approvals_port,
         })
     }
 
@@ -290,6 +295,25 @@ impl Collector {
         if !out.status.success() {
             bail!(
                 "tracegate {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `tracegate approvals --server <this collector's approval service> <args>`;
+    /// returns stdout, or fails with stderr.
+    pub fn approvals(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(collector_bin())
+            .arg("approvals")
+            .arg("--server")
+            .arg(format!("http://127.0.0.1:{}", self.approvals_port))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tracegate approvals {args:?} failed ({}): {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -522,6 +546,7 @@ impl Stack {
             upstream: upstream.port,
             collector: collector.grpc_port,
             idp: upstream.port,
+            approvals: collector.approvals_port,
         };
         setup(&upstream, &mut ports)?;
         let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);

@@ -15,6 +15,7 @@ fn refused(plugin_config: &Value) -> String {
         upstream: 9,
         collector: 9,
         idp: 9,
+        approvals: 9,
     };
     let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
     let mut envoy = Envoy::spawn(dir.path(), &bootstrap).unwrap();
@@ -173,6 +174,7 @@ fn istio_plugin_config_is_accepted_by_the_filter() {
         upstream: 9,
         collector: 9,
         idp: 9,
+        approvals: 9,
     };
     let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), config);
     let envoy = Envoy::start(dir.path(), &bootstrap).unwrap();

@@ -71,6 +71,9 @@ pub struct SessionEntry {
 pub struct SegmentIndex {
     pub segment: u64,
     pub sessions: BTreeMap<String, SessionEntry>,
+    /// Approval id → offsets of its events.
+    #[serde(default)]
+    pub approvals: BTreeMap<String, Vec<u64>>,
 }
 
 impl SegmentIndex {
@@ -78,7 +81,15 @@ impl SegmentIndex {
         Self {
             segment,
             sessions: BTreeMap::new(),
+            approvals: BTreeMap::new(),
         }
+    }
+
+    pub fn add_approval(&mut self, id: &str, offset: u64) {
+        self.approvals
+            .entry(id.to_string())
+            .or_default()
+            .push(offset);
     }
 
     pub fn add(&mut self, r: &Record, offset: u64) {

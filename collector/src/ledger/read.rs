@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use tracegate_proto::v1::ledger_entry::Entry;
-use tracegate_proto::v1::{LedgerEntry, Record};
+use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record};
 
 use super::frame::{self, FRAME_OVERHEAD};
 use super::index::{SegmentIndex, SessionSummary};
@@ -173,15 +173,72 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// The stored events of these approvals, in stored order.
+    pub fn approval_events(&mut self, ids: &[String]) -> Result<Vec<ApprovalEvent>> {
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for n in self.segments.clone() {
+            let path = self.layout.segment(n);
+            match self.index(n) {
+                Some(index) => {
+                    let file =
+                        File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                    for id in ids {
+                        for &offset in index.approvals.get(id).into_iter().flatten() {
+                            if let Some(Entry::Approval(ev)) = read_entry(&file, offset) {
+                                if &ev.approval_id == id {
+                                    out.push(ev);
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let Ok(bytes) = std::fs::read(&path) else {
+                        continue;
+                    };
+                    let Ok(scan) = frame::scan(&bytes) else {
+                        continue;
+                    };
+                    for f in &scan.frames {
+                        if let Some(Entry::Approval(ev)) =
+                            LedgerEntry::decode(&bytes[f.payload.clone()])
+                                .ok()
+                                .and_then(|e| e.entry)
+                        {
+                            if ids.contains(&ev.approval_id) {
+                                out.push(ev);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.unix_nanos);
+        Ok(out)
+    }
+}
+
 fn record(payload: &[u8]) -> Option<Record> {
     match LedgerEntry::decode(payload).ok()?.entry? {
         Entry::Record(r) => Some(r),
-        Entry::Retention(_) => None,
+        _ => None,
     }
 }
 
 /// The record in the frame at `offset`, if the frame there is intact.
 fn read_frame(file: &File, offset: u64) -> Option<Record> {
+    match read_entry(file, offset)? {
+        Entry::Record(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// The entry in the frame at `offset`, if the frame there is intact.
+fn read_entry(file: &File, offset: u64) -> Option<Entry> {
     let mut len = [0u8; 4];
     file.read_exact_at(&mut len, offset).ok()?;
     let len = frame::announced_len(&len);
@@ -191,5 +248,5 @@ fn read_frame(file: &File, offset: u64) -> Option<Record> {
     let mut buf = vec![0u8; FRAME_OVERHEAD + len];
     file.read_exact_at(&mut buf, offset).ok()?;
     let f = frame::parse_one(&buf).ok()?;
-    record(&buf[f.payload])
+    LedgerEntry::decode(&buf[f.payload]).ok()?.entry
 }

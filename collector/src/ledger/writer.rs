@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use tracegate_proto::v1::ledger_entry::Entry;
-use tracegate_proto::v1::{LedgerEntry, Record, RejectedRecord, Retention};
+use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record, RejectedRecord, Retention};
 
 use super::frame::{self, Ending, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::index::SegmentIndex;
@@ -96,6 +96,9 @@ pub struct Ledger {
     retention_checked: Instant,
     /// What recovery found; the server prints it.
     pub findings: Vec<String>,
+    /// Every approval event held, in stored order (the approval service
+    /// rebuilds its state from them).
+    pub approval_events: Vec<ApprovalEvent>,
     _lock: File,
 }
 
@@ -105,10 +108,16 @@ pub fn now_nanos() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// One entry about to be written.
+/// One entry about to be written, and what the session index learns of it.
 struct Pending<'a> {
     payload: Vec<u8>,
-    record: Option<&'a Record>,
+    indexed: Indexed<'a>,
+}
+
+enum Indexed<'a> {
+    Record(&'a Record),
+    Approval(&'a str),
+    Nothing,
 }
 
 impl Ledger {
@@ -140,6 +149,7 @@ impl Ledger {
 
         let mut findings = Vec::new();
         let mut ids = HashSet::new();
+        let mut approval_events = Vec::new();
         let mut sealed = VecDeque::new();
         let seals: HashSet<u64> = layout.seals()?.into_iter().collect();
         let numbers = layout.segments()?;
@@ -165,12 +175,19 @@ impl Ledger {
             let is_sealed = seals.contains(&n);
             let mut index = SegmentIndex::new(n);
             for f in &scan.frames {
-                if let Some(Entry::Record(r)) = LedgerEntry::decode(&bytes[f.payload.clone()])
+                match LedgerEntry::decode(&bytes[f.payload.clone()])
                     .ok()
                     .and_then(|e| e.entry)
                 {
-                    index.add(&r, f.offset as u64);
-                    ids.insert(r.record_id);
+                    Some(Entry::Record(r)) => {
+                        index.add(&r, f.offset as u64);
+                        ids.insert(r.record_id);
+                    }
+                    Some(Entry::Approval(ev)) => {
+                        index.add_approval(&ev.approval_id, f.offset as u64);
+                        approval_events.push(ev);
+                    }
+                    _ => {}
                 }
             }
             for c in &scan.corrupt {
@@ -267,6 +284,7 @@ impl Ledger {
             head_seq: 0,
             retention_checked: Instant::now(),
             findings,
+            approval_events,
             _lock: lock,
         })
     }
@@ -319,7 +337,7 @@ impl Ledger {
                 }
                 pending.push(Pending {
                     payload,
-                    record: Some(record),
+                    indexed: Indexed::Record(record),
                 });
                 out.accepted += 1;
             }
@@ -367,9 +385,13 @@ impl Ledger {
             .context("fdatasync of the open segment")?;
         // Durable: now the state may move on.
         for (p, offset) in pending.iter().zip(offsets) {
-            if let Some(r) = p.record {
-                self.open.index.add(r, offset);
-                self.ids.insert(r.record_id.clone());
+            match p.indexed {
+                Indexed::Record(r) => {
+                    self.open.index.add(r, offset);
+                    self.ids.insert(r.record_id.clone());
+                }
+                Indexed::Approval(id) => self.open.index.add_approval(id, offset),
+                Indexed::Nothing => {}
             }
         }
         if self.open.leaves.is_empty() {
@@ -387,6 +409,24 @@ impl Ledger {
             self.write_head(false)?;
         }
         Ok(())
+    }
+
+    /// Appends approval events durably (one write, one fdatasync).
+    pub fn append_events(&mut self, events: &[ApprovalEvent]) -> Result<()> {
+        let pending = events
+            .iter()
+            .map(|ev| Pending {
+                payload: LedgerEntry {
+                    entry: Some(Entry::Approval(ev.clone())),
+                }
+                .encode_to_vec(),
+                indexed: Indexed::Approval(&ev.approval_id),
+            })
+            .collect::<Vec<_>>();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.write(pending)
     }
 
     fn segment_too_old(&self, now: i64) -> bool {
@@ -490,7 +530,7 @@ impl Ledger {
         .encode_to_vec();
         self.write(vec![Pending {
             payload,
-            record: None,
+            indexed: Indexed::Nothing,
         }])?;
         for v in &victims {
             for path in [self.layout.segment(v.number), self.layout.index(v.number)] {

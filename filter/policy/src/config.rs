@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use std::fmt;
 
+use crate::approval::ApprovalConfig;
 use crate::inspect::config::{InspectionConfig, MaskingConfig, RuleConfig};
 use crate::inspect::Inspector;
 use crate::jwt::{Authenticator, JwtConfig};
@@ -28,6 +29,8 @@ pub struct Config {
     pub masking: MaskingConfig,
     /// Block rules, evaluated on request text by scope.
     pub rules: Vec<RuleConfig>,
+    /// Human approval of risky requests. Without it, `approve` rules block.
+    pub approval: Option<ApprovalConfig>,
 }
 
 /// Where records go: an Envoy cluster speaking HTTP/2 to `tracegate serve`.
@@ -223,6 +226,9 @@ impl Config {
                 "session.header",
                 format!("{h:?} is not a lowercase HTTP header name"),
             ));
+        }
+        if let Some(approval) = &self.approval {
+            approval.validate()?;
         }
         if let Some(jwt) = &self.jwt {
             Authenticator::new(jwt)?;

@@ -123,6 +123,8 @@ pub struct ExchangeRecorder {
     pub response_body: BodyCapture,
     /// Id of this exchange's record written ahead, if any.
     pub request_record_id: String,
+    /// The human approval this exchange went through, if any.
+    pub approval: Option<tracegate_proto::v1::Approval>,
 }
 
 impl ExchangeRecorder {
@@ -141,7 +143,12 @@ impl ExchangeRecorder {
             request_body,
             response_body: BodyCapture::new(max_body_bytes),
             request_record_id: String::new(),
+            approval: None,
         }
+    }
+
+    pub fn info(&self) -> &RequestInfo {
+        &self.info
     }
 
     /// The record written ahead (`recording.mode: write_ahead`): the request
@@ -219,6 +226,7 @@ impl ExchangeRecorder {
             inspection: self.inspection,
             phase: tracegate_proto::v1::record::Phase::Exchange as i32,
             request_record_id: self.request_record_id,
+            approval: self.approval,
         }
     }
 }

@@ -69,9 +69,24 @@ pub struct Inspector {
     pub config: InspectionConfig,
     masker: Option<Masker>,
     rules: Vec<Rule>,
+    /// An approval service is configured: `approve` rules add risk instead
+    /// of blocking.
+    approvals: bool,
 }
 
 impl Inspector {
+    /// `approve` rules send requests for approval (their risk counts against
+    /// `approval.threshold`) instead of blocking them.
+    pub fn with_approvals(mut self, on: bool) -> Self {
+        self.approvals = on;
+        self
+    }
+
+    /// The configured risk of a rule.
+    pub fn rule_risk(&self, id: &str) -> u32 {
+        self.rules.iter().find(|r| r.id == id).map_or(0, |r| r.risk)
+    }
+
     pub fn new(
         inspection: &InspectionConfig,
         masking: &MaskingConfig,
@@ -145,6 +160,7 @@ impl Inspector {
             config: inspection.clone(),
             masker,
             rules: compiled,
+            approvals: false,
         })
     }
 
@@ -313,9 +329,11 @@ impl Inspector {
     /// The verdict when a `block` (or `approve`) rule matched: the first one
     /// names the refusal; masking has not run, so there are no findings yet.
     fn blocked(&self, rule_hits: &[RuleHit]) -> Option<RequestVerdict> {
-        let hit = rule_hits
-            .iter()
-            .find(|h| matches!(h.action, RuleAction::Block | RuleAction::Approve))?;
+        let hit = rule_hits.iter().find(|h| match h.action {
+            RuleAction::Block => true,
+            RuleAction::Approve => !self.approvals,
+            RuleAction::Log => false,
+        })?;
         let rule = self.rules.iter().find(|r| r.id == hit.id);
         let mut message = rule.map(|r| r.message.clone()).unwrap_or_default();
         if hit.action == RuleAction::Approve {

@@ -1,0 +1,289 @@
+//! The reference approval service's HTTP API (`tracegate serve --approvals`).
+//!
+//! ```text
+//! POST /v1/approvals                 a filter asks (CreateRequest) → 201, the approval
+//! GET  /v1/approvals[?state=PENDING] list, newest first
+//! GET  /v1/approvals/ID[?wait_ms=N]  one approval; waits up to N ms (≤ 60 s) while PENDING
+//! POST /v1/approvals/ID/approve      {"approver": "...", "reason": "..."}
+//! POST /v1/approvals/ID/deny         {"approver": "...", "reason": "..."}
+//! POST /v1/approvals/ID/redeem       a filter spends a grant (RedeemRequest)
+//! ```
+//! Errors are `{"error": "..."}` with 400, 403, 404 or 409. Every change is
+//! durable in the store before it is answered.
+//!
+//! Approvers name themselves in the request body: this reference service
+//! does not authenticate them. Put it behind your own authentication before
+//! exposing it beyond the operators' network.
+
+use axum::extract::{Path, Query, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+use tracegate_policy::approval::{CreateRequest, RedeemRequest, State};
+use tracegate_proto::v1::ApprovalEvent;
+
+use super::book::{ApiError, Book, Refused};
+use crate::commit::Committer;
+use crate::ledger::writer::now_nanos;
+
+/// Longest long-poll.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Service {
+    book: Mutex<Book>,
+    changed: Notify,
+    store: Committer,
+    webhook: Option<String>,
+}
+
+impl Service {
+    /// The service over the events already in the store.
+    pub fn new(store: Committer, events: &[ApprovalEvent], webhook: Option<String>) -> Arc<Self> {
+        let mut book = Book::default();
+        for ev in events {
+            book.apply(ev);
+        }
+        Arc::new(Service {
+            book: Mutex::new(book),
+            changed: Notify::new(),
+            store,
+            webhook,
+        })
+    }
+
+    /// Makes events durable, then applies them and wakes long-polls.
+    async fn commit(&self, book: &mut Book, events: Vec<ApprovalEvent>) -> Result<(), ApiError> {
+        self.store
+            .events(events.clone())
+            .await
+            .map_err(|e| ApiError {
+                status: 503,
+                message: e.to_string(),
+            })?;
+        for ev in &events {
+            book.apply(ev);
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Expires what is due (also run every second by `sweep`).
+    async fn expire_due(&self, book: &mut Book) -> Result<(), ApiError> {
+        let due = book.due_expiries(now_nanos());
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.commit(book, due).await
+    }
+}
+
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/approvals", post(create).get(list))
+        .route("/v1/approvals/{id}", get(show))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/deny", post(deny))
+        .route("/v1/approvals/{id}/redeem", post(redeem))
+        .with_state(service)
+}
+
+/// Expires pending approvals on time, so a decision can never land after
+/// the filter gave up waiting.
+pub async fn sweep(service: Arc<Service>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let mut book = service.book.lock().await;
+        if let Err(e) = service.expire_due(&mut book).await {
+            eprintln!(
+                "tracegate: approvals: cannot record expiries: {}",
+                e.message
+            );
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+fn bad_json(e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: 400,
+        message: format!("malformed request: {e}"),
+    }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 12];
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_nanos().to_le_bytes());
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("apr_{hex}")
+}
+
+async fn create(
+    AxumState(s): AxumState<Arc<Service>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateRequest = serde_json::from_slice(&body).map_err(bad_json)?;
+    let mut book = s.book.lock().await;
+    let id = new_id();
+    let ev = book.create(&id, &req, now_nanos())?;
+    s.commit(&mut book, vec![ev]).await?;
+    let approval = book
+        .get(&id)
+        .map(|a| serde_json::to_value(a).unwrap_or_default());
+    drop(book);
+    if let (Some(url), Some(a)) = (&s.webhook, &approval) {
+        notify_webhook(url.clone(), a.clone());
+    }
+    Ok((StatusCode::CREATED, Json(approval)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list(
+    AxumState(s): AxumState<Arc<Service>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let mut book = s.book.lock().await;
+    s.expire_due(&mut book).await?;
+    let all: Vec<_> = book
+        .list()
+        .into_iter()
+        .filter(|a| {
+            q.state
+                .as_deref()
+                .is_none_or(|st| st.eq_ignore_ascii_case(a.state.as_str()))
+        })
+        .collect();
+    Ok(Json(json!({"approvals": all})).into_response())
+}
+
+#[derive(Deserialize)]
+struct ShowQuery {
+    wait_ms: Option<u64>,
+}
+
+async fn show(
+    AxumState(s): AxumState<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Result<Response, ApiError> {
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before looking, so a change in between is not missed.
+        let changed = s.changed.notified();
+        let mut book = s.book.lock().await;
+        s.expire_due(&mut book).await?;
+        let Some(a) = book.get(&id) else {
+            return Err(ApiError {
+                status: 404,
+                message: format!("no approval {id}"),
+            });
+        };
+        let now = tokio::time::Instant::now();
+        if a.state != State::Pending || now >= deadline {
+            return Ok(Json(a).into_response());
+        }
+        // Wake for a change, the deadline, or this approval's expiry.
+        let until_expiry = Duration::from_nanos(
+            u64::try_from(a.expires_unix_nanos.saturating_sub(now_nanos())).unwrap_or(0),
+        );
+        let wake = deadline.min(now + until_expiry);
+        drop(book);
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Decision {
+    approver: String,
+    reason: String,
+}
+
+async fn decide(
+    s: Arc<Service>,
+    id: String,
+    body: &[u8],
+    approve: bool,
+) -> Result<Response, ApiError> {
+    let d: Decision = serde_json::from_slice(body).map_err(bad_json)?;
+    let mut book = s.book.lock().await;
+    s.expire_due(&mut book).await?;
+    let ev = book.decide(&id, approve, &d.approver, &d.reason, now_nanos())?;
+    s.commit(&mut book, vec![ev]).await?;
+    Ok(Json(book.get(&id)).into_response())
+}
+
+async fn approve(
+    AxumState(s): AxumState<Arc<Service>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    decide(s, id, &body, true).await
+}
+
+async fn deny(
+    AxumState(s): AxumState<Arc<Service>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    decide(s, id, &body, false).await
+}
+
+async fn redeem(
+    AxumState(s): AxumState<Arc<Service>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: RedeemRequest = serde_json::from_slice(&body).map_err(bad_json)?;
+    let mut book = s.book.lock().await;
+    s.expire_due(&mut book).await?;
+    match book.redeem(&id, &req, now_nanos()) {
+        Ok(ev) => {
+            s.commit(&mut book, vec![ev]).await?;
+            Ok(Json(book.get(&id)).into_response())
+        }
+        Err(refused) => {
+            let Refused { error, event } = *refused;
+            if let Some(ev) = event {
+                s.commit(&mut book, vec![ev]).await?;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Tells a webhook about a new pending approval; best effort, off the
+/// request path.
+fn notify_webhook(url: String, approval: serde_json::Value) {
+    std::thread::spawn(move || {
+        let body = json!({"event": "approval.pending", "approval": approval});
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        if let Err(e) = agent.post(&url).send_json(&body) {
+            eprintln!("tracegate: approvals: webhook {url} failed: {e}");
+        }
+    });
+}

@@ -1,0 +1,191 @@
+//! `tracegate approvals …`: the approvers' command line, a client of the
+//! approval service's HTTP API.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+fn time(nanos: &Value) -> String {
+    match nanos.as_i64() {
+        Some(n) if n > 0 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(n as u64))
+                .to_string()
+        }
+        _ => "-".into(),
+    }
+}
+
+impl Client {
+    pub fn new(server: &str) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client {
+            base: format!("{}/v1/approvals", server.trim_end_matches('/')),
+            agent,
+        }
+    }
+
+    fn answer(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
+        let mut response = response
+            .with_context(|| format!("cannot reach the approval service at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response
+            .body_mut()
+            .read_json()
+            .with_context(|| format!("the approval service answered HTTP {status} without JSON"))?;
+        if !status.is_success() {
+            bail!(
+                "{}",
+                body["error"]
+                    .as_str()
+                    .unwrap_or("the approval service refused")
+            );
+        }
+        Ok(body)
+    }
+
+    pub fn list(&self, out: &mut impl Write, all: bool) -> Result<()> {
+        let url = if all {
+            self.base.clone()
+        } else {
+            format!("{}?state=PENDING", self.base)
+        };
+        let body = self.answer(self.agent.get(&url).call())?;
+        writeln!(
+            out,
+            "{:<28} {:<9} {:>5} {:<20} {:<21} REQUEST",
+            "ID", "STATE", "RISK", "REQUESTER", "CREATED"
+        )?;
+        for a in body["approvals"].as_array().into_iter().flatten() {
+            let r = &a["request"];
+            writeln!(
+                out,
+                "{:<28} {:<9} {:>5} {:<20} {:<21} {} {}",
+                a["id"].as_str().unwrap_or("?"),
+                a["state"].as_str().unwrap_or("?"),
+                r["risk"],
+                r["requester"]["subject"].as_str().unwrap_or("?"),
+                time(&a["created_unix_nanos"]),
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or(""),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn show(&self, out: &mut impl Write, id: &str) -> Result<()> {
+        let a = self.answer(self.agent.get(&format!("{}/{id}", self.base)).call())?;
+        write_approval(out, &a)
+    }
+
+    pub fn decide(
+        &self,
+        out: &mut impl Write,
+        id: &str,
+        approve: bool,
+        approver: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let verb = if approve { "approve" } else { "deny" };
+        let a = self.answer(
+            self.agent
+                .post(&format!("{}/{id}/{verb}", self.base))
+                .send_json(json!({"approver": approver, "reason": reason})),
+        )?;
+        writeln!(
+            out,
+            "{id}: {} by {approver}",
+            a["state"].as_str().unwrap_or("?")
+        )?;
+        Ok(())
+    }
+}
+
+fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
+    let r = &a["request"];
+    writeln!(
+        out,
+        "approval {}  {}",
+        a["id"].as_str().unwrap_or("?"),
+        a["state"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "  requester  {} ({})",
+        r["requester"]["subject"].as_str().unwrap_or("?"),
+        r["requester"]["key"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "  request    {} {}  session {}  request id {}",
+        r["method"].as_str().unwrap_or(""),
+        r["path"].as_str().unwrap_or(""),
+        r["session_id"].as_str().unwrap_or(""),
+        r["request_id"].as_str().unwrap_or("")
+    )?;
+    writeln!(out, "  mode       {}", r["mode"].as_str().unwrap_or("?"))?;
+    writeln!(
+        out,
+        "  risk       {} (threshold {})",
+        r["risk"], r["threshold"]
+    )?;
+    for reason in r["reasons"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "             {} {} ×{} (+{})",
+            reason["kind"].as_str().unwrap_or(""),
+            reason["name"].as_str().unwrap_or(""),
+            reason["count"],
+            reason["risk"]
+        )?;
+    }
+    writeln!(out, "  digest     {}", r["digest"].as_str().unwrap_or(""))?;
+    writeln!(out, "  created    {}", time(&a["created_unix_nanos"]))?;
+    if a["state"] == "PENDING" {
+        writeln!(out, "  expires    {}", time(&a["expires_unix_nanos"]))?;
+    } else {
+        writeln!(
+            out,
+            "  decided    {} by {}: {}",
+            time(&a["decided_unix_nanos"]),
+            a["approver"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("-"),
+            a["reason"].as_str().unwrap_or("")
+        )?;
+    }
+    if a["state"] == "APPROVED" {
+        writeln!(
+            out,
+            "  grant      {} uses left, until {}",
+            a["uses_left"],
+            time(&a["grant_expires_unix_nanos"])
+        )?;
+    }
+    writeln!(out, "  excerpt    {}", r["excerpt"].as_str().unwrap_or(""))?;
+    writeln!(out, "  history")?;
+    for h in a["history"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "    {}  {:<15} {} {}",
+            time(&h["unix_nanos"]),
+            h["event"].as_str().unwrap_or(""),
+            h["actor"].as_str().unwrap_or(""),
+            h["reason"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
