@@ -97,6 +97,32 @@ fn rules_block_by_scope() {
 }
 
 #[test]
+fn approve_rules_block_without_an_approval_service_and_add_risk_with_one() {
+    let rules = json!([{"id": "prod", "keywords": ["deploy to production"], "action": "approve",
+                        "risk": 70, "message": "production change"}]);
+    let body = chat("deploy to production, key AKIAIOSFODNN7EXAMPLE");
+    let v = inspector(json!({}), rules.clone()).request(
+        "application/json",
+        &body,
+        &mut Tokens::default(),
+    );
+    let RequestVerdict::Blocked { message, .. } = v else {
+        panic!("{v:?}")
+    };
+    assert!(message.contains("no approval service is configured"), "{message}");
+
+    let i = inspector(json!({}), rules).with_approvals(true);
+    let v = i.request("application/json", &body, &mut Tokens::default());
+    let RequestVerdict::Forward { hits, rules, .. } = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(rules.len(), 1);
+    assert_eq!(i.rules_risk(&rules), 70);
+    assert_eq!(i.rule_risk("prod"), 70);
+    assert!(hits.risk > 0, "the AWS key id adds its detector's risk");
+}
+
+#[test]
 fn uninspectable_requests_are_refused() {
     let i = inspector(json!({}), json!([]));
     let mut t = Tokens::default();
