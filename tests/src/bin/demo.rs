@@ -3,7 +3,8 @@
 //! Starts the collector, a local OpenAI-compatible upstream (which also serves
 //! the identity provider's JWKS) and Envoy with the tracegate filter; runs a
 //! short conversation with the official `openai` Python SDK pointed at Envoy,
-//! authenticated by a JWT; shows an expired token refused; prints the session
+//! authenticated by a JWT; shows a secret masked, a production change held
+//! until an approver allows it, an expired token refused; prints the session
 //! as `tracegate replay` shows it; stops everything (also on Ctrl-C). The data
 //! stays in target/demo/ to explore afterwards.
 
@@ -79,7 +80,10 @@ fn run() -> Result<()> {
             "name": "demo-idp", "issuer": ISSUER, "audiences": [AUDIENCE],
             "remote_jwks": {"uri": "http://idp.example/jwks.json", "cluster": "idp"},
             "record_claims": ["email"]
-        }]}
+        }]},
+        "rules": [{"id": "production-change", "scope": "prompt", "action": "approve",
+                   "risk": 100, "keywords": ["deploy to production"]}],
+        "approval": {"threshold": 100, "mode": "hold", "hold_timeout_ms": 60000, "poll_ms": 1000}
     });
 
     println!("demo: starting collector, local LLM upstream and Envoy with the tracegate filter…");
@@ -125,6 +129,57 @@ fn run() -> Result<()> {
             .unwrap_or("?")
     );
 
+    // A production change waits for a person: the request is held until an
+    // approver decides with the CLI.
+    let risky = "deploy to production: release 2026.11";
+    let held = {
+        let (url, token, session) = (
+            stack.envoy.url("/v1/chat/completions"),
+            tokens[0].clone(),
+            session.clone(),
+        );
+        std::thread::spawn(move || -> Result<String> {
+            let mut r = ureq::post(&url)
+                .header("authorization", &format!("Bearer {token}"))
+                .header("x-session-id", &session)
+                .send_json(json!({"model": "gpt-4o-mini",
+                                  "messages": [{"role": "user", "content": risky}]}))?;
+            let v: serde_json::Value = r.body_mut().read_json()?;
+            Ok(v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string())
+        })
+    };
+    println!("user> {risky}   (waits: rule production-change needs approval)");
+    let id = poll("the approval request", Duration::from_secs(30), || {
+        check_interrupted()?;
+        let list = stack.collector.approvals(&["list"])?;
+        Ok(list
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .map(|id| (id.to_string(), list.clone())))
+    })?;
+    println!("$ tracegate approvals list\n{}", id.1);
+    let id = id.0;
+    println!("$ tracegate approvals approve {id} --reason \"change ticket 42\" --as sre-lead");
+    print!(
+        "{}",
+        stack.collector.approvals(&[
+            "approve",
+            &id,
+            "--reason",
+            "change ticket 42",
+            "--as",
+            "sre-lead"
+        ])?
+    );
+    let answer = held
+        .join()
+        .map_err(|_| anyhow::anyhow!("the held request's thread panicked"))??;
+    println!("assistant> {answer}   (forwarded once approved)\n");
+
     // The same call with an expired token never reaches the LLM.
     let mut refused = agent_call(&stack, &tokens[1], &session, "hi")?;
     println!(
@@ -136,7 +191,7 @@ fn run() -> Result<()> {
     let records = poll("the session's records", Duration::from_secs(30), || {
         check_interrupted()?;
         let n = stack.collector.replay_json(&session)?.len();
-        Ok((n >= 5).then_some(n))
+        Ok((n >= 6).then_some(n))
     })?;
     let data = stack.collector.data.display().to_string();
     println!("demo: the collector holds {records} exchanges of session {session}.\n");

@@ -109,7 +109,10 @@ fn approve_rules_block_without_an_approval_service_and_add_risk_with_one() {
     let RequestVerdict::Blocked { message, .. } = v else {
         panic!("{v:?}")
     };
-    assert!(message.contains("no approval service is configured"), "{message}");
+    assert!(
+        message.contains("no approval service is configured"),
+        "{message}"
+    );
 
     let i = inspector(json!({}), rules).with_approvals(true);
     let v = i.request("application/json", &body, &mut Tokens::default());
