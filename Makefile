@@ -3,8 +3,9 @@
 #   make demo     collector + Envoy + filter + a local LLM, driven by the openai SDK
 #   make test     fmt, clippy, unit tests (native and wasm), end-to-end tests
 #   make build    target/tracegate_filter.wasm and target/release/tracegate
-#   make bench    benchmark tables (JWT verification cost, masking MB/s native and in wasm,
-#                 collector durable records/s and ack latency, verify MB/s)
+#   make bench    benchmark tables: Envoy with and without tracegate (wrk), streaming and
+#                 memory; JWT and masking cost native and in wasm; detectors vs Presidio;
+#                 collector durable records/s and verify MB/s; targets (about 5 minutes)
 #
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
@@ -66,7 +67,7 @@ WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/
 WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 
 .PHONY: build filter collector test check unit-test wasm-test e2e-test demo clean \
-        offline-toolchain node python-env bench
+        offline-toolchain node python-env bench bench-tools wrk
 
 build: filter collector
 
@@ -122,16 +123,35 @@ wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
 	  $(WASM_TEST) -p tracegate-policy --target wasm32-unknown-unknown --lib --tests \
 	  --target-dir target/wasm-test
 
-e2e-test: build python-env
+e2e-test: build python-env wrk
 	PYTHON=$(PYTHON) cargo test -p tracegate-e2e
 
 # --- Benchmarks (not part of `make test`) ----------------------------------------
-# JWT decision cost per request and masking throughput, natively and inside a
-# wasm VM (V8, as in Envoy, here under Node's WASI); the collector's durable
-# ingest through real gRPC next to a raw write+fdatasync loop on the same
-# disk, and verify throughput. Tables go to the terminal and target/bench/.
-bench: $(FILTER_DEPS) node
+# Every table goes to the terminal and to target/bench/ (text and JSON):
+# - JWT decision cost and masking throughput, natively and inside a wasm VM
+#   (V8, as in Envoy, here under Node's WASI);
+# - Envoy with and without tracegate (tracegate-bench: one Envoy, two
+#   listeners, wrk), streaming, memory;
+# - tracegate's detectors against Microsoft Presidio on one labelled corpus;
+# - the collector's durable ingest through real gRPC next to a raw
+#   write+fdatasync loop, and verify throughput;
+# - the targets next to this run (bench/summary.py).
+# `make test` runs `tracegate-bench --smoke` (seconds) so this keeps working.
+BENCH_VENV_STAMP := $(VENV)/.bench-installed
+
+bench-tools: python-env wrk $(BENCH_VENV_STAMP)
+$(BENCH_VENV_STAMP): bench/requirements.txt $(VENV)/.installed
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+wrk:
+	@command -v wrk >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q wrk; }
+
+bench: $(FILTER_DEPS) node filter bench-tools
 	mkdir -p target/bench
+	cargo build --release -q -p tracegate-collector --bin tracegate --example store_bench
+	cargo build --release -q -p tracegate-e2e --bins
+	cargo build --release -q -p tracegate-policy --example detect_corpus
 	cargo run --release -q -p tracegate-policy --example jwt_bench -- native \
 	  | tee target/bench/jwt-native.txt
 	$(BENCH_WASM_BUILD) --release -q -p tracegate-policy --example jwt_bench --target wasm32-wasip1 \
@@ -144,10 +164,13 @@ bench: $(FILTER_DEPS) node
 	  --target-dir target/wasm-bench
 	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/mask_bench.wasm \
 	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/mask-wasm.txt
-	cargo build --release -q -p tracegate-collector --bin tracegate --example store_bench
+	PYTHON=$(PYTHON) target/release/tracegate-bench --out target/bench | tee target/bench/envoy.txt
+	$(PYTHON) bench/presidio_compare.py target/release/examples/detect_corpus target/bench \
+	  | tee target/bench/presidio.txt
 	target/release/examples/store_bench target/release/tracegate target/bench/store \
-	  | tee target/bench/store.txt
-	rm -rf target/bench/store
+	  target/bench/store.json | tee target/bench/store.txt
+	rm -rf target/bench/store target/bench/envoy-run
+	$(PYTHON) bench/summary.py target/bench | tee target/bench/summary.txt
 
 # --- Demo ------------------------------------------------------------------------
 demo: build python-env

@@ -3,7 +3,7 @@
 //! over real gRPC, next to a raw write+fdatasync loop on the same disk, and
 //! `verify` throughput over the data written.
 //!
-//! Usage: store_bench [PATH_TO_TRACEGATE_BINARY] [DIR]
+//! Usage: store_bench [PATH_TO_TRACEGATE_BINARY] [DIR] [JSON_OUT]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let bin = PathBuf::from(args.next().unwrap_or("target/release/tracegate".into()));
     let base = PathBuf::from(args.next().unwrap_or("target/bench/store".into()));
+    let json_out = args.next().map(PathBuf::from);
+    let mut report = serde_json::json!({"raw": [], "serve": []});
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).expect("creating the bench directory");
 
@@ -30,6 +32,11 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     for batch in [1, 64] {
         let (rate, lat) = raw_loop(&base.join("raw"), batch, Duration::from_secs(2));
+        push(
+            &mut report["raw"],
+            serde_json::json!({"records_per_sync": batch, "records_per_s": rate,
+            "p50_ms": pct(&lat, 50).as_secs_f64() * 1e3, "p99_ms": pct(&lat, 99).as_secs_f64() * 1e3}),
+        );
         println!(
             "| raw write+fdatasync, {batch} record{} per sync | {rate:.0} | {} | {} | {:.0} |",
             if batch == 1 { "" } else { "s" },
@@ -51,6 +58,7 @@ fn main() {
         last_data = Some(data);
     }
     println!();
+    let mut verified = None;
     if let Some(data) = last_data {
         let key = keys::read_public(&data.join("seal.pub")).expect("seal.pub");
         let started = Instant::now();
@@ -66,6 +74,21 @@ fn main() {
             report.entries,
             report.bytes as f64 / 1e6 / secs
         );
+        verified = Some(
+            serde_json::json!({"mb": report.bytes as f64 / 1e6, "seconds": secs,
+            "mb_per_s": report.bytes as f64 / 1e6 / secs}),
+        );
+    }
+    report["verify"] = verified.unwrap_or_default();
+    if let Some(path) = json_out {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("json"))
+            .expect("writing the JSON report");
+    }
+}
+
+fn push(list: &mut serde_json::Value, row: serde_json::Value) {
+    if let Some(a) = list.as_array_mut() {
+        a.push(row);
     }
 }
 

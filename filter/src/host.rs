@@ -86,6 +86,34 @@ impl Counter {
     }
 }
 
+/// A gauge, shown by Envoy's stats as `wasmcustom.<name>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauge(Option<u32>);
+
+impl Gauge {
+    pub fn define(name: &str) -> Self {
+        Gauge(hostcalls::define_metric(MetricType::Gauge, name).ok())
+    }
+
+    pub fn set(self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// Bytes of linear memory this VM holds (it only grows).
+pub fn wasm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) as u64 * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 /// 10 random bytes for a record id. WASI `random_get` should never fail; if it
 /// does, a counter still keeps ids of this worker distinct.
 pub fn random_bytes() -> [u8; 10] {

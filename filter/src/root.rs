@@ -25,7 +25,7 @@ use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 use crate::auth::{self, JwtMetrics, Waiter};
 use crate::exchange::Exchange;
 use crate::gates::{take_root_call, Purpose, RequestSlot, Via};
-use crate::host::{self, Counter};
+use crate::host::{self, Counter, Gauge};
 use crate::{ahead, approvals};
 
 /// Longest wait between checks of the outbox. A batch that is full is sent at
@@ -58,6 +58,9 @@ pub struct Metrics {
     pub approval_refused: Counter,
     /// ...of which because the approval service failed.
     pub approval_unavailable: Counter,
+    /// Linear memory of this worker's VM (the stat holds the value of the
+    /// worker that set it last; exact with one worker).
+    pub wasm_memory: Gauge,
 }
 
 impl Metrics {
@@ -76,6 +79,7 @@ impl Metrics {
             approval_approved: Counter::define("tracegate.approval.approved"),
             approval_refused: Counter::define("tracegate.approval.refused"),
             approval_unavailable: Counter::define("tracegate.approval.unavailable"),
+            wasm_memory: Gauge::define("tracegate.wasm_memory_bytes"),
         }
     }
 }
@@ -381,6 +385,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = self.shared.clone() {
+            shared.metrics.wasm_memory.set(host::wasm_memory_bytes());
             for (token, provider) in auth::start_fetches(&shared, self.context_id) {
                 self.jwks_calls.insert(token, provider);
             }

@@ -104,3 +104,27 @@ pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
         }
     })
 }
+
+/// The benchmark's bootstrap: the same as `bootstrap`, with a second
+/// listener (`passthrough`) identical but for the tracegate filter. With
+/// `filter: false`, only the passthrough listener (for Envoy's memory
+/// without tracegate).
+pub fn bench_bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value, filter: bool) -> Value {
+    let mut b = bootstrap(ports, wasm, plugin_config);
+    let mut passthrough = b["static_resources"]["listeners"][0].clone();
+    passthrough["name"] = json!("passthrough");
+    let hcm = &mut passthrough["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["stat_prefix"] = json!("passthrough");
+    if let Some(filters) = hcm["http_filters"].as_array_mut() {
+        filters.retain(|f| f["name"] != "tracegate");
+    }
+    if filter {
+        b["static_resources"]["listeners"][0]["name"] = json!("tracegate");
+        if let Some(listeners) = b["static_resources"]["listeners"].as_array_mut() {
+            listeners.push(passthrough);
+        }
+    } else {
+        b["static_resources"]["listeners"] = json!([passthrough]);
+    }
+    b
+}

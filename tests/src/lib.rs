@@ -459,6 +459,25 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The port of the listener with this name.
+    pub fn listener_port(&self, name: &str) -> Result<u16> {
+        let listeners: Value = ureq::get(format!(
+            "http://127.0.0.1:{}/listeners?format=json",
+            self.admin_port
+        ))
+        .call()?
+        .body_mut()
+        .read_json()?;
+        listeners["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| anyhow!("no listener {name:?} in {listeners}"))
+    }
+
     /// A counter or gauge from admin `/stats`, 0 if absent.
     pub fn stat(&self, name: &str) -> Result<u64> {
         let url = format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin_port);

@@ -58,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
         );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("test-upstream: listening on {}", listener.local_addr()?);
+    // No Nagle delay: streamed events leave as they are written.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -72,6 +76,10 @@ async fn requests(State(seen): State<Seen>) -> Json<Value> {
 }
 
 fn remember(seen: &Seen, path: &str, headers: &HeaderMap, body: &Bytes) {
+    // Benchmarks send far too much to keep.
+    if std::env::var_os("TEST_UPSTREAM_FORGET").is_some() {
+        return;
+    }
     let headers: serde_json::Map<String, Value> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))

@@ -1,0 +1,404 @@
+//! `make bench`'s end-to-end part: what the tracegate filter costs in Envoy.
+//!
+//! One Envoy process with one worker and two listeners, identical but for
+//! the tracegate filter (a realistic policy: ES256 JWT verified, every
+//! built-in detector masking requests and responses, records sent to a
+//! running collector), in front of the same local upstream. wrk (Debian)
+//! drives both listeners in turn at a fixed concurrency for bodies of 1, 4,
+//! 16 and 64 KB, rounds interleaved, medians reported; then streamed
+//! answers (time to first byte and total); then Envoy's memory with and
+//! without the filter. Prints markdown tables; writes target/bench/envoy.json.
+//!
+//! usage: tracegate-bench [--smoke] [--out DIR]
+//!   --smoke: one short round of one size (make test runs it so it keeps working).
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use tracegate_e2e::jwt::{claims, Keys, AUDIENCE, ISSUER};
+use tracegate_e2e::{envoy_config, filter_wasm, workspace_root, Collector, Envoy, Upstream};
+
+struct Plan {
+    sizes_kb: Vec<usize>,
+    rounds: usize,
+    seconds: u32,
+    connections: u32,
+    streams: usize,
+}
+
+fn policy() -> Value {
+    json!({
+        "jwt": {"required": true, "providers": [{
+            "name": "corp", "issuer": ISSUER, "audiences": [AUDIENCE],
+            "remote_jwks": {"uri": "http://idp.example/jwks.json", "cluster": "idp"},
+            "record_claims": ["email"]
+        }]},
+        "inspection": {"hold_headers": true},
+        "rules": [{"id": "prompt-injection", "scope": "prompt", "action": "block",
+                   "keywords": ["ignore previous instructions"]}]
+    })
+}
+
+/// A chat request of about `kb` KB: prose, code and log lines, an e-mail
+/// address in every fourth message (masked on the way).
+fn body(kb: usize) -> Vec<u8> {
+    const PROSE: &str = "The deployment failed after the migration step because the connection \
+pool was exhausted; we rolled back and the error rate returned to normal within five minutes. ";
+    const CODE: &str = "fn main() {\n    let cfg = Config::load(\"/etc/app/config.toml\")?;\n}\n";
+    const LOG: &str = "2026-11-24T10:15:02Z INFO request_id=7f3a2c path=/v1/orders status=200\n";
+    let mut messages = vec![json!({"role": "system", "content": "You are an SRE assistant."})];
+    let mut size = 0;
+    let mut turn = 0;
+    while size + 400 < kb * 1024 {
+        let mut text = format!("{PROSE}{CODE}{LOG}");
+        if turn % 4 == 0 {
+            text.push_str("Escalate to oncall@example.com. ");
+        }
+        size += text.len() + 40;
+        let role = if turn % 2 == 0 { "user" } else { "assistant" };
+        messages.push(json!({"role": role, "content": text}));
+        turn += 1;
+    }
+    json!({"model": "gpt-4o", "messages": messages})
+        .to_string()
+        .into_bytes()
+}
+
+/// An answer of about 600 bytes (a typical short completion).
+const REPLY: &str = "The pool ran out of connections during the migration. Raise the pool size, \
+add a canary stage before the migration step, alert on pool saturation above eighty percent, and \
+keep the rollback runbook linked from the deploy dashboard so that the on-call engineer can act \
+within minutes. After the change, replay yesterday's traffic in staging and compare error rates.";
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// One wrk run against `port`; its Lua script reports JSON.
+fn wrk(
+    dir: &Path,
+    port: u16,
+    body_file: &Path,
+    token: &str,
+    seconds: u32,
+    connections: u32,
+) -> Result<Run> {
+    let script = dir.join("wrk.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer {token}"
+wrk.headers["x-test-reply"] = "{REPLY}"
+local f = assert(io.open("{}", "rb"))
+wrk.body = f:read("*a")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {{"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d}}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#,
+            body_file.display()
+        ),
+    )?;
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            "1",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+        ])
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .with_context(|| {
+            format!(
+                "no result from wrk: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let v: Value = serde_json::from_str(line)?;
+    let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok(Run {
+        rps: n("requests") / (n("duration_us") / 1e6),
+        p50_ms: n("p50_us") / 1e3,
+        p99_ms: n("p99_us") / 1e3,
+        errors: (n("errors") + n("non2xx")) as u64,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+/// Time to first byte and total of `n` streamed answers, medians in ms.
+fn streams(port: u16, token: &str, n: usize) -> Result<(f64, f64)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body = json!({"model": "gpt-4o", "stream": true,
+                      "messages": [{"role": "user", "content": "Summarise the incident."}]});
+    let (mut first, mut total) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let start = Instant::now();
+        let resp = agent
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .header("authorization", &format!("Bearer {token}"))
+            .header("x-test-reply", REPLY)
+            .header("x-test-chunk-delay-ms", "2")
+            .send_json(&body)?;
+        if resp.status() != 200 {
+            bail!("streamed request answered {}", resp.status());
+        }
+        let mut reader = resp.into_body().into_reader();
+        let mut buf = [0u8; 16384];
+        let mut got_first = false;
+        loop {
+            let k = std::io::Read::read(&mut reader, &mut buf)?;
+            if k == 0 {
+                break;
+            }
+            if !got_first {
+                first.push(start.elapsed().as_secs_f64() * 1e3);
+                got_first = true;
+            }
+        }
+        total.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(first), median(total)))
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let out_dir = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/bench"));
+    let plan = if smoke {
+        Plan {
+            sizes_kb: vec![4],
+            rounds: 1,
+            seconds: 1,
+            connections: 4,
+            streams: 2,
+        }
+    } else {
+        Plan {
+            sizes_kb: vec![1, 4, 16, 64],
+            rounds: 3,
+            seconds: 5,
+            connections: 16,
+            streams: 30,
+        }
+    };
+    let dir = out_dir.join("envoy-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    // The upstream must not keep what it receives under load.
+    std::env::set_var("TEST_UPSTREAM_FORGET", "1");
+
+    let keys = Keys::generate(&dir)?;
+    let jwks = keys.jwks(&["ec256"])?;
+    let mut c = claims("bench-agent");
+    c["exp"] = json!(tracegate_e2e::jwt::unix_now() + 86_400);
+    let token = keys.mint_one(json!({"key": "ec256", "alg": "ES256", "claims": c}))?;
+
+    let collector = Collector::start(&dir)?;
+    let upstream = Upstream::start(&dir)?;
+    upstream.publish_jwks(&jwks)?;
+    let ports = envoy_config::Ports {
+        upstream: upstream.port,
+        collector: collector.grpc_port,
+        idp: upstream.port,
+        approvals: collector.approvals_port,
+    };
+    let envoy_dir = dir.join("envoy");
+    std::fs::create_dir_all(&envoy_dir)?;
+    let envoy = Envoy::start(
+        &envoy_dir,
+        &envoy_config::bench_bootstrap(&ports, &filter_wasm(), &policy(), true),
+    )?;
+    let with = envoy.listener_port("tracegate")?;
+    let without = envoy.listener_port("passthrough")?;
+
+    // Warm up (JWKS fetch, token cache, connections), and check both work.
+    let warm = dir.join("warm.json");
+    std::fs::write(&warm, body(1))?;
+    for port in [with, without] {
+        let r = wrk(&dir, port, &warm, &token, 1, 2)?;
+        if r.errors > 0 || r.rps == 0.0 {
+            bail!(
+                "warm-up against port {port} failed: {r:?} (see {})",
+                dir.display()
+            );
+        }
+    }
+
+    println!(
+        "# Envoy with and without tracegate: one worker, wrk, {} connections, {} s per run, {} rounds interleaved, medians",
+        plan.connections, plan.seconds, plan.rounds
+    );
+    println!();
+    println!("| body | passthrough req/s | tracegate req/s | ratio | p50 passthrough | p50 tracegate | p50 added | p99 passthrough | p99 tracegate |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for &kb in &plan.sizes_kb {
+        let file = dir.join(format!("body-{kb}k.json"));
+        std::fs::write(&file, body(kb))?;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..plan.rounds {
+            a.push(wrk(
+                &dir,
+                without,
+                &file,
+                &token,
+                plan.seconds,
+                plan.connections,
+            )?);
+            b.push(wrk(
+                &dir,
+                with,
+                &file,
+                &token,
+                plan.seconds,
+                plan.connections,
+            )?);
+        }
+        let errors: u64 = a.iter().chain(&b).map(|r| r.errors).sum();
+        if errors > 0 {
+            bail!("{errors} failed requests at {kb} KB: {a:?} {b:?}");
+        }
+        let m = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        let (rps_a, rps_b) = (m(&a, |r| r.rps), m(&b, |r| r.rps));
+        let (p50_a, p50_b) = (m(&a, |r| r.p50_ms), m(&b, |r| r.p50_ms));
+        let (p99_a, p99_b) = (m(&a, |r| r.p99_ms), m(&b, |r| r.p99_ms));
+        println!(
+            "| {kb} KB | {rps_a:.0} | {rps_b:.0} | {:.0} % | {p50_a:.2} ms | {p50_b:.2} ms | {:.2} ms | {p99_a:.2} ms | {p99_b:.2} ms |",
+            rps_b / rps_a * 100.0,
+            p50_b - p50_a
+        );
+        rows.push(
+            json!({"body_kb": kb, "passthrough": {"rps": rps_a, "p50_ms": p50_a, "p99_ms": p99_a},
+                         "tracegate": {"rps": rps_b, "p50_ms": p50_b, "p99_ms": p99_b},
+                         "throughput_ratio": rps_b / rps_a, "p50_added_ms": p50_b - p50_a}),
+        );
+    }
+
+    let (first_a, total_a) = streams(without, &token, plan.streams)?;
+    let (first_b, total_b) = streams(with, &token, plan.streams)?;
+    println!();
+    println!(
+        "Streamed answer ({} SSE events of one word, 2 ms apart; {} requests each, medians):",
+        REPLY.split(' ').count() + 2,
+        plan.streams
+    );
+    println!();
+    println!("| | passthrough | tracegate |");
+    println!("|---|---:|---:|");
+    println!("| time to first byte | {first_a:.1} ms | {first_b:.1} ms |");
+    println!("| total | {total_a:.1} ms | {total_b:.1} ms |");
+
+    // Memory: this process (both listeners, tracegate loaded) against an
+    // Envoy without the filter that served the same load.
+    let rss_with = rss_kb(envoy.process.pid());
+    let wasm_bytes = envoy.stat("wasmcustom.tracegate.wasm_memory_bytes")?;
+    let records = envoy.stat("wasmcustom.tracegate.records_exported")?;
+    drop(envoy);
+    let plain_dir = dir.join("envoy-plain");
+    std::fs::create_dir_all(&plain_dir)?;
+    let plain = Envoy::start(
+        &plain_dir,
+        &envoy_config::bench_bootstrap(&ports, &filter_wasm(), &policy(), false),
+    )?;
+    let file = dir.join(format!(
+        "body-{}k.json",
+        plan.sizes_kb[plan.sizes_kb.len() / 2]
+    ));
+    wrk(
+        &dir,
+        plain.port,
+        &file,
+        &token,
+        plan.seconds,
+        plan.connections,
+    )?;
+    let rss_without = rss_kb(plain.process.pid());
+    drop(plain);
+    println!();
+    println!("| memory | |");
+    println!("|---|---:|");
+    println!(
+        "| Envoy RSS without tracegate | {:.1} MB |",
+        rss_without as f64 / 1024.0
+    );
+    println!(
+        "| Envoy RSS with tracegate (one worker) | {:.1} MB |",
+        rss_with as f64 / 1024.0
+    );
+    println!(
+        "| wasm linear memory of the worker's VM | {:.1} MB |",
+        wasm_bytes as f64 / 1048576.0
+    );
+    println!();
+    println!("{records} records reached the collector during the runs.");
+
+    let report = json!({
+        "plan": {"sizes_kb": plan.sizes_kb, "rounds": plan.rounds, "seconds": plan.seconds,
+                 "connections": plan.connections, "smoke": smoke},
+        "load": rows,
+        "stream": {"passthrough": {"ttfb_ms": first_a, "total_ms": total_a},
+                   "tracegate": {"ttfb_ms": first_b, "total_ms": total_b}},
+        "memory": {"envoy_rss_without_kb": rss_without, "envoy_rss_with_kb": rss_with,
+                   "wasm_memory_bytes": wasm_bytes},
+        "records_exported": records,
+    });
+    std::fs::write(
+        out_dir.join("envoy.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    drop((collector, upstream));
+    Ok(())
+}

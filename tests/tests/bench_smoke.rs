@@ -1,0 +1,33 @@
+//! `make bench`'s Envoy benchmark, in its seconds-long smoke form, so that
+//! it keeps working: real Envoy with and without the filter under wrk.
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn envoy_benchmark_runs_and_reports() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_tracegate-bench"))
+        .args(["--smoke", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("| 4 KB |"), "{stdout}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("envoy.json")).unwrap()).unwrap();
+    let row = &report["load"][0];
+    for side in ["passthrough", "tracegate"] {
+        assert!(row[side]["rps"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    assert!(report["records_exported"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["memory"]["wasm_memory_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
