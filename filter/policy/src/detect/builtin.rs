@@ -215,10 +215,14 @@ pub const BUILTINS: &[Builtin] = &[
         name: "phone",
         label: "PHONE",
         risk: 20,
+        // International (+…), or North American with the area code in
+        // parentheses (a separator optional after it) or followed by a
+        // separator; an extension (x123, ext. 123) belongs to the number.
         pattern: concat!(
-            r"\+[1-9](?:[ .-]?\(?[0-9]\)?){7,14}",
+            r"(?:\+[1-9](?:[ .-]?\(?[0-9]\)?){7,14}",
             "|",
-            r"(?:\(|(?-u:\b))[2-9][0-9]{2}\)?[ .-][0-9]{3}[ .-][0-9]{4}",
+            r"(?:\([2-9][0-9]{2}\)[ .-]?|(?-u:\b)[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4})",
+            r"(?:\s?(?:x|ext\.?)\s?[0-9]{1,6})?",
             b!()
         ),
         group: 0,

@@ -168,7 +168,9 @@ pub fn ipv6(s: &str) -> bool {
 
 /// Phone number: 8–15 digits (E.164 allows 15), not one repeated digit.
 pub fn phone(s: &str) -> bool {
-    let d = digits(s);
+    // The extension's digits are not the number's.
+    let number = s.split(['x', 'e']).next().unwrap_or(s);
+    let d = digits(number);
     (8..=15).contains(&d.len()) && !d.iter().all(|&x| x == d[0])
 }
 
