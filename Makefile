@@ -10,6 +10,8 @@
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
 SHELL := /bin/bash
+# A failing command in a pipe (cmd | tee) fails the recipe.
+.SHELLFLAGS := -o pipefail -c
 .DEFAULT_GOAL := build
 .DELETE_ON_ERROR:
 

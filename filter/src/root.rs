@@ -313,6 +313,11 @@ impl Context for Root {
                 );
             }
         }
+        drop(outbox);
+        // A call slot is free: send what is due now rather than at the next
+        // tick, so export keeps up with traffic (at most MAX_IN_FLIGHT
+        // batches per round trip, not per tick).
+        self.flush(&shared);
     }
 }
 

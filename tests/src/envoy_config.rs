@@ -128,3 +128,16 @@ pub fn bench_bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value, filter
     }
     b
 }
+
+/// Adds a listener like the first one (the tracegate listener), with another
+/// tracegate configuration: for cost breakdowns in the benchmark.
+pub fn add_variant(bootstrap: &mut Value, name: &str, wasm: &Path, plugin_config: &Value) {
+    let mut listener = bootstrap["static_resources"]["listeners"][0].clone();
+    listener["name"] = json!(name);
+    let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["stat_prefix"] = json!(name);
+    hcm["http_filters"][0] = tracegate_filter(wasm, plugin_config);
+    if let Some(listeners) = bootstrap["static_resources"]["listeners"].as_array_mut() {
+        listeners.push(listener);
+    }
+}

@@ -21,9 +21,12 @@ const BACKOFF_MAX_NANOS: u64 = 30_000_000_000;
 /// Identifies a batch between `take_batch` and `acknowledge`/`fail`.
 pub type BatchId = u64;
 
+/// A record as it will travel: already encoded as one `records` entry of an
+/// `ExportRequest` (tag, length, message), so a batch is the concatenation
+/// of its entries and a retry re-sends the same bytes.
 #[derive(Debug)]
 struct Queued {
-    record: Record,
+    entry: Vec<u8>,
     encoded_len: usize,
     enqueued_at: u64,
 }
@@ -85,10 +88,14 @@ impl Outbox {
         if self.len() >= self.limits.buffer_max_records {
             return Err(BufferFull);
         }
-        let encoded_len = field_len(record.encoded_len());
+        let request = ExportRequest {
+            records: vec![record],
+        };
+        let entry = request.encode_to_vec();
+        let encoded_len = entry.len();
         self.queued_bytes += encoded_len;
         self.queue.push_back(Queued {
-            record,
+            entry,
             encoded_len,
             enqueued_at: now,
         });
@@ -128,9 +135,10 @@ impl Outbox {
             taken.extend(self.queue.pop_front());
         }
         self.queued_bytes -= bytes;
-        let request = ExportRequest {
-            records: taken.iter().map(|q| q.record.clone()).collect(),
-        };
+        let mut payload = Vec::with_capacity(bytes);
+        for q in &taken {
+            payload.extend_from_slice(&q.entry);
+        }
         let id = self.next_batch;
         self.next_batch += 1;
         let records = taken.len();
@@ -139,7 +147,7 @@ impl Outbox {
         Some(Batch {
             id,
             records,
-            payload: request.encode_to_vec(),
+            payload,
         })
     }
 
@@ -173,12 +181,6 @@ impl Outbox {
         self.retry_at = now.saturating_add(backoff);
         n
     }
-}
-
-/// Encoded size of a record as a `repeated Record records = 1` entry:
-/// one tag byte, the length varint, the message.
-fn field_len(message_len: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(message_len as u64) + message_len
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! drives both listeners in turn at a fixed concurrency for bodies of 1, 4,
 //! 16 and 64 KB, rounds interleaved, medians reported; then streamed
 //! answers (time to first byte and total); then Envoy's memory with and
-//! without the filter. Prints markdown tables; writes target/bench/envoy.json.
+//! without the filter; and where the cost goes at 4 KB (listeners that add
+//! one part of the policy at a time). Prints markdown tables; writes
+//! target/bench/envoy.json.
 //!
 //! usage: tracegate-bench [--smoke] [--out DIR]
 //!   --smoke: one short round of one size (make test runs it so it keeps working).
@@ -257,17 +259,24 @@ fn run() -> Result<()> {
     };
     let envoy_dir = dir.join("envoy");
     std::fs::create_dir_all(&envoy_dir)?;
-    let envoy = Envoy::start(
-        &envoy_dir,
-        &envoy_config::bench_bootstrap(&ports, &filter_wasm(), &policy(), true),
-    )?;
+    let mut bootstrap = envoy_config::bench_bootstrap(&ports, &filter_wasm(), &policy(), true);
+    // Parts of the policy alone, for the cost breakdown.
+    let record_only = json!({"masking": {"enabled": false}});
+    let mut jwt_only = policy();
+    jwt_only["masking"] = json!({"enabled": false});
+    jwt_only.as_object_mut().map(|o| o.remove("rules"));
+    envoy_config::add_variant(&mut bootstrap, "tg-record", &filter_wasm(), &record_only);
+    envoy_config::add_variant(&mut bootstrap, "tg-jwt", &filter_wasm(), &jwt_only);
+    let envoy = Envoy::start(&envoy_dir, &bootstrap)?;
     let with = envoy.listener_port("tracegate")?;
     let without = envoy.listener_port("passthrough")?;
+    let record_port = envoy.listener_port("tg-record")?;
+    let jwt_port = envoy.listener_port("tg-jwt")?;
 
     // Warm up (JWKS fetch, token cache, connections), and check both work.
     let warm = dir.join("warm.json");
     std::fs::write(&warm, body(1))?;
-    for port in [with, without] {
+    for port in [with, without, record_port, jwt_port] {
         let r = wrk(&dir, port, &warm, &token, 1, 2)?;
         if r.errors > 0 || r.rps == 0.0 {
             bail!(
@@ -325,6 +334,41 @@ fn run() -> Result<()> {
                          "tracegate": {"rps": rps_b, "p50_ms": p50_b, "p99_ms": p99_b},
                          "throughput_ratio": rps_b / rps_a, "p50_added_ms": p50_b - p50_a}),
         );
+    }
+
+    // Where the cost goes, at 4 KB: each variant adds one part of the policy.
+    let file = dir.join("body-4k.json");
+    std::fs::write(&file, body(4))?;
+    let variants = [
+        ("passthrough (no filter)", without),
+        ("tracegate: recording only", record_port),
+        ("+ JWT (ES256, cached)", jwt_port),
+        ("+ masking, all detectors, requests and responses", with),
+    ];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    for _ in 0..plan.rounds {
+        for (i, (_, port)) in variants.iter().enumerate() {
+            runs[i].push(wrk(
+                &dir,
+                *port,
+                &file,
+                &token,
+                plan.seconds,
+                plan.connections,
+            )?);
+        }
+    }
+    println!();
+    println!("Where the cost goes, 4 KB bodies (same runs setup):");
+    println!();
+    println!("| listener | req/s | p50 | worker time per request |");
+    println!("|---|---:|---:|---:|");
+    let mut breakdown = Vec::new();
+    for ((name, _), r) in variants.iter().zip(&runs) {
+        let rps = median(r.iter().map(|x| x.rps).collect());
+        let p50 = median(r.iter().map(|x| x.p50_ms).collect());
+        println!("| {name} | {rps:.0} | {p50:.2} ms | {:.0} µs |", 1e6 / rps);
+        breakdown.push(json!({"listener": name, "rps": rps, "p50_ms": p50}));
     }
 
     let (first_a, total_a) = streams(without, &token, plan.streams)?;
@@ -389,6 +433,7 @@ fn run() -> Result<()> {
         "plan": {"sizes_kb": plan.sizes_kb, "rounds": plan.rounds, "seconds": plan.seconds,
                  "connections": plan.connections, "smoke": smoke},
         "load": rows,
+        "breakdown_4kb": breakdown,
         "stream": {"passthrough": {"ttfb_ms": first_a, "total_ms": total_a},
                    "tracegate": {"ttfb_ms": first_b, "total_ms": total_b}},
         "memory": {"envoy_rss_without_kb": rss_without, "envoy_rss_with_kb": rss_with,
