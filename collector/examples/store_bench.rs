@@ -55,6 +55,13 @@ fn main() {
             ms(pct(&lat, 50)),
             ms(pct(&lat, 99)),
         );
+        push(
+            &mut report["serve"],
+            serde_json::json!({"clients": clients, "records_per_call": batch,
+                "records_per_s": rate, "syncs_per_s": syncs,
+                "p50_ms": pct(&lat, 50).as_secs_f64() * 1e3,
+                "p99_ms": pct(&lat, 99).as_secs_f64() * 1e3}),
+        );
         last_data = Some(data);
     }
     println!();
