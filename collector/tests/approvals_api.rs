@@ -5,48 +5,19 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tracegate");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{field, Server};
 
 /// Starts `serve --approvals`; returns it and the approval service's base URL.
 fn start(data: &Path, webhook: Option<&str>) -> (Server, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--grpc",
-        "127.0.0.1:0",
-        "--approvals",
-        "127.0.0.1:0",
-        "--data",
-    ])
-    .arg(data)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    let mut args = vec!["--approvals", "127.0.0.1:0"];
     if let Some(url) = webhook {
-        cmd.args(["--approval-webhook", url]);
+        args.extend(["--approval-webhook", url]);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .split("approvals=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no approvals address in {line:?}"))
-        .to_string();
+    let (server, line) = common::serve(data, &args);
+    let url = field(&line, "approvals=").to_string();
     (server, format!("{url}/v1/approvals"))
 }
 

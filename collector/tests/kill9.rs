@@ -3,52 +3,19 @@
 //! and the store verifies.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracegate_proto::v1::record_service_client::RecordServiceClient;
 use tracegate_proto::v1::{ExportRequest, Record};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tracegate");
-
-/// Child process killed on drop, so a failing test leaves nothing behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{field, Server, BIN};
 
 fn start(data: &Path) -> (Server, u16) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc",
-            "127.0.0.1:0",
-            "--segment-size",
-            "1MiB",
-            "--data",
-        ])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    // Blocks until the server prints its address (or exits: then EOF fails).
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port = line
-        .split("grpc=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (server, line) = common::serve(data, &["--segment-size", "1MiB"]);
+    let port = field(&line, "grpc=127.0.0.1:").parse().unwrap();
     (server, port)
 }
 

@@ -316,6 +316,20 @@ fn corruption_in_the_open_segment_is_quarantined_not_cut() {
 }
 
 #[test]
+fn record_payload_is_a_ledger_entry() {
+    use prost::Message;
+    use tracegate_proto::v1::ledger_entry::Entry;
+    use tracegate_proto::v1::LedgerEntry;
+    let r = rec(7, "s");
+    let mut payload = Vec::new();
+    prost::encoding::message::encode(1, &r, &mut payload);
+    let expected = LedgerEntry {
+        entry: Some(Entry::Record(r)),
+    };
+    assert_eq!(payload, expected.encode_to_vec());
+}
+
+#[test]
 fn second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _l = open(dir.path(), Options::default());

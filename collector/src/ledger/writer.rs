@@ -313,10 +313,10 @@ impl Ledger {
         for records in calls {
             let mut out = Appended::default();
             for record in records {
-                let payload = LedgerEntry {
-                    entry: Some(Entry::Record(record.clone())),
-                }
-                .encode_to_vec();
+                // A LedgerEntry holding the record (field 1), encoded
+                // without copying the record first.
+                let mut payload = Vec::with_capacity(record.encoded_len() + 8);
+                prost::encoding::message::encode(1, record, &mut payload);
                 let problem = if record.record_id.is_empty() {
                     Some("record_id is empty")
                 } else if payload.len() > MAX_RECORD_BYTES {
