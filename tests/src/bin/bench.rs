@@ -265,18 +265,31 @@ fn run() -> Result<()> {
     let mut jwt_only = policy();
     jwt_only["masking"] = json!({"enabled": false});
     jwt_only.as_object_mut().map(|o| o.remove("rules"));
+    // The same, with records built but dropped (no collector cluster,
+    // fail_open): the filter's own cost of recording, without the
+    // collector's CPU on this machine.
+    let record_nowhere = json!({"masking": {"enabled": false},
+        "collector": {"cluster": "no_such_cluster"},
+        "recording": {"failure_mode": "fail_open"}});
     envoy_config::add_variant(&mut bootstrap, "tg-record", &filter_wasm(), &record_only);
+    envoy_config::add_variant(
+        &mut bootstrap,
+        "tg-nowhere",
+        &filter_wasm(),
+        &record_nowhere,
+    );
     envoy_config::add_variant(&mut bootstrap, "tg-jwt", &filter_wasm(), &jwt_only);
     let envoy = Envoy::start(&envoy_dir, &bootstrap)?;
     let with = envoy.listener_port("tracegate")?;
     let without = envoy.listener_port("passthrough")?;
     let record_port = envoy.listener_port("tg-record")?;
+    let nowhere_port = envoy.listener_port("tg-nowhere")?;
     let jwt_port = envoy.listener_port("tg-jwt")?;
 
     // Warm up (JWKS fetch, token cache, connections), and check both work.
     let warm = dir.join("warm.json");
     std::fs::write(&warm, body(1))?;
-    for port in [with, without, record_port, jwt_port] {
+    for port in [with, without, record_port, nowhere_port, jwt_port] {
         let r = wrk(&dir, port, &warm, &token, 1, 2)?;
         if r.errors > 0 || r.rps == 0.0 {
             bail!(
@@ -341,6 +354,10 @@ fn run() -> Result<()> {
     std::fs::write(&file, body(4))?;
     let variants = [
         ("passthrough (no filter)", without),
+        (
+            "tracegate: records built, then dropped (no collector)",
+            nowhere_port,
+        ),
         ("tracegate: recording only", record_port),
         ("+ JWT (ES256, cached)", jwt_port),
         ("+ masking, all detectors, requests and responses", with),
