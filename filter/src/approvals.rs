@@ -125,7 +125,8 @@ pub fn advance(shared: &Shared, slot: &RequestSlot, via: Via) -> Gate {
         threshold: config.threshold,
         ..proto::Approval::default()
     });
-    let (step, method, path, body) = match (config.mode, &ask.grant) {
+    // Creating and redeeming are both POSTs.
+    let (step, path, body) = match (config.mode, &ask.grant) {
         (ApprovalMode::Async, Some(id)) => {
             record.id = id.clone();
             let body = RedeemRequest {
@@ -134,7 +135,6 @@ pub fn advance(shared: &Shared, slot: &RequestSlot, via: Via) -> Gate {
             };
             (
                 Step::Redeem,
-                "POST",
                 format!("{}/{}/redeem", config.path, url_segment(id)),
                 body.to_json(),
             )
@@ -161,12 +161,12 @@ pub fn advance(shared: &Shared, slot: &RequestSlot, via: Via) -> Gate {
                 grant_ttl_s: config.grant_ttl_s,
                 grant_uses: config.grant_uses,
             };
-            (Step::Create, "POST", config.path.clone(), body.to_json())
+            (Step::Create, config.path.clone(), body.to_json())
         }
     };
     let deadline_ms = now_ms().saturating_add(config.hold_timeout_ms);
     let timeout = Duration::from_millis(config.timeout_ms);
-    match call(config, method, &path, Some(&body), timeout) {
+    match call(config, "POST", &path, Some(&body), timeout) {
         Ok(token) => {
             slot.borrow_mut().approval = ApprovalGate::Asking {
                 step,

@@ -55,8 +55,6 @@ pub struct Exchange {
     response: ResponseMode,
     tokens: Tokens,
     inspection: ExchangeInspection,
-    /// A local reply was sent; later callbacks only record.
-    answered: bool,
     /// A buffer place is reserved for this exchange's record (fail_closed).
     reserved: bool,
     /// The request body is held (not inspected) only for the gates: its
@@ -82,16 +80,16 @@ impl Exchange {
             response: ResponseMode::Pass,
             tokens: Tokens::default(),
             inspection: ExchangeInspection::default(),
-            answered: false,
             reserved: false,
             hold_for_gates: false,
             grant: None,
         }
     }
 
-    /// Answered locally, here or by the root (a failed write-ahead).
+    /// Answered locally (a local reply was sent, here or by the root);
+    /// later callbacks only record.
     fn is_answered(&self) -> bool {
-        self.answered || self.identity.borrow().answered
+        self.identity.borrow().answered
     }
 
     /// The request is complete and cleared by inspection: hand it to the
@@ -174,8 +172,11 @@ impl Exchange {
         rule: Option<&str>,
     ) {
         auth::forget(shared, self.context_id);
-        self.answered = true;
-        self.identity.borrow_mut().body_pending = false;
+        {
+            let mut slot = self.identity.borrow_mut();
+            slot.answered = true;
+            slot.body_pending = false;
+        }
         host::send_response(
             status,
             &[("content-type", "application/json")],
@@ -348,7 +349,7 @@ impl HttpContext for Exchange {
             Admission::Unreserved => {}
             Admission::Refused => {
                 // fail_closed: what cannot be recorded is not served.
-                self.answered = true;
+                self.identity.borrow_mut().answered = true;
                 let message = "the collector is unreachable or slow and this proxy's record buffer is full; the request was not forwarded, retry later";
                 host::send_response(
                     503,

@@ -82,17 +82,39 @@ pub fn encode_frame(
     payload: &[u8],
     prev_chain: &Hash,
 ) -> (Vec<u8>, Hash) {
-    let chain = chain_next(prev_chain, payload);
     let mut f = Vec::with_capacity(FRAME_OVERHEAD + payload.len());
-    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    f.extend_from_slice(&[0; 4]);
-    f.extend_from_slice(&seq.to_le_bytes());
-    f.extend_from_slice(&unix_nanos.to_le_bytes());
-    f.extend_from_slice(payload);
-    f.extend_from_slice(&chain);
-    let crc = frame_crc(&f);
-    f[4..8].copy_from_slice(&crc.to_le_bytes());
+    let chain = encode_frame_into(
+        &mut f,
+        seq,
+        unix_nanos,
+        payload,
+        &leaf_hash(payload),
+        prev_chain,
+    );
     (f, chain)
+}
+
+/// Appends one frame to `out` (the writer's batch buffer), given the
+/// payload's leaf hash the caller already has; returns the chain hash.
+pub fn encode_frame_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    unix_nanos: i64,
+    payload: &[u8],
+    leaf: &Hash,
+    prev_chain: &Hash,
+) -> Hash {
+    let chain = chain_from_leaf(prev_chain, leaf);
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&unix_nanos.to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&chain);
+    let crc = frame_crc(&out[start..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    chain
 }
 
 fn frame_crc(frame: &[u8]) -> u32 {

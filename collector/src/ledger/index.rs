@@ -35,7 +35,10 @@ impl SessionSummary {
         if r.phase() == Phase::Exchange {
             self.exchanges += 1;
         }
-        self.name(who(r.identity.as_ref()));
+        // On the writer's path: format a name only while it can still change.
+        if !self.identity.as_deref().is_some_and(|w| w.contains('@')) {
+            self.name(who(r.identity.as_ref()));
+        }
     }
 
     pub fn merge(&mut self, other: &SessionSummary) {
@@ -93,7 +96,13 @@ impl SegmentIndex {
     }
 
     pub fn add(&mut self, r: &Record, offset: u64) {
-        let e = self.sessions.entry(r.session_id.clone()).or_default();
+        if !self.sessions.contains_key(&r.session_id) {
+            self.sessions
+                .insert(r.session_id.clone(), SessionEntry::default());
+        }
+        let Some(e) = self.sessions.get_mut(&r.session_id) else {
+            return;
+        };
         e.summary.add(r);
         e.offsets.push(offset);
     }

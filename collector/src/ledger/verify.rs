@@ -194,7 +194,7 @@ pub fn verify(layout: &Layout, key: &VerifyingKey) -> Result<Report> {
                 bytes.len() - offset
             ));
         }
-        for (f, _) in scan.frames.iter().zip(&scan.leaves) {
+        for f in &scan.frames {
             r.entries += 1;
             r.first_seq.get_or_insert(f.seq);
             r.last_seq = Some(f.seq);

@@ -369,10 +369,11 @@ impl Ledger {
         let mut offsets = Vec::with_capacity(pending.len());
         for p in &pending {
             offsets.push(self.open.len + buf.len() as u64);
-            let (f, c) = frame::encode_frame(seq, now, &p.payload, &chain);
-            leaves.push(leaf_hash(&p.payload));
-            buf.extend_from_slice(&f);
-            chain = c;
+            // One SHA-256 of the payload: the leaf serves the chain and,
+            // at the seal, the Merkle root.
+            let leaf = leaf_hash(&p.payload);
+            chain = frame::encode_frame_into(&mut buf, seq, now, &p.payload, &leaf, &chain);
+            leaves.push(leaf);
             seq += 1;
         }
         self.open

@@ -264,7 +264,9 @@ fn run() -> Result<()> {
     let record_only = json!({"masking": {"enabled": false}});
     let mut jwt_only = policy();
     jwt_only["masking"] = json!({"enabled": false});
-    jwt_only.as_object_mut().map(|o| o.remove("rules"));
+    if let Some(o) = jwt_only.as_object_mut() {
+        o.remove("rules");
+    }
     // The same, with records built but dropped (no collector cluster,
     // fail_open): the filter's own cost of recording, without the
     // collector's CPU on this machine.
