@@ -164,6 +164,12 @@ pub fn inspection_line(i: &Inspection) -> String {
     if !i.response_findings.is_empty() {
         line.push_str(&format!("; response: {}", findings(&i.response_findings)));
     }
+    if i.stream_holds_exceeded > 0 {
+        line.push_str(&format!(
+            "; streamed text masked whole (hold limit reached) ×{}",
+            i.stream_holds_exceeded
+        ));
+    }
     if !i.rules.is_empty() {
         let rules: Vec<String> = i
             .rules
@@ -266,6 +272,12 @@ struct InspectionJson<'a> {
     blocked_rule: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     reason: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    stream_holds_exceeded: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -295,6 +307,7 @@ fn inspection_json(i: &Inspection) -> InspectionJson<'_> {
             .collect(),
         blocked_rule: &i.blocked_rule,
         reason: &i.reason,
+        stream_holds_exceeded: i.stream_holds_exceeded,
     }
 }
 

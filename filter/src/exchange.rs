@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, BufferType, LogLevel};
 use std::rc::Rc;
 
 use tracegate_policy::inspect::{error_body, media_type, ExchangeInspection, RequestVerdict};
-use tracegate_policy::llm::sse::SseMasker;
+use tracegate_policy::llm::sse::{error_event, looks_like_sse, SseMasker};
 use tracegate_policy::llm::Api;
 use tracegate_policy::mask::Tokens;
 use tracegate_policy::record::{record_id, BodyCapture};
@@ -36,6 +36,8 @@ enum ResponseMode {
     Whole,
     /// Server-sent events: masked event by event.
     Stream(Box<SseMasker>),
+    /// No content type: the first bytes tell a stream from a whole body.
+    Sniff,
 }
 
 pub struct Exchange {
@@ -503,7 +505,9 @@ impl HttpContext for Exchange {
         let content_type = host::response_header("content-type").unwrap_or_default();
         let media = media_type(&content_type);
         let encoding = host::response_header("content-encoding").unwrap_or_default();
-        let textual = media.ends_with("json") || media.starts_with("text/");
+        // An answer without a type is judged like text: its label cannot
+        // be trusted to tell us it holds nothing.
+        let textual = media.ends_with("json") || media.starts_with("text/") || media.is_empty();
         if textual && !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
             let message = format!(
                 "the upstream answered compressed ({encoding}); tracegate cannot inspect it"
@@ -513,6 +517,8 @@ impl HttpContext for Exchange {
         }
         self.response = if media == "text/event-stream" {
             ResponseMode::Stream(Box::new(inspector.stream(self.api)))
+        } else if media.is_empty() {
+            ResponseMode::Sniff
         } else if textual {
             ResponseMode::Whole
         } else {
@@ -520,6 +526,10 @@ impl HttpContext for Exchange {
         };
         match self.response {
             ResponseMode::Pass => Action::Continue,
+            ResponseMode::Sniff => {
+                host::set_response_header("content-length", None);
+                Action::Continue
+            }
             // Without hold_headers, pausing here would stop the body
             // callbacks too: headers go on without a length instead.
             ResponseMode::Whole if inspector.config.hold_headers => {
@@ -547,7 +557,22 @@ impl HttpContext for Exchange {
             }
             return Action::Continue;
         };
+        if matches!(self.response, ResponseMode::Sniff) {
+            let first =
+                host::buffer(BufferType::HttpResponseBody, body_size.min(16)).unwrap_or_default();
+            if first.len() < 6 && !end_of_stream {
+                // Too little to tell yet: Envoy keeps it until the next call.
+                return Action::Pause;
+            }
+            self.response = match shared.inspector.as_ref() {
+                Some(i) if looks_like_sse(&first) => {
+                    ResponseMode::Stream(Box::new(i.stream(self.api)))
+                }
+                _ => ResponseMode::Whole,
+            };
+        }
         match &mut self.response {
+            ResponseMode::Sniff => Action::Continue,
             ResponseMode::Pass => {
                 if let Some(r) = &mut self.recorder {
                     capture(
@@ -605,6 +630,12 @@ impl HttpContext for Exchange {
                 Action::Continue
             }
             ResponseMode::Stream(sse) => {
+                if sse.broken.is_some() {
+                    // Already ended with an error event: the rest is not
+                    // even read.
+                    host::replace_buffer(BufferType::HttpResponseBody, body_size, &[]);
+                    return Action::Continue;
+                }
                 let chunk =
                     host::buffer(BufferType::HttpResponseBody, body_size).unwrap_or_default();
                 let mut out = sse.push(
@@ -618,10 +649,10 @@ impl HttpContext for Exchange {
                 }
                 if let Some(why) = &sse.broken {
                     // Nothing more of this stream is sent: it can no longer
-                    // be inspected.
+                    // be inspected. The client's SDK raises the error event.
                     host::log(LogLevel::Warn, &format!("response stream cut: {why}"));
                     self.inspection.reason = format!("response stream cut: {why}");
-                    out.clear();
+                    out.extend(error_event(&why.to_string()));
                 }
                 if out != chunk {
                     host::replace_buffer(BufferType::HttpResponseBody, body_size, &out);

@@ -12,6 +12,7 @@ pub mod approval;
 pub mod config;
 pub mod detect;
 pub mod inspect;
+pub mod json;
 pub mod jwt;
 pub mod llm;
 pub mod mask;

@@ -16,9 +16,14 @@ pub struct Builtin {
     pub label: &'static str,
     pub risk: u32,
     pub pattern: &'static str,
-    /// The capture group holding the sensitive value; 0 is the whole match.
+    /// 0: the whole match is the value; 1: the first capture group that
+    /// took part in the match is.
     pub group: usize,
     pub check: Option<fn(&str) -> bool>,
+    /// The value must not continue a run of base64/URL-safe characters (the
+    /// byte before it is checked): a 40-character key, not 40 characters
+    /// out of a longer token.
+    pub standalone: bool,
 }
 
 macro_rules! b {
@@ -39,6 +44,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY-----(?:[\s\S]*?-----END[ A-Z0-9]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s]*)",
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "aws_access_key_id",
@@ -51,14 +57,24 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "aws_secret_access_key",
         label: "AWS_SECRET_ACCESS_KEY",
         risk: 100,
-        pattern: r#"(?i:aws_?secret_?(?:access_?)?key|secret_?access_?key)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([A-Za-z0-9/+=]{40})"#,
+        // After its usual names, or bare: exactly 40 characters of its
+        // alphabet standing alone (not part of a longer token), mixed case
+        // and digits, random-looking; git SHAs (hex), UUIDs and base64
+        // digests (other lengths, padding) are left alone.
+        pattern: concat!(
+            r#"(?i:aws_?secret_?(?:access_?)?key|secret_?access_?key)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([A-Za-z0-9/+=]{40})"#,
+            "|",
+            r"([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=_-]|$)"
+        ),
         group: 1,
-        check: None,
+        check: Some(validate::aws_secret_key),
+        standalone: true,
     },
     Builtin {
         name: "github_token",
@@ -71,6 +87,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "gitlab_token",
@@ -82,6 +99,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "slack_token",
@@ -93,6 +111,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "stripe_key",
@@ -101,6 +120,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}", b!()),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "anthropic_api_key",
@@ -112,6 +132,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "openai_api_key",
@@ -120,6 +141,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,250}"),
         group: 0,
         check: Some(not_anthropic),
+        standalone: false,
     },
     Builtin {
         name: "google_api_key",
@@ -128,6 +150,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"AIza[0-9A-Za-z_-]{35}"),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "azure_storage_key",
@@ -136,6 +159,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"AccountKey=([A-Za-z0-9+/]{86}==)",
         group: 1,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "jwt",
@@ -147,6 +171,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "bearer_token",
@@ -155,6 +180,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"(?i:bearer)[ \t]{1,8}([A-Za-z0-9._~+/-]{20,4096}={0,2})",
         group: 1,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "url_password",
@@ -166,6 +192,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 1,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "secret_assignment",
@@ -174,6 +201,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r#"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|auth[_-]?key|client[_-]?secret|private[_-]?key|credentials?)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([^\s"'`,;{}<>]{8,128})"#,
         group: 1,
         check: Some(validate::high_entropy_secret),
+        standalone: false,
     },
     Builtin {
         name: "payment_card",
@@ -182,6 +210,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"[0-9](?:[ -]?[0-9]){12,18}", b!()),
         group: 0,
         check: Some(validate::payment_card),
+        standalone: false,
     },
     Builtin {
         name: "iban",
@@ -194,6 +223,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: Some(validate::iban),
+        standalone: false,
     },
     Builtin {
         name: "us_ssn",
@@ -202,6 +232,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"[0-9]{3}-[0-9]{2}-[0-9]{4}", b!()),
         group: 0,
         check: Some(validate::us_ssn),
+        standalone: false,
     },
     Builtin {
         name: "email",
@@ -210,6 +241,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,4}\.[A-Za-z]{2,24}",
         group: 0,
         check: None,
+        standalone: false,
     },
     Builtin {
         name: "phone",
@@ -227,6 +259,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: Some(validate::phone),
+        standalone: false,
     },
     Builtin {
         name: "ipv4",
@@ -235,6 +268,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}", b!()),
         group: 0,
         check: Some(validate::ipv4),
+        standalone: false,
     },
     Builtin {
         name: "ipv6",
@@ -243,6 +277,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"(?i:[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7})",
         group: 0,
         check: Some(ipv6_with_content),
+        standalone: false,
     },
 ];
 

@@ -1,12 +1,26 @@
 //! Detectors of sensitive data: the built-in catalogue plus custom patterns,
-//! compiled once per configuration into one `RegexSet` (a single pass tells
-//! which detectors can match at all) and one `Regex` each (run only for
-//! those, to locate and check the matches).
+//! compiled once per configuration.
+//!
+//! Each detector is compiled twice from the same syntax tree: a `meta::Regex`
+//! that finds and locates matches (one multi-pattern set in front of them
+//! tells in one pass which detectors can match a text at all), and an
+//! anchored lazy DFA (`live`) that tells, for text still arriving, whether a
+//! match starting at a position could still appear or change. The stream
+//! masker holds back exactly the text from the earliest such position.
+//!
+//! Both compile from one syntax tree in which `\b` means an ASCII word
+//! boundary (the lazy DFA cannot evaluate Unicode word boundaries on
+//! non-ASCII text), so the two always agree.
 
 pub mod builtin;
+pub mod live;
 pub mod validate;
 
-use regex::{Regex, RegexSet};
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::captures::Captures;
+use regex_automata::{Input, MatchKind, PatternSet};
+use regex_syntax::hir::{Hir, HirKind, Look};
+use std::sync::Arc;
 
 /// One compiled detector.
 #[derive(Debug, Clone)]
@@ -16,8 +30,13 @@ pub struct Detector {
     pub label: String,
     pub risk: u32,
     regex: Regex,
+    /// 0: the whole match is the value; 1: the first capture group that
+    /// took part in the match is.
     group: usize,
     check: Option<fn(&str) -> bool>,
+    /// The value must not continue a run of base64/URL-safe characters: the
+    /// byte before it is checked (it is always known, also in a stream).
+    standalone: bool,
 }
 
 /// Where a detector found something: byte offsets into the scanned text.
@@ -26,6 +45,16 @@ pub struct Finding {
     pub start: usize,
     pub end: usize,
     pub detector: usize,
+}
+
+/// One match of a detector's regex, whether or not it is a finding: the
+/// search for the next match of the same detector goes on after its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    pub start: usize,
+    pub end: usize,
+    /// The value it found, when it passed the detector's checks.
+    pub finding: Option<Finding>,
 }
 
 /// A custom detector from the configuration.
@@ -39,43 +68,69 @@ pub struct Custom {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     detectors: Vec<Detector>,
-    set: RegexSet,
+    /// Every detector's pattern, to learn in one pass which can match.
+    set: Regex,
+    live: Arc<live::Liveness>,
 }
 
 /// Custom patterns are refused beyond these compiled sizes (bytes), so a
 /// configuration cannot make a worker's memory explode.
 const MAX_REGEX_SIZE: usize = 2 << 20;
 
+/// Lazy DFA cache of each finding regex (the meta engine keeps one forward
+/// and one reverse); it is cleared and refilled when full.
+const REGEX_CACHE_BYTES: usize = 256 << 10;
+
 impl Catalogue {
     /// The built-ins whose names `enabled` accepts, then the custom ones.
     pub fn new(enabled: impl Fn(&str) -> bool, custom: &[Custom]) -> Result<Catalogue, String> {
         let mut detectors = Vec::new();
+        let mut hirs = Vec::new();
         for b in builtin::BUILTINS.iter().filter(|b| enabled(b.name)) {
+            let hir = parse(b.pattern).map_err(|e| format!("built-in {}: {e}", b.name))?;
             detectors.push(Detector {
                 name: b.name.into(),
                 label: b.label.into(),
                 risk: b.risk,
-                regex: compile(b.pattern).map_err(|e| format!("built-in {}: {e}", b.name))?,
+                regex: compile(&hir).map_err(|e| format!("built-in {}: {e}", b.name))?,
                 group: b.group,
                 check: b.check,
+                standalone: b.standalone,
             });
+            hirs.push(hir);
         }
         for c in custom {
-            let regex = compile(&c.pattern).map_err(|e| format!("{}: {e}", c.name))?;
+            let hir = parse(&c.pattern).map_err(|e| format!("{}: {e}", c.name))?;
+            let regex = compile(&hir).map_err(|e| format!("{}: {e}", c.name))?;
+            let groups = regex
+                .group_info()
+                .group_len(regex_automata::PatternID::ZERO);
             detectors.push(Detector {
                 name: c.name.clone(),
                 label: c.name.to_ascii_uppercase(),
                 risk: c.risk,
-                group: usize::from(regex.captures_len() > 1),
+                group: usize::from(groups > 1),
                 regex,
                 check: None,
+                standalone: false,
             });
+            hirs.push(hir);
         }
-        let set = regex::RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
-            .size_limit(MAX_REGEX_SIZE * 8)
-            .build()
+        let set = Regex::builder()
+            .configure(
+                meta::Config::new()
+                    .match_kind(MatchKind::All)
+                    .nfa_size_limit(Some(MAX_REGEX_SIZE * 8))
+                    .hybrid_cache_capacity(REGEX_CACHE_BYTES * 4),
+            )
+            .build_many_from_hir(&hirs)
             .map_err(|e| e.to_string())?;
-        Ok(Catalogue { detectors, set })
+        let live = live::Liveness::new(&hirs)?;
+        Ok(Catalogue {
+            detectors,
+            set,
+            live: Arc::new(live),
+        })
     }
 
     /// Overrides risks (`None` keeps the built-in one), by detector index.
@@ -92,36 +147,87 @@ impl Catalogue {
         &self.detectors
     }
 
+    pub fn live(&self) -> &live::Liveness {
+        &self.live
+    }
+
     /// Findings in `text`, sorted and non-overlapping: of overlapping ones,
     /// the riskiest wins, then the earliest, then the longest, then the first
     /// listed (a password inside a URL is a password, not an e-mail).
     pub fn find(&self, text: &str, out: &mut Vec<Finding>) {
+        let mut matches = Vec::new();
+        self.matches(text, 0, &mut matches);
         out.clear();
-        if text.is_empty() {
+        out.extend(matches.iter().filter_map(|m| m.finding));
+        self.resolve(out);
+    }
+
+    /// Every detector's matches in `hay[from..]`, findings not yet resolved
+    /// against each other (see `resolve`). The bytes before `from` are only
+    /// context: what `\b` and `^` see, as if the search had started at the
+    /// text's beginning and found nothing before `from`.
+    pub fn matches(&self, hay: &str, from: usize, out: &mut Vec<Match>) {
+        out.clear();
+        if from >= hay.len() {
             return;
         }
-        for i in self.set.matches(text).iter() {
-            let d = &self.detectors[i];
-            let mut keep = |m: regex::Match<'_>| {
-                if !m.is_empty() && d.check.is_none_or(|check| check(m.as_str())) {
-                    out.push(Finding {
-                        start: m.start(),
-                        end: m.end(),
+        let input = Input::new(hay).span(from..hay.len());
+        let mut which = PatternSet::new(self.detectors.len());
+        self.set.which_overlapping_matches(&input, &mut which);
+        for i in which.iter() {
+            let i = i.as_usize();
+            let Some(d) = self.detectors.get(i) else {
+                continue;
+            };
+            let finding = |start: usize, end: usize| {
+                let value = &hay[start..end];
+                let standalone_ok = !d.standalone
+                    || hay.as_bytes()[..start]
+                        .last()
+                        .is_none_or(|&b| !validate::base64ish(b));
+                (start < end && standalone_ok && d.check.is_none_or(|check| check(value)))
+                    .then_some(Finding {
+                        start,
+                        end,
                         detector: i,
-                    });
-                }
+                    })
             };
             if d.group == 0 {
                 // No capture slots: the regex engine can stay on its DFA.
-                d.regex.find_iter(text).for_each(&mut keep);
+                for m in d.regex.find_iter(input.clone()) {
+                    out.push(Match {
+                        start: m.start(),
+                        end: m.end(),
+                        finding: finding(m.start(), m.end()),
+                    });
+                }
             } else {
-                for caps in d.regex.captures_iter(text) {
-                    if let Some(m) = caps.get(d.group).or_else(|| caps.get(0)) {
-                        keep(m);
-                    }
+                let mut caps: Captures = d.regex.create_captures();
+                let mut at = from;
+                while at < hay.len() {
+                    let input = Input::new(hay).span(at..hay.len());
+                    d.regex.search_captures(&input, &mut caps);
+                    let Some(m) = caps.get_match() else {
+                        break;
+                    };
+                    let value = (1..caps.group_len())
+                        .find_map(|g| caps.get_group(g))
+                        .unwrap_or(m.span());
+                    out.push(Match {
+                        start: m.start(),
+                        end: m.end(),
+                        finding: finding(value.start, value.end),
+                    });
+                    // Patterns cannot match the empty string (refused when
+                    // compiled), so this always moves on.
+                    at = m.end().max(at + 1);
                 }
             }
         }
+    }
+
+    /// Keeps the non-overlapping winners of `findings`, sorted by start.
+    pub fn resolve(&self, out: &mut Vec<Finding>) {
         if out.len() < 2 {
             return;
         }
@@ -145,10 +251,60 @@ impl Catalogue {
     }
 }
 
-fn compile(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(MAX_REGEX_SIZE)
+/// Parses a pattern as the detectors use it: `\b` is an ASCII word boundary,
+/// and it must not match the empty string (a detector that finds nothing,
+/// everywhere, is a mistake).
+fn parse(pattern: &str) -> Result<Hir, String> {
+    let hir = regex_syntax::ParserBuilder::new()
         .build()
+        .parse(pattern)
+        .map_err(|e| e.to_string())?;
+    let hir = ascii_word_boundaries(hir);
+    if hir.properties().minimum_len() == Some(0) {
+        return Err("the pattern matches the empty string".into());
+    }
+    Ok(hir)
+}
+
+fn compile(hir: &Hir) -> Result<Regex, String> {
+    Regex::builder()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(MAX_REGEX_SIZE))
+                .hybrid_cache_capacity(REGEX_CACHE_BYTES),
+        )
+        .build_from_hir(hir)
+        .map_err(|e| e.to_string())
+}
+
+/// The same tree with every Unicode word-boundary assertion made ASCII.
+fn ascii_word_boundaries(hir: Hir) -> Hir {
+    match hir.into_kind() {
+        HirKind::Look(look) => Hir::look(match look {
+            Look::WordUnicode => Look::WordAscii,
+            Look::WordUnicodeNegate => Look::WordAsciiNegate,
+            Look::WordStartUnicode => Look::WordStartAscii,
+            Look::WordEndUnicode => Look::WordEndAscii,
+            Look::WordStartHalfUnicode => Look::WordStartHalfAscii,
+            Look::WordEndHalfUnicode => Look::WordEndHalfAscii,
+            other => other,
+        }),
+        HirKind::Repetition(mut rep) => {
+            rep.sub = Box::new(ascii_word_boundaries(*rep.sub));
+            Hir::repetition(rep)
+        }
+        HirKind::Capture(mut cap) => {
+            cap.sub = Box::new(ascii_word_boundaries(*cap.sub));
+            Hir::capture(cap)
+        }
+        HirKind::Concat(subs) => Hir::concat(subs.into_iter().map(ascii_word_boundaries).collect()),
+        HirKind::Alternation(subs) => {
+            Hir::alternation(subs.into_iter().map(ascii_word_boundaries).collect())
+        }
+        HirKind::Empty => Hir::empty(),
+        HirKind::Literal(lit) => Hir::literal(lit.0),
+        HirKind::Class(class) => Hir::class(class),
+    }
 }
 
 #[cfg(test)]

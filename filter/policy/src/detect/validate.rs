@@ -191,6 +191,25 @@ pub fn entropy(s: &str) -> f64 {
         .sum()
 }
 
+/// Bytes of base64, base64url and most token alphabets (not `=`, which
+/// ends base64 and starts values after `key=`).
+pub fn base64ish(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+' | b'_' | b'-')
+}
+
+/// An AWS secret access key (40 characters of base64): random-looking, with
+/// upper and lower case letters and digits, and not hexadecimal (a git SHA
+/// or SHA-1 digest is 40 hex digits).
+pub fn aws_secret_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 40
+        && b.iter().any(u8::is_ascii_uppercase)
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b.iter().any(u8::is_ascii_digit)
+        && !b.iter().all(u8::is_ascii_hexdigit)
+        && entropy(s) >= 4.2
+}
+
 /// A secret-looking value after `password=`-like keys: long enough, mixed
 /// enough, and not a placeholder.
 pub fn high_entropy_secret(s: &str) -> bool {

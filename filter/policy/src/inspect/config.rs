@@ -12,9 +12,16 @@ pub struct InspectionConfig {
     /// Request content types inspected (media type, parameters ignored);
     /// a request with a body of any other type is refused with 415.
     pub content_types: Vec<String>,
-    /// Bytes of streamed text held back so a value split across events is
-    /// still seen whole; the longest built-in match is under 512 bytes.
-    pub stream_window_bytes: usize,
+    /// Streamed text is held back only from where a detector could still
+    /// match; a candidate longer than this (a PEM block that never ends) is
+    /// not waited for: the held text is masked whole, never released raw,
+    /// and the record counts it. The longest bounded built-in match (a JWT)
+    /// is under 15 KB.
+    pub stream_hold_max_bytes: usize,
+    /// Largest SSE event accepted; a stream with a longer one is ended with
+    /// an error event (the SDKs raise it) and the record says why. Memory
+    /// per stream stays within this.
+    pub stream_max_event_bytes: usize,
     /// Mask responses too (bodies and SSE streams).
     pub responses: bool,
     /// Hold headers until the body is inspected, so a blocked request never
@@ -32,7 +39,8 @@ impl Default for InspectionConfig {
         Self {
             max_body_bytes: 4 << 20,
             content_types: vec!["application/json".into(), "text/plain".into()],
-            stream_window_bytes: 512,
+            stream_hold_max_bytes: 16 << 10,
+            stream_max_event_bytes: 1 << 20,
             responses: true,
             hold_headers: false,
         }

@@ -99,10 +99,16 @@ impl Inspector {
             64 << 20,
         )?;
         crate::config::in_range(
-            "inspection.stream_window_bytes",
-            inspection.stream_window_bytes,
-            0,
-            64 * 1024,
+            "inspection.stream_hold_max_bytes",
+            inspection.stream_hold_max_bytes,
+            256,
+            1 << 20,
+        )?;
+        crate::config::in_range(
+            "inspection.stream_max_event_bytes",
+            inspection.stream_max_event_bytes,
+            4096,
+            64 << 20,
         )?;
         if inspection.content_types.is_empty() {
             return Err(err(
@@ -177,8 +183,15 @@ impl Inspector {
             .any(|t| t.eq_ignore_ascii_case(&media))
     }
 
-    /// Inspects a whole request body.
+    /// Inspects a whole request body. Placeholders `tokenize` makes from
+    /// now on (in the answer) are never restored.
     pub fn request(&self, content_type: &str, body: &[u8], tokens: &mut Tokens) -> RequestVerdict {
+        let verdict = self.request_body(content_type, body, tokens);
+        tokens.seal();
+        verdict
+    }
+
+    fn request_body(&self, content_type: &str, body: &[u8], tokens: &mut Tokens) -> RequestVerdict {
         if body.is_empty() {
             // Nothing to inspect (a POST without a body).
             return RequestVerdict::Forward {
@@ -274,6 +287,9 @@ impl Inspector {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> Result<Option<Vec<u8>>, String> {
+        // Whatever happened to the request, the answer's own values are
+        // never restored.
+        tokens.seal();
         let Some(m) = &self.masker else {
             return Ok(None);
         };
@@ -282,7 +298,9 @@ impl Inspector {
         }
         let text = std::str::from_utf8(body)
             .map_err(|_| "response body is not valid UTF-8".to_string())?;
-        if media_type(content_type).ends_with("json") {
+        let media = media_type(content_type);
+        // An answer without a content type is read as JSON if it is JSON.
+        if media.ends_with("json") || media.is_empty() {
             if let Ok(mut value) = serde_json::from_str::<Value>(text) {
                 let mut changed = false;
                 walk(&mut value, Direction::Response, &mut |scope, s| {
@@ -303,7 +321,11 @@ impl Inspector {
 
     /// A masker for an SSE response stream.
     pub fn stream(&self, api: Api) -> SseMasker {
-        SseMasker::new(api, self.config.stream_window_bytes)
+        SseMasker::new(
+            api,
+            self.config.stream_hold_max_bytes,
+            self.config.stream_max_event_bytes,
+        )
     }
 
     fn match_rules(&self, scope: Scope, text: &str, out: &mut Vec<RuleHit>) {
@@ -535,6 +557,7 @@ impl ExchangeInspection {
             .into(),
             blocked_rule: self.blocked_rule.clone(),
             reason: self.reason.clone(),
+            stream_holds_exceeded: self.response.stream_holds_exceeded,
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct Hits {
     pub counts: BTreeMap<String, u32>,
     /// Sum of the risk of every detector that hit (each counted once).
     pub risk: u32,
+    /// Streamed text masked whole because a candidate match outgrew
+    /// `inspection.stream_hold_max_bytes` (see `stream`).
+    pub stream_holds_exceeded: u32,
 }
 
 impl Hits {
@@ -56,19 +59,29 @@ impl Hits {
             *mine += n;
         }
         self.risk = self.risk.max(other.risk);
+        self.stream_holds_exceeded += other.stream_holds_exceeded;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.counts.is_empty() && self.stream_holds_exceeded == 0
     }
 }
 
 /// The tokenize mapping of one exchange: placeholder ↔ value.
+///
+/// Only placeholders made while masking the request are ever put back: once
+/// the request is masked (`seal`), new values (a secret the model came up
+/// with in its answer) still get placeholders, but these are never restored,
+/// so an answer's own secrets reach the client masked like with any other
+/// operator.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     by_value: HashMap<String, String>,
-    by_token: HashMap<String, String>,
+    /// Placeholder → (value, whether it may be restored).
+    by_token: HashMap<String, (String, bool)>,
     next: HashMap<String, u32>,
+    sealed: bool,
+    restorable: usize,
 }
 
 impl Tokens {
@@ -80,12 +93,27 @@ impl Tokens {
         *n += 1;
         let token = format!("[{label}_{n}]");
         self.by_value.insert(value.to_string(), token.clone());
-        self.by_token.insert(token.clone(), value.to_string());
+        self.by_token
+            .insert(token.clone(), (value.to_string(), !self.sealed));
+        if !self.sealed {
+            self.restorable += 1;
+        }
         token
+    }
+
+    /// The request is masked: placeholders made from now on are never
+    /// restored.
+    pub fn seal(&mut self) {
+        self.sealed = true;
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_token.is_empty()
+    }
+
+    /// Whether any placeholder can be restored.
+    pub fn restores(&self) -> bool {
+        self.restorable > 0
     }
 
     /// Longest placeholder, which bounds the stream window for restoring.
@@ -95,7 +123,7 @@ impl Tokens {
 
     /// Puts the values back in place of this exchange's placeholders.
     pub fn restore(&self, text: &str) -> Option<String> {
-        if self.by_token.is_empty() || !text.contains('[') {
+        if !self.restores() || !text.contains('[') {
             return None;
         }
         let mut out = String::with_capacity(text.len());
@@ -106,7 +134,10 @@ impl Tokens {
             let tail = &rest[open..];
             let found = tail.find(']').and_then(|close| {
                 let candidate = &tail[..=close];
-                self.by_token.get(candidate).map(|v| (v, close + 1))
+                match self.by_token.get(candidate) {
+                    Some((value, true)) => Some((value, close + 1)),
+                    _ => None,
+                }
             });
             match found {
                 Some((value, len)) => {

@@ -1,49 +1,61 @@
-//! Masking text that arrives in pieces (SSE deltas) with a hold-back window.
+//! Masking text that arrives in pieces (SSE deltas), holding back only what
+//! could still become a secret.
 //!
-//! The invariant, checked by a property test over every split: the
-//! concatenation of what `push` and `finish` return equals masking the whole
-//! text at once. Text is released once it is more than `window` bytes behind
-//! the newest byte and no finding in progress reaches back over it, so a
-//! secret split across pieces is still seen whole; a finding that runs to the
-//! end of what has arrived (a PEM key without its END line yet) holds
-//! everything from its start. The delay a piece can suffer is bounded by the
-//! window plus 64 bytes (text is released in pieces of at least 64 bytes or
-//! the window, whichever is smaller, so
-//! the window is not scanned again for every small delta), plus the finding
-//! that holds it.
+//! After each piece, every detector's anchored DFA says which positions
+//! could still start a match once more text arrives (`detect::live`); the
+//! text before the earliest such position is decided for good and released,
+//! masked exactly as masking the whole text would mask it. Only that tail is
+//! held: plain prose waits at most for the word in progress (it could be an
+//! e-mail's local part), a key for its last character.
+//!
+//! Invariants (property tests): the concatenation of what `push` and
+//! `finish` return equals masking the whole text at once, at every split;
+//! and no released text could be changed by bytes arriving later.
+//!
+//! A candidate that outgrows `hold_max` bytes (a PEM block that never ends)
+//! is not waited for: the held text is masked whole with that detector's
+//! operator, released, counted in `Hits::stream_holds_exceeded`, and the
+//! text that continues the same candidate is dropped until it ends. Memory
+//! per stream stays within `hold_max` plus one piece.
 
 use super::{Hits, Masker, Tokens};
-use crate::detect::Finding;
-
-/// Bytes of already-released text kept as left context, so `\b` and the
-/// `password:` before a value see what they would in the whole text.
-const CONTEXT: usize = 128;
-
-/// Text is released in pieces of at least this many bytes (at most the
-/// window; or at the end).
-const MIN_RELEASE: usize = 64;
+use crate::detect::live::Tracks;
+use crate::detect::{Finding, Match};
 
 #[derive(Debug, Clone)]
 pub struct StreamMasker {
-    window: usize,
-    pending: String,
-    context: String,
+    hold_max: usize,
+    /// The text from absolute position `base`: one character of context
+    /// before `released` (what `\b` and `^` look at), then the held text.
+    buf: String,
+    base: usize,
+    /// Everything before this absolute position has been returned.
+    released: usize,
+    tracks: Tracks,
+    /// A candidate of this detector outgrew the hold: its text is dropped
+    /// until it ends.
+    cut_off: Option<usize>,
+    matches: Vec<Match>,
     findings: Vec<Finding>,
 }
 
 impl StreamMasker {
-    pub fn new(window: usize) -> Self {
+    pub fn new(hold_max: usize) -> Self {
         Self {
-            window,
-            pending: String::new(),
-            context: String::new(),
+            hold_max,
+            buf: String::new(),
+            base: 0,
+            released: 0,
+            tracks: Tracks::default(),
+            cut_off: None,
+            matches: Vec::new(),
             findings: Vec::new(),
         }
     }
 
     /// Bytes held back right now.
     pub fn held(&self) -> usize {
-        self.pending.len()
+        self.base + self.buf.len() - self.released
     }
 
     /// Takes the next piece; returns the masked text that can go out now.
@@ -54,65 +66,132 @@ impl StreamMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> String {
-        self.pending.push_str(piece);
-        self.release(m, false, tokens, hits)
+        self.buf.push_str(piece);
+        let live = m.catalogue().live();
+        if let Some(detector) = self.cut_off {
+            let Some(ended) =
+                live.follow(&mut self.tracks, detector, self.buf.as_bytes(), self.base)
+            else {
+                // Still the same over-long candidate: dropped.
+                self.released = self.end();
+                self.compact();
+                return String::new();
+            };
+            // It ended: what belonged to its match is dropped too, the rest
+            // is judged afresh.
+            self.released = self.released.max(ended.unwrap_or(0)).min(self.end());
+            self.cut_off = None;
+            live.restart(&mut self.tracks, self.released);
+        }
+        let hold = live.advance(&mut self.tracks, self.buf.as_bytes(), self.base);
+        let end = self.end();
+        let from = self.index(self.released);
+        let mut cut =
+            floor_char_boundary(&self.buf, self.index(hold.from.clamp(self.released, end)));
+        let mut out = if self.tracks.matched.iter().any(|&s| s < self.position(cut)) {
+            let catalogue = m.catalogue();
+            catalogue.matches(&self.buf, from, &mut self.matches);
+            // A match that reaches over the cut holds from its start (and
+            // may pull the cut back over another one). Matches that failed
+            // their checks count too: the search resumes after them.
+            while let Some(start) = self
+                .matches
+                .iter()
+                .filter(|x| x.start < cut && x.end > cut)
+                .map(|x| x.start)
+                .min()
+            {
+                cut = start;
+            }
+            self.findings.clear();
+            self.findings.extend(
+                self.matches
+                    .iter()
+                    .filter(|x| x.end <= cut)
+                    .filter_map(|x| x.finding),
+            );
+            catalogue.resolve(&mut self.findings);
+            for f in &mut self.findings {
+                f.start -= from;
+                f.end -= from;
+            }
+            m.apply(&self.buf[from..cut], &self.findings, tokens, hits)
+        } else {
+            self.buf[from..cut].to_string()
+        };
+        let cut_at = self.position(cut);
+        self.tracks.matched.retain(|&s| s >= cut_at);
+
+        if end - cut_at > self.hold_max {
+            // Not waited for any longer: masked whole, never released raw.
+            let detector = hold.detector.unwrap_or(0);
+            let held = Finding {
+                start: 0,
+                end: self.buf.len() - cut,
+                detector,
+            };
+            out.push_str(&m.apply(&self.buf[cut..], &[held], tokens, hits));
+            hits.stream_holds_exceeded += 1;
+            self.released = end;
+            match hold.detector {
+                Some(d) => self.cut_off = Some(d),
+                None => live.restart(&mut self.tracks, end),
+            }
+        } else {
+            self.released = cut_at;
+        }
+        self.compact();
+        out
     }
 
     /// The end of the text: everything left, masked.
     pub fn finish(&mut self, m: &Masker, tokens: &mut Tokens, hits: &mut Hits) -> String {
-        self.release(m, true, tokens, hits)
+        let from = self.index(self.released);
+        let out = if self.cut_off.is_some() || from >= self.buf.len() {
+            String::new()
+        } else {
+            let catalogue = m.catalogue();
+            catalogue.matches(&self.buf, from, &mut self.matches);
+            self.findings.clear();
+            self.findings
+                .extend(self.matches.iter().filter_map(|x| x.finding));
+            catalogue.resolve(&mut self.findings);
+            for f in &mut self.findings {
+                f.start -= from;
+                f.end -= from;
+            }
+            m.apply(&self.buf[from..], &self.findings, tokens, hits)
+        };
+        self.released = self.end();
+        self.cut_off = None;
+        m.catalogue()
+            .live()
+            .restart(&mut self.tracks, self.released);
+        self.compact();
+        out
     }
 
-    fn release(&mut self, m: &Masker, all: bool, tokens: &mut Tokens, hits: &mut Hits) -> String {
-        if self.pending.is_empty() {
-            return String::new();
-        }
-        // Scanning costs the whole window each time: wait until a useful
-        // amount can be released (this adds at most MIN_RELEASE to the delay).
-        if !all && self.pending.len() < self.window + MIN_RELEASE.min(self.window) {
-            return String::new();
-        }
-        let offset = self.context.len();
-        let scan = format!("{}{}", self.context, self.pending);
-        m.catalogue().find(&scan, &mut self.findings);
-        // Findings in pending's coordinates; one reaching back into released
-        // text could only be longer than the window: it is left as it was.
-        let mut findings: Vec<Finding> = self
-            .findings
-            .iter()
-            .filter(|f| f.start >= offset)
-            .map(|f| Finding {
-                start: f.start - offset,
-                end: f.end - offset,
-                detector: f.detector,
-            })
-            .collect();
+    fn end(&self) -> usize {
+        self.base + self.buf.len()
+    }
 
-        let mut cut = if all {
-            self.pending.len()
-        } else {
-            floor_char_boundary(
-                &self.pending,
-                self.pending.len().saturating_sub(self.window),
-            )
-        };
-        if let Some(f) = findings.iter().find(|f| f.end > cut) {
-            if f.start < cut {
-                cut = f.start;
-            }
-        }
-        if cut == 0 {
-            return String::new();
-        }
-        findings.retain(|f| f.end <= cut);
-        let released = m.apply(&self.pending[..cut], &findings, tokens, hits);
+    /// Index into `buf` of an absolute position.
+    fn index(&self, position: usize) -> usize {
+        position.saturating_sub(self.base).min(self.buf.len())
+    }
 
-        let mut context = std::mem::take(&mut self.context);
-        context.push_str(&self.pending[..cut]);
-        let keep_from = floor_char_boundary(&context, context.len().saturating_sub(CONTEXT));
-        self.context = context[keep_from..].to_string();
-        self.pending.drain(..cut);
-        released
+    fn position(&self, index: usize) -> usize {
+        self.base + index
+    }
+
+    /// Drops what is no longer needed: everything before the character
+    /// preceding `released`.
+    fn compact(&mut self) {
+        let keep_from = floor_char_boundary(&self.buf, self.index(self.released).saturating_sub(1));
+        if keep_from > 0 {
+            self.buf.drain(..keep_from);
+            self.base += keep_from;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 use super::stream::{StreamMasker, StreamRestorer};
 use super::*;
-use crate::detect::Catalogue;
+use crate::detect::{Catalogue, Custom};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -112,30 +112,134 @@ fn streams_mask_values_split_across_pieces() {
     assert_eq!(stream(&m, &refs, 512).0, whole);
 }
 
-#[test]
-fn stream_releases_text_behind_the_window() {
-    let m = masker(|_| Operator::Redact);
-    let mut s = StreamMasker::new(16);
+/// What each push releases, for a sequence of pieces.
+fn releases(m: &Masker, pieces: &[&str]) -> Vec<String> {
+    let mut s = StreamMasker::new(HOLD_MAX);
     let mut t = Tokens::default();
     let mut h = Hits::default();
-    let out = s.push(&m, "plain words and more plain words here", &mut t, &mut h);
-    assert_eq!(out, "plain words and more ");
-    assert_eq!(s.held(), 16);
+    pieces
+        .iter()
+        .map(|p| s.push(m, p, &mut t, &mut h))
+        .collect()
+}
+
+const HOLD_MAX: usize = 16 << 10;
+
+#[test]
+fn prose_waits_only_for_the_word_in_progress() {
+    let m = redactor();
+    let out = releases(m, &["Plain words", " and more", " plain words.", " Done"]);
+    // "words" could still become words@example.com (and "words." too);
+    // after a space it cannot.
+    assert_eq!(out, ["Plain ", "words and ", "more plain ", "words. "]);
+    let out = releases(m, &["The build ", "failed, ", "see the log."]);
+    assert_eq!(out, ["The build ", "failed, ", "see the "]);
+}
+
+#[test]
+fn a_secret_holds_from_its_start_until_it_is_decided() {
+    let m = redactor();
+    let out = releases(
+        m,
+        &[
+            "key sk-proj-AbCd",
+            "EfGhIjKlMnOpQrStUvWx",
+            "123 and more",
+            " text",
+        ],
+    );
+    assert_eq!(out, ["key ", "", "[OPENAI_API_KEY] and ", "more "]);
     // A PEM key holds from its start until it ends.
-    let out = s.push(
-        &m,
-        " -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    let out = releases(
+        m,
+        &[
+            "plain words -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+            "\n-----END PRIVATE KEY----- done",
+            " and more",
+        ],
+    );
+    assert_eq!(out, ["plain words ", "[PRIVATE_KEY] ", "done and "]);
+}
+
+#[test]
+fn an_over_long_candidate_is_masked_not_released() {
+    let m = redactor();
+    let mut s = StreamMasker::new(64);
+    let mut t = Tokens::default();
+    let mut h = Hits::default();
+    let mut out = s.push(m, "here: -----BEGIN PRIVATE KEY-----\n", &mut t, &mut h);
+    assert_eq!(out, "here: ");
+    for _ in 0..20 {
+        out += &s.push(m, "MIIEvQIBADANBgkqhkiG9w0BAQEF\n", &mut t, &mut h);
+        assert!(s.held() <= 64 + 32, "held {}", s.held());
+    }
+    out += &s.push(
+        m,
+        "-----END PRIVATE KEY----- and then prose",
         &mut t,
         &mut h,
     );
-    assert_eq!(out, "plain words here ");
-    let out = s.push(
+    out += &s.finish(m, &mut t, &mut h);
+    assert_eq!(out, "here: [PRIVATE_KEY] and then prose");
+    assert_eq!(h.stream_holds_exceeded, 1);
+    assert!(!out.contains("MIIE"));
+}
+
+#[test]
+fn custom_detectors_are_held_by_their_own_automaton() {
+    let custom = [
+        Custom {
+            name: "ticket".into(),
+            pattern: r"\bTCK-[0-9]{4,8}\b".into(),
+            risk: 10,
+        },
+        Custom {
+            name: "codename".into(),
+            pattern: r"(?i)project\s+(blue\w*)".into(),
+            risk: 10,
+        },
+    ];
+    let c = Catalogue::new(|_| false, &custom).unwrap();
+    let ops = c.detectors().iter().map(|_| Operator::Redact).collect();
+    let m = Masker::new(c, ops, Vec::new());
+    let out = releases(
         &m,
-        "\n-----END PRIVATE KEY----- done and more text after",
-        &mut t,
-        &mut h,
+        &["see TCK-12", "34 and Project  Blue", "bird now", " ok"],
     );
-    assert_eq!(out, "[PRIVATE_KEY] done and");
+    // "Project  Blue" could go on ("Bluebird"): held from "Project" on.
+    assert_eq!(
+        out,
+        ["see ", "[TICKET] and ", "Project  [CODENAME] now", " ok"]
+    );
+    // A pattern that matches the empty string is refused.
+    let empty = [Custom {
+        name: "empty".into(),
+        pattern: "a*".into(),
+        risk: 1,
+    }];
+    let e = Catalogue::new(|_| false, &empty).unwrap_err();
+    assert!(e.contains("empty string"), "{e}");
+}
+
+#[test]
+fn answers_own_tokens_are_never_restored() {
+    let m = masker(|_| Operator::Tokenize);
+    let mut t = Tokens::default();
+    let mut h = Hits::default();
+    let masked = m
+        .mask("mail alice@corp.example.com", &mut t, &mut h)
+        .unwrap();
+    assert_eq!(masked, "mail [EMAIL_1]");
+    t.seal();
+    // The answer names the request's value and one of its own.
+    let answer = m
+        .mask("to [EMAIL_1] and bob@evil.example", &mut t, &mut h)
+        .unwrap();
+    assert_eq!(answer, "to [EMAIL_1] and [EMAIL_2]");
+    assert_eq!(
+        t.restore(&answer).unwrap(),
+        "to alice@corp.example.com and [EMAIL_2]"
+    );
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -143,63 +247,168 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
-    /// Text made of words, separators and secrets, so findings land at
-    /// every position relative to the splits.
+    /// Pieces of text that start, continue or end findings of every kind.
+    const PARTS: &[&str] = &[
+        "hello ",
+        "world",
+        " ",
+        ", ",
+        "\n",
+        "\r\n",
+        "é",
+        "日本 ",
+        "_",
+        "=",
+        ":",
+        "@",
+        ".",
+        "-",
+        "/",
+        "+",
+        "1",
+        "42",
+        "alice@corp.example.com",
+        "corp.example",
+        "4111 1111 1111 1111",
+        "123-45-6789",
+        "10.1.2.3",
+        "fe80::1:2",
+        "+1 415 555 0132",
+        "(415)555-0132",
+        "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123",
+        "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "aws_secret_access_key=",
+        "password=Zx9!vT4#qL2m",
+        "password: ",
+        "Bearer ",
+        "ghp_1234567890abcdefghijABCDEFGHIJ123456",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "postgres://app:S3cr3t-pw@db:5432/x",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----",
+        "GB82 WEST 1234 5698 7654 32",
+        "TCK-1234",
+        "[",
+        "]",
+    ];
+
     fn text() -> impl Strategy<Value = String> {
-        let part = prop::sample::select(vec![
-            "hello ",
-            "world",
-            " ",
-            ", ",
-            "\n",
-            "é",
-            "日本 ",
-            "alice@corp.example.com",
-            "4111 1111 1111 1111",
-            "123-45-6789",
-            "10.1.2.3",
-            "+1 415 555 0132",
-            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123",
-            "AKIAIOSFODNN7EXAMPLE",
-            "password=Zx9!vT4#qL2m",
-            "ghp_1234567890abcdefghijABCDEFGHIJ123456",
-            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----",
-            "GB82 WEST 1234 5698 7654 32",
-            "[",
-            "]",
-        ]);
-        prop::collection::vec(part, 0..40).prop_map(|v| v.concat())
+        prop::collection::vec(prop::sample::select(PARTS), 0..40).prop_map(|v| v.concat())
+    }
+
+    /// All built-ins plus custom detectors of several shapes (word
+    /// boundaries, a group, an unbounded lazy body).
+    fn catalogue() -> Catalogue {
+        let custom = [
+            Custom {
+                name: "ticket".into(),
+                pattern: r"\bTCK-[0-9]{4,8}\b".into(),
+                risk: 10,
+            },
+            Custom {
+                name: "greeting".into(),
+                pattern: r"(?i)hello\s+(world)".into(),
+                risk: 5,
+            },
+            Custom {
+                name: "block".into(),
+                pattern: r"\[[^\]]*?\]".into(),
+                risk: 5,
+            },
+        ];
+        Catalogue::new(|_| true, &custom).unwrap()
+    }
+
+    fn masker_with(op: usize) -> &'static Masker {
+        static M: std::sync::OnceLock<Vec<Masker>> = std::sync::OnceLock::new();
+        &M.get_or_init(|| {
+            [
+                Operator::Redact,
+                Operator::Partial { keep_last: 4 },
+                Operator::Hash,
+                Operator::Tokenize,
+            ]
+            .into_iter()
+            .map(|op| {
+                let c = catalogue();
+                let ops = c.detectors().iter().map(|_| op).collect();
+                Masker::new(c, ops, b"correlation key".to_vec())
+            })
+            .collect()
+        })[op]
+    }
+
+    fn split<'a>(text: &'a str, cuts: &[prop::sample::Index]) -> Vec<&'a str> {
+        let mut offsets: Vec<usize> = cuts
+            .iter()
+            .map(|i| i.index(text.len() + 1))
+            .filter(|&o| text.is_char_boundary(o))
+            .collect();
+        offsets.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for o in offsets {
+            pieces.push(&text[at..o]);
+            at = o;
+        }
+        pieces.push(&text[at..]);
+        pieces
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+        #![proptest_config(ProptestConfig::with_cases(300))]
 
         #[test]
         fn masked_stream_equals_masked_whole(
             text in text(),
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
-            window in prop::sample::select(vec![512usize, 600]),
+            op in 0..4usize,
         ) {
-            let m = redactor();
+            let m = masker_with(op);
             let mut t = Tokens::default();
             let mut h = Hits::default();
             let whole = m.mask(&text, &mut t, &mut h).unwrap_or_else(|| text.clone());
-            let mut offsets: Vec<usize> = cuts
-                .iter()
-                .map(|i| i.index(text.len() + 1))
-                .filter(|&o| text.is_char_boundary(o))
-                .collect();
-            offsets.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut at = 0;
-            for o in offsets {
-                pieces.push(&text[at..o]);
-                at = o;
-            }
-            pieces.push(&text[at..]);
-            let (out, hits) = stream(m, &pieces, window);
+            let (out, hits) = stream(m, &split(&text, &cuts), HOLD_MAX);
             prop_assert_eq!(out, whole);
             prop_assert_eq!(hits, h);
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        /// Nothing released can be changed by what comes later: after every
+        /// piece, what was released is a prefix of masking the text so far
+        /// followed by any continuation (random ones, and each part).
+        #[test]
+        fn released_text_is_final(
+            text in text(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            continuations in prop::collection::vec(text(), 1..3),
+        ) {
+            let m = masker_with(0);
+            let mut s = StreamMasker::new(HOLD_MAX);
+            let mut t = Tokens::default();
+            let mut h = Hits::default();
+            let mut released = String::new();
+            let mut sent = String::new();
+            for piece in split(&text, &cuts) {
+                released += &s.push(m, piece, &mut t, &mut h);
+                sent += piece;
+                for more in continuations.iter().map(String::as_str).chain(PARTS.iter().copied()) {
+                    let whole = format!("{sent}{more}");
+                    let masked = m
+                        .mask(&whole, &mut Tokens::default(), &mut Hits::default())
+                        .unwrap_or_else(|| whole.clone());
+                    prop_assert!(
+                        masked.starts_with(&released),
+                        "released {:?} but {:?} + {:?} masks to {:?}", released, sent, more, masked
+                    );
+                }
+            }
         }
     }
 }

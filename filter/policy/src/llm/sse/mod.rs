@@ -1,71 +1,257 @@
 //! Server-sent event streams of LLM answers, masked as they pass.
 //!
-//! The stream is cut into events (blank-line separated, any line ending).
-//! Text deltas (OpenAI chat `choices[].delta.content`, `reasoning_content`
-//! and tool-call `arguments`; Responses API `*.delta` events; Anthropic
-//! `text_delta`, `thinking_delta`, `input_json_delta`) go through one stream
-//! masker per channel, so a value split across events is still masked; text
-//! held back by a channel goes out in a later event of the same channel, or
-//! just before the event that closes it. Every other event is masked whole.
-//! Events are re-serialised only when something in them changed.
+//! `reader` cuts the stream into events (WHATWG rules). Text deltas (OpenAI
+//! chat `choices[].delta.content`, `reasoning_content`, `reasoning`,
+//! `refusal` and tool-call `arguments`; Responses API `*.delta` events;
+//! Anthropic `text_delta`, `thinking_delta`, `input_json_delta`) go through
+//! one stream masker per channel, so a value split across events is still
+//! masked, and only what could still become a secret is held back. Held
+//! text goes out in the channel's next event, or in an event of its own
+//! just before the event that closes the channel.
+//!
+//! Every other string of an event, its keys and its numbers, the `id` and
+//! `event` fields and comments are judged whole. An event's JSON is read
+//! into a tape of spans (`crate::json`) and only the changed spans are
+//! rewritten; nothing is re-serialised. A stream that is not UTF-8 or has
+//! an event over `max_event_bytes` is cut (`broken`), never passed raw.
 
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+pub mod reader;
 
-use super::{walk, Api, Direction};
+use std::collections::{BTreeMap, HashSet};
+
+use crate::json::{self, Edits, Kind, Tape};
 use crate::mask::stream::{StreamMasker, StreamRestorer};
 use crate::mask::{Hits, Masker, Tokens};
+use reader::{Broken, Event, Reader};
+
+use super::Api;
 
 /// One text stream within the event stream.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Channel {
-    /// OpenAI chat: (choice, field, tool call index for arguments).
-    Chat(u64, &'static str, u64),
-    /// Responses API: (event type, output_index, content_index).
+    /// OpenAI chat: choice, field, tool call index (for `arguments`).
+    Chat(u64, ChatField, u64),
+    /// Responses API: delta event type, output index, content index.
     Responses(String, u64, u64),
-    /// Anthropic: (content block index, delta field).
-    Anthropic(u64, &'static str),
+    /// Anthropic: content block index, delta kind.
+    Anthropic(u64, AnthropicDelta),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ChatField {
+    Content,
+    ReasoningContent,
+    Reasoning,
+    Refusal,
+    Arguments,
+}
+
+impl ChatField {
+    const TEXT: [ChatField; 4] = [
+        ChatField::Content,
+        ChatField::ReasoningContent,
+        ChatField::Reasoning,
+        ChatField::Refusal,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            ChatField::Content => "content",
+            ChatField::ReasoningContent => "reasoning_content",
+            ChatField::Reasoning => "reasoning",
+            ChatField::Refusal => "refusal",
+            ChatField::Arguments => "arguments",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum AnthropicDelta {
+    Text,
+    Thinking,
+    InputJson,
+}
+
+impl AnthropicDelta {
+    fn of(kind: &str) -> Option<AnthropicDelta> {
+        Some(match kind {
+            "text_delta" => AnthropicDelta::Text,
+            "thinking_delta" => AnthropicDelta::Thinking,
+            "input_json_delta" => AnthropicDelta::InputJson,
+            _ => return None,
+        })
+    }
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            AnthropicDelta::Text => ("text_delta", "text"),
+            AnthropicDelta::Thinking => ("thinking_delta", "thinking"),
+            AnthropicDelta::InputJson => ("input_json_delta", "partial_json"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct ChannelState {
     masker: StreamMasker,
     restorer: StreamRestorer,
+    /// Members to repeat in an event of this channel's own (Responses
+    /// `item_id`), judged.
+    extra: String,
+}
+
+/// Strings already judged clean in this stream (ids, the model name and
+/// other envelope values repeat in every event).
+#[derive(Debug, Default)]
+struct Clean {
+    seen: HashSet<Box<str>>,
+}
+
+const CLEAN_MAX: usize = 256;
+const CLEAN_MAX_LEN: usize = 256;
+
+impl Clean {
+    fn contains(&self, s: &str) -> bool {
+        known(s) || self.seen.contains(s)
+    }
+
+    fn add(&mut self, s: &str) {
+        if s.len() > CLEAN_MAX_LEN {
+            return;
+        }
+        if self.seen.len() >= CLEAN_MAX {
+            self.seen.clear();
+        }
+        self.seen.insert(s.into());
+    }
+}
+
+/// Key names and values of the three APIs' events: fixed words that hold
+/// nothing, so they are not scanned again and again.
+fn known(s: &str) -> bool {
+    matches!(
+        s,
+        "id" | "object"
+            | "created"
+            | "model"
+            | "choices"
+            | "index"
+            | "delta"
+            | "role"
+            | "content"
+            | "finish_reason"
+            | "logprobs"
+            | "type"
+            | "text"
+            | "usage"
+            | "tool_calls"
+            | "function"
+            | "name"
+            | "arguments"
+            | "refusal"
+            | "reasoning"
+            | "reasoning_content"
+            | "system_fingerprint"
+            | "service_tier"
+            | "assistant"
+            | "chat.completion.chunk"
+            | "stop"
+            | "length"
+            | "output_index"
+            | "content_index"
+            | "summary_index"
+            | "item_id"
+            | "sequence_number"
+            | "partial_json"
+            | "thinking"
+            | "signature"
+            | "stop_reason"
+            | "stop_sequence"
+            | "message"
+            | "content_block"
+            | "text_delta"
+            | "thinking_delta"
+            | "input_json_delta"
+            | "content_block_delta"
+            | "content_block_start"
+            | "content_block_stop"
+            | "message_start"
+            | "message_delta"
+            | "message_stop"
+            | "ping"
+            | "end_turn"
+            | "tool_use"
+            | "input_tokens"
+            | "output_tokens"
+            | "prompt_tokens"
+            | "completion_tokens"
+            | "total_tokens"
+            | "response.output_text.delta"
+            | "response.output_text.done"
+            | "response.created"
+            | "response.in_progress"
+            | "response.completed"
+            | "output_text"
+            | "annotations"
+            | "status"
+            | "completed"
+            | "in_progress"
+    )
 }
 
 #[derive(Debug)]
 pub struct SseMasker {
     api: Api,
-    window: usize,
-    buffer: Vec<u8>,
+    hold_max: usize,
+    max_event: usize,
+    reader: Reader,
+    events: Vec<Event>,
     channels: BTreeMap<Channel, ChannelState>,
-    /// The stream's bytes were not UTF-8 or not SSE: passed through raw
-    /// after that point would leak, so the caller must stop the stream.
-    pub broken: Option<String>,
+    /// OpenAI chat: the judged `id`, `object`, `created` and `model` members
+    /// of the last chunk, for chunks of held text of its own.
+    chat_envelope: String,
+    clean: Clean,
+    tape: Tape,
+    edits: Edits,
+    /// The stream can no longer be passed on; the caller ends it (with
+    /// `error_event`).
+    pub broken: Option<Broken>,
 }
 
-/// Longest SSE event accepted; a longer one means the stream is not SSE.
-const MAX_EVENT: usize = 4 << 20;
+/// What an answer without a content type looks like from its first bytes:
+/// an event stream starts with a field or a comment.
+pub fn looks_like_sse(first: &[u8]) -> bool {
+    let b = first.strip_prefix("\u{feff}".as_bytes()).unwrap_or(first);
+    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
+        .iter()
+        .any(|p| b.starts_with(p))
+}
 
 impl SseMasker {
-    pub fn new(api: Api, window: usize) -> Self {
+    pub fn new(api: Api, hold_max: usize, max_event: usize) -> Self {
         Self {
             api,
-            window,
-            buffer: Vec::new(),
+            hold_max,
+            max_event,
+            reader: Reader::default(),
+            events: Vec::new(),
             channels: BTreeMap::new(),
+            chat_envelope: String::new(),
+            clean: Clean::default(),
+            tape: Tape::default(),
+            edits: Edits::default(),
             broken: None,
         }
     }
 
-    /// Bytes of incomplete events and held-back text.
+    /// Bytes of the event being read.
+    pub fn buffered(&self) -> usize {
+        self.reader.buffered()
+    }
+
+    /// Bytes of held-back text.
     pub fn held(&self) -> usize {
-        self.buffer.len()
-            + self
-                .channels
-                .values()
-                .map(|c| c.masker.held())
-                .sum::<usize>()
+        self.channels.values().map(|c| c.masker.held()).sum()
     }
 
     /// Takes the next chunk of the stream; returns what can be sent now.
@@ -76,22 +262,20 @@ impl SseMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> Vec<u8> {
-        self.buffer.extend_from_slice(chunk);
+        // The answer's own values are never restored.
+        tokens.seal();
         let mut out = Vec::new();
-        while let Some((event_len, sep_len)) = find_event_end(&self.buffer) {
-            let raw: Vec<u8> = self.buffer.drain(..event_len + sep_len).collect();
-            let event = &raw[..event_len];
-            match std::str::from_utf8(event) {
-                Ok(text) => self.event(m, text, &raw[event_len..], tokens, hits, &mut out),
-                Err(_) => {
-                    self.broken = Some("stream is not UTF-8".into());
-                    return out;
-                }
-            }
+        if self.broken.is_some() {
+            return out;
         }
-        if self.buffer.len() > MAX_EVENT {
-            self.broken = Some(format!("an event exceeds {MAX_EVENT} bytes"));
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.reader.push(chunk, self.max_event, &mut events) {
+            self.broken = Some(e);
         }
+        for ev in events.drain(..) {
+            self.event(m, ev, tokens, hits, &mut out);
+        }
+        self.events = events;
         out
     }
 
@@ -99,260 +283,389 @@ impl SseMasker {
     /// channel's held text.
     pub fn finish(&mut self, m: &Masker, tokens: &mut Tokens, hits: &mut Hits) -> Vec<u8> {
         let mut out = Vec::new();
-        if !self.buffer.is_empty() {
-            let mut rest = std::mem::take(&mut self.buffer);
-            if !rest.ends_with(b"\n") && !rest.ends_with(b"\r") {
-                rest.push(b'\n');
-            }
-            match std::str::from_utf8(&rest) {
-                Ok(text) => self.event(m, text, b"\n", tokens, hits, &mut out),
-                Err(_) => self.broken = Some("stream is not UTF-8".into()),
-            }
+        if self.broken.is_some() {
+            return out;
         }
-        let keys: Vec<Channel> = self.channels.keys().cloned().collect();
-        for key in keys {
-            self.flush(m, &key, tokens, hits, &mut out);
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.reader.finish(&mut events) {
+            self.broken = Some(e);
+            return out;
         }
+        for ev in events.drain(..) {
+            self.event(m, ev, tokens, hits, &mut out);
+        }
+        self.events = events;
+        self.flush_all(m, tokens, hits, &mut out);
         out
     }
 
     fn event(
         &mut self,
         m: &Masker,
-        text: &str,
-        sep: &[u8],
+        mut ev: Event,
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
     ) {
-        let mut lines: Vec<&str> = text.split_inclusive(['\n']).collect();
-        if lines.is_empty() {
-            lines.push(text);
-        }
-        let data: Vec<&str> = lines
-            .iter()
-            .filter_map(|l| l.trim_end_matches(['\r', '\n']).strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if data.is_empty() {
-            out.extend_from_slice(text.as_bytes());
-            out.extend_from_slice(sep);
-            return;
-        }
-        let data = data.join("\n");
-        if data.trim() == "[DONE]" {
-            let keys: Vec<Channel> = self.channels.keys().cloned().collect();
-            for key in keys {
-                self.flush(m, &key, tokens, hits, out);
+        for c in &mut ev.comments {
+            if let Some(masked) = self.judge(m, c, tokens, hits) {
+                *c = masked;
             }
-            out.extend_from_slice(text.as_bytes());
-            out.extend_from_slice(sep);
-            return;
         }
-        let new_data = match serde_json::from_str::<Value>(&data) {
-            Ok(mut v) => {
-                let changed = self.json_event(m, &mut v, tokens, hits, out);
-                changed.then(|| v.to_string())
+        if let Some(id) = &mut ev.id {
+            if let Some(masked) = self.judge(m, id, tokens, hits) {
+                *id = masked;
             }
-            Err(_) => mask_text(m, &data, tokens, hits),
+        }
+        if let Some(name) = &mut ev.event {
+            if let Some(masked) = self.judge(m, name, tokens, hits) {
+                *name = masked;
+            }
+        }
+        let Some(data) = ev.data.take() else {
+            ev.write(None, out);
+            return;
         };
-        match new_data {
-            None => out.extend_from_slice(text.as_bytes()),
-            Some(d) => {
-                // Other fields (event:, id:) as they were; data as one line.
-                for l in &lines {
-                    if !l.starts_with("data:") {
-                        out.extend_from_slice(l.trim_end_matches(['\r', '\n']).as_bytes());
-                        out.push(b'\n');
-                    }
-                }
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(d.as_bytes());
-                out.push(b'\n');
-            }
+        if data.trim() == "[DONE]" {
+            self.flush_all(m, tokens, hits, out);
+            ev.write(Some(&data), out);
+            return;
         }
-        out.extend_from_slice(sep);
+        let mut tape = std::mem::take(&mut self.tape);
+        let new = match tape.parse(&data) {
+            Ok(()) => {
+                self.edits.clear();
+                self.json_event(m, &tape, &data, tokens, hits, out);
+                (!self.edits.is_empty()).then(|| self.edits.apply(&data))
+            }
+            // Not JSON: its text is judged whole.
+            Err(_) => super::sse::mask_text(m, &data, tokens, hits),
+        };
+        self.tape = tape;
+        ev.write(Some(new.as_deref().unwrap_or(&data)), out);
     }
 
-    /// Masks one JSON event; returns whether it changed. Held text of a
-    /// channel that this event closes is written out first.
+    /// Masks one JSON event into `self.edits`; held text of a channel that
+    /// this event closes is written out first, as events of its own.
     fn json_event(
         &mut self,
         m: &Masker,
-        v: &mut Value,
+        tape: &Tape,
+        src: &str,
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
-    ) -> bool {
-        let kind = v
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+    ) {
+        // Nodes carried by a channel; every other one is judged whole.
+        let mut streamed: Vec<usize> = Vec::new();
+        let kind = tape.get(src, 0, "type").and_then(|i| tape.str(src, i));
+        let kind = kind.as_deref().unwrap_or("");
+        let has_choices = tape
+            .get(src, 0, "choices")
+            .is_some_and(|c| tape.kind(c) == Some(Kind::Array));
         match self.api {
             Api::Anthropic if kind == "content_block_delta" => {
-                let index = v["index"].as_u64().unwrap_or(0);
-                let field = match v["delta"]["type"].as_str() {
-                    Some("text_delta") => "text",
-                    Some("thinking_delta") => "thinking",
-                    Some("input_json_delta") => "partial_json",
-                    _ => return mask_json(m, v, tokens, hits),
-                };
-                return self.delta(
-                    m,
-                    Channel::Anthropic(index, field),
-                    &mut v["delta"][field],
-                    tokens,
-                    hits,
-                );
+                let index = tape
+                    .get(src, 0, "index")
+                    .and_then(|i| tape.u64(src, i))
+                    .unwrap_or(0);
+                let delta = tape.get(src, 0, "delta");
+                let dkind = delta
+                    .and_then(|d| tape.get(src, d, "type"))
+                    .and_then(|i| tape.str(src, i));
+                if let (Some(d), Some(which)) =
+                    (delta, dkind.as_deref().and_then(AnthropicDelta::of))
+                {
+                    if let Some(text) = tape.get(src, d, which.names().1) {
+                        let ch = Channel::Anthropic(index, which);
+                        self.delta(m, ch, tape, src, text, String::new(), tokens, hits);
+                        streamed.push(text);
+                    }
+                }
             }
             Api::Anthropic if kind == "content_block_stop" => {
-                let index = v["index"].as_u64().unwrap_or(0);
-                let keys: Vec<Channel> = self
-                    .channels
-                    .keys()
-                    .filter(|c| matches!(c, Channel::Anthropic(i, _) if *i == index))
-                    .cloned()
-                    .collect();
-                for key in keys {
-                    self.flush(m, &key, tokens, hits, out);
-                }
-                return false;
-            }
-            Api::OpenAiResponses if kind.ends_with(".delta") => {
-                let ch = Channel::Responses(
-                    kind.clone(),
-                    v["output_index"].as_u64().unwrap_or(0),
-                    v["content_index"]
-                        .as_u64()
-                        .or(v["summary_index"].as_u64())
-                        .unwrap_or(0),
+                let index = tape
+                    .get(src, 0, "index")
+                    .and_then(|i| tape.u64(src, i))
+                    .unwrap_or(0);
+                self.flush_where(
+                    m,
+                    |c| matches!(c, Channel::Anthropic(i, _) if *i == index),
+                    tokens,
+                    hits,
+                    out,
                 );
-                return self.delta(m, ch, &mut v["delta"], tokens, hits);
+            }
+            Api::Anthropic if kind == "message_stop" => self.flush_all(m, tokens, hits, out),
+            Api::OpenAiResponses if kind.ends_with(".delta") => {
+                if let Some(text) = tape
+                    .get(src, 0, "delta")
+                    .filter(|&i| tape.kind(i) == Some(Kind::String))
+                {
+                    let num = |key: &str| tape.get(src, 0, key).and_then(|i| tape.u64(src, i));
+                    let ch = Channel::Responses(
+                        kind.to_string(),
+                        num("output_index").unwrap_or(0),
+                        num("content_index").or(num("summary_index")).unwrap_or(0),
+                    );
+                    let mut extra = String::new();
+                    for key in ["item_id", "content_index", "summary_index"] {
+                        if let Some(v) = tape.get(src, 0, key) {
+                            json::write_str(&mut extra, key);
+                            extra.push(':');
+                            extra.push_str(&self.judged_raw(m, tape, src, v, tokens, hits));
+                            extra.push(',');
+                        }
+                    }
+                    self.delta(m, ch, tape, src, text, extra, tokens, hits);
+                    streamed.push(text);
+                }
             }
             Api::OpenAiResponses if kind.ends_with(".done") => {
                 let delta_kind = format!("{}.delta", kind.trim_end_matches(".done"));
-                let keys: Vec<Channel> = self
-                    .channels
-                    .keys()
-                    .filter(|c| matches!(c, Channel::Responses(k, o, _) if *k == delta_kind && Some(*o) == v["output_index"].as_u64()))
-                    .cloned()
-                    .collect();
-                for key in keys {
-                    self.flush(m, &key, tokens, hits, out);
-                }
-                return mask_json(m, v, tokens, hits);
+                let output = tape
+                    .get(src, 0, "output_index")
+                    .and_then(|i| tape.u64(src, i));
+                self.flush_where(
+                    m,
+                    |c| matches!(c, Channel::Responses(k, o, _) if *k == delta_kind && output.is_none_or(|x| x == *o)),
+                    tokens,
+                    hits,
+                    out,
+                );
+            }
+            Api::OpenAiResponses
+                if kind == "response.completed"
+                    || kind == "response.incomplete"
+                    || kind == "response.failed" =>
+            {
+                self.flush_all(m, tokens, hits, out);
+            }
+            _ if self.api == Api::OpenAiChat || has_choices => {
+                self.chat_event(m, tape, src, tokens, hits, out, &mut streamed);
             }
             _ => {}
         }
-        if self.api == Api::OpenAiChat || v.get("choices").is_some() {
-            if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
-                let mut changed = false;
-                for choice in choices.iter_mut() {
-                    let i = choice["index"].as_u64().unwrap_or(0);
-                    for field in ["content", "reasoning_content", "refusal"] {
-                        if choice["delta"][field].is_string() {
-                            changed |= self.delta(
-                                m,
-                                Channel::Chat(i, field, 0),
-                                &mut choice["delta"][field],
-                                tokens,
-                                hits,
-                            );
-                        }
-                    }
-                    if let Some(calls) = choice
-                        .get_mut("delta")
-                        .and_then(|d| d.get_mut("tool_calls"))
-                        .and_then(Value::as_array_mut)
-                    {
-                        for call in calls.iter_mut() {
-                            let t = call["index"].as_u64().unwrap_or(0);
-                            if call["function"]["arguments"].is_string() {
-                                changed |= self.delta(
-                                    m,
-                                    Channel::Chat(i, "arguments", t),
-                                    &mut call["function"]["arguments"],
-                                    tokens,
-                                    hits,
-                                );
-                            }
-                        }
-                    }
-                    if !choice["finish_reason"].is_null() {
-                        changed |= self.flush_into_choice(m, i, choice, tokens, hits);
-                    }
-                }
-                return changed;
-            }
-        }
-        mask_json(m, v, tokens, hits)
+        self.judge_rest(m, tape, src, &streamed, tokens, hits);
     }
 
-    /// One delta string through its channel.
+    #[allow(clippy::too_many_arguments)]
+    fn chat_event(
+        &mut self,
+        m: &Masker,
+        tape: &Tape,
+        src: &str,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        out: &mut Vec<u8>,
+        streamed: &mut Vec<usize>,
+    ) {
+        let mut envelope = String::new();
+        for key in ["id", "object", "created", "model"] {
+            if let Some(v) = tape.get(src, 0, key) {
+                json::write_str(&mut envelope, key);
+                envelope.push(':');
+                envelope.push_str(&self.judged_raw(m, tape, src, v, tokens, hits));
+                envelope.push(',');
+            }
+        }
+        self.chat_envelope = envelope;
+        let Some(choices) = tape.get(src, 0, "choices") else {
+            return;
+        };
+        for choice in tape.elements(choices) {
+            let i = tape
+                .get(src, choice, "index")
+                .and_then(|n| tape.u64(src, n))
+                .unwrap_or(0);
+            let delta = tape.get(src, choice, "delta");
+            let finished = tape
+                .get(src, choice, "finish_reason")
+                .is_some_and(|f| tape.kind(f) != Some(Kind::Null));
+            let mut texts: Vec<(ChatField, u64, usize)> = Vec::new();
+            if let Some(d) = delta {
+                for field in ChatField::TEXT {
+                    if let Some(t) = tape
+                        .get(src, d, field.key())
+                        .filter(|&t| tape.kind(t) == Some(Kind::String))
+                    {
+                        texts.push((field, 0, t));
+                    }
+                }
+                if let Some(calls) = tape.get(src, d, "tool_calls") {
+                    for call in tape.elements(calls) {
+                        let t = tape
+                            .get(src, call, "index")
+                            .and_then(|n| tape.u64(src, n))
+                            .unwrap_or(0);
+                        if let Some(a) = tape
+                            .path(src, call, &["function", "arguments"])
+                            .filter(|&a| tape.kind(a) == Some(Kind::String))
+                        {
+                            texts.push((ChatField::Arguments, t, a));
+                        }
+                    }
+                }
+            }
+            for &(field, t, node) in &texts {
+                let ch = Channel::Chat(i, field, t);
+                let Some(piece) = tape.str(src, node) else {
+                    continue;
+                };
+                let mut ready = self.through(m, ch.clone(), &piece, String::new(), tokens, hits);
+                if finished {
+                    // This chunk closes the channel: its piece and the rest.
+                    ready += &self.take_rest(m, &ch, tokens, hits);
+                }
+                self.rewrite(tape, node, &piece, &ready);
+                streamed.push(node);
+            }
+            if finished {
+                // Channels of this choice not in this chunk: their held text
+                // goes first, in chunks of their own.
+                self.flush_where(
+                    m,
+                    |c| matches!(c, Channel::Chat(ci, _, _) if *ci == i),
+                    tokens,
+                    hits,
+                    out,
+                );
+            }
+        }
+    }
+
+    /// One delta string through its channel; its span is rewritten when
+    /// what goes out now differs.
+    #[allow(clippy::too_many_arguments)]
     fn delta(
         &mut self,
         m: &Masker,
         ch: Channel,
-        slot: &mut Value,
+        tape: &Tape,
+        src: &str,
+        node: usize,
+        extra: String,
         tokens: &mut Tokens,
         hits: &mut Hits,
-    ) -> bool {
-        let Some(piece) = slot.as_str() else {
-            return false;
+    ) {
+        let Some(piece) = tape.str(src, node) else {
+            return;
         };
-        let window = self.window;
-        let state = self.channels.entry(ch).or_insert_with(|| ChannelState {
-            masker: StreamMasker::new(window),
-            restorer: StreamRestorer::default(),
-        });
-        let masked = state.masker.push(m, piece, tokens, hits);
-        let ready = state.restorer.push(tokens, &masked);
-        if ready == piece {
-            return false;
-        }
-        *slot = Value::String(ready);
-        true
+        let ready = self.through(m, ch, &piece, extra, tokens, hits);
+        self.rewrite(tape, node, &piece, &ready);
     }
 
-    /// Puts a chat choice's held text into its closing chunk's delta.
-    fn flush_into_choice(
+    /// Pushes a piece of a channel's text; returns what can go out now.
+    fn through(
         &mut self,
         m: &Masker,
-        i: u64,
-        choice: &mut Value,
+        ch: Channel,
+        piece: &str,
+        extra: String,
         tokens: &mut Tokens,
         hits: &mut Hits,
-    ) -> bool {
-        let keys: Vec<Channel> = self
-            .channels
-            .keys()
-            .filter(|c| matches!(c, Channel::Chat(ci, _, _) if *ci == i))
-            .cloned()
-            .collect();
-        let mut changed = false;
-        for key in keys {
-            let rest = self.take_rest(m, &key, tokens, hits);
-            if rest.is_empty() {
-                continue;
-            }
-            changed = true;
-            let Channel::Chat(_, field, t) = key else {
-                continue;
-            };
-            if field == "arguments" {
-                if !choice["delta"]["tool_calls"].is_array() {
-                    choice["delta"]["tool_calls"] = json!([]);
+    ) -> String {
+        let hold_max = self.hold_max;
+        let state = self.channels.entry(ch).or_insert_with(|| ChannelState {
+            masker: StreamMasker::new(hold_max),
+            restorer: StreamRestorer::default(),
+            extra: String::new(),
+        });
+        state.extra = extra;
+        let masked = state.masker.push(m, piece, tokens, hits);
+        state.restorer.push(tokens, &masked)
+    }
+
+    /// Puts `ready` in place of string node `node` (which held `piece`).
+    fn rewrite(&mut self, tape: &Tape, node: usize, piece: &str, ready: &str) {
+        if ready == piece {
+            return;
+        }
+        if let Some(n) = tape.node(node) {
+            let mut s = String::with_capacity(ready.len() + 2);
+            json::write_str(&mut s, ready);
+            self.edits.replace(n.start, n.end, s);
+        }
+    }
+
+    /// Judges every key, string and number of the event not carried by a
+    /// channel.
+    fn judge_rest(
+        &mut self,
+        m: &Masker,
+        tape: &Tape,
+        src: &str,
+        streamed: &[usize],
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+    ) {
+        for (i, n) in tape.nodes().iter().enumerate() {
+            match n.kind {
+                Kind::Key | Kind::String if !streamed.contains(&i) => {
+                    let Some(text) = tape.str(src, i) else {
+                        continue;
+                    };
+                    if let Some(masked) = self.judge(m, &text, tokens, hits) {
+                        let mut s = String::new();
+                        json::write_str(&mut s, &masked);
+                        self.edits.replace(n.start, n.end, s);
+                    }
                 }
-                if let Some(calls) = choice["delta"]["tool_calls"].as_array_mut() {
-                    calls.push(json!({"index": t, "function": {"arguments": rest}}));
+                Kind::Number => {
+                    let text = tape.raw(src, i);
+                    if let Some(masked) = self.judge(m, text, tokens, hits) {
+                        // A number that holds a secret becomes its mask, a string.
+                        let mut s = String::new();
+                        json::write_str(&mut s, &masked);
+                        self.edits.replace(n.start, n.end, s);
+                    }
                 }
-            } else {
-                let before = choice["delta"][field].as_str().unwrap_or("").to_string();
-                choice["delta"][field] = Value::String(before + &rest);
+                _ => {}
             }
         }
-        changed
+    }
+
+    /// The raw JSON of a scalar node after judging it.
+    fn judged_raw(
+        &mut self,
+        m: &Masker,
+        tape: &Tape,
+        src: &str,
+        i: usize,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+    ) -> String {
+        let text = match tape.kind(i) {
+            Some(Kind::String) => tape.str(src, i).map(|s| s.into_owned()),
+            Some(Kind::Number) => Some(tape.raw(src, i).to_string()),
+            _ => None,
+        };
+        match text.and_then(|t| self.judge(m, &t, tokens, hits)) {
+            Some(masked) => {
+                let mut s = String::new();
+                json::write_str(&mut s, &masked);
+                s
+            }
+            None => tape.raw(src, i).to_string(),
+        }
+    }
+
+    /// A whole string: its masked form, or `None` when it passes as it is.
+    fn judge(
+        &mut self,
+        m: &Masker,
+        s: &str,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+    ) -> Option<String> {
+        if s.is_empty() || self.clean.contains(s) {
+            return None;
+        }
+        let masked = mask_text(m, s, tokens, hits);
+        if masked.is_none() {
+            self.clean.add(s);
+        }
+        masked
     }
 
     fn take_rest(
@@ -371,67 +684,95 @@ impl SseMasker {
         rest
     }
 
-    /// Writes a channel's held text as an event of its own.
-    fn flush(
+    fn flush_all(&mut self, m: &Masker, tokens: &mut Tokens, hits: &mut Hits, out: &mut Vec<u8>) {
+        self.flush_where(m, |_| true, tokens, hits, out);
+    }
+
+    /// Writes the held text of the channels `which` selects, each as an
+    /// event of its own, and closes them.
+    fn flush_where(
         &mut self,
         m: &Masker,
-        key: &Channel,
+        which: impl Fn(&Channel) -> bool,
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
     ) {
-        let rest = self.take_rest(m, key, tokens, hits);
-        if rest.is_empty() {
-            return;
-        }
-        let (event, data) = match key {
-            Channel::Anthropic(index, field) => {
-                let kind = match *field {
-                    "thinking" => "thinking_delta",
-                    "partial_json" => "input_json_delta",
-                    _ => "text_delta",
-                };
-                (
-                    Some("content_block_delta"),
-                    json!({"type": "content_block_delta", "index": index, "delta": {"type": kind, *field: rest}}),
-                )
+        let keys: Vec<Channel> = self.channels.keys().filter(|c| which(c)).cloned().collect();
+        for key in keys {
+            let extra = self
+                .channels
+                .get(&key)
+                .map(|c| c.extra.clone())
+                .unwrap_or_default();
+            let rest = self.take_rest(m, &key, tokens, hits);
+            if rest.is_empty() {
+                continue;
             }
-            Channel::Responses(kind, output, content) => (
-                Some(kind.as_str()),
-                json!({"type": kind, "output_index": output, "content_index": content, "delta": rest}),
-            ),
-            Channel::Chat(i, field, t) => {
-                let delta = if *field == "arguments" {
-                    json!({"tool_calls": [{"index": t, "function": {"arguments": rest}}]})
-                } else {
-                    json!({ *field: rest })
-                };
-                (
-                    None,
-                    json!({"object": "chat.completion.chunk", "choices": [{"index": i, "delta": delta, "finish_reason": null}]}),
-                )
+            let mut text = String::new();
+            json::write_str(&mut text, &rest);
+            let (event, data) = match &key {
+                Channel::Anthropic(index, which) => {
+                    let (kind, field) = which.names();
+                    (
+                        Some("content_block_delta".to_string()),
+                        format!(
+                            r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"{kind}","{field}":{text}}}}}"#
+                        ),
+                    )
+                }
+                Channel::Responses(kind, output, _) => {
+                    let mut kind_json = String::new();
+                    json::write_str(&mut kind_json, kind);
+                    (
+                        Some(kind.clone()),
+                        format!(
+                            r#"{{"type":{kind_json},{extra}"output_index":{output},"delta":{text}}}"#
+                        ),
+                    )
+                }
+                Channel::Chat(i, field, t) => {
+                    let delta = match field {
+                        ChatField::Arguments => {
+                            format!(
+                                r#"{{"tool_calls":[{{"index":{t},"function":{{"arguments":{text}}}}}]}}"#
+                            )
+                        }
+                        other => format!(r#"{{"{}":{text}}}"#, other.key()),
+                    };
+                    (
+                        None,
+                        format!(
+                            r#"{{{}"choices":[{{"index":{i},"delta":{delta},"finish_reason":null}}]}}"#,
+                            self.chat_envelope
+                        ),
+                    )
+                }
+            };
+            Event {
+                event,
+                ..Event::default()
             }
-        };
-        if let Some(e) = event {
-            out.extend_from_slice(format!("event: {e}\n").as_bytes());
+            .write(Some(&data), out);
         }
-        out.extend_from_slice(format!("data: {data}\n\n").as_bytes());
     }
 }
 
-/// Masks every text string of a JSON event as a whole.
-fn mask_json(m: &Masker, v: &mut Value, tokens: &mut Tokens, hits: &mut Hits) -> bool {
-    let mut changed = false;
-    walk(v, Direction::Response, &mut |scope, s| {
-        if scope == super::Scope::Model {
-            return;
-        }
-        if let Some(new) = mask_text(m, s, tokens, hits) {
-            *s = new;
-            changed = true;
-        }
-    });
-    changed
+/// An event that ends a stream cut by tracegate, in a shape both SDKs raise
+/// as an error (OpenAI: an `error` member; Anthropic: an `error` event).
+pub fn error_event(message: &str) -> Vec<u8> {
+    let mut text = String::new();
+    json::write_str(&mut text, &format!("tracegate: {message}"));
+    let data = format!(
+        r#"{{"type":"error","error":{{"type":"api_error","code":"stream_cut","message":{text}}}}}"#
+    );
+    let mut out = Vec::new();
+    Event {
+        event: Some("error".into()),
+        ..Event::default()
+    }
+    .write(Some(&data), &mut out);
+    out
 }
 
 /// Masks then restores placeholders; `None` when unchanged.
@@ -442,24 +783,6 @@ pub fn mask_text(m: &Masker, s: &str, tokens: &mut Tokens, hits: &mut Hits) -> O
         Some(r) => Some(r),
         None => masked,
     }
-}
-
-/// End of the first event: (length of the event, length of the blank-line
-/// separator), for `\n\n`, `\r\n\r\n` and `\r\r`.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some((i + 1, 1)),
-            b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => {
-                return Some((i + 1, 2))
-            }
-            b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some((i + 1, 1)),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 #[cfg(test)]

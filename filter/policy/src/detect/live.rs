@@ -1,0 +1,447 @@
+//! Which positions of a growing text could still start a match.
+//!
+//! For text that is still arriving (a streamed answer), a position is *live*
+//! for a detector when the detector's anchored DFA, started there, is not
+//! dead after the last byte that has arrived: more text could still make a
+//! match start there, or change the one that does. Every other position is
+//! decided for good (a DFA's dead state is final), so everything before the
+//! earliest live position of every detector can be released.
+//!
+//! Each detector has an anchored lazy DFA compiled from the same syntax tree
+//! as its finding regex, with leftmost-first semantics: a state dies once
+//! the match the regex would report can no longer change. A table per
+//! look-behind class and first byte says which detectors can start at a
+//! position at all, so most bytes cost one lookup. Per stream, each detector
+//! keeps its earliest live candidate (start and DFA state) and resumes it
+//! when more text arrives; when it dies, the later starts are tried in
+//! order. Each start is walked at most once from its start to its death.
+
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::nfa::thompson;
+use regex_automata::util::pool::Pool;
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
+use regex_syntax::hir::Hir;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Lazy DFA cache per detector: states are computed as text needs them; when
+/// full, the cache is cleared (candidates then walk again from their start).
+const CACHE_BYTES: usize = 256 << 10;
+
+/// Look-behind classes that decide a DFA's start state: start of text, after
+/// `\n`, after `\r`, after an ASCII word byte, after any other byte.
+const CLASSES: usize = 5;
+
+fn class_of(prev: Option<u8>) -> usize {
+    match prev {
+        None => 0,
+        Some(b'\n') => 1,
+        Some(b'\r') => 2,
+        Some(b) if b.is_ascii_alphanumeric() || b == b'_' => 3,
+        Some(_) => 4,
+    }
+}
+
+const REPRESENTATIVE: [Option<u8>; CLASSES] =
+    [None, Some(b'\n'), Some(b'\r'), Some(b'a'), Some(b' ')];
+
+type MakeCaches =
+    Box<dyn Fn() -> CacheSet + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
+
+/// One lazy DFA cache per detector, with an identity: a DFA state is only
+/// valid with the cache (and cache generation) that produced it.
+struct CacheSet {
+    id: u64,
+    caches: Vec<Cache>,
+}
+
+static NEXT_CACHE_SET: AtomicU64 = AtomicU64::new(1);
+
+pub struct Liveness {
+    dfas: Vec<DFA>,
+    /// Words of one detector bitset.
+    words: usize,
+    /// `[(class * 256 + byte) * words ..][..words]`: the detectors whose
+    /// anchored DFA survives `byte` as its first byte after a look-behind of
+    /// `class`.
+    starts: Vec<u64>,
+    caches: Pool<CacheSet, MakeCaches>,
+}
+
+impl std::fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Liveness")
+            .field("detectors", &self.dfas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where each detector stands in one growing text.
+#[derive(Debug, Clone, Default)]
+pub struct Tracks {
+    per: Vec<Track>,
+    /// Starts, not yet released, from which a match was found complete:
+    /// text containing them needs the finding regexes.
+    pub matched: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Track {
+    /// Every start before `next` is decided (dead), except `live`'s, if any;
+    /// while a candidate is live, `next` is the position after its start.
+    next: usize,
+    live: Option<Candidate>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    start: usize,
+    /// Bytes before `at` have been walked.
+    at: usize,
+    /// `None` when the walk must start over (see `stuck`).
+    sid: Option<LazyStateID>,
+    cache: u64,
+    generation: usize,
+    /// Where the last match seen on the walk ended (absolute).
+    match_end: Option<usize>,
+}
+
+/// The earliest live position of a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// Absolute position; the text's end when nothing is live.
+    pub from: usize,
+    /// The detector live there.
+    pub detector: Option<usize>,
+}
+
+enum Step {
+    Live(Candidate),
+    Dead { match_end: Option<usize> },
+}
+
+impl Liveness {
+    pub fn new(hirs: &[Hir]) -> Result<Liveness, String> {
+        let mut dfas = Vec::with_capacity(hirs.len());
+        for hir in hirs {
+            let nfa = thompson::Compiler::new()
+                .configure(
+                    thompson::Config::new()
+                        .which_captures(thompson::WhichCaptures::None)
+                        .nfa_size_limit(Some(16 << 20)),
+                )
+                .build_from_hir(hir)
+                .map_err(|e| e.to_string())?;
+            let dfa = DFA::builder()
+                .configure(
+                    DFA::config()
+                        .match_kind(MatchKind::LeftmostFirst)
+                        .cache_capacity(CACHE_BYTES)
+                        .skip_cache_capacity_check(true),
+                )
+                .build_from_nfa(nfa)
+                .map_err(|e| e.to_string())?;
+            dfas.push(dfa);
+        }
+        let words = dfas.len().div_ceil(64).max(1);
+        let mut starts = vec![0u64; CLASSES * 256 * words];
+        for (d, dfa) in dfas.iter().enumerate() {
+            let mut cache = dfa.create_cache();
+            for (class, prev) in REPRESENTATIVE.iter().enumerate() {
+                let config = start::Config::new()
+                    .anchored(Anchored::Yes)
+                    .look_behind(*prev);
+                let Ok(sid) = dfa.start_state(&mut cache, &config) else {
+                    // Cannot tell: every byte may start a match.
+                    for byte in 0..256 {
+                        starts[(class * 256 + byte) * words + d / 64] |= 1 << (d % 64);
+                    }
+                    continue;
+                };
+                if sid.is_dead() {
+                    continue;
+                }
+                for byte in 0..=255u8 {
+                    let survives = dfa
+                        .next_state(&mut cache, sid, byte)
+                        .map_or(true, |next| !next.is_dead());
+                    if survives {
+                        starts[(class * 256 + usize::from(byte)) * words + d / 64] |= 1 << (d % 64);
+                    }
+                }
+            }
+        }
+        let for_caches = dfas.clone();
+        let make: MakeCaches = Box::new(move || CacheSet {
+            id: NEXT_CACHE_SET.fetch_add(1, Ordering::Relaxed),
+            caches: for_caches.iter().map(DFA::create_cache).collect(),
+        });
+        Ok(Liveness {
+            dfas,
+            words,
+            starts,
+            caches: Pool::new(make),
+        })
+    }
+
+    /// Advances every detector to the end of `hay`, whose first byte is at
+    /// absolute position `base`, and returns the earliest live position.
+    ///
+    /// Positions before `base` must have been decided by earlier calls on
+    /// the same `tracks`, and `hay` must hold one byte before every position
+    /// not yet decided (its look-behind), unless that position is 0.
+    pub fn advance(&self, tracks: &mut Tracks, hay: &[u8], base: usize) -> Hold {
+        let end = base + hay.len();
+        let n = self.dfas.len();
+        tracks.per.resize(n, Track::default());
+        let mut set = self.caches.get();
+        let CacheSet { id, caches } = &mut *set;
+        let cache_id = *id;
+
+        let mut waiting = 0usize; // detectors without a live candidate
+        for d in 0..n {
+            let (Some(track), Some(cache)) = (tracks.per.get_mut(d), caches.get_mut(d)) else {
+                continue;
+            };
+            if let Some(c) = track.live {
+                match self.resume(d, c, hay, base, cache, cache_id) {
+                    Step::Live(c) => track.live = Some(c),
+                    Step::Dead { match_end } => {
+                        if match_end.is_some() {
+                            tracks.matched.push(c.start);
+                        }
+                        track.live = None;
+                        track.next = c.start + 1;
+                    }
+                }
+            }
+            if track.live.is_none() {
+                waiting += 1;
+            }
+        }
+
+        if waiting > 0 {
+            let from = tracks
+                .per
+                .iter()
+                .filter(|t| t.live.is_none())
+                .map(|t| t.next)
+                .min()
+                .unwrap_or(end)
+                .max(base);
+            let mut s = from;
+            while s < end && waiting > 0 {
+                let i = s - base;
+                let prev = if s == 0 {
+                    None
+                } else {
+                    i.checked_sub(1).and_then(|j| hay.get(j)).copied()
+                };
+                let byte = usize::from(hay[i]);
+                let row = (class_of(prev) * 256 + byte) * self.words;
+                for w in 0..self.words {
+                    let mut bits = self.starts.get(row + w).copied().unwrap_or(0);
+                    while bits != 0 {
+                        let d = w * 64 + bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        let (Some(track), Some(cache)) = (tracks.per.get_mut(d), caches.get_mut(d))
+                        else {
+                            continue;
+                        };
+                        if track.live.is_some() || track.next > s {
+                            continue;
+                        }
+                        match self.begin(d, s, prev, hay, base, cache, cache_id) {
+                            Step::Live(c) => {
+                                track.live = Some(c);
+                                track.next = s + 1;
+                                waiting -= 1;
+                            }
+                            Step::Dead { match_end } => {
+                                if match_end.is_some() {
+                                    tracks.matched.push(s);
+                                }
+                            }
+                        }
+                    }
+                }
+                s += 1;
+            }
+            for t in tracks.per.iter_mut().filter(|t| t.live.is_none()) {
+                t.next = t.next.max(end);
+            }
+        }
+
+        let mut hold = Hold {
+            from: end,
+            detector: None,
+        };
+        for (d, t) in tracks.per.iter().enumerate() {
+            if let Some(c) = t.live {
+                if c.start < hold.from {
+                    hold = Hold {
+                        from: c.start,
+                        detector: Some(d),
+                    };
+                }
+            }
+        }
+        hold
+    }
+
+    /// Forgets everything before `from`: the text there was cut off (masked
+    /// whole); detection starts afresh at `from`.
+    pub fn restart(&self, tracks: &mut Tracks, from: usize) {
+        tracks.per.clear();
+        tracks.per.resize(
+            self.dfas.len(),
+            Track {
+                next: from,
+                live: None,
+            },
+        );
+        tracks.matched.clear();
+    }
+
+    /// Follows one detector's live candidate over `hay` (while the text it
+    /// covers is cut off): `None` while it is still live, else where its
+    /// last match ended (absolute), if it had one.
+    pub fn follow(
+        &self,
+        tracks: &mut Tracks,
+        detector: usize,
+        hay: &[u8],
+        base: usize,
+    ) -> Option<Option<usize>> {
+        let mut set = self.caches.get();
+        let CacheSet { id, caches } = &mut *set;
+        let cache_id = *id;
+        let (Some(track), Some(cache)) = (tracks.per.get_mut(detector), caches.get_mut(detector))
+        else {
+            return Some(None);
+        };
+        let Some(c) = track.live else {
+            return Some(None);
+        };
+        match self.resume(detector, c, hay, base, cache, cache_id) {
+            Step::Live(c) => {
+                track.live = Some(c);
+                None
+            }
+            Step::Dead { match_end } => {
+                track.live = None;
+                Some(match_end)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &self,
+        d: usize,
+        s: usize,
+        prev: Option<u8>,
+        hay: &[u8],
+        base: usize,
+        cache: &mut Cache,
+        cache_id: u64,
+    ) -> Step {
+        let Some(dfa) = self.dfas.get(d) else {
+            return Step::Dead { match_end: None };
+        };
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(prev);
+        let Ok(sid) = dfa.start_state(cache, &config) else {
+            return stuck(s, cache_id);
+        };
+        let c = Candidate {
+            start: s,
+            at: s,
+            sid: Some(sid),
+            cache: cache_id,
+            generation: cache.clear_count(),
+            match_end: None,
+        };
+        self.walk(dfa, c, hay, base, cache)
+    }
+
+    fn resume(
+        &self,
+        d: usize,
+        c: Candidate,
+        hay: &[u8],
+        base: usize,
+        cache: &mut Cache,
+        cache_id: u64,
+    ) -> Step {
+        let Some(dfa) = self.dfas.get(d) else {
+            return Step::Dead { match_end: None };
+        };
+        if c.sid.is_some() && c.cache == cache_id && c.generation == cache.clear_count() {
+            return self.walk(dfa, c, hay, base, cache);
+        }
+        // Its state belongs to another cache or an older generation of
+        // this one: walk again from the start.
+        let prev = if c.start == 0 {
+            None
+        } else {
+            (c.start - 1)
+                .checked_sub(base)
+                .and_then(|j| hay.get(j))
+                .copied()
+        };
+        self.begin(d, c.start, prev, hay, base, cache, cache_id)
+    }
+
+    fn walk(
+        &self,
+        dfa: &DFA,
+        mut c: Candidate,
+        hay: &[u8],
+        base: usize,
+        cache: &mut Cache,
+    ) -> Step {
+        let Some(mut sid) = c.sid else {
+            return stuck(c.start, c.cache);
+        };
+        let end = base + hay.len();
+        while c.at < end {
+            let byte = hay[c.at - base];
+            // A cache cleared while computing this step keeps `sid` and the
+            // returned state valid (the lazy DFA saves the current state).
+            let Ok(next) = dfa.next_state(cache, sid, byte) else {
+                return stuck(c.start, c.cache);
+            };
+            sid = next;
+            if sid.is_match() {
+                // Matches show one byte late: one ended before this byte.
+                c.match_end = Some(c.at);
+            }
+            if sid.is_dead() {
+                return Step::Dead {
+                    match_end: c.match_end,
+                };
+            }
+            c.at += 1;
+        }
+        c.sid = Some(sid);
+        c.generation = cache.clear_count();
+        Step::Live(c)
+    }
+}
+
+/// The DFA could not go on (as configured it never gives up, so this is
+/// defensive): the candidate counts as live, which only holds text back,
+/// and walks again from its start next time.
+fn stuck(start: usize, cache: u64) -> Step {
+    Step::Live(Candidate {
+        start,
+        at: start,
+        sid: None,
+        cache,
+        generation: 0,
+        match_end: None,
+    })
+}

@@ -1,0 +1,552 @@
+//! A strict JSON reader that keeps byte spans.
+//!
+//! `Tape::parse` checks a document against RFC 8259 (no comments, trailing
+//! commas, leading zeros, NaN, raw control characters in strings, bad
+//! escapes or unpaired surrogates) and records every value, key included, as
+//! a node with its byte span: a flat tape, no tree, no string copied. Parts
+//! of the document can then be read by key and replaced in place (`Edits`)
+//! while every other byte stays as it came.
+//!
+//! Object members are looked up the way JavaScript and Python read JSON: of
+//! duplicate keys, the last one counts.
+
+use std::borrow::Cow;
+
+/// Deeper nesting is refused (and would only be an attack on a parser).
+pub const MAX_DEPTH: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Array,
+    /// An object key; its value is the next node.
+    Key,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub kind: Kind,
+    /// Byte span in the source (strings and keys with their quotes).
+    pub start: usize,
+    pub end: usize,
+    /// The index of the first node after this value (after its subtree).
+    pub next: usize,
+    /// A string or key holds escapes.
+    pub escaped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub at: usize,
+    pub message: &'static str,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.message, self.at)
+    }
+}
+
+/// The nodes of one document; reusable across documents.
+#[derive(Debug, Clone, Default)]
+pub struct Tape {
+    nodes: Vec<Node>,
+}
+
+impl Tape {
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.nodes.get(i)
+    }
+
+    /// Parses `src` (the root is node 0).
+    pub fn parse(&mut self, src: &str) -> Result<(), Error> {
+        self.nodes.clear();
+        let b = src.as_bytes();
+        let mut p = Parser { b, at: 0 };
+        // Open containers: the node index of each.
+        let mut open: Vec<usize> = Vec::new();
+        p.ws();
+        loop {
+            // A value.
+            let at = p.at;
+            let Some(&c) = b.get(at) else {
+                return Err(p.err("unexpected end of input"));
+            };
+            match c {
+                b'{' | b'[' => {
+                    if open.len() >= MAX_DEPTH {
+                        return Err(p.err("nested too deep"));
+                    }
+                    let kind = if c == b'{' { Kind::Object } else { Kind::Array };
+                    open.push(self.nodes.len());
+                    self.push(kind, at, at, false);
+                    p.at += 1;
+                    p.ws();
+                    let close = if c == b'{' { b'}' } else { b']' };
+                    if b.get(p.at) == Some(&close) {
+                        p.at += 1;
+                        self.close(&mut open, p.at);
+                    } else {
+                        if c == b'{' {
+                            self.key(&mut p)?;
+                        }
+                        continue;
+                    }
+                }
+                b'"' => {
+                    let escaped = p.string()?;
+                    self.push(Kind::String, at, p.at, escaped);
+                }
+                b't' => {
+                    p.literal(b"true")?;
+                    self.push(Kind::Bool, at, p.at, false);
+                }
+                b'f' => {
+                    p.literal(b"false")?;
+                    self.push(Kind::Bool, at, p.at, false);
+                }
+                b'n' => {
+                    p.literal(b"null")?;
+                    self.push(Kind::Null, at, p.at, false);
+                }
+                b'-' | b'0'..=b'9' => {
+                    p.number()?;
+                    self.push(Kind::Number, at, p.at, false);
+                }
+                _ => return Err(p.err("expected a value")),
+            }
+            // After a value: a comma, a closing bracket, or the end.
+            loop {
+                p.ws();
+                let Some(&top) = open.last() else {
+                    if p.at != b.len() {
+                        return Err(p.err("trailing characters"));
+                    }
+                    return Ok(());
+                };
+                let in_object = self.nodes.get(top).map(|n| n.kind) == Some(Kind::Object);
+                match (b.get(p.at), in_object) {
+                    (Some(b','), _) => {
+                        p.at += 1;
+                        p.ws();
+                        if in_object {
+                            self.key(&mut p)?;
+                        }
+                        break;
+                    }
+                    (Some(b'}'), true) | (Some(b']'), false) => {
+                        p.at += 1;
+                        self.close(&mut open, p.at);
+                    }
+                    (None, _) => return Err(p.err("unexpected end of input")),
+                    _ => return Err(p.err("expected , or a closing bracket")),
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, kind: Kind, start: usize, end: usize, escaped: bool) {
+        let next = self.nodes.len() + 1;
+        self.nodes.push(Node {
+            kind,
+            start,
+            end,
+            next,
+            escaped,
+        });
+    }
+
+    fn close(&mut self, open: &mut Vec<usize>, end: usize) {
+        if let Some(i) = open.pop() {
+            let next = self.nodes.len();
+            if let Some(n) = self.nodes.get_mut(i) {
+                n.end = end;
+                n.next = next;
+            }
+        }
+    }
+
+    /// A key and its colon; the value follows.
+    fn key(&mut self, p: &mut Parser<'_>) -> Result<(), Error> {
+        let at = p.at;
+        if p.b.get(at) != Some(&b'"') {
+            return Err(p.err("expected a key"));
+        }
+        let escaped = p.string()?;
+        self.push(Kind::Key, at, p.at, escaped);
+        p.ws();
+        if p.b.get(p.at) != Some(&b':') {
+            return Err(p.err("expected :"));
+        }
+        p.at += 1;
+        p.ws();
+        Ok(())
+    }
+
+    /// The (key, value) node indexes of object `i`.
+    pub fn members(&self, i: usize) -> Members<'_> {
+        let (at, end) = match self.nodes.get(i) {
+            Some(n) if n.kind == Kind::Object => (i + 1, n.next),
+            _ => (0, 0),
+        };
+        Members {
+            tape: self,
+            at,
+            end,
+        }
+    }
+
+    /// The element node indexes of array `i`.
+    pub fn elements(&self, i: usize) -> Elements<'_> {
+        let (at, end) = match self.nodes.get(i) {
+            Some(n) if n.kind == Kind::Array => (i + 1, n.next),
+            _ => (0, 0),
+        };
+        Elements {
+            tape: self,
+            at,
+            end,
+        }
+    }
+
+    /// The value of `key` in object `i` (the last one, if repeated).
+    pub fn get(&self, src: &str, i: usize, key: &str) -> Option<usize> {
+        self.members(i)
+            .filter(|&(k, _)| self.str(src, k).is_some_and(|s| s == key))
+            .last()
+            .map(|(_, v)| v)
+    }
+
+    /// Follows a path of keys from node `i`.
+    pub fn path(&self, src: &str, mut i: usize, keys: &[&str]) -> Option<usize> {
+        for key in keys {
+            i = self.get(src, i, key)?;
+        }
+        Some(i)
+    }
+
+    /// The text of a string or key node, unescaped.
+    pub fn str<'s>(&self, src: &'s str, i: usize) -> Option<Cow<'s, str>> {
+        let n = self.nodes.get(i)?;
+        if !matches!(n.kind, Kind::String | Kind::Key) {
+            return None;
+        }
+        let inner = src.get(n.start + 1..n.end - 1)?;
+        if n.escaped {
+            unescape(inner).map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(inner))
+        }
+    }
+
+    /// A number node as an unsigned integer.
+    pub fn u64(&self, src: &str, i: usize) -> Option<u64> {
+        let n = self.nodes.get(i)?;
+        if n.kind != Kind::Number {
+            return None;
+        }
+        src.get(n.start..n.end)?.parse().ok()
+    }
+
+    pub fn raw<'s>(&self, src: &'s str, i: usize) -> &'s str {
+        self.nodes
+            .get(i)
+            .and_then(|n| src.get(n.start..n.end))
+            .unwrap_or("")
+    }
+
+    pub fn kind(&self, i: usize) -> Option<Kind> {
+        self.nodes.get(i).map(|n| n.kind)
+    }
+}
+
+pub struct Members<'t> {
+    tape: &'t Tape,
+    at: usize,
+    end: usize,
+}
+
+impl Iterator for Members<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.at >= self.end {
+            return None;
+        }
+        let key = self.at;
+        let value = key + 1;
+        self.at = self.tape.nodes.get(value).map_or(self.end, |n| n.next);
+        Some((key, value))
+    }
+}
+
+pub struct Elements<'t> {
+    tape: &'t Tape,
+    at: usize,
+    end: usize,
+}
+
+impl Iterator for Elements<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.at >= self.end {
+            return None;
+        }
+        let i = self.at;
+        self.at = self.tape.nodes.get(i).map_or(self.end, |n| n.next);
+        Some(i)
+    }
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn err(&self, message: &'static str) -> Error {
+        Error {
+            at: self.at,
+            message,
+        }
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.b.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Error> {
+        if self.b.get(self.at..self.at + word.len()) == Some(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(self.err("expected a value"))
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while matches!(self.b.get(self.at), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    fn number(&mut self) -> Result<(), Error> {
+        if self.b.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        match self.b.get(self.at) {
+            Some(b'0') => self.at += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.err("invalid number")),
+        }
+        if self.b.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return Err(self.err("invalid number"));
+            }
+        }
+        if matches!(self.b.get(self.at), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.b.get(self.at), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.err("invalid number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A string from its opening quote; returns whether it holds escapes.
+    fn string(&mut self) -> Result<bool, Error> {
+        self.at += 1;
+        let mut escaped = false;
+        loop {
+            // Fast path over plain bytes.
+            let rest = self.b.get(self.at..).unwrap_or(&[]);
+            let skip = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(rest.len());
+            self.at += skip;
+            match self.b.get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.at += 1;
+                    match self.b.get(self.at) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                            self.at += 1
+                        }
+                        Some(b'u') => {
+                            let unit = self.hex4()?;
+                            if (0xD800..0xDC00).contains(&unit) {
+                                // A high surrogate: its low half must follow.
+                                if self.b.get(self.at..self.at + 2) != Some(b"\\u") {
+                                    return Err(self.err("unpaired surrogate"));
+                                }
+                                self.at += 1;
+                                let low = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&low) {
+                                    return Err(self.err("unpaired surrogate"));
+                                }
+                            } else if (0xDC00..0xE000).contains(&unit) {
+                                return Err(self.err("unpaired surrogate"));
+                            }
+                        }
+                        _ => return Err(self.err("invalid escape")),
+                    }
+                }
+                Some(_) => return Err(self.err("control character in string")),
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+    }
+
+    /// `uXXXX` (at the `u`): the code unit.
+    fn hex4(&mut self) -> Result<u32, Error> {
+        let digits = self
+            .b
+            .get(self.at + 1..self.at + 5)
+            .ok_or_else(|| self.err("invalid escape"))?;
+        let mut unit = 0u32;
+        for &d in digits {
+            let v = (d as char)
+                .to_digit(16)
+                .ok_or_else(|| self.err("invalid escape"))?;
+            unit = unit * 16 + v;
+        }
+        self.at += 5;
+        Ok(unit)
+    }
+}
+
+/// The text of a validated JSON string body (between its quotes).
+fn unescape(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.char_indices();
+    while let Some((_, c)) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let (_, e) = chars.next()?;
+        match e {
+            '"' => out.push('"'),
+            '\\' => out.push('\\'),
+            '/' => out.push('/'),
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => {
+                let mut unit = hex(&mut chars)?;
+                if (0xD800..0xDC00).contains(&unit) {
+                    chars.next()?;
+                    chars.next()?;
+                    let low = hex(&mut chars)?;
+                    unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                }
+                out.push(char::from_u32(unit)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn hex(chars: &mut std::str::CharIndices<'_>) -> Option<u32> {
+    let mut unit = 0;
+    for _ in 0..4 {
+        unit = unit * 16 + chars.next()?.1.to_digit(16)?;
+    }
+    Some(unit)
+}
+
+/// Writes `s` as a JSON string (with its quotes).
+pub fn write_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[plain..i]);
+        if esc.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(esc);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
+}
+
+/// Replacements of byte spans of one source, applied in order.
+#[derive(Debug, Clone, Default)]
+pub struct Edits {
+    edits: Vec<(usize, usize, String)>,
+}
+
+impl Edits {
+    pub fn clear(&mut self) {
+        self.edits.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// Replaces `start..end` (spans must not overlap).
+    pub fn replace(&mut self, start: usize, end: usize, with: String) {
+        self.edits.push((start, end, with));
+    }
+
+    /// `src` with the edits made.
+    pub fn apply(&mut self, src: &str) -> String {
+        self.edits.sort_by_key(|e| (e.0, e.1));
+        let extra: usize = self.edits.iter().map(|e| e.2.len()).sum();
+        let mut out = String::with_capacity(src.len() + extra);
+        let mut at = 0;
+        for (start, end, with) in &self.edits {
+            if *start < at {
+                continue;
+            }
+            out.push_str(src.get(at..*start).unwrap_or(""));
+            out.push_str(with);
+            at = *end;
+        }
+        out.push_str(src.get(at..).unwrap_or(""));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! Server-sent events as the WHATWG HTML standard defines the stream: lines
+//! end in CRLF, LF or a lone CR; a blank line ends an event; `data:` may or
+//! may not have a space after the colon (one is removed); lines starting
+//! with `:` are comments; `event`, `id` and `retry` are fields too, and a
+//! leading byte-order mark is dropped. Events are written back out in one
+//! canonical form (LF line ends, `field: value`), so what goes on is exactly
+//! what was read and judged.
+
+/// One event as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    /// Comment lines (without their colon).
+    pub comments: Vec<String>,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub retry: Option<String>,
+    /// `data` lines joined with `\n`; `None` when there was no data line.
+    pub data: Option<String>,
+}
+
+impl Event {
+    /// Writes the event in canonical form, with `data` in place of its own.
+    pub fn write(&self, data: Option<&str>, out: &mut Vec<u8>) {
+        for c in &self.comments {
+            out.push(b':');
+            out.extend_from_slice(c.as_bytes());
+            out.push(b'\n');
+        }
+        for (name, value) in [
+            ("id", &self.id),
+            ("retry", &self.retry),
+            ("event", &self.event),
+        ] {
+            if let Some(v) = value {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        if let Some(data) = data {
+            for line in data.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Why a stream can no longer be passed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broken {
+    NotUtf8,
+    EventTooLarge(usize),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::NotUtf8 => write!(f, "the event stream is not UTF-8"),
+            Broken::EventTooLarge(max) => write!(
+                f,
+                "an event of the stream exceeds {max} bytes (inspection.stream_max_event_bytes)"
+            ),
+        }
+    }
+}
+
+/// Cuts a byte stream into events; holds at most one event's bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Reader {
+    line: Vec<u8>,
+    /// The last line ended in CR: a LF right after it belongs to it.
+    after_cr: bool,
+    /// No line has been completed yet (a BOM may start the first).
+    first: bool,
+    pending: Event,
+    /// Bytes of the event being read, its partial line included.
+    size: usize,
+    started: bool,
+}
+
+impl Reader {
+    /// Reads `chunk`, appending every event it completes.
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        max_event: usize,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Broken> {
+        if !self.started {
+            self.started = true;
+            self.first = true;
+        }
+        let mut rest = chunk;
+        if self.after_cr {
+            if let Some(tail) = rest.strip_prefix(b"\n") {
+                rest = tail;
+            }
+            self.after_cr = false;
+        }
+        while !rest.is_empty() {
+            let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.grow(rest.len(), max_event)?;
+                self.line.extend_from_slice(rest);
+                return Ok(());
+            };
+            self.grow(at, max_event)?;
+            self.line.extend_from_slice(&rest[..at]);
+            let cr = rest[at] == b'\r';
+            rest = &rest[at + 1..];
+            if cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            self.line_done(events)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the event being read.
+    pub fn buffered(&self) -> usize {
+        self.line.len()
+            + self.pending.data.as_ref().map_or(0, String::len)
+            + self.pending.comments.iter().map(String::len).sum::<usize>()
+    }
+
+    /// The end of the stream: a last event left without its blank line is
+    /// completed (and judged like any other).
+    pub fn finish(&mut self, events: &mut Vec<Event>) -> Result<(), Broken> {
+        if !self.line.is_empty() {
+            self.line_done(events)?;
+        }
+        if self.pending != Event::default() {
+            events.push(std::mem::take(&mut self.pending));
+        }
+        self.size = 0;
+        Ok(())
+    }
+
+    fn grow(&mut self, n: usize, max_event: usize) -> Result<(), Broken> {
+        self.size += n;
+        if self.size > max_event {
+            // Nothing more is kept: the stream ends here.
+            self.line = Vec::new();
+            self.pending = Event::default();
+            return Err(Broken::EventTooLarge(max_event));
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self, events: &mut Vec<Event>) -> Result<(), Broken> {
+        let bytes = std::mem::take(&mut self.line);
+        let mut line = String::from_utf8(bytes).map_err(|_| Broken::NotUtf8)?;
+        if std::mem::take(&mut self.first) && line.starts_with('\u{feff}') {
+            line.drain(..'\u{feff}'.len_utf8());
+        }
+        if line.is_empty() {
+            // A blank line: the event is complete.
+            let event = std::mem::take(&mut self.pending);
+            self.size = 0;
+            if event != Event::default() {
+                events.push(event);
+            }
+            return Ok(());
+        }
+        let e = &mut self.pending;
+        if let Some(comment) = line.strip_prefix(':') {
+            e.comments.push(comment.to_string());
+            return Ok(());
+        }
+        let (name, value) = match line.find(':') {
+            Some(i) => {
+                let value = &line[i + 1..];
+                (&line[..i], value.strip_prefix(' ').unwrap_or(value))
+            }
+            None => (line.as_str(), ""),
+        };
+        match name {
+            "data" => match &mut e.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => e.data = Some(value.to_string()),
+            },
+            "event" => e.event = Some(value.to_string()),
+            "id" if !value.contains('\0') => e.id = Some(value.to_string()),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                e.retry = Some(value.to_string());
+            }
+            // Other fields are ignored by every reader, so they are dropped.
+            _ => {}
+        }
+        Ok(())
+    }
+}
