@@ -162,6 +162,7 @@ bench: $(FILTER_DEPS) node filter bench-tools
 	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/jwt-wasm.txt
 	cargo run --release -q -p tracegate-policy --example mask_bench -- native \
 	  | tee target/bench/mask-native.txt
+	cargo run --release -q -p tracegate-policy --example bare_secrets | tee target/bench/bare-secrets.txt
 	$(BENCH_WASM_BUILD) --release -q -p tracegate-policy --example mask_bench --target wasm32-wasip1 \
 	  --target-dir target/wasm-bench
 	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/mask_bench.wasm \

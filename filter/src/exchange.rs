@@ -28,6 +28,9 @@ use crate::root::{Admission, Shared};
 use tracegate_policy::approval::{excerpt, request_digest, RiskReason, GRANT_HEADER};
 use tracegate_policy::config::RecordingMode;
 
+/// A stream's chunk is read from Envoy this many bytes at a time.
+const STREAM_SLICE: usize = 64 << 10;
+
 /// How the response body is handled.
 enum ResponseMode {
     /// Not inspected (no masking, or a binary type): captured as it passes.
@@ -636,15 +639,24 @@ impl HttpContext for Exchange {
                     host::replace_buffer(BufferType::HttpResponseBody, body_size, &[]);
                     return Action::Continue;
                 }
-                let chunk =
-                    host::buffer(BufferType::HttpResponseBody, body_size).unwrap_or_default();
-                let mut out = sse.push(
-                    masker,
-                    &chunk,
-                    &mut self.tokens,
-                    &mut self.inspection.response,
-                );
-                if end_of_stream {
+                // Read in slices: a chunk of a stream being cut is not
+                // copied in whole (linear memory never shrinks).
+                let mut out = Vec::new();
+                let mut at = 0;
+                while at < body_size && sse.broken.is_none() {
+                    let n = (body_size - at).min(STREAM_SLICE);
+                    let Some(piece) = host::buffer_at(BufferType::HttpResponseBody, at, n) else {
+                        break;
+                    };
+                    out.extend(sse.push(
+                        masker,
+                        &piece,
+                        &mut self.tokens,
+                        &mut self.inspection.response,
+                    ));
+                    at += n;
+                }
+                if end_of_stream && sse.broken.is_none() {
                     out.extend(sse.finish(masker, &mut self.tokens, &mut self.inspection.response));
                 }
                 if let Some(why) = &sse.broken {
@@ -654,9 +666,7 @@ impl HttpContext for Exchange {
                     self.inspection.reason = format!("response stream cut: {why}");
                     out.extend(error_event(&why.to_string()));
                 }
-                if out != chunk {
-                    host::replace_buffer(BufferType::HttpResponseBody, body_size, &out);
-                }
+                host::replace_buffer(BufferType::HttpResponseBody, body_size, &out);
                 if let Some(r) = &mut self.recorder {
                     let len = out.len();
                     r.response_body.push(len, &out);

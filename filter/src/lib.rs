@@ -11,7 +11,7 @@
 //!   carried on by its own context or the root's: `approvals` (a person's
 //!   decision on a risky request, through the approval service) and `ahead`
 //!   (write-ahead recording: the request's record durable first).
-//! - `host`: the only place that calls the host, through `proxy_wasm::hostcalls`
+//! - `host`: the only place that calls the host, through its own ABI declarations (`host::abi`)
 //!   so that no host error can become a panic.
 
 mod ahead;

@@ -6,7 +6,8 @@
 //! running collector), in front of the same local upstream. wrk (Debian)
 //! drives both listeners in turn at a fixed concurrency for bodies of 1, 4,
 //! 16 and 64 KB, rounds interleaved, medians reported; then streamed
-//! answers (time to first byte and total); then Envoy's memory with and
+//! answers as the SDKs yield them (time to the first visible text, lag of
+//! every 10 % of the answer); then Envoy's memory with and
 //! without the filter; and where the cost goes at 4 KB (listeners that add
 //! one part of the policy at a time). Prints markdown tables; writes
 //! target/bench/envoy.json.
@@ -18,9 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 use tracegate_e2e::jwt::{claims, Keys, AUDIENCE, ISSUER};
-use tracegate_e2e::{envoy_config, filter_wasm, workspace_root, Collector, Envoy, Upstream};
+use tracegate_e2e::{
+    envoy_config, filter_wasm, python_bin, workspace_root, Collector, Envoy, Upstream,
+};
 
 struct Plan {
     sizes_kb: Vec<usize>,
@@ -154,42 +156,60 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Time to first byte and total of `n` streamed answers, medians in ms.
-fn streams(port: u16, token: &str, n: usize) -> Result<(f64, f64)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let body = json!({"model": "gpt-4o", "stream": true,
-                      "messages": [{"role": "user", "content": "Summarise the incident."}]});
-    let (mut first, mut total) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        let start = Instant::now();
-        let resp = agent
-            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-            .header("authorization", &format!("Bearer {token}"))
-            .header("x-test-reply", REPLY)
-            .header("x-test-chunk-delay-ms", "2")
-            .send_json(&body)?;
-        if resp.status() != 200 {
-            bail!("streamed request answered {}", resp.status());
-        }
-        let mut reader = resp.into_body().into_reader();
-        let mut buf = [0u8; 16384];
-        let mut got_first = false;
-        loop {
-            let k = std::io::Read::read(&mut reader, &mut buf)?;
-            if k == 0 {
-                break;
-            }
-            if !got_first {
-                first.push(start.elapsed().as_secs_f64() * 1e3);
-                got_first = true;
-            }
-        }
-        total.push(start.elapsed().as_secs_f64() * 1e3);
+/// What a streaming user sees through each listener: the official SDKs
+/// read answers paced like a model (bench/stream_latency.py); time to the
+/// first visible text and to each 10 % of the answer.
+fn streams(
+    passthrough: u16,
+    tracegate: u16,
+    token: &str,
+    runs: usize,
+    smoke: bool,
+) -> Result<Value> {
+    let mut cmd = Command::new(python_bin());
+    cmd.arg(workspace_root().join("bench/stream_latency.py"))
+        .arg(format!("http://127.0.0.1:{passthrough}"))
+        .arg(format!("http://127.0.0.1:{tracegate}"))
+        .arg(token)
+        .arg(runs.to_string());
+    if smoke {
+        cmd.arg("--smoke");
     }
-    Ok((median(first), median(total)))
+    let out = cmd.output().context("cannot run bench/stream_latency.py")?;
+    if !out.status.success() {
+        bail!(
+            "stream_latency.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn print_streams(report: &Value) {
+    println!();
+    println!(
+        "Streamed answers as the SDKs yield them ({}-character pieces, {} ms apart; medians of {} runs, interleaved): time to the first visible text, and how much later than passthrough each 10 % of the answer arrived.",
+        report["piece_chars"], report["pace_ms"], report["rows"][0]["runs"]
+    );
+    println!();
+    println!("| API | answer | first text passthrough | first text tracegate | 10 % | 20 % | 30 % | 40 % | 50 % | 60 % | 70 % | 80 % | 90 % | 100 % |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in report["rows"].as_array().into_iter().flatten() {
+        let lags: Vec<String> = row["added_lag_ms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{:+.1}", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        println!(
+            "| {} | {} | {:.1} ms | {:.1} ms | {} |",
+            row["api"].as_str().unwrap_or(""),
+            row["answer"].as_str().unwrap_or(""),
+            row["passthrough"]["first_text_ms"].as_f64().unwrap_or(0.0),
+            row["tracegate"]["first_text_ms"].as_f64().unwrap_or(0.0),
+            lags.join(" | ")
+        );
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -225,7 +245,7 @@ fn run() -> Result<()> {
             rounds: 1,
             seconds: 1,
             connections: 4,
-            streams: 2,
+            streams: 1,
         }
     } else {
         Plan {
@@ -233,7 +253,7 @@ fn run() -> Result<()> {
             rounds: 3,
             seconds: 5,
             connections: 16,
-            streams: 30,
+            streams: 3,
         }
     };
     let dir = out_dir.join("envoy-run");
@@ -390,19 +410,8 @@ fn run() -> Result<()> {
         breakdown.push(json!({"listener": name, "rps": rps, "p50_ms": p50}));
     }
 
-    let (first_a, total_a) = streams(without, &token, plan.streams)?;
-    let (first_b, total_b) = streams(with, &token, plan.streams)?;
-    println!();
-    println!(
-        "Streamed answer ({} SSE events of one word, 2 ms apart; {} requests each, medians):",
-        REPLY.split(' ').count() + 2,
-        plan.streams
-    );
-    println!();
-    println!("| | passthrough | tracegate |");
-    println!("|---|---:|---:|");
-    println!("| time to first byte | {first_a:.1} ms | {first_b:.1} ms |");
-    println!("| total | {total_a:.1} ms | {total_b:.1} ms |");
+    let stream_report = streams(without, with, &token, plan.streams, smoke)?;
+    print_streams(&stream_report);
 
     // Memory: this process (both listeners, tracegate loaded) against an
     // Envoy without the filter that served the same load.
@@ -453,8 +462,7 @@ fn run() -> Result<()> {
                  "connections": plan.connections, "smoke": smoke},
         "load": rows,
         "breakdown_4kb": breakdown,
-        "stream": {"passthrough": {"ttfb_ms": first_a, "total_ms": total_a},
-                   "tracegate": {"ttfb_ms": first_b, "total_ms": total_b}},
+        "stream": stream_report,
         "memory": {"envoy_rss_without_kb": rss_without, "envoy_rss_with_kb": rss_with,
                    "wasm_memory_bytes": wasm_bytes},
         "records_exported": records,

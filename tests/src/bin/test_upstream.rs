@@ -8,6 +8,10 @@
 //! serves what a test last `PUT /__jwks` (404 before that), and
 //! `GET /__jwks/fetches` counts the fetches, so tests can rotate keys.
 //!
+//! Streamed answers can be shaped by request headers (see `Shape`): text
+//! pieces of N characters, a pause mid-stream until a test releases it, a
+//! reasoning stream, other SSE framings, no content type, an endless line.
+//!
 //! Usage: test-upstream [--port N]   (0, the default, picks a free port and
 //! prints `test-upstream: listening on ADDR`).
 
@@ -144,23 +148,122 @@ fn delay_of(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// Frames sent one by one, with an optional delay before each.
-fn sse_response(frames: Vec<String>, delay: Option<Duration>) -> Response {
-    let stream = futures_util::stream::unfold(frames.into_iter(), move |mut frames| async move {
-        let frame = frames.next()?;
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
+/// How a streamed answer is shaped, from request headers.
+struct Shape {
+    /// `x-test-chunk-delay-ms`: a delay before each frame.
+    delay: Option<Duration>,
+    /// `x-test-piece-chars: N`: text deltas of N characters (default: one
+    /// word each).
+    piece_chars: Option<usize>,
+    /// `x-test-pause-after: K:NAME`: frames from index K on wait until a
+    /// test releases NAME (`POST /__release/NAME`).
+    pause: Option<(usize, String)>,
+    /// `x-test-framing: cr|crlf`: line ends other than LF.
+    framing: Option<&'static str>,
+    /// `x-test-no-content-type`: the answer carries no content type.
+    untyped: bool,
+    /// `x-test-reasoning: TEXT`: a reasoning stream before the answer.
+    reasoning: Option<String>,
+    /// `x-test-endless-line-kb: N`: the stream is one `data:` line of N KiB
+    /// that never ends.
+    endless_kb: Option<usize>,
+}
+
+impl Shape {
+    fn of(headers: &HeaderMap) -> Shape {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Shape {
+            delay: delay_of(headers),
+            piece_chars: get("x-test-piece-chars").and_then(|v| v.parse().ok()),
+            pause: get("x-test-pause-after").and_then(|v| {
+                let (k, name) = v.split_once(':')?;
+                Some((k.parse().ok()?, name.to_string()))
+            }),
+            framing: match get("x-test-framing") {
+                Some("cr") => Some("\r"),
+                Some("crlf") => Some("\r\n"),
+                _ => None,
+            },
+            untyped: get("x-test-no-content-type").is_some(),
+            reasoning: get("x-test-reasoning").map(str::to_string),
+            endless_kb: get("x-test-endless-line-kb").and_then(|v| v.parse().ok()),
         }
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(frame)),
-            frames,
-        ))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
+    }
+
+    /// The text deltas of `text`.
+    fn pieces(&self, text: &str) -> Vec<String> {
+        match self.piece_chars {
+            Some(n) if n > 0 => {
+                let chars: Vec<char> = text.chars().collect();
+                chars.chunks(n).map(|c| c.iter().collect()).collect()
+            }
+            _ => text.split_inclusive(' ').map(str::to_string).collect(),
+        }
+    }
+
+    /// Frames sent one by one, shaped.
+    fn respond(self, frames: Vec<String>) -> Response {
+        if let Some(kb) = self.endless_kb {
+            return endless_line(kb, self.untyped);
+        }
+        let frames: Vec<String> = match self.framing {
+            Some(nl) => frames.into_iter().map(|f| f.replace('\n', nl)).collect(),
+            None => frames,
+        };
+        let delay = self.delay;
+        let pause = self.pause;
+        let stream = futures_util::stream::unfold(
+            (frames.into_iter().enumerate(), pause),
+            move |(mut frames, pause)| async move {
+                let (i, frame) = frames.next()?;
+                if let Some((k, name)) = &pause {
+                    if i == *k {
+                        wait_for_release(name).await;
+                    }
+                }
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(frame)),
+                    (frames, pause),
+                ))
+            },
+        );
+        let mut response = Response::builder().header("cache-control", "no-cache");
+        if !self.untyped {
+            response = response.header("content-type", "text/event-stream");
+        }
+        response
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+    }
+}
+
+/// `data: AAAA…` for `kb` KiB, in 64 KiB frames, never ended by a newline.
+fn endless_line(kb: usize, untyped: bool) -> Response {
+    let frames = std::iter::once(Bytes::from_static(b"data: ")).chain(std::iter::repeat_n(
+        Bytes::from(vec![b'A'; 64 << 10]),
+        kb / 64,
+    ));
+    let stream = futures_util::stream::iter(frames.map(Ok::<_, std::convert::Infallible>));
+    let mut response = Response::builder();
+    if !untyped {
+        response = response.header("content-type", "text/event-stream");
+    }
+    response
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// A whole JSON answer (without a content type when the request asks).
+fn json_answer(headers: &HeaderMap, value: Value) -> Response {
+    if Shape::of(headers).untyped {
+        return Response::builder()
+            .body(Body::from(value.to_string()))
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"));
+    }
+    Json(value).into_response()
 }
 
 /// Anthropic `/v1/messages`: a text answer (with a thinking block when the
@@ -177,8 +280,11 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
         .unwrap_or("claude-test")
         .to_string();
     let reply = reply_text(&headers, messages);
-    let thinking = (request["thinking"]["type"] == "enabled")
-        .then(|| format!("thinking about: {}", last_user_text(messages)));
+    let shape = Shape::of(&headers);
+    let thinking = shape.reasoning.clone().or_else(|| {
+        (request["thinking"]["type"] == "enabled")
+            .then(|| format!("thinking about: {}", last_user_text(messages)))
+    });
     let id = format!("msg_{}", unix_now());
     let usage = json!({"input_tokens": 10, "output_tokens": reply.split_whitespace().count()});
     let mut blocks = Vec::new();
@@ -187,11 +293,13 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
     }
     blocks.push(json!({"type": "text", "text": reply}));
     if request["stream"] != true {
-        return Json(json!({
-            "id": id, "type": "message", "role": "assistant", "model": model,
-            "content": blocks, "stop_reason": "end_turn", "stop_sequence": null, "usage": usage,
-        }))
-        .into_response();
+        return json_answer(
+            &headers,
+            json!({
+                "id": id, "type": "message", "role": "assistant", "model": model,
+                "content": blocks, "stop_reason": "end_turn", "stop_sequence": null, "usage": usage,
+            }),
+        );
     }
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut frames = vec![event(
@@ -212,7 +320,7 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
             "content_block": {"type": kind, field: ""}}),
         ));
         let text = block[field].as_str().unwrap_or("");
-        for word in text.split_inclusive(' ') {
+        for word in shape.pieces(text) {
             frames.push(event(
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": index,
@@ -234,7 +342,7 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
     frames.push(event("message_delta", json!({"type": "message_delta",
         "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}})));
     frames.push(event("message_stop", json!({"type": "message_stop"})));
-    sse_response(frames, delay_of(&headers))
+    shape.respond(frames)
 }
 
 /// OpenAI Responses API: `input` as a string or message items; the answer
@@ -281,8 +389,11 @@ async fn responses(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) ->
                   "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}})
     };
     if request["stream"] != true {
-        return Json(response(&reply, "completed")).into_response();
+        return json_answer(&headers, response(&reply, "completed"));
     }
+    let shape = Shape::of(&headers);
+    // With a reasoning stream, the reasoning item comes first.
+    let out = usize::from(shape.reasoning.is_some());
     let mut seq = 0;
     let mut event = |kind: &str, mut data: Value| {
         data["type"] = json!(kind);
@@ -290,47 +401,66 @@ async fn responses(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) ->
         seq += 1;
         format!("event: {kind}\ndata: {data}\n\n")
     };
-    let mut frames = vec![
-        event(
-            "response.created",
-            json!({"response": response("", "in_progress")}),
-        ),
-        event(
+    let mut frames = vec![event(
+        "response.created",
+        json!({"response": response("", "in_progress")}),
+    )];
+    if let Some(reasoning) = &shape.reasoning {
+        frames.push(event(
             "response.output_item.added",
-            json!({"output_index": 0, "item": item("", "in_progress")}),
-        ),
-        event(
-            "response.content_part.added",
-            json!({"item_id": "msg_1", "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "text": "", "annotations": []}}),
-        ),
-    ];
-    for word in reply.split_inclusive(' ') {
+            json!({"output_index": 0, "item": {"id": "rs_1", "type": "reasoning", "summary": []}}),
+        ));
+        for piece in shape.pieces(reasoning) {
+            frames.push(event(
+                "response.reasoning_summary_text.delta",
+                json!({"item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": piece}),
+            ));
+        }
+        frames.push(event(
+            "response.reasoning_summary_text.done",
+            json!({"item_id": "rs_1", "output_index": 0, "summary_index": 0, "text": reasoning}),
+        ));
+        frames.push(event(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": {"id": "rs_1", "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": reasoning}]}}),
+        ));
+    }
+    frames.push(event(
+        "response.output_item.added",
+        json!({"output_index": out, "item": item("", "in_progress")}),
+    ));
+    frames.push(event(
+        "response.content_part.added",
+        json!({"item_id": "msg_1", "output_index": out, "content_index": 0,
+        "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ));
+    for word in shape.pieces(&reply) {
         frames.push(event(
             "response.output_text.delta",
-            json!({"item_id": "msg_1", "output_index": 0,
+            json!({"item_id": "msg_1", "output_index": out,
             "content_index": 0, "delta": word}),
         ));
     }
     frames.push(event(
         "response.output_text.done",
-        json!({"item_id": "msg_1", "output_index": 0,
+        json!({"item_id": "msg_1", "output_index": out,
         "content_index": 0, "text": reply}),
     ));
     frames.push(event(
         "response.content_part.done",
-        json!({"item_id": "msg_1", "output_index": 0,
+        json!({"item_id": "msg_1", "output_index": out,
         "content_index": 0, "part": {"type": "output_text", "text": reply, "annotations": []}}),
     ));
     frames.push(event(
         "response.output_item.done",
-        json!({"output_index": 0, "item": item(&reply, "completed")}),
+        json!({"output_index": out, "item": item(&reply, "completed")}),
     ));
     frames.push(event(
         "response.completed",
         json!({"response": response(&reply, "completed")}),
     ));
-    sse_response(frames, delay_of(&headers))
+    shape.respond(frames)
 }
 
 fn unix_now() -> u64 {
@@ -352,9 +482,13 @@ async fn release(axum::extract::Path(name): axum::extract::Path<String>) -> &'st
 /// With header `x-test-hold: NAME`, the answer waits until a test releases
 /// NAME, so a test can look at the world while the request is upstream.
 async fn hold(headers: &HeaderMap) {
-    let Some(name) = headers.get("x-test-hold").and_then(|v| v.to_str().ok()) else {
-        return;
-    };
+    if let Some(name) = headers.get("x-test-hold").and_then(|v| v.to_str().ok()) {
+        wait_for_release(name).await;
+    }
+}
+
+/// Waits (at most a minute) until a test releases `name`.
+async fn wait_for_release(name: &str) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
         if RELEASED.lock().is_ok_and(|r| r.iter().any(|n| n == name)) {
@@ -385,24 +519,27 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
     });
 
     if request["stream"] != true {
-        return Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": unix_now(),
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": reply},
-                "finish_reason": "stop",
-            }],
-            "usage": usage,
-        }))
-        .into_response();
+        return json_answer(
+            &headers,
+            json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": unix_now(),
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply},
+                    "finish_reason": "stop",
+                }],
+                "usage": usage,
+            }),
+        );
     }
 
-    // One event per word, so a stream spans many chunks. A delay between
-    // chunks (header x-test-chunk-delay-ms) makes it arrive in separate reads.
-    let delay = delay_of(&headers);
+    // One event per word (or piece), so a stream spans many chunks. A delay
+    // between chunks (header x-test-chunk-delay-ms) makes it arrive in
+    // separate reads.
+    let shape = Shape::of(&headers);
     let chunk = |delta: Value, finish: Value| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": model,
@@ -413,7 +550,12 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for word in reply.split_inclusive(' ') {
+    if let Some(reasoning) = &shape.reasoning {
+        for piece in shape.pieces(reasoning) {
+            events.push(chunk(json!({"reasoning_content": piece}), Value::Null));
+        }
+    }
+    for word in shape.pieces(&reply) {
         events.push(chunk(json!({"content": word}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
@@ -425,7 +567,7 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
     }
     let mut frames: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
     frames.push("data: [DONE]\n\n".into());
-    sse_response(frames, delay)
+    shape.respond(frames)
 }
 
 async fn serve_jwks(State(jwks): State<Jwks>) -> Response {

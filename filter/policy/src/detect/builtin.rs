@@ -63,15 +63,21 @@ pub const BUILTINS: &[Builtin] = &[
         name: "aws_secret_access_key",
         label: "AWS_SECRET_ACCESS_KEY",
         risk: 100,
-        // After its usual names, or bare: exactly 40 characters of its
-        // alphabet standing alone (not part of a longer token), mixed case
-        // and digits, random-looking; git SHAs (hex), UUIDs and base64
-        // digests (other lengths, padding) are left alone.
-        pattern: concat!(
-            r#"(?i:aws_?secret_?(?:access_?)?key|secret_?access_?key)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([A-Za-z0-9/+=]{40})"#,
-            "|",
-            r"([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=_-]|$)"
-        ),
+        pattern: r#"(?i:aws_?secret_?(?:access_?)?key|secret_?access_?key)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([A-Za-z0-9/+=]{40})"#,
+        group: 1,
+        check: None,
+        standalone: false,
+    },
+    Builtin {
+        // The same key without its name near it (a model repeating one):
+        // exactly 40 characters of its alphabet standing alone (not part of
+        // a longer token), random-looking (`validate::aws_secret_key`). Git
+        // SHAs (hex), UUIDs and base64 digests (other lengths, padding) are
+        // left alone.
+        name: "bare_aws_secret_key",
+        label: "AWS_SECRET_ACCESS_KEY",
+        risk: 100,
+        pattern: r"([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=_-]|$)",
         group: 1,
         check: Some(validate::aws_secret_key),
         standalone: true,

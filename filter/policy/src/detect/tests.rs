@@ -143,3 +143,82 @@ fn at_least_twenty_builtins() {
     let c = all();
     assert_eq!(c.detectors().len(), builtin::BUILTINS.len());
 }
+
+/// A small deterministic generator for corpora.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn string(&mut self, alphabet: &[u8], n: usize) -> String {
+        (0..n)
+            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+#[test]
+fn bare_aws_secret_keys_are_found_and_ids_and_hashes_are_not() {
+    let c = all();
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let n = if cfg!(target_arch = "wasm32") {
+        100
+    } else {
+        1000
+    };
+    let mut caught = 0;
+    for i in 0..n {
+        let key = rng.string(BASE64, 40);
+        let text = match i % 3 {
+            0 => format!("Your secret is {key}. Keep it safe."),
+            1 => format!("export AWS_KEY=\"{key}\"\n"),
+            _ => format!("`{key}`"),
+        };
+        let got = found(&c, &text);
+        if got
+            .iter()
+            .any(|(name, value)| name.contains("aws_secret") && value == &key)
+        {
+            caught += 1;
+        }
+    }
+    assert!(caught * 100 >= n * 97, "found {caught} of {n}");
+    let hex = b"0123456789abcdef";
+    for _ in 0..n / 4 {
+        let decoys = [
+            rng.string(hex, 40),
+            rng.string(b"0123456789ABCDEF", 40),
+            format!(
+                "{}-{}-{}-{}-{}",
+                rng.string(hex, 8),
+                rng.string(hex, 4),
+                rng.string(hex, 4),
+                rng.string(hex, 4),
+                rng.string(hex, 12)
+            ),
+            format!("{}=", rng.string(BASE64, 43)),
+            rng.string(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+                43,
+            ),
+            format!("{}=", rng.string(BASE64, 27)),
+            format!("sha512-{}==", rng.string(BASE64, 86)),
+            format!("{}{}", rng.string(BASE64, 40), rng.string(BASE64, 20)),
+        ];
+        for d in decoys {
+            let text = format!("commit {d} done");
+            let got = found(&c, &text);
+            assert!(
+                !got.iter().any(|(name, _)| name == "bare_aws_secret_key"),
+                "{text}: {got:?}"
+            );
+        }
+    }
+}

@@ -198,15 +198,28 @@ pub fn base64ish(b: u8) -> bool {
 }
 
 /// An AWS secret access key (40 characters of base64): random-looking, with
-/// upper and lower case letters and digits, and not hexadecimal (a git SHA
-/// or SHA-1 digest is 40 hex digits).
+/// upper and lower case letters and digits, not hexadecimal (a git SHA or
+/// SHA-1 digest is 40 hex digits), and switching between upper case, lower
+/// case, digits and symbols as often as random text does (at least 18 of
+/// 39 times; camelCase words switch about once per 3 characters).
 pub fn aws_secret_key(s: &str) -> bool {
     let b = s.as_bytes();
+    let class = |c: &u8| match c {
+        b'A'..=b'Z' => 0,
+        b'a'..=b'z' => 1,
+        b'0'..=b'9' => 2,
+        _ => 3,
+    };
+    let switches = b
+        .windows(2)
+        .filter(|w| class(&w[0]) != class(&w[1]))
+        .count();
     b.len() == 40
         && b.iter().any(u8::is_ascii_uppercase)
         && b.iter().any(u8::is_ascii_lowercase)
         && b.iter().any(u8::is_ascii_digit)
         && !b.iter().all(u8::is_ascii_hexdigit)
+        && switches >= 18
         && entropy(s) >= 4.2
 }
 

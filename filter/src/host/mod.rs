@@ -1,28 +1,34 @@
 //! Safe wrappers over the host calls the filter makes.
 //!
-//! The SDK's trait helpers unwrap host statuses, and `get_map_value` unwraps
-//! UTF-8 decoding of header values: a client could trap the VM with one odd
-//! header. Every call here returns an `Option` or ignores a failed status
-//! instead.
+//! Nothing here can panic: the SDK's trait helpers unwrap host statuses,
+//! `proxy_wasm::hostcalls` panics on statuses it does not expect, and
+//! `get_map_value` unwraps the UTF-8 decoding of header values, so a client
+//! (or a header set a moment too late) could trap the VM. The calls go
+//! through `abi`, and every one returns an `Option` or ignores a failed
+//! status; only the two call-outs go through the SDK, which must register
+//! them to route their answers.
+
+mod abi;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 pub fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+    let _ = abi::log(level as u32, message);
 }
 
 /// Host wall clock in Unix nanoseconds (0 if the host cannot tell).
 pub fn now_nanos() -> i64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    abi::now_nanos().map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX))
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn header(map: MapType, name: &str) -> Option<String> {
-    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    let bytes = abi::get_header(map as u32, name).ok().flatten()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -35,18 +41,23 @@ pub fn response_header(name: &str) -> Option<String> {
 }
 
 pub fn buffer(kind: BufferType, len: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(kind, 0, len).ok().flatten()
+    buffer_at(kind, 0, len)
+}
+
+/// `len` bytes of a body buffer from `start`.
+pub fn buffer_at(kind: BufferType, start: usize, len: usize) -> Option<Vec<u8>> {
+    abi::get_buffer(kind as u32, start, len).ok().flatten()
 }
 
 /// A property as text, e.g. `["plugin_name"]`.
 pub fn property_string(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let bytes = abi::get_property(path).ok().flatten()?;
     String::from_utf8(bytes).ok()
 }
 
 /// An integer property, e.g. `["response", "code"]` (8 bytes, little endian).
 pub fn property_u64(path: &[&str]) -> Option<u64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let bytes = abi::get_property(path).ok().flatten()?;
     Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
@@ -58,6 +69,9 @@ pub fn grpc_call(
     message: &[u8],
     timeout: Duration,
 ) -> Result<u32, String> {
+    // Through the SDK: it must register the call to route the answer to
+    // this context. (It panics only on statuses Envoy does not return for
+    // this call; BadArgument, ParseFailure and InternalFailure are errors.)
     hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout)
         .map_err(|status| format!("{status:?}"))
 }
@@ -67,7 +81,7 @@ pub fn grpc_response(len: usize) -> Option<Vec<u8>> {
 }
 
 pub fn set_tick_period(period: Duration) {
-    let _ = hostcalls::set_tick_period(period);
+    let _ = abi::set_tick_period(millis(period));
 }
 
 /// A counter, shown by Envoy's stats as `wasmcustom.<name>`.
@@ -76,12 +90,12 @@ pub struct Counter(Option<u32>);
 
 impl Counter {
     pub fn define(name: &str) -> Self {
-        Counter(hostcalls::define_metric(MetricType::Counter, name).ok())
+        Counter(abi::define_metric(MetricType::Counter as u32, name).ok())
     }
 
     pub fn add(self, n: u64) {
         if let (Some(id), Ok(n)) = (self.0, i64::try_from(n)) {
-            let _ = hostcalls::increment_metric(id, n);
+            let _ = abi::increment_metric(id, n);
         }
     }
 }
@@ -92,12 +106,12 @@ pub struct Gauge(Option<u32>);
 
 impl Gauge {
     pub fn define(name: &str) -> Self {
-        Gauge(hostcalls::define_metric(MetricType::Gauge, name).ok())
+        Gauge(abi::define_metric(MetricType::Gauge as u32, name).ok())
     }
 
     pub fn set(self, value: u64) {
         if let Some(id) = self.0 {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = abi::record_metric(id, value);
         }
     }
 }
@@ -129,12 +143,12 @@ pub fn random_bytes() -> [u8; 10] {
 
 /// Sets (`Some`) or removes (`None`) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    let _ = abi::set_header(MapType::HttpRequestHeaders as u32, name, value);
 }
 
 /// Answers the current request locally; the upstream never sees it.
 pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) {
-    let _ = hostcalls::send_http_response(status, headers.to_vec(), Some(body));
+    let _ = abi::send_local_response(status, headers, body);
 }
 
 /// Starts an HTTP call through an Envoy cluster; the answer arrives in
@@ -144,12 +158,9 @@ pub fn http_call(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<u32, String> {
-    hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, Vec::new(), timeout)
-        .map_err(|status| format!("{status:?}"))
+    http_call_with_body(cluster, headers, None, timeout)
 }
 
-/// `:status` of the HTTP call being answered; `None` when the call failed
-/// without a response (timeout, reset, no healthy upstream).
 /// Like `http_call`, with a request body.
 pub fn http_call_with_body(
     cluster: &str,
@@ -157,12 +168,16 @@ pub fn http_call_with_body(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<u32, String> {
+    // Through the SDK, as `grpc_call` (BadArgument and InternalFailure are
+    // errors).
     hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, Vec::new(), timeout)
         .map_err(|status| format!("{status:?}"))
 }
 
+/// `:status` of the HTTP call being answered; `None` when the call failed
+/// without a response (timeout, reset, no healthy upstream).
 pub fn http_call_status() -> Option<u32> {
-    let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+    let bytes = abi::get_header(MapType::HttpCallResponseHeaders as u32, ":status")
         .ok()
         .flatten()?;
     std::str::from_utf8(&bytes).ok()?.parse().ok()
@@ -175,20 +190,21 @@ pub fn http_call_body(len: usize) -> Vec<u8> {
 /// Makes later host calls act on another context (a paused request), so the
 /// root context can finish what that request was waiting for.
 pub fn set_effective_context(context_id: u32) -> bool {
-    hostcalls::set_effective_context(context_id).is_ok()
+    abi::set_effective_context(context_id).is_ok()
 }
 
 pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
+    // proxy_continue_stream(HttpRequest)
+    let _ = abi::continue_stream(0);
 }
 
 /// Replaces the first `len` bytes of a body buffer (the whole buffered body,
 /// or the current chunk of a stream) with `bytes`.
 pub fn replace_buffer(kind: BufferType, len: usize, bytes: &[u8]) -> bool {
-    hostcalls::set_buffer(kind, 0, len, bytes).is_ok()
+    abi::set_buffer(kind as u32, 0, len, bytes).is_ok()
 }
 
 /// Sets (`Some`) or removes (`None`) a response header.
 pub fn set_response_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+    let _ = abi::set_header(MapType::HttpResponseHeaders as u32, name, value);
 }
