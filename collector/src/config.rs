@@ -257,6 +257,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configuration_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("serve.json");
+        let c = ServeConfig::load(&path).unwrap();
+        let tls = c.tls.unwrap();
+        assert!(
+            tls.cert.ends_with("collector/../target/tls/collector.pem"),
+            "{tls:?}"
+        );
+        let a = c.approvers.unwrap();
+        let access = crate::approvals::access::Access::new(&a);
+        crate::approvals::auth::ApproverAuth::new(&a, &access.claims_read()).unwrap();
+    }
+
+    #[test]
     fn mistakes_are_named() {
         check(approvers(json!({}))).unwrap();
         assert!(check(approvers(json!({"allow": []})))

@@ -76,8 +76,8 @@ enum Command {
         )]
         server: String,
         /// A file holding the approver's token (a JWT from the
-        /// organisation's issuer).
-        #[arg(long, conflicts_with = "token")]
+        /// organisation's issuer); wins over TRACEGATE_TOKEN.
+        #[arg(long)]
         token_file: Option<PathBuf>,
         /// The approver's token itself.
         #[arg(long, env = "TRACEGATE_TOKEN", hide_env_values = true)]

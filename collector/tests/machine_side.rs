@@ -160,8 +160,9 @@ fn only_clients_with_a_certificate_from_the_ca_get_in() {
     let url = format!("https://127.0.0.1:{port}/v1/approvals");
     let ca = ureq::tls::Certificate::from_pem(&read(&good, "ca.pem")).unwrap();
     let agent = |client: Option<&Path>| -> ureq::Agent {
-        let mut tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(std::slice::from_ref(&ca)));
+        let mut tls = ureq::tls::TlsConfig::builder().root_certs(
+            ureq::tls::RootCerts::new_with_certs(std::slice::from_ref(&ca)),
+        );
         if let Some(d) = client {
             tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(
                 &[ureq::tls::Certificate::from_pem(&read(d, "gateway.pem")).unwrap()],

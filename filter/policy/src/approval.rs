@@ -46,7 +46,8 @@ pub struct ApprovalConfig {
     /// Requests whose risk reaches this need approval (1 or more).
     pub threshold: u32,
     pub mode: ApprovalMode,
-    /// Envoy cluster of the approval service (HTTP).
+    /// Envoy cluster of the approval service (HTTP/1.1 or HTTP/2); the
+    /// collector's is its gRPC port (`tracegate_collector`).
     pub cluster: String,
     /// `:authority` of the calls.
     pub authority: String,
@@ -74,8 +75,10 @@ impl Default for ApprovalConfig {
         Self {
             threshold: 100,
             mode: ApprovalMode::Hold,
-            cluster: "tracegate_approvals".into(),
-            authority: "tracegate-approvals".into(),
+            // The collector serves the filters' approval calls on its gRPC
+            // port, behind the same client certificate as the records.
+            cluster: "tracegate_collector".into(),
+            authority: "tracegate-collector".into(),
             path: "/v1/approvals".into(),
             timeout_ms: 2_000,
             hold_timeout_ms: 300_000,
