@@ -232,6 +232,12 @@ fn approvers_are_authenticated_and_machine_calls_stay_on_the_grpc_port() {
             );
         }
     }
+    let elsewhere = human.replace("/v1/approvals", "/v1/anything");
+    assert_eq!(get(&elsewhere, None).0, 401, "unknown paths too");
+    assert_eq!(
+        get(&elsewhere, Some(&token("bob", &["llm-approvers"]))).0,
+        404
+    );
     let (_, expired) = get(&human, Some(&token_with("bob", &[], ISSUER, -600)));
     assert_eq!(expired["reason"], "expired");
     // The attack from the issue: a typed approver name is no approver.

@@ -121,6 +121,13 @@ pub fn human_router(service: Arc<Service>) -> Router {
         .route("/v1/approvals/{id}", get(show_to_approver))
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/deny", post(deny))
+        // Unknown paths are authenticated too (the layer covers the fallback).
+        .fallback(|| async {
+            ApiError {
+                status: 404,
+                message: "no such endpoint".into(),
+            }
+        })
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             authenticate,
