@@ -71,7 +71,12 @@ pub fn server_config(tls: &TlsConfig, auth: ClientAuth) -> Result<Arc<ServerConf
     let mut config = builder
         .with_single_cert(chain, key)
         .with_context(|| format!("{} and {}", tls.cert.display(), tls.key.display()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The machine side speaks both (gRPC needs HTTP/2; approval calls may
+    // come over HTTP/1.1); the approvers' API speaks HTTP/1.1.
+    config.alpn_protocols = match auth {
+        ClientAuth::Required => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        ClientAuth::None => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(config))
 }
 
