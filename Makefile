@@ -184,11 +184,14 @@ clean:
 	cargo clean
 
 # --- Istio -----------------------------------------------------------------------
-# Renders the WasmPlugin with the sha256 of the module just built.
+# Renders the WasmPlugins (sidecar mode, and the recommended egress gateway)
+# with the sha256 of the module just built.
 .PHONY: istio
 istio: filter
 	@test -n "$(WASM_URL)" || { echo "usage: make istio WASM_URL=https://…/tracegate_filter.wasm" >&2; exit 2; }
 	mkdir -p target/istio
-	sed -e 's|@WASM_URL@|$(WASM_URL)|' -e "s|@WASM_SHA256@|$$(sha256sum $(WASM) | cut -d' ' -f1)|" \
-	  envoy/istio/wasmplugin.yaml > target/istio/wasmplugin.yaml
-	@echo "wrote target/istio/wasmplugin.yaml"
+	for f in wasmplugin egress-gateway; do \
+	  sed -e 's|@WASM_URL@|$(WASM_URL)|' -e "s|@WASM_SHA256@|$$(sha256sum $(WASM) | cut -d' ' -f1)|" \
+	    envoy/istio/$$f.yaml > target/istio/$$f.yaml || exit 1; \
+	done
+	@echo "wrote target/istio/wasmplugin.yaml and target/istio/egress-gateway.yaml"

@@ -1,14 +1,16 @@
 //! `tracegate approvals …`: the approvers' command line, a client of the
-//! approval service's HTTP API.
+//! approval service's HTTP API. Every call carries the approver's token.
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    authorization: String,
 }
 
 fn time(nanos: &Value) -> String {
@@ -22,16 +24,37 @@ fn time(nanos: &Value) -> String {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Client {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Client {
-            base: format!("{}/v1/approvals", server.trim_end_matches('/')),
-            agent,
+    /// `ca`: a PEM file of CA certificates to trust (instead of the
+    /// built-in web roots) for an https service.
+    pub fn new(server: &str, token: &str, ca: Option<&Path>) -> Result<Client> {
+        if token.is_empty() {
+            bail!("the approver's token is empty");
         }
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false);
+        if let Some(path) = ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                bail!("{} holds no PEM certificate", path.display());
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(Client {
+            base: format!("{}/v1/approvals", server.trim_end_matches('/')),
+            agent: config.build().into(),
+            authorization: format!("Bearer {token}"),
+        })
     }
 
     fn answer(
@@ -62,7 +85,12 @@ impl Client {
         } else {
             format!("{}?state=PENDING", self.base)
         };
-        let body = self.answer(self.agent.get(&url).call())?;
+        let body = self.answer(
+            self.agent
+                .get(&url)
+                .header("authorization", &self.authorization)
+                .call(),
+        )?;
         writeln!(
             out,
             "{:<28} {:<9} {:>5} {:<20} {:<21} REQUEST",
@@ -86,7 +114,12 @@ impl Client {
     }
 
     pub fn show(&self, out: &mut impl Write, id: &str) -> Result<()> {
-        let a = self.answer(self.agent.get(&format!("{}/{id}", self.base)).call())?;
+        let a = self.answer(
+            self.agent
+                .get(&format!("{}/{id}", self.base))
+                .header("authorization", &self.authorization)
+                .call(),
+        )?;
         write_approval(out, &a)
     }
 
@@ -95,20 +128,32 @@ impl Client {
         out: &mut impl Write,
         id: &str,
         approve: bool,
-        approver: &str,
         reason: &str,
     ) -> Result<()> {
         let verb = if approve { "approve" } else { "deny" };
         let a = self.answer(
             self.agent
                 .post(&format!("{}/{id}/{verb}", self.base))
-                .send_json(json!({"approver": approver, "reason": reason})),
+                .header("authorization", &self.authorization)
+                .send_json(json!({"reason": reason})),
         )?;
-        writeln!(
-            out,
-            "{id}: {} by {approver}",
-            a["state"].as_str().unwrap_or("?")
-        )?;
+        let state = a["state"].as_str().unwrap_or("?");
+        let approvers: Vec<&str> = a["approvers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["display"].as_str())
+            .collect();
+        if state == "PENDING" {
+            writeln!(
+                out,
+                "{id}: PENDING, approved by {} of {} needed",
+                approvers.join(", "),
+                a["approvals_required"]
+            )?;
+        } else {
+            writeln!(out, "{id}: {state} by {}", approvers.join(", "))?;
+        }
         Ok(())
     }
 }
@@ -126,6 +171,11 @@ fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
         "  requester  {} ({})",
         r["requester"]["subject"].as_str().unwrap_or("?"),
         r["requester"]["key"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "  needs      {} approver(s)",
+        a["approvals_required"].as_u64().unwrap_or(1)
     )?;
     writeln!(
         out,
@@ -173,6 +223,15 @@ fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
             "  grant      {} uses left, until {}",
             a["uses_left"],
             time(&a["grant_expires_unix_nanos"])
+        )?;
+    }
+    for p in a["approvers"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  approver   {} (sub {}, iss {})",
+            p["display"].as_str().unwrap_or("?"),
+            p["subject"].as_str().unwrap_or("?"),
+            p["issuer"].as_str().unwrap_or("?")
         )?;
     }
     writeln!(out, "  excerpt    {}", r["excerpt"].as_str().unwrap_or(""))?;

@@ -1,13 +1,17 @@
 //! The collector: the durable record store (`ledger`) and its one writer
 //! thread (`commit`), the gRPC ingest service (`grpc`), the reference
-//! approval service (`approvals`), `serve` tying them together (`server`),
-//! and the readable views the CLI prints (`view`). The `tracegate` binary
+//! approval service (`approvals`), `serve` tying them together (`server`)
+//! with its configuration file (`config`) and TLS (`tls`, `certs`), and the
+//! readable views the CLI prints (`view`). The `tracegate` binary
 //! (main.rs) is the command line over these.
 
 pub mod approvals;
 pub mod approvals_cli;
+pub mod certs;
 pub mod commit;
+pub mod config;
 pub mod grpc;
 pub mod ledger;
 pub mod server;
+pub mod tls;
 pub mod view;

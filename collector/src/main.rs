@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tracegate_collector::config::ServeConfig;
 use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
 use tracegate_collector::ledger::{keys, verify};
-use tracegate_collector::{approvals_cli, server, view};
+use tracegate_collector::{approvals_cli, certs, server, view};
 
 #[derive(Parser)]
 #[command(
@@ -51,15 +52,21 @@ enum Command {
         /// Delete the oldest sealed segments while the store is larger than this (e.g. 50GiB).
         #[arg(long, value_parser = parse_size)]
         retain_size: Option<u64>,
-        /// Also serve the reference approval service's HTTP API here (e.g.
-        /// 127.0.0.1:4318; port 0 picks a free one).
+        /// Configuration file (JSON): `tls` (client certificates required on
+        /// the gRPC port) and `approvers` (who may decide approvals).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Serve the approval service: the approvers' API here (e.g.
+        /// 127.0.0.1:4318; port 0 picks a free one), the filters' calls on
+        /// the gRPC port. Needs `approvers` in --config.
         #[arg(long)]
         approvals: Option<SocketAddr>,
         /// POST a JSON notice to this URL for every new pending approval.
         #[arg(long, requires = "approvals")]
         approval_webhook: Option<String>,
     },
-    /// Look at and decide approvals (talks to `serve --approvals`).
+    /// Look at and decide approvals (talks to `serve --approvals`) with an
+    /// approver's token.
     Approvals {
         /// The approval service.
         #[arg(
@@ -68,8 +75,33 @@ enum Command {
             default_value = "http://127.0.0.1:4318"
         )]
         server: String,
+        /// A file holding the approver's token (a JWT from the
+        /// organisation's issuer); wins over TRACEGATE_TOKEN.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The approver's token itself.
+        #[arg(long, env = "TRACEGATE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// CA certificate (PEM) to trust for an https service (e.g. the ca.pem
+        /// of `tracegate certs`).
+        #[arg(long, env = "TRACEGATE_CA")]
+        ca: Option<PathBuf>,
         #[command(subcommand)]
         command: ApprovalCommand,
+    },
+    /// Make a private CA, the collector's certificate and a client certificate
+    /// for gateways (DIR/ca.pem, ca.key, collector.pem, collector.key,
+    /// gateway.pem, gateway.key); keeps an existing set.
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        /// More DNS names or IP addresses for the collector's certificate
+        /// (it always holds tracegate-collector, localhost and 127.0.0.1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Validity of the two certificates (the CA's: five times this).
+        #[arg(long, default_value_t = 365)]
+        days: i64,
     },
     /// Make a seal key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
@@ -126,22 +158,18 @@ enum ApprovalCommand {
     },
     /// One approval: the request, its risk, its history.
     Show { id: String },
-    /// Approve a pending request.
+    /// Approve a pending request, as the token's verified identity. Nobody
+    /// may approve their own request.
     Approve {
         id: String,
         #[arg(long)]
         reason: String,
-        /// Who approves (default: $USER). Nobody may approve their own request.
-        #[arg(long = "as", env = "USER")]
-        approver: String,
     },
     /// Deny a pending request.
     Deny {
         id: String,
         #[arg(long)]
         reason: String,
-        #[arg(long = "as", env = "USER")]
-        approver: String,
     },
 }
 
@@ -171,9 +199,14 @@ fn run(cli: Cli) -> Result<i32> {
             segment_age,
             retain_age,
             retain_size,
+            config,
             approvals,
             approval_webhook,
         } => {
+            let config = match &config {
+                Some(path) => ServeConfig::load(path)?,
+                None => ServeConfig::default(),
+            };
             let layout = Layout::new(&data);
             let key = seal_key(&layout, key.as_deref())?;
             let opts = Options {
@@ -191,25 +224,48 @@ fn run(cli: Cli) -> Result<i32> {
                 approvals,
                 webhook: approval_webhook,
             };
-            server::serve(ledger, listen, &data)?;
+            server::serve(ledger, listen, &config, &data)?;
             Ok(0)
         }
-        Command::Approvals { server, command } => {
-            let client = approvals_cli::Client::new(&server);
+        Command::Approvals {
+            server,
+            token_file,
+            token,
+            ca,
+            command,
+        } => {
+            let token = match (token_file, token) {
+                (Some(path), _) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?,
+                (None, Some(t)) => t,
+                (None, None) => {
+                    bail!("an approver's token is needed: --token-file FILE or TRACEGATE_TOKEN")
+                }
+            };
+            let client = approvals_cli::Client::new(&server, token.trim(), ca.as_deref())?;
             let out = &mut std::io::stdout().lock();
             match command {
                 ApprovalCommand::List { all } => client.list(out, all)?,
                 ApprovalCommand::Show { id } => client.show(out, &id)?,
-                ApprovalCommand::Approve {
-                    id,
-                    reason,
-                    approver,
-                } => client.decide(out, &id, true, &approver, &reason)?,
-                ApprovalCommand::Deny {
-                    id,
-                    reason,
-                    approver,
-                } => client.decide(out, &id, false, &approver, &reason)?,
+                ApprovalCommand::Approve { id, reason } => {
+                    client.decide(out, &id, true, &reason)?
+                }
+                ApprovalCommand::Deny { id, reason } => client.decide(out, &id, false, &reason)?,
+            }
+            Ok(0)
+        }
+        Command::Certs { out, names, days } => {
+            if !(1..=3650).contains(&days) {
+                bail!("--days {days} is outside 1..=3650");
+            }
+            match certs::make(&out, &names, days)? {
+                certs::Made::New => println!(
+                    "wrote {dir}/ca.pem (the CA: give it to serve's tls.client_ca and to the gateways), \
+                     {dir}/ca.key (keep it offline), {dir}/collector.pem and .key (serve's tls.cert and tls.key), \
+                     {dir}/gateway.pem and .key (Envoy's client certificate)",
+                    dir = out.display()
+                ),
+                certs::Made::Kept => println!("{}: certificates already there, kept", out.display()),
             }
             Ok(0)
         }

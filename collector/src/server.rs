@@ -1,23 +1,60 @@
-//! `tracegate serve`: the gRPC ingest endpoint and, optionally, the approval
-//! service's HTTP API, both in front of the one writer thread.
+//! `tracegate serve`: two doors in front of the one writer thread.
+//!
+//! - The machine side (`--grpc`): the gRPC ingest and, with `--approvals`,
+//!   the approval calls filters make (create, wait, redeem). With `tls` in
+//!   the configuration it accepts only clients presenting a certificate from
+//!   the configured CA: only gateways write records and ask for approvals.
+//! - The approvers' side (`--approvals ADDR`): list, show, approve, deny,
+//!   each request with an approver's JWT (TLS too when configured, without
+//!   client certificates).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
+use crate::approvals::access::Access;
+use crate::approvals::auth::{self, ApproverAuth};
 use crate::approvals::service::{self, Service};
+use crate::config::ServeConfig;
 use crate::ledger::writer::Ledger;
+use crate::tls::{self, ClientAuth};
 use crate::{commit, grpc};
 
 pub struct Listen {
     pub grpc: SocketAddr,
-    /// The approval service's HTTP address; `None`: not served.
+    /// The approvers' HTTP address; `None`: no approval service.
     pub approvals: Option<SocketAddr>,
     /// POSTed to on every new pending approval.
     pub webhook: Option<String>,
 }
 
-pub fn serve(mut ledger: Ledger, listen: Listen, data: &Path) -> Result<()> {
+pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Path) -> Result<()> {
+    if listen.approvals.is_some() && config.approvers.is_none() {
+        bail!(
+            "--approvals needs a configuration file (--config) with an `approvers` section: \
+             approvers authenticate with tokens from your OIDC issuer"
+        );
+    }
+    // TLS files are read before anything listens: a mistake stops here.
+    let machine_tls = config
+        .tls
+        .as_ref()
+        .map(|t| tls::server_config(t, ClientAuth::Required))
+        .transpose()?;
+    let human_tls = config
+        .tls
+        .as_ref()
+        .map(|t| tls::server_config(t, ClientAuth::None))
+        .transpose()?;
+    let approvers = match (&config.approvers, listen.approvals) {
+        (Some(a), Some(_)) => {
+            let access = Access::new(a);
+            let auth = Arc::new(ApproverAuth::new(a, &access.claims_read())?);
+            Some((access, auth))
+        }
+        _ => None,
+    };
     let held = ledger.len();
     let last_seq = ledger.last_seq();
     let events = std::mem::take(&mut ledger.approval_events);
@@ -28,33 +65,80 @@ pub fn serve(mut ledger: Ledger, listen: Listen, data: &Path) -> Result<()> {
             .await
             .with_context(|| format!("binding gRPC address {}", listen.grpc))?;
         let bound = listener.local_addr()?;
+        let mut routes = tonic::service::Routes::default();
         let mut approvals_line = String::new();
-        if let Some(addr) = listen.approvals {
+        if let (Some(addr), Some((access, auth))) = (listen.approvals, approvers) {
             let http = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding approvals address {addr}"))?;
-            approvals_line = format!(" approvals=http://{}", http.local_addr()?);
-            let svc = Service::new(store.clone(), &events, listen.webhook.clone());
+            let local = http.local_addr()?;
+            let svc = Service::new(
+                store.clone(),
+                &events,
+                listen.webhook.clone(),
+                access,
+                auth.clone(),
+            );
             tokio::spawn(service::sweep(svc.clone()));
-            let app = service::router(svc);
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(http, app).await {
-                    eprintln!("tracegate: approvals server stopped: {e}");
+            tokio::spawn(auth::refresh(auth));
+            routes = tonic::service::Routes::from(service::machine_router(svc.clone()));
+            let app = service::human_router(svc);
+            match human_tls {
+                Some(config) => {
+                    approvals_line = format!(" approvals=https://{local}");
+                    let tls_listener = tls::Listener {
+                        connections: tls::accept(http, config, "approvals"),
+                        local,
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(tls_listener, app).await {
+                            eprintln!("tracegate: approvals server stopped: {e}");
+                        }
+                    });
                 }
-            });
+                None => {
+                    approvals_line = format!(" approvals=http://{local}");
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(http, app).await {
+                            eprintln!("tracegate: approvals server stopped: {e}");
+                        }
+                    });
+                }
+            }
         }
+        let routes = routes.add_service(grpc::service(store));
+        let tls_word = if machine_tls.is_some() {
+            "client-certificates"
+        } else {
+            "off"
+        };
         // Tests and scripts wait for this line to learn the ports.
         println!(
-            "tracegate: listening grpc={bound}{approvals_line} data={} records={held} sequence={last_seq}",
+            "tracegate: listening grpc={bound} tls={tls_word}{approvals_line} data={} records={held} sequence={last_seq}",
             data.display()
         );
-        tonic::transport::Server::builder()
-            .add_service(grpc::service(store))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown_signal(),
-            )
-            .await?;
+        // HTTP/1.1 too: the approval calls may come over either.
+        let server = tonic::transport::Server::builder().accept_http1(true);
+        match machine_tls {
+            Some(config) => {
+                let connections = tls::accept(listener, config, "grpc");
+                use tokio_stream::StreamExt;
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
+                    .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+                server
+                    .serve_with_incoming_shutdown(routes, incoming, shutdown_signal())
+                    .await?;
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(
+                        routes,
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown_signal(),
+                    )
+                    .await?;
+            }
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     // Dropping the runtime drops every service and with them the writer's

@@ -73,10 +73,10 @@ pub fn write_timeline(
         if let Some(a) = &r.approval {
             writeln!(out, "   approval: {}", approval_line(a))?;
             for ev in events.iter().filter(|e| e.approval_id == a.id) {
-                let who = if ev.actor.is_empty() {
-                    String::new()
-                } else {
-                    format!(" by {}", ev.actor)
+                let who = match (&ev.approver, ev.actor.is_empty()) {
+                    (Some(p), _) => format!(" by {}", approver_text(p)),
+                    (None, true) => String::new(),
+                    (None, false) => format!(" by {}", ev.actor),
                 };
                 let why = if ev.reason.is_empty() {
                     String::new()
@@ -92,10 +92,22 @@ pub fn write_timeline(
     Ok(())
 }
 
-/// `apr_1 (hold): APPROVED by bob: "looks fine"; risk 130 >= 100; forwarded`.
+/// `bob@example.com (sub bob, iss https://idp)`: a verified approver.
+pub fn approver_text(p: &tracegate_proto::v1::Approver) -> String {
+    if p.display.is_empty() || p.display == p.subject {
+        format!("{} (iss {})", p.subject, p.issuer)
+    } else {
+        format!("{} (sub {}, iss {})", p.display, p.subject, p.issuer)
+    }
+}
+
+/// `apr_1 (hold): APPROVED by bob (iss https://idp): "looks fine"; risk 130 >= 100; forwarded`.
 pub fn approval_line(a: &Approval) -> String {
     let mut line = format!("{} ({}): {}", a.id, a.mode, a.state);
-    if !a.approver.is_empty() {
+    if !a.approvers.is_empty() {
+        let who: Vec<String> = a.approvers.iter().map(approver_text).collect();
+        line.push_str(&format!(" by {}", who.join(" and ")));
+    } else if !a.approver.is_empty() {
         line.push_str(&format!(" by {}", a.approver));
     }
     if !a.reason.is_empty() {
@@ -254,11 +266,26 @@ struct ApprovalJson<'a> {
     mode: &'a str,
     state: &'a str,
     approver: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    approvers: Vec<ApproverJson<'a>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    approvals_required: u32,
     reason: &'a str,
     risk: u32,
     threshold: u32,
     outcome: &'a str,
     detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct ApproverJson<'a> {
+    issuer: &'a str,
+    subject: &'a str,
+    display: &'a str,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -411,6 +438,16 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
                 mode: &a.mode,
                 state: &a.state,
                 approver: &a.approver,
+                approvers: a
+                    .approvers
+                    .iter()
+                    .map(|p| ApproverJson {
+                        issuer: &p.issuer,
+                        subject: &p.subject,
+                        display: &p.display,
+                    })
+                    .collect(),
+                approvals_required: a.approvals_required,
                 reason: &a.reason,
                 risk: a.risk,
                 threshold: a.threshold,

@@ -225,6 +225,8 @@ pub fn answered(shared: &Shared, slot: &RequestSlot, via: Via, status: Option<u3
     record.state = view.state.as_str().into();
     record.approver = view.approver.clone();
     record.reason = view.reason.clone();
+    record.approvers = view.approvers.iter().map(|a| a.to_proto()).collect();
+    record.approvals_required = view.approvals_required;
     match (&step, view.state) {
         (Step::Create, _) if config.mode == ApprovalMode::Async => {
             let message = format!(

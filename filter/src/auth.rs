@@ -25,6 +25,7 @@ const MAX_WAITERS: usize = 1024;
 pub struct JwtMetrics {
     verified: Counter,
     cache_hits: Counter,
+    negative_cache_hits: Counter,
     anonymous: Counter,
     rejected: [Counter; Reason::ALL.len()],
     jwks_fetched: Counter,
@@ -36,6 +37,7 @@ impl JwtMetrics {
         Self {
             verified: Counter::define("tracegate.jwt.verified"),
             cache_hits: Counter::define("tracegate.jwt.cache_hits"),
+            negative_cache_hits: Counter::define("tracegate.jwt.negative_cache_hits"),
             anonymous: Counter::define("tracegate.jwt.anonymous"),
             rejected: Reason::ALL
                 .map(|r| Counter::define(&format!("tracegate.jwt.rejected.{}", r.as_str()))),
@@ -56,6 +58,9 @@ impl JwtMetrics {
             Decision::Rejected(r) => {
                 if let Some(i) = Reason::ALL.iter().position(|x| *x == r.reason) {
                     self.rejected[i].add(1);
+                }
+                if r.cached {
+                    self.negative_cache_hits.add(1);
                 }
             }
             Decision::NeedKeys { .. } => {}

@@ -1,10 +1,10 @@
 //! The Envoy bootstrap used by tests and the demo. It has the shape of the
 //! shipped `envoy/tracegate.yaml` (listener → tracegate → router → LLM
-//! upstream; collector cluster over HTTP/2), with local ports and plain HTTP
-//! to the upstream.
+//! upstream; collector cluster over HTTP/2 with a client certificate), with
+//! local ports and plain HTTP to the upstream.
 
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct Ports {
     pub upstream: u16,
@@ -12,9 +12,49 @@ pub struct Ports {
     /// The identity provider's JWKS endpoint (cluster `idp`); the test
     /// upstream serves one.
     pub idp: u16,
-    /// The approval service (cluster `tracegate_approvals`, HTTP/1.1): the
-    /// collector's `--approvals` port.
+    /// Cluster `tracegate_approvals` (HTTP/1.1): the collector's machine
+    /// side (its gRPC port) unless a test points it elsewhere.
     pub approvals: u16,
+    /// `tracegate certs` directory: the collector requires client
+    /// certificates, and the clusters that reach it present `gateway.pem`
+    /// (the approvals cluster only while it points at the collector).
+    pub tls: Option<PathBuf>,
+    /// An SDS file holding the provider's API key (`generic_secret`): Envoy
+    /// injects it after tracegate, as `envoy/tracegate-oidc.yaml` does.
+    pub provider_key: Option<PathBuf>,
+}
+
+/// An SDS file with one generic secret (Envoy's credential injector reads it).
+pub fn generic_secret(name: &str, value: &str) -> String {
+    format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: {name}\n  generic_secret: {{ secret: {{ inline_string: \"{value}\" }} }}\n"
+    )
+}
+
+/// Envoy's upstream TLS to the collector: verify its certificate (the name
+/// `tracegate certs` gives it) against the CA, present the gateway's.
+pub fn collector_tls(dir: &Path, alpn_h2: bool) -> Value {
+    let file = |name: &str| json!({"filename": dir.join(name).to_string_lossy()});
+    let mut common = json!({
+        "tls_certificates": [{"certificate_chain": file("gateway.pem"),
+                              "private_key": file("gateway.key")}],
+        "validation_context": {
+            "trusted_ca": file("ca.pem"),
+            "match_typed_subject_alt_names": [{"san_type": "DNS",
+                "matcher": {"exact": "tracegate-collector"}}]
+        }
+    });
+    if alpn_h2 {
+        common["alpn_protocols"] = json!(["h2"]);
+    }
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "tracegate-collector",
+            "common_tls_context": common
+        }
+    })
 }
 
 fn cluster(name: &str, port: u16) -> Value {
@@ -68,7 +108,39 @@ pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
             "explicit_http_config": {"http2_protocol_options": {}}
         }
     });
-    json!({
+    let mut approvals = cluster("tracegate_approvals", ports.approvals);
+    if let Some(dir) = &ports.tls {
+        collector["transport_socket"] = collector_tls(dir, true);
+        if ports.approvals == ports.collector {
+            approvals["transport_socket"] = collector_tls(dir, false);
+        }
+    }
+    let mut http_filters = vec![tracegate_filter(wasm, plugin_config)];
+    if let Some(file) = &ports.provider_key {
+        // After tracegate removed the caller's token: the provider's key.
+        http_filters.push(json!({
+            "name": "envoy.filters.http.credential_injector",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+                "overwrite": true,
+                "credential": {
+                    "name": "provider-api-key",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                        "credential": {"name": "provider-api-key",
+                            "sds_config": {"path_config_source": {"path": file.to_string_lossy()}}},
+                        "header": "Authorization",
+                        "header_value_prefix": "Bearer "
+                    }
+                }
+            }
+        }));
+    }
+    http_filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
+    let mut b = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{
@@ -87,11 +159,7 @@ pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
                             "routes": [{"match": {"prefix": "/"},
                                         "route": {"cluster": "llm_upstream", "timeout": "300s"}}]
                         }]},
-                        "http_filters": [
-                            tracegate_filter(wasm, plugin_config),
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
+                        "http_filters": http_filters
                     }
                 }]}]
             }],
@@ -99,10 +167,15 @@ pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {
                 cluster("llm_upstream", ports.upstream),
                 collector,
                 cluster("idp", ports.idp),
-                cluster("tracegate_approvals", ports.approvals)
+                approvals
             ]
         }
-    })
+    });
+    if ports.provider_key.is_some() {
+        // SDS (the injected key) needs a node identity.
+        b["node"] = json!({"id": "tracegate-test", "cluster": "tracegate"});
+    }
+    b
 }
 
 /// The benchmark's bootstrap: the same as `bootstrap`, with a second

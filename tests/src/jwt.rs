@@ -12,6 +12,8 @@ use crate::{python_bin, workspace_root};
 
 pub const ISSUER: &str = "https://idp.tracegate.test";
 pub const AUDIENCE: &str = "tracegate-gateway";
+/// The audience of approvers' tokens (the collector's approval service).
+pub const APPROVER_AUDIENCE: &str = "tracegate-approvals";
 
 fn script() -> PathBuf {
     workspace_root().join("tests/clients/jwt_mint.py")
@@ -58,6 +60,32 @@ pub fn unix_now() -> i64 {
 pub fn claims(sub: &str) -> Value {
     let now = unix_now();
     json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now - 60, "exp": now + 3600})
+}
+
+/// Claims of an approver's token: `sub` in `groups`, with an e-mail.
+pub fn approver_claims(sub: &str, groups: &[&str]) -> Value {
+    let mut c = claims(sub);
+    c["aud"] = json!(APPROVER_AUDIENCE);
+    c["groups"] = json!(groups);
+    c["email"] = json!(format!("{sub}@example.com"));
+    c
+}
+
+/// The collector's `approvers` configuration: tokens of `ISSUER` for
+/// `APPROVER_AUDIENCE`, keys fetched from the test upstream's JWKS (the
+/// same identity provider the callers use), approvers in group
+/// `llm-approvers`, shown by e-mail; plus `policies`.
+pub fn approvers(upstream_port: u16, policies: Value) -> Value {
+    json!({
+        "providers": [{
+            "name": "corp", "issuer": ISSUER, "audiences": [APPROVER_AUDIENCE],
+            "remote_jwks": {"uri": format!("http://127.0.0.1:{upstream_port}/jwks.json"),
+                            "timeout_ms": 2000, "retry_interval_ms": 200}
+        }],
+        "display_claim": "email",
+        "allow": [{"claim": "groups", "equals": "llm-approvers"}],
+        "policies": policies
+    })
 }
 
 /// A set of private keys (RSA `rsa` and `rsa2`, `ec256`, `ec384`,

@@ -244,13 +244,44 @@ fn port_after(line: &str, key: &str) -> Result<u16> {
     port.parse().with_context(|| format!("port in {line:?}"))
 }
 
+/// How the harness sets up a collector (written to its directory, so a
+/// restart in the same directory keeps it).
+#[derive(Debug, Clone, Default)]
+pub struct CollectorOptions {
+    /// TLS with client certificates on the machine side (certificates made
+    /// with `tracegate certs` in `tls_dir`, default `DIR/tls`, kept if there).
+    pub tls: bool,
+    pub tls_dir: Option<PathBuf>,
+    /// The `approvers` section of `serve --config`; with it, the approval
+    /// service is served (`--approvals`).
+    pub approvers: Option<Value>,
+}
+
 /// The real collector: `tracegate serve` on a free port.
 pub struct Collector {
     pub process: Process,
     pub data: PathBuf,
     pub grpc_port: u16,
-    /// The reference approval service (`serve --approvals`).
-    pub approvals_port: u16,
+    /// The approvers' API (`serve --approvals`), `http://…` or `https://…`.
+    pub approvals_url: Option<String>,
+    /// `DIR/tls` when the machine side requires client certificates.
+    pub tls: Option<PathBuf>,
+}
+
+/// Runs `tracegate certs --out DIR` (keeps an existing set).
+pub fn make_certs(dir: &Path) -> Result<()> {
+    let out = Command::new(collector_bin())
+        .args(["certs", "--out"])
+        .arg(dir)
+        .output()
+        .context("running tracegate certs")?;
+    if !out.status.success() {
+        bail!(
+            "tracegate certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 impl Collector {
@@ -259,29 +290,65 @@ impl Collector {
         Self::start_on(dir, 0)
     }
 
-    /// Starts a collector on `port` (0: a free one) with its data in `dir/data`.
+    /// Writes the configuration `options` ask for into `dir`, then starts.
+    pub fn start_configured(dir: &Path, options: &CollectorOptions) -> Result<Collector> {
+        std::fs::create_dir_all(dir)?;
+        let mut config = serde_json::json!({});
+        if options.tls {
+            let tls = options.tls_dir.clone().unwrap_or_else(|| dir.join("tls"));
+            make_certs(&tls)?;
+            let file = |name: &str| tls.join(name).to_string_lossy().into_owned();
+            config["tls"] = serde_json::json!({"cert": file("collector.pem"),
+                "key": file("collector.key"), "client_ca": file("ca.pem")});
+        }
+        if let Some(a) = &options.approvers {
+            config["approvers"] = a.clone();
+        }
+        std::fs::write(dir.join("serve.json"), serde_json::to_vec_pretty(&config)?)?;
+        Self::start_on(dir, 0)
+    }
+
+    /// Starts a collector on `port` (0: a free one) with its data in
+    /// `dir/data`, and the configuration in `dir/serve.json` if there is one.
     pub fn start_on(dir: &Path, port: u16) -> Result<Collector> {
         let data = dir.join("data");
-        let mut process = Process::spawn(
-            "collector",
-            Command::new(collector_bin())
-                .arg("serve")
-                .arg("--data")
-                .arg(&data)
-                .arg("--grpc")
-                .arg(format!("127.0.0.1:{port}"))
-                .args(["--approvals", "127.0.0.1:0"]),
-            dir,
-        )?;
+        let config_file = dir.join("serve.json");
+        let config: Value = match std::fs::read(&config_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(_) => Value::Null,
+        };
+        let mut command = Command::new(collector_bin());
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .arg("--grpc")
+            .arg(format!("127.0.0.1:{port}"));
+        if !config.is_null() {
+            command.arg("--config").arg(&config_file);
+        }
+        if config.get("approvers").is_some() {
+            command.args(["--approvals", "127.0.0.1:0"]);
+        }
+        let mut process = Process::spawn("collector", &mut command, dir)?;
         let line = process.wait_for_line("listening grpc=", START_TIMEOUT);
         let line = process.with_log(line)?;
         let grpc_port = port_after(&line, "grpc=")?;
-        let approvals_port = port_after(&line, "approvals=http://")?;
+        let approvals_url = line
+            .split(" approvals=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        let tls = config["tls"]["client_ca"]
+            .as_str()
+            .and_then(|ca| Path::new(ca).parent())
+            .map(Path::to_path_buf);
         Ok(Collector {
             process,
             data,
             grpc_port,
-            approvals_port,
+            approvals_url,
+            tls,
         })
     }
 
@@ -302,15 +369,38 @@ impl Collector {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `tracegate approvals --server <this collector's approval service> <args>`;
-    /// returns stdout, or fails with stderr.
-    pub fn approvals(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(collector_bin())
+    /// `tracegate approvals <args>` against this collector's approval
+    /// service with an approver's token (`TRACEGATE_TOKEN`); returns stdout,
+    /// or fails with stderr.
+    pub fn approvals(&self, token: &str, args: &[&str]) -> Result<String> {
+        self.approvals_cli(|c| c.env("TRACEGATE_TOKEN", token), args)
+    }
+
+    /// `approvals` with the token in a file (`--token-file`).
+    pub fn approvals_token_file(&self, file: &Path, args: &[&str]) -> Result<String> {
+        self.approvals_cli(|c| c.arg("--token-file").arg(file), args)
+    }
+
+    fn approvals_cli(
+        &self,
+        token: impl FnOnce(&mut Command) -> &mut Command,
+        args: &[&str],
+    ) -> Result<String> {
+        let url = self
+            .approvals_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("this collector serves no approvals"))?;
+        let mut command = Command::new(collector_bin());
+        command
+            .env_remove("TRACEGATE_TOKEN")
             .arg("approvals")
             .arg("--server")
-            .arg(format!("http://127.0.0.1:{}", self.approvals_port))
-            .args(args)
-            .output()?;
+            .arg(url);
+        token(&mut command);
+        if let Some(tls) = &self.tls {
+            command.arg("--ca").arg(tls.join("ca.pem"));
+        }
+        let out = command.args(args).output()?;
         if !out.status.success() {
             bail!(
                 "tracegate approvals {args:?} failed ({}): {}",
@@ -319,6 +409,66 @@ impl Collector {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// An HTTP call to the approvers' API (trusting the collector's CA):
+    /// status and JSON body. `token`: sent as `Authorization: Bearer`.
+    pub fn approvals_http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let url = self
+            .approvals_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("this collector serves no approvals"))?;
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+        if let Some(tls) = &self.tls {
+            let pem = std::fs::read(tls.join("ca.pem"))?;
+            let ca = ureq::tls::Certificate::from_pem(&pem)?;
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
+        let url = format!("{url}{path}");
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut response = match (method, body) {
+            ("GET", _) => {
+                let mut r = agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()?
+            }
+            (_, body) => {
+                let mut r = agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.send_json(body.cloned().unwrap_or(Value::Null))?
+            }
+        };
+        let status = response.status().as_u16();
+        Ok((
+            status,
+            response.body_mut().read_json().unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Record ids in the store (`tracegate export`).
+    pub fn stored_ids(&self) -> Result<Vec<String>> {
+        let out = self.cli(&["export"])?;
+        out.lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)?;
+                Ok(v["record_id"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
     }
 
     /// The session's records as JSON (`tracegate replay --json`), or none.
@@ -352,7 +502,17 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(dir: &Path) -> Result<Upstream> {
-        let mut process = Process::spawn("upstream", &mut Command::new(upstream_bin()), dir)?;
+        Self::start_with_key(dir, None)
+    }
+
+    /// With `api_key`, the upstream refuses `/v1/...` requests that do not
+    /// carry it (401), as the provider would.
+    pub fn start_with_key(dir: &Path, api_key: Option<&str>) -> Result<Upstream> {
+        let mut command = Command::new(upstream_bin());
+        if let Some(key) = api_key {
+            command.args(["--api-key", key]);
+        }
+        let mut process = Process::spawn("upstream", &mut command, dir)?;
         let line = process.wait_for_line("listening on ", START_TIMEOUT);
         let line = process.with_log(line)?;
         let port = port_after(&line, "listening on ")?;
@@ -495,6 +655,24 @@ impl Envoy {
     }
 }
 
+/// How a `Stack` is set up beyond the plugin configuration.
+#[derive(Default)]
+pub struct StackOptions {
+    /// The collector's machine side without TLS (default: client
+    /// certificates required, and Envoy presents one).
+    pub plain_collector: bool,
+    /// Where the certificates are made (kept if there); default `DIR/tls`.
+    pub tls_dir: Option<PathBuf>,
+    /// The collector's `approvers` configuration, made from the upstream's
+    /// port (the upstream serves the identity provider's JWKS); with it the
+    /// approval service runs.
+    pub approvers: Option<Box<dyn Fn(u16) -> Value>>,
+    /// The provider's API key: the upstream requires it, and Envoy injects
+    /// it after tracegate (as `envoy/tracegate-oidc.yaml` does), so callers
+    /// never hold it.
+    pub provider_key: Option<String>,
+}
+
 /// Collector, upstream and Envoy with the tracegate filter, wired together.
 /// Fields drop in order: Envoy first, the temporary directory (if any) last,
 /// after the logs have been printed.
@@ -551,22 +729,45 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts collector and upstream, lets `setup` prepare them (publish
-    /// keys, change ports), then starts Envoy.
+    /// Starts collector (with client certificates required on its machine
+    /// side) and upstream, lets `setup` prepare them (publish keys, change
+    /// ports), then starts Envoy.
     pub fn start_with(
         dir: &Path,
         plugin_config: &Value,
         setup: impl FnOnce(&Upstream, &mut envoy_config::Ports) -> Result<()>,
     ) -> Result<Stack> {
+        Self::start_with_options(dir, plugin_config, &StackOptions::default(), setup)
+    }
+
+    /// `start_with`, set up as `options` say.
+    pub fn start_with_options(
+        dir: &Path,
+        plugin_config: &Value,
+        options: &StackOptions,
+        setup: impl FnOnce(&Upstream, &mut envoy_config::Ports) -> Result<()>,
+    ) -> Result<Stack> {
         std::fs::create_dir_all(dir)?;
-        let collector = Collector::start(dir)?;
-        let upstream = Upstream::start(dir)?;
+        let upstream = Upstream::start_with_key(dir, options.provider_key.as_deref())?;
+        let collector_options = CollectorOptions {
+            tls: !options.plain_collector,
+            tls_dir: options.tls_dir.clone(),
+            approvers: options.approvers.as_ref().map(|f| f(upstream.port)),
+        };
+        let collector = Collector::start_configured(dir, &collector_options)?;
         let mut ports = envoy_config::Ports {
             upstream: upstream.port,
             collector: collector.grpc_port,
             idp: upstream.port,
-            approvals: collector.approvals_port,
+            approvals: collector.grpc_port,
+            tls: collector.tls.clone(),
+            provider_key: None,
         };
+        if let Some(key) = &options.provider_key {
+            let file = dir.join("provider-key.yaml");
+            std::fs::write(&file, envoy_config::generic_secret("provider-api-key", key))?;
+            ports.provider_key = Some(file);
+        }
         setup(&upstream, &mut ports)?;
         let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
         let envoy = Envoy::start(dir, &bootstrap)?;

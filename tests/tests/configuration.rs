@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 use std::process::Command;
 use tracegate_e2e::{
-    envoy_bin, envoy_config, filter_wasm, python_bin, workspace_root, Envoy, START_TIMEOUT,
+    envoy_bin, envoy_config, filter_wasm, make_certs, python_bin, workspace_root, Envoy,
+    START_TIMEOUT,
 };
 
 /// Starts Envoy with this plugin configuration and expects it to refuse it.
@@ -16,6 +17,8 @@ fn refused(plugin_config: &Value) -> String {
         collector: 9,
         idp: 9,
         approvals: 9,
+        tls: None,
+        provider_key: None,
     };
     let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
     let mut envoy = Envoy::spawn(dir.path(), &bootstrap).unwrap();
@@ -49,23 +52,15 @@ fn bad_value_is_refused_and_named() {
 
 #[test]
 fn shipped_envoy_configuration_validates() {
-    let root = workspace_root();
-    let out = Command::new(envoy_bin())
-        .current_dir(&root)
-        .args(["--mode", "validate", "-c", "envoy/tracegate.yaml"])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("configuration 'envoy/tracegate.yaml' OK"),
-        "{text}"
-    );
+    let (ok, text) = validate_edited(|y| y.to_string());
+    assert!(ok, "{text}");
+    assert!(text.contains("tracegate: configured"), "{text}");
+    assert!(text.contains("OK"), "{text}");
 }
 
 /// `envoy --mode validate` output and success for a copy of the shipped file
-/// changed by `edit`.
+/// changed by `edit`, with the client certificate and CA it names (under
+/// `target/tls/`) made by `tracegate certs` in a temporary directory.
 fn validate_edited(edit: impl Fn(&str) -> String) -> (bool, String) {
     validate_edited_file("envoy/tracegate.yaml", edit)
 }
@@ -73,9 +68,14 @@ fn validate_edited(edit: impl Fn(&str) -> String) -> (bool, String) {
 fn validate_edited_file(file: &str, edit: impl Fn(&str) -> String) -> (bool, String) {
     let root = workspace_root();
     let yaml = std::fs::read_to_string(root.join(file)).unwrap();
-    let edited = edit(&yaml);
-    assert_ne!(edited, yaml, "the edit must change the file");
     let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    make_certs(&tls).unwrap();
+    assert!(
+        yaml.contains("target/tls/gateway.pem"),
+        "{file} presents the gateway's certificate"
+    );
+    let edited = edit(&yaml.replace("target/tls/", &format!("{}/", tls.display())));
     let path = dir.path().join("edited.yaml");
     std::fs::write(&path, edited).unwrap();
     let out = Command::new(envoy_bin())
@@ -107,6 +107,10 @@ fn validation_runs_the_filter_configuration() {
     let (ok, _) =
         validate_edited(|y| y.replace("cluster: llm_upstream", "cluster: no_such_cluster"));
     assert!(!ok, "a route to a missing cluster is refused");
+
+    // The client certificate is loaded, not only named.
+    let (ok, log) = validate_edited(|y| y.replace("gateway.key", "no-such.key"));
+    assert!(!ok, "{log}");
 }
 
 #[test]
@@ -136,12 +140,14 @@ fn shipped_oidc_gateway_configuration_validates() {
     );
 }
 
-/// The Istio WasmPlugin's fields, read with PyYAML (an independent parser).
-fn istio_wasmplugin() -> Value {
-    let script = "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+/// The documents of an Istio manifest, read with PyYAML (an independent
+/// parser).
+fn istio_docs(file: &str) -> Vec<Value> {
+    let script =
+        "import json,sys,yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
     let out = Command::new(python_bin())
         .args(["-c", script])
-        .arg(workspace_root().join("envoy/istio/wasmplugin.yaml"))
+        .arg(workspace_root().join("envoy/istio").join(file))
         .output()
         .unwrap();
     assert!(
@@ -152,31 +158,122 @@ fn istio_wasmplugin() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn istio_plugin_config_is_accepted_by_the_filter() {
-    let plugin = istio_wasmplugin();
-    assert_eq!(plugin["kind"], "WasmPlugin");
-    assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
-    assert_eq!(
-        plugin["spec"]["sha256"], "@WASM_SHA256@",
-        "make istio fills it in"
-    );
-    let config = &plugin["spec"]["pluginConfig"];
-    assert!(config["collector"]["cluster"]
-        .as_str()
-        .unwrap()
-        .starts_with("outbound|4317||"));
+fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
 
-    // The real filter in the real Envoy takes it (it would refuse to start
-    // otherwise, as the tests above show).
+/// The real filter in the real Envoy takes this configuration (it would
+/// refuse to start otherwise, as the tests above show).
+fn filter_accepts(config: &Value) {
     let dir = tempfile::tempdir().unwrap();
     let ports = envoy_config::Ports {
         upstream: 9,
         collector: 9,
         idp: 9,
         approvals: 9,
+        tls: None,
+        provider_key: None,
     };
     let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), config);
     let envoy = Envoy::start(dir.path(), &bootstrap).unwrap();
     assert!(envoy.process.log().contains("tracegate: configured"));
+}
+
+#[test]
+fn istio_plugin_config_is_accepted_by_the_filter() {
+    for file in ["wasmplugin.yaml", "egress-gateway.yaml"] {
+        let docs = istio_docs(file);
+        let plugin = kind(&docs, "WasmPlugin")[0];
+        assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE", "{file}");
+        assert_eq!(
+            plugin["spec"]["sha256"], "@WASM_SHA256@",
+            "make istio fills it in"
+        );
+        let config = &plugin["spec"]["pluginConfig"];
+        for cluster in [
+            &config["collector"]["cluster"],
+            &config["approval"]["cluster"],
+        ] {
+            assert!(
+                cluster.as_str().unwrap().starts_with("outbound|4317||"),
+                "{file}: the collector's machine side: {cluster}"
+            );
+        }
+        filter_accepts(config);
+    }
+}
+
+#[test]
+fn istio_collector_ingest_is_for_the_gateway_only() {
+    let docs = istio_docs("collector.yaml");
+    let peer = kind(&docs, "PeerAuthentication");
+    assert_eq!(peer[0]["spec"]["mtls"]["mode"], "STRICT");
+    let policy = kind(&docs, "AuthorizationPolicy")[0];
+    assert_eq!(policy["spec"]["action"], "ALLOW");
+    // Every rule that opens 4317 names the gateway's service account, and
+    // only it.
+    let rules = policy["spec"]["rules"].as_array().unwrap();
+    let ingest: Vec<&Value> = rules
+        .iter()
+        .filter(|r| {
+            r["to"][0]["operation"]["ports"]
+                .to_string()
+                .contains("4317")
+        })
+        .collect();
+    assert_eq!(ingest.len(), 1);
+    assert_eq!(
+        ingest[0]["from"][0]["source"]["principals"],
+        serde_json::json!(["cluster.local/ns/istio-egress/sa/llm-egress-gateway"])
+    );
+    for r in rules {
+        assert!(
+            r["to"].as_array().is_some_and(|t| !t.is_empty()),
+            "a rule without `to` would open every port: {r}"
+        );
+    }
+
+    // The collector's configuration in the ConfigMap starts a real
+    // collector with the approval service.
+    let config = kind(&docs, "ConfigMap")[0]["data"]["serve.json"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("serve.json"), config).unwrap();
+    let collector = tracegate_e2e::Collector::start_on(dir.path(), 0).unwrap();
+    assert!(collector.approvals_url.is_some());
+}
+
+#[test]
+fn istio_egress_gateway_is_the_only_way_out() {
+    let docs = istio_docs("egress-gateway.yaml");
+    let sidecar = kind(&docs, "Sidecar")[0];
+    assert_eq!(
+        sidecar["spec"]["outboundTrafficPolicy"]["mode"],
+        "REGISTRY_ONLY"
+    );
+    let tls = kind(&docs, "DestinationRule")
+        .into_iter()
+        .find(|d| d["spec"]["host"] == "api.openai.com")
+        .unwrap();
+    assert_eq!(
+        tls["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["mode"], "SIMPLE",
+        "TLS originated at the gateway"
+    );
+    let key = kind(&docs, "EnvoyFilter")[0];
+    let value = &key["spec"]["configPatches"][0]["patch"]["value"];
+    assert_eq!(value["name"], "envoy.filters.http.credential_injector");
+    assert_eq!(
+        key["spec"]["configPatches"][0]["patch"]["operation"], "INSERT_BEFORE",
+        "before the router, after tracegate"
+    );
+    assert_eq!(
+        kind(&docs, "AuthorizationPolicy")[0]["spec"]["action"],
+        "ALLOW"
+    );
+    assert_eq!(
+        kind(&docs, "NetworkPolicy")[0]["spec"]["policyTypes"][0],
+        "Egress"
+    );
 }

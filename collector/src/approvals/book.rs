@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
-use tracegate_policy::approval::{ApprovalMode, CreateRequest, RedeemRequest, State};
+use tracegate_policy::approval::{ApprovalMode, Approver, CreateRequest, RedeemRequest, State};
 use tracegate_proto::v1::ApprovalEvent;
 
 const SECOND: i64 = 1_000_000_000;
@@ -34,8 +34,14 @@ pub struct Refused {
 pub struct Approval {
     pub id: String,
     pub state: State,
+    /// Display names of who decided (approvers, or the one who denied).
     pub approver: String,
     pub reason: String,
+    /// Who decided, as verified: those who approved so far (all of them
+    /// once APPROVED), or the one who denied.
+    pub approvers: Vec<Decider>,
+    /// Distinct approvals needed before the grant exists.
+    pub approvals_required: u32,
     pub request: CreateRequest,
     pub created_unix_nanos: i64,
     /// While PENDING: when it expires.
@@ -45,6 +51,15 @@ pub struct Approval {
     pub grant_expires_unix_nanos: i64,
     pub uses_left: u32,
     pub history: Vec<EventView>,
+}
+
+/// One verified person's decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decider {
+    #[serde(flatten)]
+    pub who: Approver,
+    pub reason: String,
+    pub unix_nanos: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,9 +82,15 @@ fn event(id: &str, kind: &str, now: i64, actor: &str, reason: &str) -> ApprovalE
         unix_nanos: now,
         actor: actor.into(),
         reason: reason.into(),
-        request_json: String::new(),
+        ..ApprovalEvent::default()
     }
 }
+
+/// Longest text fields of a request for approval (the filter's are far
+/// shorter): anything larger is refused, not stored.
+const MAX_TEXT: usize = 8 * 1024;
+const MAX_REASONS: usize = 256;
+const MAX_REASON_TEXT: usize = 4 * 1024;
 
 impl Book {
     pub fn get(&self, id: &str) -> Option<&Approval> {
@@ -83,10 +104,13 @@ impl Book {
         all
     }
 
+    /// A filter's request for approval, needing `approvals_required`
+    /// distinct approvers.
     pub fn create(
         &self,
         id: &str,
         req: &CreateRequest,
+        approvals_required: u32,
         now: i64,
     ) -> Result<ApprovalEvent, ApiError> {
         if !(1..=30 * 86_400).contains(&req.expires_in_s) {
@@ -101,17 +125,45 @@ impl Book {
         if req.requester.key.is_empty() || req.digest.is_empty() {
             return Err(api(400, "requester and digest are required"));
         }
+        let texts = [
+            ("requester.key", &req.requester.key),
+            ("requester.subject", &req.requester.subject),
+            ("requester.issuer", &req.requester.issuer),
+            ("requester.provider", &req.requester.provider),
+            ("session_id", &req.session_id),
+            ("request_id", &req.request_id),
+            ("method", &req.method),
+            ("path", &req.path),
+            ("digest", &req.digest),
+            ("excerpt", &req.excerpt),
+        ];
+        for (name, text) in texts {
+            if text.len() > MAX_TEXT {
+                return Err(api(400, format!("{name} is longer than {MAX_TEXT} bytes")));
+            }
+        }
+        if req.reasons.len() > MAX_REASONS
+            || req
+                .reasons
+                .iter()
+                .any(|r| r.kind.len() + r.name.len() > MAX_REASON_TEXT)
+        {
+            return Err(api(400, "too many or too long reasons"));
+        }
         let mut ev = event(id, "created", now, &req.requester.subject, "");
         ev.request_json = serde_json::to_string(req).map_err(|e| api(500, e.to_string()))?;
+        ev.approvals_required = approvals_required.max(1);
         Ok(ev)
     }
 
-    /// A decision by a person. Approvers may not decide their own requests.
+    /// A verified approver's decision. Nobody decides their own request
+    /// (same issuer and subject); each approver counts once toward the
+    /// quorum; one denial denies.
     pub fn decide(
         &self,
         id: &str,
         approve: bool,
-        approver: &str,
+        approver: &Approver,
         reason: &str,
         now: i64,
     ) -> Result<ApprovalEvent, ApiError> {
@@ -119,11 +171,23 @@ impl Book {
             .approvals
             .get(id)
             .ok_or_else(|| api(404, format!("no approval {id}")))?;
-        if approver.trim().is_empty() {
-            return Err(api(400, "the approver must be named"));
-        }
         if reason.trim().is_empty() {
             return Err(api(400, "a reason is required"));
+        }
+        if reason.len() > MAX_REASON_TEXT {
+            return Err(api(
+                400,
+                format!("the reason is longer than {MAX_REASON_TEXT} bytes"),
+            ));
+        }
+        if a.request.requester.is(approver) {
+            return Err(api(
+                403,
+                format!(
+                    "approvers may not decide their own requests ({} is the requester of {id})",
+                    approver.subject
+                ),
+            ));
         }
         if a.state != State::Pending {
             return Err(api(
@@ -134,11 +198,19 @@ impl Book {
         if now >= a.expires_unix_nanos {
             return Err(api(409, format!("approval {id} has expired")));
         }
-        if approver == a.request.requester.subject && a.request.requester.key != "anonymous" {
-            return Err(api(403, "approvers may not approve their own requests"));
+        if approve && a.approvers.iter().any(|d| same(&d.who, approver)) {
+            return Err(api(
+                409,
+                format!(
+                    "{} has already approved {id}; it needs {} distinct approvers",
+                    approver.display, a.approvals_required
+                ),
+            ));
         }
         let kind = if approve { "approved" } else { "denied" };
-        Ok(event(id, kind, now, approver, reason))
+        let mut ev = event(id, kind, now, &approver.display, reason);
+        ev.approver = Some(approver.to_proto());
+        Ok(ev)
     }
 
     /// Spends one use of an approved grant, if this caller may: `Ok` is the
@@ -229,6 +301,8 @@ impl Book {
                     state: State::Pending,
                     approver: String::new(),
                     reason: String::new(),
+                    approvers: Vec::new(),
+                    approvals_required: ev.approvals_required.max(1),
                     request: req,
                     created_unix_nanos: ev.unix_nanos,
                     expires_unix_nanos: expires,
@@ -243,19 +317,40 @@ impl Book {
             return;
         };
         let pending = a.state == State::Pending;
+        // Events written before approvers were verified name only an actor.
+        let decider = Decider {
+            who: ev.approver.as_ref().map_or_else(
+                || Approver {
+                    issuer: String::new(),
+                    subject: ev.actor.clone(),
+                    display: ev.actor.clone(),
+                },
+                |p| Approver {
+                    issuer: p.issuer.clone(),
+                    subject: p.subject.clone(),
+                    display: p.display.clone(),
+                },
+            ),
+            reason: ev.reason.clone(),
+            unix_nanos: ev.unix_nanos,
+        };
         match ev.event.as_str() {
-            "approved" if pending => {
-                a.state = State::Approved;
-                a.approver = ev.actor.clone();
+            "approved" if pending && !a.approvers.iter().any(|d| same(&d.who, &decider.who)) => {
+                a.approvers.push(decider);
+                a.approver = displays(&a.approvers);
                 a.reason = ev.reason.clone();
-                a.decided_unix_nanos = ev.unix_nanos;
-                a.grant_expires_unix_nanos = ev
-                    .unix_nanos
-                    .saturating_add((a.request.grant_ttl_s as i64).saturating_mul(SECOND));
+                if a.approvers.len() >= a.approvals_required as usize {
+                    a.state = State::Approved;
+                    a.decided_unix_nanos = ev.unix_nanos;
+                    a.grant_expires_unix_nanos = ev
+                        .unix_nanos
+                        .saturating_add((a.request.grant_ttl_s as i64).saturating_mul(SECOND));
+                }
             }
             "denied" if pending => {
                 a.state = State::Denied;
-                a.approver = ev.actor.clone();
+                a.approvers = vec![decider];
+                a.approver = displays(&a.approvers);
                 a.reason = ev.reason.clone();
                 a.decided_unix_nanos = ev.unix_nanos;
             }
@@ -276,6 +371,15 @@ impl Book {
     }
 }
 
+fn same(a: &Approver, b: &Approver) -> bool {
+    a.issuer == b.issuer && a.subject == b.subject
+}
+
+fn displays(deciders: &[Decider]) -> String {
+    let names: Vec<&str> = deciders.iter().map(|d| d.who.display.as_str()).collect();
+    names.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +392,7 @@ mod tests {
                 key: "https://idp|alice".into(),
                 subject: "alice".into(),
                 provider: "corp".into(),
+                issuer: "https://idp".into(),
             },
             session_id: "s".into(),
             request_id: "r".into(),
@@ -304,9 +409,17 @@ mod tests {
         }
     }
 
-    fn book_with(mode: ApprovalMode) -> Book {
+    fn who(sub: &str) -> Approver {
+        Approver {
+            issuer: "https://idp".into(),
+            subject: sub.into(),
+            display: format!("{sub}@example.com"),
+        }
+    }
+
+    fn book_with(mode: ApprovalMode, quorum: u32) -> Book {
         let mut b = Book::default();
-        let ev = b.create("apr_1", &request(mode), 0).unwrap();
+        let ev = b.create("apr_1", &request(mode), quorum, 0).unwrap();
         b.apply(&ev);
         b
     }
@@ -317,6 +430,7 @@ mod tests {
                 key: key.into(),
                 subject: key.rsplit('|').next().unwrap().into(),
                 provider: "corp".into(),
+                issuer: "https://idp".into(),
             },
             digest: digest.into(),
         }
@@ -324,23 +438,43 @@ mod tests {
 
     #[test]
     fn approve_then_redeem_once_by_the_same_caller_for_the_same_request() {
-        let mut b = book_with(ApprovalMode::Async);
+        let mut b = book_with(ApprovalMode::Async, 1);
+        let own = b
+            .decide("apr_1", true, &who("alice"), "self", 1)
+            .unwrap_err();
+        assert_eq!(own.status, 403, "no self-approval");
+        assert!(own.message.contains("their own requests"), "{own:?}");
+        // Nor self-denial: the requester decides nothing.
         assert_eq!(
-            b.decide("apr_1", true, "alice", "self", 1)
+            b.decide("apr_1", false, &who("alice"), "x", 1)
                 .unwrap_err()
                 .status,
-            403,
-            "no self-approval"
+            403
         );
+        // Another issuer's "alice" is someone else.
+        let other_alice = Approver {
+            issuer: "https://other".into(),
+            ..who("alice")
+        };
+        assert!(b.decide("apr_1", true, &other_alice, "ok", 1).is_ok());
         assert_eq!(
-            b.decide("apr_1", true, "bob", "", 1).unwrap_err().status,
+            b.decide("apr_1", true, &who("bob"), "", 1)
+                .unwrap_err()
+                .status,
             400
         );
-        let ev = b.decide("apr_1", true, "bob", "looks fine", 1).unwrap();
+        let ev = b
+            .decide("apr_1", true, &who("bob"), "looks fine", 1)
+            .unwrap();
+        assert_eq!(ev.actor, "bob@example.com");
+        assert_eq!(ev.approver.as_ref().unwrap().subject, "bob");
         b.apply(&ev);
-        assert_eq!(b.get("apr_1").unwrap().state, State::Approved);
+        let a = b.get("apr_1").unwrap();
+        assert_eq!(a.state, State::Approved);
+        assert_eq!(a.approver, "bob@example.com");
+        assert_eq!(a.approvers[0].who, who("bob"));
         assert_eq!(
-            b.decide("apr_1", false, "carol", "no", 2)
+            b.decide("apr_1", false, &who("carol"), "no", 2)
                 .unwrap_err()
                 .status,
             409
@@ -364,8 +498,8 @@ mod tests {
             .unwrap_err();
         assert!(r.error.message.contains("already been used"));
         let late = 1 + 601 * SECOND;
-        let mut b2 = book_with(ApprovalMode::Async);
-        b2.apply(&b2.decide("apr_1", true, "bob", "ok", 1).unwrap());
+        let mut b2 = book_with(ApprovalMode::Async, 1);
+        b2.apply(&b2.decide("apr_1", true, &who("bob"), "ok", 1).unwrap());
         let r = b2
             .redeem("apr_1", &redeem("https://idp|alice", "sha256:aa"), late)
             .unwrap_err();
@@ -373,15 +507,63 @@ mod tests {
     }
 
     #[test]
+    fn a_quorum_needs_distinct_approvers_and_one_denial_denies() {
+        let mut b = book_with(ApprovalMode::Async, 2);
+        b.apply(&b.decide("apr_1", true, &who("bob"), "ok", 1).unwrap());
+        let a = b.get("apr_1").unwrap();
+        assert_eq!((a.state, a.approvers.len()), (State::Pending, 1));
+        let twice = b
+            .decide("apr_1", true, &who("bob"), "again", 2)
+            .unwrap_err();
+        assert_eq!(twice.status, 409);
+        assert!(twice.message.contains("2 distinct approvers"), "{twice:?}");
+        // Not redeemable until the quorum is met.
+        assert!(b
+            .redeem("apr_1", &redeem("https://idp|alice", "sha256:aa"), 2)
+            .is_err());
+        b.apply(&b.decide("apr_1", true, &who("carol"), "fine", 3).unwrap());
+        let a = b.get("apr_1").unwrap();
+        assert_eq!(a.state, State::Approved);
+        assert_eq!(a.approver, "bob@example.com, carol@example.com");
+        assert_eq!(a.decided_unix_nanos, 3);
+
+        let mut d = book_with(ApprovalMode::Hold, 2);
+        d.apply(&d.decide("apr_1", true, &who("bob"), "ok", 1).unwrap());
+        d.apply(
+            &d.decide("apr_1", false, &who("carol"), "no window", 2)
+                .unwrap(),
+        );
+        let a = d.get("apr_1").unwrap();
+        assert_eq!(a.state, State::Denied);
+        assert_eq!(a.approver, "carol@example.com");
+        assert_eq!(a.history.len(), 3);
+
+        // A replayed store applies a duplicate approval once.
+        let mut r = book_with(ApprovalMode::Async, 2);
+        let ev = r.decide("apr_1", true, &who("bob"), "ok", 1).unwrap();
+        r.apply(&ev);
+        r.apply(&ev);
+        assert_eq!(r.get("apr_1").unwrap().state, State::Pending);
+    }
+
+    #[test]
+    fn oversized_requests_for_approval_are_refused() {
+        let b = Book::default();
+        let mut req = request(ApprovalMode::Hold);
+        req.excerpt = "x".repeat(MAX_TEXT + 1);
+        assert_eq!(b.create("apr_1", &req, 1, 0).unwrap_err().status, 400);
+    }
+
+    #[test]
     fn pending_approvals_expire_and_hold_approvals_cannot_be_redeemed() {
-        let mut b = book_with(ApprovalMode::Hold);
+        let mut b = book_with(ApprovalMode::Hold, 1);
         assert!(b.due_expiries(59 * SECOND).is_empty());
         let evs = b.due_expiries(60 * SECOND);
         assert_eq!(evs.len(), 1);
         b.apply(&evs[0]);
         assert_eq!(b.get("apr_1").unwrap().state, State::Expired);
         assert_eq!(
-            b.decide("apr_1", true, "bob", "late", 61 * SECOND)
+            b.decide("apr_1", true, &who("bob"), "late", 61 * SECOND)
                 .unwrap_err()
                 .status,
             409
@@ -395,5 +577,14 @@ mod tests {
             .unwrap_err();
         assert!(r.error.message.contains("held request"));
         assert_eq!(b.get("apr_1").unwrap().history.len(), 2);
+    }
+
+    #[test]
+    fn events_without_a_verified_approver_still_replay() {
+        let mut b = book_with(ApprovalMode::Async, 0);
+        b.apply(&event("apr_1", "approved", 1, "bob", "old store"));
+        let a = b.get("apr_1").unwrap();
+        assert_eq!(a.state, State::Approved, "quorum 0 in old stores means 1");
+        assert_eq!(a.approver, "bob");
     }
 }

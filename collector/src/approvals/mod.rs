@@ -2,5 +2,7 @@
 //! HTTP API (`service`), served by `tracegate serve --approvals ADDR`.
 //! Every approval request and decision is an event in the record store.
 
+pub mod access;
+pub mod auth;
 pub mod book;
 pub mod service;

@@ -1,22 +1,30 @@
-//! The reference approval service's HTTP API (`tracegate serve --approvals`).
+//! The reference approval service's HTTP API, in two parts.
 //!
+//! The machine side, for filters (on the gRPC port, behind its client
+//! certificates when TLS is configured):
 //! ```text
 //! POST /v1/approvals                 a filter asks (CreateRequest) → 201, the approval
-//! GET  /v1/approvals[?state=PENDING] list, newest first
 //! GET  /v1/approvals/ID[?wait_ms=N]  one approval; waits up to N ms (≤ 60 s) while PENDING
-//! POST /v1/approvals/ID/approve      {"approver": "...", "reason": "..."}
-//! POST /v1/approvals/ID/deny         {"approver": "...", "reason": "..."}
 //! POST /v1/approvals/ID/redeem       a filter spends a grant (RedeemRequest)
 //! ```
-//! Errors are `{"error": "..."}` with 400, 403, 404 or 409. Every change is
-//! durable in the store before it is answered.
-//!
-//! Approvers name themselves in the request body: this reference service
-//! does not authenticate them. Put it behind your own authentication before
-//! exposing it beyond the operators' network.
+//! The human side, for approvers (`serve --approvals ADDR`), every request
+//! with an approver's token (`Authorization: Bearer`), checked before
+//! anything else (401 without a valid one, 403 for a valid token of
+//! someone who is not an approver):
+//! ```text
+//! GET  /v1/approvals[?state=PENDING] list, newest first
+//! GET  /v1/approvals/ID              one approval
+//! POST /v1/approvals/ID/approve      {"reason": "..."}
+//! POST /v1/approvals/ID/deny         {"reason": "..."}
+//! ```
+//! The approver is the token's verified issuer and subject (and display
+//! claim), never a name in the body. Errors are `{"error": "..."}` (401s
+//! add `reason`) with 400, 401, 403, 404 or 409. Every change is durable in
+//! the store before it is answered.
 
-use axum::extract::{Path, Query, State as AxumState};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, Query, Request, State as AxumState};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +36,8 @@ use tokio::sync::{Mutex, Notify};
 use tracegate_policy::approval::{CreateRequest, RedeemRequest, State};
 use tracegate_proto::v1::ApprovalEvent;
 
+use super::access::Access;
+use super::auth::{ApproverAuth, Caller};
 use super::book::{ApiError, Book, Refused};
 use crate::commit::Committer;
 use crate::ledger::writer::now_nanos;
@@ -40,11 +50,19 @@ pub struct Service {
     changed: Notify,
     store: Committer,
     webhook: Option<String>,
+    access: Access,
+    auth: Arc<ApproverAuth>,
 }
 
 impl Service {
     /// The service over the events already in the store.
-    pub fn new(store: Committer, events: &[ApprovalEvent], webhook: Option<String>) -> Arc<Self> {
+    pub fn new(
+        store: Committer,
+        events: &[ApprovalEvent],
+        webhook: Option<String>,
+        access: Access,
+        auth: Arc<ApproverAuth>,
+    ) -> Arc<Self> {
         let mut book = Book::default();
         for ev in events {
             book.apply(ev);
@@ -54,6 +72,8 @@ impl Service {
             changed: Notify::new(),
             store,
             webhook,
+            access,
+            auth,
         })
     }
 
@@ -83,14 +103,74 @@ impl Service {
     }
 }
 
-pub fn router(service: Arc<Service>) -> Router {
+/// What filters call: create, wait, redeem. Serve it only where only
+/// gateways reach (the gRPC port, with client certificates).
+pub fn machine_router(service: Arc<Service>) -> Router {
     Router::new()
-        .route("/v1/approvals", post(create).get(list))
+        .route("/v1/approvals", post(create))
         .route("/v1/approvals/{id}", get(show))
-        .route("/v1/approvals/{id}/approve", post(approve))
-        .route("/v1/approvals/{id}/deny", post(deny))
         .route("/v1/approvals/{id}/redeem", post(redeem))
         .with_state(service)
+}
+
+/// What approvers call: list, show, approve, deny; every request
+/// authenticated first, whatever its path.
+pub fn human_router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/approvals", get(list))
+        .route("/v1/approvals/{id}", get(show_to_approver))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/deny", post(deny))
+        // Unknown paths are authenticated too (the layer covers the fallback).
+        .fallback(|| async {
+            ApiError {
+                status: 404,
+                message: "no such endpoint".into(),
+            }
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            authenticate,
+        ))
+        .with_state(service)
+}
+
+/// 401 without a valid approver token, 403 for a token of someone who
+/// approves nothing; before any approval is looked up.
+async fn authenticate(
+    AxumState(s): AxumState<Arc<Service>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match s.auth.verify(request.headers().clone()).await {
+        Ok(caller) => caller,
+        Err(r) => {
+            let body = json!({
+                "error": format!("an approver's token is required: {}", r.detail),
+                "reason": r.reason.as_str(),
+            });
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, r.www_authenticate())],
+                Json(body),
+            )
+                .into_response();
+        }
+    };
+    if !s.access.is_approver(&caller.claims) {
+        return ApiError {
+            status: 403,
+            message: format!(
+                "{} (iss {}) is not an approver: approvers have {}",
+                caller.approver.subject,
+                caller.approver.issuer,
+                s.access.who()
+            ),
+        }
+        .into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 /// Expires pending approvals on time, so a decision can never land after
@@ -137,9 +217,10 @@ async fn create(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: CreateRequest = serde_json::from_slice(&body).map_err(bad_json)?;
+    let quorum = s.access.approvals_required(&req);
     let mut book = s.book.lock().await;
     let id = new_id();
-    let ev = book.create(&id, &req, now_nanos())?;
+    let ev = book.create(&id, &req, quorum, now_nanos())?;
     s.commit(&mut book, vec![ev]).await?;
     let approval = book
         .get(&id)
@@ -179,6 +260,14 @@ struct ShowQuery {
     wait_ms: Option<u64>,
 }
 
+/// The approver's view: no long-poll.
+async fn show_to_approver(
+    state: AxumState<Arc<Service>>,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    show(state, id, Query(ShowQuery { wait_ms: None })).await
+}
+
 async fn show(
     AxumState(s): AxumState<Arc<Service>>,
     Path(id): Path<String>,
@@ -214,40 +303,66 @@ async fn show(
     }
 }
 
+/// `{"reason": "..."}`. Who decides is the token's verified identity; a
+/// body naming an approver is refused.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Decision {
-    approver: String,
     reason: String,
 }
 
 async fn decide(
     s: Arc<Service>,
+    caller: Caller,
     id: String,
     body: &[u8],
     approve: bool,
 ) -> Result<Response, ApiError> {
-    let d: Decision = serde_json::from_slice(body).map_err(bad_json)?;
+    let d: Decision = serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().contains("unknown field `approver`") {
+            ApiError {
+                status: 400,
+                message: "the approver is the token's verified identity; remove `approver`".into(),
+            }
+        } else {
+            bad_json(e)
+        }
+    })?;
     let mut book = s.book.lock().await;
     s.expire_due(&mut book).await?;
-    let ev = book.decide(&id, approve, &d.approver, &d.reason, now_nanos())?;
+    let Some(a) = book.get(&id) else {
+        return Err(ApiError {
+            status: 404,
+            message: format!("no approval {id}"),
+        });
+    };
+    if let Err(why) = s.access.may_decide(&a.request, &caller.claims) {
+        return Err(ApiError {
+            status: 403,
+            message: format!("{} may not decide {id}: {why}", caller.approver.display),
+        });
+    }
+    let ev = book.decide(&id, approve, &caller.approver, &d.reason, now_nanos())?;
     s.commit(&mut book, vec![ev]).await?;
     Ok(Json(book.get(&id)).into_response())
 }
 
 async fn approve(
     AxumState(s): AxumState<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    decide(s, id, &body, true).await
+    decide(s, caller, id, &body, true).await
 }
 
 async fn deny(
     AxumState(s): AxumState<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    decide(s, id, &body, false).await
+    decide(s, caller, id, &body, false).await
 }
 
 async fn redeem(

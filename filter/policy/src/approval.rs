@@ -46,7 +46,8 @@ pub struct ApprovalConfig {
     /// Requests whose risk reaches this need approval (1 or more).
     pub threshold: u32,
     pub mode: ApprovalMode,
-    /// Envoy cluster of the approval service (HTTP).
+    /// Envoy cluster of the approval service (HTTP/1.1 or HTTP/2); the
+    /// collector's is its gRPC port (`tracegate_collector`).
     pub cluster: String,
     /// `:authority` of the calls.
     pub authority: String,
@@ -74,8 +75,10 @@ impl Default for ApprovalConfig {
         Self {
             threshold: 100,
             mode: ApprovalMode::Hold,
-            cluster: "tracegate_approvals".into(),
-            authority: "tracegate-approvals".into(),
+            // The collector serves the filters' approval calls on its gRPC
+            // port, behind the same client certificate as the records.
+            cluster: "tracegate_collector".into(),
+            authority: "tracegate-collector".into(),
             path: "/v1/approvals".into(),
             timeout_ms: 2_000,
             hold_timeout_ms: 300_000,
@@ -121,12 +124,11 @@ impl IdentityCondition {
         let (Some(i), Some(claim), Some(want)) = (verified, &self.claim, &self.equals) else {
             return false;
         };
-        let Some(value) = i.claims.get(claim) else {
-            return false;
-        };
-        value == want
-            || serde_json::from_str::<Vec<serde_json::Value>>(value)
-                .is_ok_and(|items| items.iter().any(|v| v.as_str() == Some(want)))
+        claim_holds(
+            i.claims.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            claim,
+            want,
+        )
     }
 }
 
@@ -216,6 +218,9 @@ pub struct Requester {
     pub key: String,
     pub subject: String,
     pub provider: String,
+    /// The verified `iss`; empty for anonymous callers.
+    #[serde(default)]
+    pub issuer: String,
 }
 
 impl Requester {
@@ -225,14 +230,65 @@ impl Requester {
                 key: format!("{}|{}", i.issuer, i.subject),
                 subject: i.subject.clone(),
                 provider: i.provider.clone(),
+                issuer: i.issuer.clone(),
             },
             None => Requester {
                 key: "anonymous".into(),
                 subject: "anonymous".into(),
                 provider: String::new(),
+                issuer: String::new(),
             },
         }
     }
+
+    /// Whether `approver` is this requester: same issuer and subject. An
+    /// anonymous requester is nobody's.
+    pub fn is(&self, approver: &Approver) -> bool {
+        if self.key == "anonymous" && self.issuer.is_empty() {
+            return false;
+        }
+        let same_key = self.key == format!("{}|{}", approver.issuer, approver.subject);
+        let same_pair = !self.issuer.is_empty()
+            && self.issuer == approver.issuer
+            && self.subject == approver.subject;
+        same_key || same_pair
+    }
+}
+
+/// A person who decided, as the approval service verified them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Approver {
+    pub issuer: String,
+    pub subject: String,
+    /// The display claim (e.g. email), or the subject.
+    #[serde(default)]
+    pub display: String,
+}
+
+impl Approver {
+    pub fn to_proto(&self) -> tracegate_proto::v1::Approver {
+        tracegate_proto::v1::Approver {
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            display: self.display.clone(),
+        }
+    }
+}
+
+/// Whether verified claims (as `Identity.claims`: strings as they are,
+/// other values as JSON) meet `claim` = `want`: a string claim equal to it,
+/// or an array claim holding it.
+pub fn claim_holds<'a>(
+    claims: impl IntoIterator<Item = (&'a str, &'a str)>,
+    claim: &str,
+    want: &str,
+) -> bool {
+    claims.into_iter().any(|(name, value)| {
+        name == claim
+            && (value == want
+                || serde_json::from_str::<Vec<serde_json::Value>>(value)
+                    .is_ok_and(|items| items.iter().any(|v| v.as_str() == Some(want))))
+    })
 }
 
 /// The request a grant is for: method, path and body as the caller sent
@@ -315,10 +371,16 @@ impl State {
 pub struct View {
     pub id: String,
     pub state: State,
+    /// Display names of who decided, for reading.
     #[serde(default)]
     pub approver: String,
     #[serde(default)]
     pub reason: String,
+    /// Who decided, as the service verified them.
+    #[serde(default)]
+    pub approvers: Vec<Approver>,
+    #[serde(default)]
+    pub approvals_required: u32,
 }
 
 /// Reads a service answer: HTTP status and body. Anything but a well-formed
@@ -488,7 +550,36 @@ mod tests {
 
     #[test]
     fn requester_key_binds_issuer_and_subject() {
-        assert_eq!(Requester::of(Some(&verified(&[]))).key, "https://idp|alice");
+        let alice = Requester::of(Some(&verified(&[])));
+        assert_eq!(alice.key, "https://idp|alice");
+        assert_eq!(alice.issuer, "https://idp");
         assert_eq!(Requester::of(None).key, "anonymous");
+        let who = |iss: &str, sub: &str| Approver {
+            issuer: iss.into(),
+            subject: sub.into(),
+            display: "x".into(),
+        };
+        assert!(alice.is(&who("https://idp", "alice")));
+        assert!(!alice.is(&who("https://idp", "bob")));
+        assert!(
+            !alice.is(&who("https://other", "alice")),
+            "another issuer's alice"
+        );
+        // Requests recorded before `issuer` existed: the key still binds.
+        let old: Requester = serde_json::from_str(
+            r#"{"key": "https://idp|alice", "subject": "alice", "provider": "corp"}"#,
+        )
+        .unwrap();
+        assert!(old.is(&who("https://idp", "alice")));
+        assert!(!Requester::of(None).is(&who("", "anonymous")));
+    }
+
+    #[test]
+    fn claims_hold_as_strings_or_array_members() {
+        let claims = [("groups", r#"["staff","llm-approvers"]"#), ("dept", "sre")];
+        assert!(claim_holds(claims, "groups", "llm-approvers"));
+        assert!(claim_holds(claims, "dept", "sre"));
+        assert!(!claim_holds(claims, "groups", "sre"));
+        assert!(!claim_holds(claims, "dept", "staff"));
     }
 }

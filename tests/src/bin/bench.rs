@@ -9,8 +9,10 @@
 //! answers as the SDKs yield them (time to the first visible text, lag of
 //! every 10 % of the answer); then Envoy's memory with and
 //! without the filter; and where the cost goes at 4 KB (listeners that add
-//! one part of the policy at a time). Prints markdown tables; writes
-//! target/bench/envoy.json.
+//! one part of the policy at a time); and the worker time of a request
+//! carrying the same forged token again and again (refused 401), with and
+//! without the filter's cache of refused tokens. Prints markdown tables;
+//! writes target/bench/envoy.json.
 //!
 //! usage: tracegate-bench [--smoke] [--out DIR]
 //!   --smoke: one short round of one size (make test runs it so it keeps working).
@@ -81,7 +83,11 @@ struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Connection errors and answers other than 2xx.
     errors: u64,
+    /// Of those, answers other than 2xx (a 401 is what a forged token gets).
+    non2xx: u64,
+    requests: u64,
 }
 
 /// One wrk run against `port`; its Lua script reports JSON.
@@ -145,6 +151,8 @@ end
         p50_ms: n("p50_us") / 1e3,
         p99_ms: n("p99_us") / 1e3,
         errors: (n("errors") + n("non2xx")) as u64,
+        non2xx: n("non2xx") as u64,
+        requests: n("requests") as u64,
     })
 }
 
@@ -266,7 +274,11 @@ fn run() -> Result<()> {
     let jwks = keys.jwks(&["ec256"])?;
     let mut c = claims("bench-agent");
     c["exp"] = json!(tracegate_e2e::jwt::unix_now() + 86_400);
-    let token = keys.mint_one(json!({"key": "ec256", "alg": "ES256", "claims": c}))?;
+    let token = keys.mint_one(json!({"key": "ec256", "alg": "ES256", "claims": c.clone()}))?;
+    // The same claims with a broken signature: what a flood of one forged
+    // token looks like.
+    let forged =
+        keys.mint_one(json!({"key": "ec256", "alg": "ES256", "claims": c, "tamper": "signature"}))?;
 
     let collector = Collector::start(&dir)?;
     let upstream = Upstream::start(&dir)?;
@@ -275,7 +287,9 @@ fn run() -> Result<()> {
         upstream: upstream.port,
         collector: collector.grpc_port,
         idp: upstream.port,
-        approvals: collector.approvals_port,
+        approvals: collector.grpc_port,
+        tls: None,
+        provider_key: None,
     };
     let envoy_dir = dir.join("envoy");
     std::fs::create_dir_all(&envoy_dir)?;
@@ -301,12 +315,25 @@ fn run() -> Result<()> {
         &record_nowhere,
     );
     envoy_config::add_variant(&mut bootstrap, "tg-jwt", &filter_wasm(), &jwt_only);
+    // A repeated forged token, refused: with the cache of refused tokens
+    // (the default) and without it (each request a signature check).
+    let mut no_negative_cache = jwt_only.clone();
+    no_negative_cache["jwt"]["negative_cache_entries"] = json!(0);
+    envoy_config::add_variant(&mut bootstrap, "tg-forged", &filter_wasm(), &jwt_only);
+    envoy_config::add_variant(
+        &mut bootstrap,
+        "tg-forged-nocache",
+        &filter_wasm(),
+        &no_negative_cache,
+    );
     let envoy = Envoy::start(&envoy_dir, &bootstrap)?;
     let with = envoy.listener_port("tracegate")?;
     let without = envoy.listener_port("passthrough")?;
     let record_port = envoy.listener_port("tg-record")?;
     let nowhere_port = envoy.listener_port("tg-nowhere")?;
     let jwt_port = envoy.listener_port("tg-jwt")?;
+    let forged_port = envoy.listener_port("tg-forged")?;
+    let forged_nocache_port = envoy.listener_port("tg-forged-nocache")?;
 
     // Warm up (JWKS fetch, token cache, connections), and check both work.
     let warm = dir.join("warm.json");
@@ -410,6 +437,41 @@ fn run() -> Result<()> {
         breakdown.push(json!({"listener": name, "rps": rps, "p50_ms": p50}));
     }
 
+    // A repeated forged token: every answer a 401, no connection errors.
+    let forged_variants = [
+        (
+            "same forged ES256 token, without the cache of refused tokens",
+            forged_nocache_port,
+        ),
+        (
+            "same forged ES256 token, with the cache of refused tokens (default)",
+            forged_port,
+        ),
+    ];
+    let mut forged_runs: Vec<Vec<Run>> = vec![Vec::new(); forged_variants.len()];
+    for _ in 0..plan.rounds {
+        for (i, (_, port)) in forged_variants.iter().enumerate() {
+            let r = wrk(&dir, *port, &file, &forged, plan.seconds, plan.connections)?;
+            if r.non2xx != r.requests || r.errors != r.non2xx || r.requests == 0 {
+                bail!("forged token against port {port}: expected only 401s, got {r:?}");
+            }
+            forged_runs[i].push(r);
+        }
+    }
+    println!();
+    println!("A flood of one forged token (4 KB bodies, every answer 401):");
+    println!();
+    println!("| listener | req/s | p50 | worker time per request |");
+    println!("|---|---:|---:|---:|");
+    let mut forged_rows = Vec::new();
+    for ((name, _), r) in forged_variants.iter().zip(&forged_runs) {
+        let rps = median(r.iter().map(|x| x.rps).collect());
+        let p50 = median(r.iter().map(|x| x.p50_ms).collect());
+        println!("| {name} | {rps:.0} | {p50:.2} ms | {:.0} µs |", 1e6 / rps);
+        forged_rows.push(json!({"listener": name, "rps": rps, "p50_ms": p50,
+                                "worker_us_per_request": 1e6 / rps}));
+    }
+
     let stream_report = streams(without, with, &token, plan.streams, smoke)?;
     print_streams(&stream_report);
 
@@ -462,6 +524,7 @@ fn run() -> Result<()> {
                  "connections": plan.connections, "smoke": smoke},
         "load": rows,
         "breakdown_4kb": breakdown,
+        "forged_token_4kb": forged_rows,
         "stream": stream_report,
         "memory": {"envoy_rss_without_kb": rss_without, "envoy_rss_with_kb": rss_with,
                    "wasm_memory_bytes": wasm_bytes},

@@ -1,20 +1,26 @@
 //! `make demo`: the whole path on real components.
 //!
-//! Starts the collector, a local OpenAI-compatible upstream (which also serves
-//! the identity provider's JWKS) and Envoy with the tracegate filter; runs a
-//! short conversation with the official `openai` Python SDK pointed at Envoy,
-//! authenticated by a JWT; shows a secret masked, a production change held
-//! until an approver allows it, an expired token refused; prints the session
-//! as `tracegate replay` shows it; stops everything (also on Ctrl-C). The data
-//! stays in target/demo/ to explore afterwards.
+//! Starts the collector (its machine side behind client certificates made on
+//! the first run in target/tls/, its approvers' API behind JWTs), a local
+//! OpenAI-compatible upstream (which also serves the identity provider's
+//! JWKS) and Envoy with the tracegate filter (presenting the gateway's
+//! certificate to the collector); runs a short conversation with the
+//! official `openai` Python SDK pointed at Envoy, authenticated by a JWT;
+//! shows a secret masked, a production change held until an approver (with
+//! their own token) allows it while the agent's attempt to approve it itself
+//! is refused, an expired token refused; prints the session as `tracegate
+//! replay` shows it; stops everything (also on Ctrl-C). The data stays in
+//! target/demo/ to explore afterwards.
 
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tracegate_e2e::jwt::{claims, unix_now, Keys, AUDIENCE, ISSUER};
-use tracegate_e2e::{collector_bin, poll, python_bin, workspace_root, Process, Stack};
+use tracegate_e2e::jwt::{approver_claims, approvers, claims, unix_now, Keys, AUDIENCE, ISSUER};
+use tracegate_e2e::{
+    collector_bin, poll, python_bin, workspace_root, Process, Stack, StackOptions,
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -73,7 +79,12 @@ fn run() -> Result<()> {
     let tokens = keys.mint(&[
         json!({"key": "ec256", "alg": "ES256", "claims": agent}),
         json!({"key": "ec256", "alg": "ES256", "claims": stale}),
+        json!({"key": "ec256", "alg": "ES256",
+               "claims": approver_claims("sre-lead", &["llm-approvers"])}),
     ])?;
+    // The approver's token, as the CLI reads it (--token-file).
+    let approver_token = dir.join("approver.token");
+    std::fs::write(&approver_token, &tokens[2])?;
     let config = json!({
         "recording": {"flush_interval_ms": 100},
         "jwt": {"providers": [{
@@ -87,10 +98,34 @@ fn run() -> Result<()> {
     });
 
     println!("demo: starting collector, local LLM upstream and Envoy with the tracegate filter…");
-    let stack = Stack::start_with(&dir, &config, |upstream, _| upstream.publish_jwks(&jwks))?;
+    let tls = root.join("target/tls");
+    if !tls.join("ca.pem").exists() {
+        println!(
+            "demo: first run: making a private CA and certificates in {} (tracegate certs)",
+            tls.display()
+        );
+    }
+    let options = StackOptions {
+        tls_dir: Some(tls.clone()),
+        approvers: Some(Box::new(|port| approvers(port, json!([])))),
+        ..StackOptions::default()
+    };
+    let config = {
+        let mut c = config;
+        c["approval"]["cluster"] = json!("tracegate_collector");
+        c
+    };
+    let stack = Stack::start_with_options(&dir, &config, &options, |upstream, _| {
+        upstream.publish_jwks(&jwks)
+    })?;
     println!(
-        "demo: Envoy on 127.0.0.1:{} (admin :{}), collector gRPC on :{}, upstream on :{}",
-        stack.envoy.port, stack.envoy.admin_port, stack.collector.grpc_port, stack.upstream.port
+        "demo: Envoy on 127.0.0.1:{} (admin :{}), collector gRPC on :{} (client certificates required; Envoy presents {}/gateway.pem), approvers' API {}, upstream on :{}",
+        stack.envoy.port,
+        stack.envoy.admin_port,
+        stack.collector.grpc_port,
+        tls.display(),
+        stack.collector.approvals_url.as_deref().unwrap_or("-"),
+        stack.upstream.port
     );
     println!("demo: the agent authenticates with an ES256 JWT (sub sre-agent) as its API key\n");
 
@@ -154,26 +189,41 @@ fn run() -> Result<()> {
     println!("user> {risky}   (waits: rule production-change needs approval)");
     let id = poll("the approval request", Duration::from_secs(30), || {
         check_interrupted()?;
-        let list = stack.collector.approvals(&["list"])?;
+        let list = stack
+            .collector
+            .approvals_token_file(&approver_token, &["list"])?;
         Ok(list
             .lines()
             .nth(1)
             .and_then(|l| l.split_whitespace().next())
             .map(|id| (id.to_string(), list.clone())))
     })?;
-    println!("$ tracegate approvals list\n{}", id.1);
+    let server = stack.collector.approvals_url.clone().unwrap_or_default();
+    let cli = format!(
+        "tracegate approvals --server {server} --ca {} --token-file {}",
+        tls.join("ca.pem").display(),
+        approver_token.display()
+    );
+    println!("$ {cli} list\n{}", id.1);
     let id = id.0;
-    println!("$ tracegate approvals approve {id} --reason \"change ticket 42\" --as sre-lead");
+    // The agent tries to approve its own request with its own token.
+    let (status, refused) = stack.collector.approvals_http(
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&tokens[0]),
+        Some(&json!({"approver": "sre-lead", "reason": "lgtm"})),
+    )?;
+    println!(
+        "demo: the agent approving its own request with its own token: HTTP {status}, {}",
+        refused["error"].as_str().unwrap_or("?")
+    );
+    println!("$ {cli} approve {id} --reason \"change ticket 42\"");
     print!(
         "{}",
-        stack.collector.approvals(&[
-            "approve",
-            &id,
-            "--reason",
-            "change ticket 42",
-            "--as",
-            "sre-lead"
-        ])?
+        stack.collector.approvals_token_file(
+            &approver_token,
+            &["approve", &id, "--reason", "change ticket 42"]
+        )?
     );
     let answer = held
         .join()

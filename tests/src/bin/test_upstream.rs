@@ -12,12 +12,18 @@
 //! pieces of N characters, a pause mid-stream until a test releases it, a
 //! reasoning stream, other SSE framings, no content type, an endless line.
 //!
-//! Usage: test-upstream [--port N]   (0, the default, picks a free port and
-//! prints `test-upstream: listening on ADDR`).
+//! With `--api-key KEY` it checks the provider key as the real APIs do:
+//! every `/v1/...` request must carry `Authorization: Bearer KEY` (or
+//! Anthropic's `x-api-key: KEY`), else it is answered 401 in OpenAI's error
+//! shape, as a request sent around the gateway would be.
+//!
+//! Usage: test-upstream [--port N] [--api-key KEY]   (port 0, the default,
+//! picks a free port and prints `test-upstream: listening on ADDR`).
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -38,21 +44,31 @@ struct Jwks {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut port = 0u16;
+    let mut api_key: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" => port = args.next().unwrap_or_default().parse()?,
-            other => anyhow::bail!("unknown argument {other:?}; usage: test-upstream [--port N]"),
+            "--api-key" => api_key = args.next(),
+            other => anyhow::bail!(
+                "unknown argument {other:?}; usage: test-upstream [--port N] [--api-key KEY]"
+            ),
         }
     }
-    let app = Router::new()
+    let seen = Seen::default();
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1/responses", post(responses))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(api_key),
+            check_api_key,
+        ));
+    let app = Router::new()
         .route("/__requests", get(requests))
         .route("/__release/{name}", post(release))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(Seen::default())
+        .with_state(seen.clone())
         .merge(
             Router::new()
                 .route("/jwks.json", get(serve_jwks))
@@ -60,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
                 .route("/__jwks/fetches", get(jwks_fetches))
                 .with_state(Jwks::default()),
         );
+    let app = app.merge(api.with_state(seen));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("test-upstream: listening on {}", listener.local_addr()?);
     // No Nagle delay: streamed events leave as they are written.
@@ -72,6 +89,30 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// With a provider key configured, `/v1/...` requests without it are
+/// refused as the provider would (OpenAI's 401 shape).
+async fn check_api_key(
+    State(key): State<Arc<Option<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = key.as_deref() {
+        let h = request.headers();
+        let bearer = h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let x_api_key = h.get("x-api-key").and_then(|v| v.to_str().ok());
+        if bearer != Some(key) && x_api_key != Some(key) {
+            let body = json!({"error": {
+                "message": "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn requests(State(seen): State<Seen>) -> Json<Value> {

@@ -17,6 +17,11 @@ pub struct JwtConfig {
     /// lookup instead of a signature check. 0 turns the cache off.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
+    /// Tokens refused after a signature check (bad signature, expired, wrong
+    /// audience, claims) remembered per worker, so the same forged token
+    /// again costs a hash lookup, not a signature check. 0 turns it off.
+    #[serde(default = "default_cache_entries")]
+    pub negative_cache_entries: usize,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -107,6 +112,8 @@ pub struct RemoteJwksConfig {
     /// host becomes `:authority`, its path `:path`.
     pub uri: String,
     /// The Envoy cluster that reaches it (TLS, if any, is the cluster's).
+    /// Required in the filter; the collector fetches `uri` itself.
+    #[serde(default)]
     pub cluster: String,
     #[serde(default = "default_fetch_timeout")]
     pub timeout_ms: u64,

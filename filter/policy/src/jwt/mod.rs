@@ -12,7 +12,7 @@ pub mod keys;
 pub mod verify;
 
 pub use config::JwtConfig;
-pub use verify::{Authenticator, Decision, Extracted, HeaderChanges, JwksFetch};
+pub use verify::{Authenticator, Decision, Extracted, HeaderChanges, JwksFetch, KeySource};
 
 use tracegate_proto::v1 as proto;
 
@@ -89,6 +89,8 @@ impl Reason {
 pub struct Rejection {
     pub reason: Reason,
     pub detail: String,
+    /// Answered from the cache of refused tokens, without a signature check.
+    pub cached: bool,
 }
 
 impl Rejection {
@@ -96,6 +98,7 @@ impl Rejection {
         Self {
             reason,
             detail: detail.into(),
+            cached: false,
         }
     }
 

@@ -62,7 +62,7 @@ fn rejection(a: &mut Authenticator, name: &str) -> Reason {
     }
 }
 
-fn verified(a: &mut Authenticator, name: &str) -> std::rc::Rc<super::Identity> {
+fn verified(a: &mut Authenticator, name: &str) -> std::sync::Arc<super::Identity> {
     match a.decide(Some(&token(name)), now_ms(), true) {
         Decision::Verified { identity, .. } => identity,
         other => panic!("{name}: expected verified, got {other:?}"),
@@ -250,6 +250,103 @@ fn cache_answers_repeats_until_expiry() {
             Decision::Verified { cached: false, .. }
         ));
     }
+}
+
+#[test]
+fn refused_tokens_are_remembered_so_a_repeat_costs_no_signature_check() {
+    let mut a = auth();
+    let first = match a.decide(Some(&token("bad_signature")), now_ms(), true) {
+        Decision::Rejected(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((first.reason, first.cached), (Reason::BadSignature, false));
+    match a.decide(Some(&token("bad_signature")), now_ms(), true) {
+        Decision::Rejected(r) => {
+            assert!(r.cached, "answered from the negative cache");
+            assert_eq!((r.reason, &r.detail), (first.reason, &first.detail));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Refusals that keys cannot undo are kept; those time or a fetch may
+    // undo are not.
+    for name in [
+        "expired",
+        "wrong_audience",
+        "no_exp",
+        "not_yet_valid",
+        "unknown_kid",
+    ] {
+        rejection(&mut a, name);
+    }
+    assert_eq!(
+        a.negative_cache_len(),
+        4,
+        "bad_signature, expired, wrong_audience, no_exp"
+    );
+    for name in ["not_yet_valid", "unknown_kid", "alg_none"] {
+        match a.decide(Some(&token(name)), now_ms(), true) {
+            Decision::Rejected(r) => assert!(!r.cached, "{name}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A valid token is never refused for being like a refused one.
+    verified(&mut a, "es256");
+
+    let mut off = auth_with(json!({"negative_cache_entries": 0}), provider(json!({})));
+    for _ in 0..2 {
+        assert!(matches!(
+            off.decide(Some(&token("bad_signature")), now_ms(), true),
+            Decision::Rejected(r) if !r.cached
+        ));
+    }
+    assert_eq!(off.negative_cache_len(), 0);
+}
+
+#[test]
+fn negative_cache_is_bounded_and_emptied_when_keys_change() {
+    let mut a = auth_with(json!({"negative_cache_entries": 2}), provider(json!({})));
+    for name in ["bad_signature", "expired", "wrong_audience"] {
+        rejection(&mut a, name);
+    }
+    assert_eq!(a.negative_cache_len(), 2);
+
+    let mut a = remote();
+    let now = now_ms();
+    a.due_fetches(now);
+    a.fetched(0, Ok(vectors()["jwks"].to_string().as_bytes()), now)
+        .unwrap();
+    // Signed by rsa-2 under rsa-1's kid: refused, and remembered...
+    assert_eq!(rejection(&mut a, "kid_of_other_key"), Reason::BadSignature);
+    assert_eq!(a.negative_cache_len(), 1);
+    // ...until the key set changes, which may make it good.
+    let later = now + 60_000;
+    assert_eq!(a.due_fetches(later).len(), 1);
+    let rotated = vectors()["jwks_rotated"].to_string();
+    assert!(a.fetched(0, Ok(rotated.as_bytes()), later).unwrap().changed);
+    assert_eq!(a.negative_cache_len(), 0);
+}
+
+#[test]
+fn keys_fetched_directly_need_no_cluster() {
+    use super::verify::KeySource;
+    let direct = |remote: Value| {
+        let c: JwtConfig = serde_json::from_value(json!({"providers": [
+            provider(json!({"jwks": null, "remote_jwks": remote}))]}))
+        .unwrap();
+        Authenticator::with_key_source(&c, KeySource::Direct)
+    };
+    let mut a = direct(json!({"uri": "https://idp.test/keys"})).unwrap();
+    let due = a.due_fetches(now_ms());
+    assert_eq!(due[0].uri, "https://idp.test/keys");
+    assert_eq!(due[0].cluster, "");
+    let e = direct(json!({"uri": "https://idp.test/keys", "cluster": "idp"})).unwrap_err();
+    assert_eq!(e.field, "jwt.providers[0].remote_jwks.cluster", "{e}");
+    // The filter needs its cluster.
+    let c: JwtConfig = serde_json::from_value(json!({"providers": [
+        provider(json!({"jwks": null, "remote_jwks": {"uri": "https://idp.test/keys"}}))]}))
+    .unwrap();
+    let e = Authenticator::new(&c).unwrap_err();
+    assert!(e.message.contains("Envoy cluster"), "{e}");
 }
 
 #[test]

@@ -14,9 +14,9 @@ use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
-use super::cache::{token_hash, TokenCache};
+use super::cache::{token_hash, RejectionCache, TokenCache};
 use super::config::{JwtConfig, ProviderConfig, RemoteJwksConfig};
 use super::keys::{Alg, KeySet};
 use super::{Identity, Reason, Rejection};
@@ -49,7 +49,7 @@ pub enum Decision {
     /// No token, and tokens are not required.
     Anonymous,
     Verified {
-        identity: Rc<Identity>,
+        identity: Arc<Identity>,
         /// Answered from the cache, without a signature check.
         cached: bool,
     },
@@ -61,10 +61,22 @@ pub enum Decision {
     },
 }
 
+/// How remote JWKS are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// Through an Envoy cluster (the filter): `remote_jwks.cluster` is required.
+    EnvoyCluster,
+    /// By fetching `remote_jwks.uri` directly (the collector): no cluster.
+    Direct,
+}
+
 /// A JWKS fetch the root context should start now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksFetch {
     pub provider: usize,
+    /// The configured URL (for `KeySource::Direct`).
+    pub uri: String,
+    /// The Envoy cluster (empty for `KeySource::Direct`).
     pub cluster: String,
     pub authority: String,
     pub path: String,
@@ -121,12 +133,32 @@ pub struct Authenticator {
     /// request so a caller cannot forge them.
     claim_header_names: Vec<String>,
     cache: TokenCache,
+    /// Tokens refused after a signature check: the same forged token again
+    /// costs a hash, not a check.
+    rejected: RejectionCache,
+    key_source: KeySource,
 }
 
 impl Authenticator {
-    /// Checks and compiles the `jwt` section; errors name the field.
+    /// Checks and compiles the `jwt` section of the filter (keys fetched
+    /// through Envoy clusters); errors name the field.
     pub fn new(config: &JwtConfig) -> Result<Authenticator, ConfigError> {
+        Self::with_key_source(config, KeySource::EnvoyCluster)
+    }
+
+    /// Checks and compiles a `jwt` section whose remote keys are reached as
+    /// `source` says.
+    pub fn with_key_source(
+        config: &JwtConfig,
+        source: KeySource,
+    ) -> Result<Authenticator, ConfigError> {
         in_range("jwt.cache_entries", config.cache_entries, 0, 100_000)?;
+        in_range(
+            "jwt.negative_cache_entries",
+            config.negative_cache_entries,
+            0,
+            100_000,
+        )?;
         if config.providers.is_empty() {
             return Err(err("jwt.providers", "at least one provider is needed"));
         }
@@ -136,6 +168,8 @@ impl Authenticator {
             providers: Vec::new(),
             claim_header_names: Vec::new(),
             cache: TokenCache::new(config.cache_entries),
+            rejected: RejectionCache::new(config.negative_cache_entries),
+            key_source: source,
         };
         for (i, p) in config.providers.iter().enumerate() {
             let provider = auth.compile(&format!("jwt.providers[{i}]"), p)?;
@@ -249,7 +283,7 @@ impl Authenticator {
         }
         let remote = match &p.remote_jwks {
             None => None,
-            Some(r) => Some(compile_remote(&field("remote_jwks"), r)?),
+            Some(r) => Some(compile_remote(&field("remote_jwks"), r, self.key_source)?),
         };
         if p.jwks.is_some() && remote.is_some() {
             return Err(err(at, "set `jwks` or `remote_jwks`, not both"));
@@ -438,16 +472,32 @@ impl Authenticator {
                 cached: true,
             };
         }
+        if let Some(mut rejection) = self.rejected.get(&hash, now) {
+            rejection.cached = true;
+            return Decision::Rejected(rejection);
+        }
         match self.verify(t, now_ms, allow_fetch) {
             Ok((identity, valid_until)) => {
-                let identity = Rc::new(identity);
+                let identity = Arc::new(identity);
                 self.cache.insert(hash, identity.clone(), valid_until);
                 Decision::Verified {
                     identity,
                     cached: false,
                 }
             }
-            Err(Step::Reject(r)) => Decision::Rejected(r),
+            Err(Step::Reject(r)) => {
+                // Refusals that only a change of keys could undo (and a
+                // change of keys empties this cache). Not `not_yet_valid`:
+                // time makes that token good; not `unknown_kid` or
+                // `jwks_unavailable`: a fetch may.
+                if matches!(
+                    r.reason,
+                    Reason::BadSignature | Reason::Expired | Reason::WrongAudience | Reason::Claims
+                ) {
+                    self.rejected.insert(hash, r.clone(), u64::MAX);
+                }
+                Decision::Rejected(r)
+            }
             Err(Step::NeedKeys(p)) => Decision::NeedKeys { provider: p },
         }
     }
@@ -674,6 +724,7 @@ impl Authenticator {
                 r.last_attempt_ms = Some(now_ms);
                 due.push(JwksFetch {
                     provider: i,
+                    uri: r.config.uri.clone(),
                     cluster: r.config.cluster.clone(),
                     authority: r.authority.clone(),
                     path: r.path.clone(),
@@ -726,8 +777,10 @@ impl Authenticator {
                 r.last_error = None;
                 if changed {
                     // A key may have been withdrawn: tokens it signed must
-                    // not live on in the cache.
+                    // not live on in the cache. A key may have been added:
+                    // a token refused before may verify now.
                     self.cache.clear();
+                    self.rejected.clear();
                 }
                 Ok(report)
             }
@@ -766,6 +819,11 @@ impl Authenticator {
 
     pub fn cache_len(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Tokens remembered as refused.
+    pub fn negative_cache_len(&self) -> usize {
+        self.rejected.len()
     }
 }
 
@@ -888,11 +946,24 @@ fn printable(s: &str) -> String {
     q
 }
 
-fn compile_remote(at: &str, r: &RemoteJwksConfig) -> Result<Remote, ConfigError> {
+fn compile_remote(
+    at: &str,
+    r: &RemoteJwksConfig,
+    source: KeySource,
+) -> Result<Remote, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
     let (authority, path) = split_uri(&r.uri).map_err(|e| err(&field("uri"), e))?;
-    if r.cluster.trim().is_empty() {
-        return Err(err(&field("cluster"), "must name an Envoy cluster"));
+    match source {
+        KeySource::EnvoyCluster if r.cluster.trim().is_empty() => {
+            return Err(err(&field("cluster"), "must name an Envoy cluster"));
+        }
+        KeySource::Direct if !r.cluster.is_empty() => {
+            return Err(err(
+                &field("cluster"),
+                "is for Envoy; the collector fetches `uri` itself",
+            ));
+        }
+        _ => {}
     }
     in_range(&field("timeout_ms"), r.timeout_ms, 1, 60_000)?;
     in_range(
