@@ -303,10 +303,6 @@ struct InspectionJson<'a> {
     stream_holds_exceeded: u32,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
 #[derive(Serialize)]
 struct RuleJson<'a> {
     id: &'a str,

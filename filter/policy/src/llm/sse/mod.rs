@@ -208,7 +208,7 @@ pub struct SseMasker {
     events: Vec<Event>,
     channels: BTreeMap<Channel, ChannelState>,
     /// OpenAI chat: the judged `id`, `object`, `created` and `model` members
-    /// of the last chunk, for chunks of held text of its own.
+    /// of the stream's first chunk, for chunks of held text of its own.
     chat_envelope: String,
     clean: Clean,
     tape: Tape,
@@ -460,16 +460,19 @@ impl SseMasker {
         out: &mut Vec<u8>,
         streamed: &mut Vec<usize>,
     ) {
-        let mut envelope = String::new();
-        for key in ["id", "object", "created", "model"] {
-            if let Some(v) = tape.get(src, 0, key) {
-                json::write_str(&mut envelope, key);
-                envelope.push(':');
-                envelope.push_str(&self.judged_raw(m, tape, src, v, tokens, hits));
-                envelope.push(',');
+        if self.chat_envelope.is_empty() {
+            // The same in every chunk of a stream: read from the first.
+            let mut envelope = String::new();
+            for key in ["id", "object", "created", "model"] {
+                if let Some(v) = tape.get(src, 0, key) {
+                    json::write_str(&mut envelope, key);
+                    envelope.push(':');
+                    envelope.push_str(&self.judged_raw(m, tape, src, v, tokens, hits));
+                    envelope.push(',');
+                }
             }
+            self.chat_envelope = envelope;
         }
-        self.chat_envelope = envelope;
         let Some(choices) = tape.get(src, 0, "choices") else {
             return;
         };
