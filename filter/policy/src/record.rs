@@ -19,6 +19,8 @@ pub struct RequestInfo {
     pub path: String,
     pub authority: String,
     pub content_type: String,
+    /// The headers as they went upstream, masked (see `inspect::Head`).
+    pub headers: Vec<(String, String)>,
 }
 
 /// The session an exchange belongs to: the session header when it is a usable
@@ -174,6 +176,7 @@ impl ExchangeRecorder {
             identity,
             inspection,
             phase: tracegate_proto::v1::record::Phase::Request as i32,
+            request_headers: headers_proto(self.info.headers.clone()),
             ..Record::default()
         }
     }
@@ -227,8 +230,16 @@ impl ExchangeRecorder {
             phase: tracegate_proto::v1::record::Phase::Exchange as i32,
             request_record_id: self.request_record_id,
             approval: self.approval,
+            request_headers: headers_proto(self.info.headers),
         }
     }
+}
+
+fn headers_proto(headers: Vec<(String, String)>) -> Vec<tracegate_proto::v1::Header> {
+    headers
+        .into_iter()
+        .map(|(name, value)| tracegate_proto::v1::Header { name, value })
+        .collect()
 }
 
 #[cfg(test)]
@@ -243,6 +254,7 @@ mod tests {
             session_header: Some("sess-9".into()),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
+            headers: vec![("x-team".into(), "payments".into())],
             authority: "api.example".into(),
             content_type: "application/json".into(),
         }
