@@ -10,6 +10,7 @@ the time to the first visible text and the time at which each 10 % of the
 answer had arrived, medians over RUNS runs, interleaved. Prints one JSON
 object.
 """
+import base64
 import json
 import statistics
 import sys
@@ -44,7 +45,9 @@ ANSWERS = {
 
 
 def headers(text, reasoning):
-    h = {"x-test-reply": text, "x-test-piece-chars": str(PIECE),
+    # Base64: tracegate judges headers too (the secret would be masked on
+    # the way up and the answer would hold none).
+    h = {"x-test-reply-b64": base64.b64encode(text.encode()).decode(), "x-test-piece-chars": str(PIECE),
          "x-test-chunk-delay-ms": str(PACE_MS)}
     if reasoning:
         h["x-test-reasoning"] = reasoning

@@ -246,6 +246,9 @@ struct RecordJson<'a> {
     path: &'a str,
     authority: &'a str,
     status: u32,
+    /// The request's headers as they went upstream (masked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    request_headers: Vec<HeaderJson<'a>>,
     request_body: Option<BodyJson<'a>>,
     response_body: Option<BodyJson<'a>>,
     source: &'a str,
@@ -258,6 +261,12 @@ struct RecordJson<'a> {
     inspection: Option<InspectionJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     approval: Option<ApprovalJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct HeaderJson<'a> {
+    name: &'a str,
+    value: &'a str,
 }
 
 #[derive(Serialize)]
@@ -419,6 +428,14 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
             path: &r.path,
             authority: &r.authority,
             status: r.status,
+            request_headers: r
+                .request_headers
+                .iter()
+                .map(|h| HeaderJson {
+                    name: &h.name,
+                    value: &h.value,
+                })
+                .collect(),
             request_body: r.request_body.as_ref().map(body_json),
             response_body: r.response_body.as_ref().map(body_json),
             source: &r.source,

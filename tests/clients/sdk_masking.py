@@ -4,7 +4,8 @@ with secrets in prompts and in answers.
     sdk_masking.py BASE_URL SESSION
 
 The local upstream echoes the prompt as the gateway forwarded it, or says
-what the `x-test-reply` header asks. Checks, with the clients' own parsing:
+what the `x-test-reply-b64` header asks (base64: tracegate judges headers
+too, and would mask the secrets in it on the way up). Checks, with the clients' own parsing:
 - a secret in a prompt never reaches the model (the echo shows the mask);
 - a secret in an answer never reaches the client, also when streamed word by
   word (card and phone numbers contain spaces, so they span several events);
@@ -13,6 +14,7 @@ what the `x-test-reply` header asks. Checks, with the clients' own parsing:
 - the Responses API is masked the same way, streamed and not.
 Prints one line per check; exits non-zero on the first failure.
 """
+import base64
 import sys
 
 import anthropic
@@ -22,6 +24,10 @@ base_url, session = sys.argv[1:3]
 CARD = "4111 1111 1111 1111"
 KEY = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123"
 PHONE = "+1 415 555 0132"
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
 
 
 def check(name, cond, detail):
@@ -40,14 +46,14 @@ check("openai prompt masked", CARD not in text and KEY not in text and "[CARD_NU
 
 r = oa.chat.completions.create(
     model="gpt-test", messages=[{"role": "user", "content": "what is my number?"}],
-    extra_headers={"x-test-reply": f"Call {PHONE} or use card {CARD}."})
+    extra_headers={"x-test-reply-b64": b64(f"Call {PHONE} or use card {CARD}.")})
 text = r.choices[0].message.content
 check("openai answer masked", text == "Call [PHONE] or use card [CARD_NUMBER].", text)
 
 parts = []
 stream = oa.chat.completions.create(
     model="gpt-test", stream=True, messages=[{"role": "user", "content": "stream it"}],
-    extra_headers={"x-test-reply": f"Call {PHONE} or use card {CARD}.", "x-test-chunk-delay-ms": "5"})
+    extra_headers={"x-test-reply-b64": b64(f"Call {PHONE} or use card {CARD}."), "x-test-chunk-delay-ms": "5"})
 for chunk in stream:
     if chunk.choices and chunk.choices[0].delta.content:
         parts.append(chunk.choices[0].delta.content)
@@ -65,7 +71,7 @@ check("responses API prompt masked", r.output_text == "echo: card [CARD_NUMBER] 
 parts = []
 final_text = None
 with oa.responses.stream(model="gpt-test", input=[{"role": "user", "content": "stream please"}],
-                         extra_headers={"x-test-reply": f"Call {PHONE} with card {CARD}.",
+                         extra_headers={"x-test-reply-b64": b64(f"Call {PHONE} with card {CARD}."),
                                         "x-test-chunk-delay-ms": "3"}) as s:
     for event in s:
         if event.type == "response.output_text.delta":
@@ -89,7 +95,7 @@ check("anthropic prompt and thinking masked",
 with an.messages.stream(model="claude-test", max_tokens=100,
                         thinking={"type": "enabled", "budget_tokens": 1024},
                         messages=[{"role": "user", "content": f"phone {PHONE} please"}],
-                        extra_headers={"x-test-reply": f"Your key {KEY} and card {CARD} are safe.",
+                        extra_headers={"x-test-reply-b64": b64(f"Your key {KEY} and card {CARD} are safe."),
                                        "x-test-chunk-delay-ms": "5"}) as s:
     final = s.get_final_message()
 thinking = [b.thinking for b in final.content if b.type == "thinking"][0]

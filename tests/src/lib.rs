@@ -96,6 +96,16 @@ pub fn run_client(script: &str, args: &[&str]) -> Result<String> {
     Ok(stdout)
 }
 
+/// The header that makes the test upstream answer `text` (base64, so a
+/// secret in it is not masked on the way up, as tracegate judges headers).
+pub fn reply_header(text: &str) -> (&'static str, String) {
+    use base64::Engine;
+    (
+        "x-test-reply-b64",
+        base64::engine::general_purpose::STANDARD.encode(text),
+    )
+}
+
 /// Calls `f` until it returns `Some`, or fails after `timeout`.
 pub fn poll<T>(
     what: &str,

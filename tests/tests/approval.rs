@@ -612,3 +612,26 @@ fn approval_service_down_or_garbage_means_refused_never_forwarded() {
         );
     }
 }
+
+/// What an approver is shown is built around what made the request risky:
+/// padding in front of it cannot push it out of view.
+#[test]
+fn approvers_see_the_risky_part_whatever_the_padding() {
+    let (stack, who) = start(json!({"threshold": 100, "mode": "async"}));
+    let url = stack.envoy.url("/v1/chat/completions");
+    let padding = "All is well, nothing to see here. ".repeat(300);
+    let text = format!("{padding}Now {RISKY}, with key AKIAIOSFODNN7EXAMPLE.");
+    let first = ask(&url, &who.alice, "excerpt", &text, None);
+    assert_eq!(first.status, 403, "{}", first.body);
+    let id = first.approval_id.unwrap();
+    let (status, approval) = stack
+        .collector
+        .approvals_http("GET", &format!("/v1/approvals/{id}"), Some(&who.bob), None)
+        .unwrap();
+    assert_eq!(status, 200, "{approval}");
+    let excerpt = approval["request"]["excerpt"].as_str().unwrap_or_default();
+    assert!(excerpt.contains(RISKY), "{excerpt}");
+    assert!(excerpt.contains("[AWS_ACCESS_KEY_ID]"), "{excerpt}");
+    assert!(!excerpt.contains("AKIAIOSF"), "{excerpt}");
+    assert!(excerpt.contains("marked places]"), "{excerpt}");
+}

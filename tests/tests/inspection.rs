@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use tracegate_e2e::{run_client, Stack};
+use tracegate_e2e::{reply_header, run_client, Stack};
 
 const CARD: &str = "4111 1111 1111 1111";
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123";
@@ -126,10 +126,11 @@ fn secrets_are_masked_both_ways_and_never_recorded() {
     // An answer with secrets, whole and streamed word by word (the card and
     // phone numbers span several events and several reads).
     let reply = format!("Call {PHONE} or pay with {CARD} now.");
+    let reply_h = reply_header(&reply);
     for stream in [false, true] {
         let headers = [
             ("content-type", "application/json"),
-            ("x-test-reply", reply.as_str()),
+            (reply_h.0, reply_h.1.as_str()),
             ("x-test-chunk-delay-ms", "3"),
         ];
         let a = post(

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use tracegate_e2e::{run_client, Stack};
+use tracegate_e2e::{reply_header, run_client, Stack};
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123";
 
@@ -102,6 +102,7 @@ fn sdk_streams_show_text_before_the_model_finishes() {
 fn every_framing_and_untyped_streams_are_masked() {
     let stack = Stack::start(&plugin_config()).unwrap();
     let reply = format!("Use {KEY} and mail ops@example.com today.");
+    let reply_h = reply_header(&reply);
     let want = "Use [OPENAI_API_KEY] and mail [EMAIL] today.";
     for (path, framing) in [
         ("/v1/messages", "cr"),
@@ -111,10 +112,7 @@ fn every_framing_and_untyped_streams_are_masked() {
         ("/v1/messages", "untyped"),
         ("/v1/chat/completions", "untyped"),
     ] {
-        let mut headers = vec![
-            ("x-test-reply", reply.as_str()),
-            ("x-test-piece-chars", "3"),
-        ];
+        let mut headers = vec![(reply_h.0, reply_h.1.as_str()), ("x-test-piece-chars", "3")];
         match framing {
             "untyped" => headers.push(("x-test-no-content-type", "1")),
             f => headers.push(("x-test-framing", f)),
@@ -138,12 +136,16 @@ fn every_framing_and_untyped_streams_are_masked() {
 fn whole_answers_without_a_content_type_are_masked() {
     let stack = Stack::start(&plugin_config()).unwrap();
     let reply = format!("the key is {KEY}");
+    let reply_h = reply_header(&reply);
     for path in ["/v1/chat/completions", "/v1/messages"] {
         let (status, text) = post(
             &stack,
             path,
             "untyped",
-            &[("x-test-reply", &reply), ("x-test-no-content-type", "1")],
+            &[
+                (reply_h.0, reply_h.1.as_str()),
+                ("x-test-no-content-type", "1"),
+            ],
             &chat(false),
         );
         assert_eq!(status, 200, "{text}");
@@ -163,10 +165,8 @@ fn an_endless_event_ends_the_stream_with_an_error_and_memory_stays_bounded() {
     // A first streamed exchange with a finding: the worker's caches (regex
     // engines, lazy DFAs) are made on first use.
     let reply = format!("the key {KEY} is here");
-    let warm = [
-        ("x-test-reply", reply.as_str()),
-        ("x-test-piece-chars", "5"),
-    ];
+    let reply_h = reply_header(&reply);
+    let warm = [(reply_h.0, reply_h.1.as_str()), ("x-test-piece-chars", "5")];
     let (status, _) = post(&stack, "/v1/chat/completions", "warm", &warm, &chat(true));
     assert_eq!(status, 200);
     stack.collector.wait_for_records("warm", 1).unwrap();

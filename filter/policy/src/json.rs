@@ -547,8 +547,8 @@ impl Edits {
         (out, spans)
     }
 
-    /// Where a position of the source is after the edits (a position inside
-    /// a replaced span goes to the replacement's start).
+    /// Where a position of the source is after the edits (inside a replaced
+    /// span: at the same proportion of the replacement).
     pub fn map_position(&self, position: usize) -> usize {
         let mut delta: isize = 0;
         for (start, end, with) in &self.edits {
@@ -556,7 +556,8 @@ impl Edits {
                 break;
             }
             if position < *end {
-                return start.saturating_add_signed(delta);
+                let into = (position - start) * with.len() / (end - start).max(1);
+                return start.saturating_add_signed(delta) + into.min(with.len());
             }
             delta += with.len() as isize - (end - start) as isize;
         }

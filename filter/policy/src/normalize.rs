@@ -106,36 +106,44 @@ pub fn fold_char(c: char, out: &mut String) {
 /// Text as rules see it: folded, confusables made Latin, lower case, one
 /// space for any run of whitespace.
 pub fn for_rules(s: &str, out: &mut String) {
+    for_rules_mapped(s, out, None);
+}
+
+/// `for_rules`, also pushing for each byte written the offset in `s` of
+/// the character it came from.
+pub fn for_rules_mapped(s: &str, out: &mut String, mut map: Option<&mut Vec<u32>>) {
     let mut space = false;
-    for c in s.chars() {
+    for (at, c) in s.char_indices() {
         if c.is_whitespace() {
             if !space && !out.is_empty() {
                 out.push(' ');
             }
             space = true;
-            continue;
-        }
-        space = false;
-        if c.is_ascii() {
+        } else if c.is_ascii() {
+            space = false;
             out.push(c.to_ascii_lowercase());
-            continue;
-        }
-        let mut folded = String::new();
-        fold_char(c, &mut folded);
-        for f in folded.chars() {
-            if f.is_ascii() {
-                out.push(f.to_ascii_lowercase());
-            } else if f.is_whitespace() {
-                if !space && !out.is_empty() {
-                    out.push(' ');
+        } else {
+            space = false;
+            let mut folded = String::new();
+            fold_char(c, &mut folded);
+            for f in folded.chars() {
+                if f.is_ascii() {
+                    out.push(f.to_ascii_lowercase());
+                } else if f.is_whitespace() {
+                    if !space && !out.is_empty() {
+                        out.push(' ');
+                    }
+                    space = true;
+                } else {
+                    out.extend(
+                        unicode_security::confusable_detection::skeleton(&f.to_string())
+                            .flat_map(char::to_lowercase),
+                    );
                 }
-                space = true;
-            } else {
-                out.extend(
-                    unicode_security::confusable_detection::skeleton(&f.to_string())
-                        .flat_map(char::to_lowercase),
-                );
             }
+        }
+        if let Some(m) = map.as_deref_mut() {
+            m.resize(out.len(), u32::try_from(at).unwrap_or(u32::MAX));
         }
     }
 }
@@ -160,6 +168,16 @@ mod tests {
         let (a, b) = f.original(21, 25, s);
         assert_eq!(&s[a..b], "４１１１");
         assert_eq!(fold("①ﬁ").unwrap().text, "1fi");
+    }
+
+    #[test]
+    fn rule_text_maps_back_to_the_original() {
+        let s = "ab  C\u{ff24} e";
+        let mut out = String::new();
+        let mut map = Vec::new();
+        for_rules_mapped(s, &mut out, Some(&mut map));
+        assert_eq!(out, "ab cd e");
+        assert_eq!(map, vec![0, 1, 2, 4, 5, 8, 9]);
     }
 
     #[test]

@@ -173,11 +173,29 @@ fn chat_request(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
     Ok((request, messages))
 }
 
+/// What a test asked the model to say: `x-test-reply-b64` (base64, so a
+/// secret in it passes tracegate's judging of headers unseen) or
+/// `x-test-reply`.
+fn asked_reply(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    if let Some(b64) = headers
+        .get("x-test-reply-b64")
+        .and_then(|v| v.to_str().ok())
+    {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        return String::from_utf8(bytes).ok();
+    }
+    headers
+        .get("x-test-reply")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// `echo: <last user text>`, or the `x-test-reply` header's text, so tests
 /// can make the model "say" something (a secret, a placeholder).
 fn reply_text(headers: &HeaderMap, messages: &[Value]) -> String {
-    match headers.get("x-test-reply").and_then(|v| v.to_str().ok()) {
-        Some(text) => text.to_string(),
+    match asked_reply(headers) {
+        Some(text) => text,
         None => format!("echo: {}", last_user_text(messages)),
     }
 }
@@ -413,8 +431,8 @@ async fn responses(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) ->
         }
         _ => return error(StatusCode::BAD_REQUEST, "input is required"),
     };
-    let reply = match headers.get("x-test-reply").and_then(|v| v.to_str().ok()) {
-        Some(text) => text.to_string(),
+    let reply = match asked_reply(&headers) {
+        Some(text) => text,
         None => format!("echo: {prompt}"),
     };
     let model = request["model"].as_str().unwrap_or("gpt-test").to_string();

@@ -72,6 +72,9 @@ impl std::fmt::Display for Unreadable {
 struct ScopeText {
     raw: String,
     folded: String,
+    /// For each byte of `folded`, the offset in its part's text of the
+    /// character it came from.
+    map: Vec<u32>,
     /// (offset in `folded`, node) of each part.
     starts: Vec<(usize, usize)>,
 }
@@ -81,15 +84,19 @@ impl ScopeText {
         if !self.raw.is_empty() {
             self.raw.push('\n');
             self.folded.push(' ');
+            self.map.push(0);
         }
         self.raw.push_str(text);
         self.starts.push((self.folded.len(), node));
-        normalize::for_rules(text, &mut self.folded);
+        normalize::for_rules_mapped(text, &mut self.folded, Some(&mut self.map));
     }
 
-    fn node_at(&self, offset: usize) -> Option<usize> {
+    /// The part a folded offset is in, and the offset in that part's text.
+    fn place(&self, offset: usize) -> Option<(usize, usize)> {
         let i = self.starts.partition_point(|&(at, _)| at <= offset);
-        self.starts.get(i.checked_sub(1)?).map(|&(_, node)| node)
+        let node = self.starts.get(i.checked_sub(1)?).map(|&(_, node)| node)?;
+        let within = self.map.get(offset).copied().unwrap_or(0) as usize;
+        Some((node, within))
     }
 }
 
@@ -180,21 +187,22 @@ impl Inspector {
                     }
                 }
             }
-            let mut rule_nodes = Vec::new();
+            // Where each rule matched: (part, offset in the part's text).
+            let mut rule_places = Vec::new();
             for r in &self.rules {
                 let t = &texts[scope_index(r.scope)];
                 let found = r
                     .matcher
                     .find(&t.folded)
-                    .and_then(|m| t.node_at(m.start()))
+                    .and_then(|m| t.place(m.start()))
                     .or_else(|| {
                         let raw = r.raw.as_ref()?;
                         raw.find(&t.raw)
-                            .map(|_| t.starts.first().map_or(0, |&(_, n)| n))
+                            .map(|_| (t.starts.first().map_or(0, |&(_, n)| n), 0))
                     });
-                if let Some(node) = found {
+                if let Some(place) = found {
                     judged.rules.push(r.hit());
-                    rule_nodes.push(node);
+                    rule_places.push(place);
                 }
             }
             if let Some(hit) = self.first_blocking(&judged.rules) {
@@ -203,13 +211,13 @@ impl Inspector {
                     rules: judged.rules,
                 });
             }
-            // Rule matches are marked on their part (mapped below).
-            for node in rule_nodes {
+            // Rule matches are marked where they are in the source (moved
+            // to the output below); escapes make this approximate, which an
+            // excerpt's context absorbs.
+            for (node, within) in rule_places {
                 if let Some(n) = tape.node(node) {
-                    judged.marks.push(Mark {
-                        start: n.start,
-                        end: n.end,
-                    });
+                    let at = (n.start + 1 + within).min(n.end);
+                    judged.marks.push(Mark { start: at, end: at });
                 }
             }
         }
@@ -218,18 +226,32 @@ impl Inspector {
             return Ok(judged);
         };
         let mut edits = Edits::default();
+        // For each edit (in source order): where its findings are in the
+        // new text.
+        let mut inner: Vec<Vec<(usize, usize)>> = Vec::new();
         for (i, part) in list.iter().enumerate() {
             let Some(n) = tape.node(part.node) else {
                 continue;
             };
+            let mut spans = Vec::new();
             let masked = match payload(i) {
                 Some(Payload::Binary) => continue,
                 Some(Payload::Text { prefix, text }) => {
-                    mask(m, text.as_str(), tokens, &mut judged.hits, restore)
-                        .map(|t| media::encode(prefix.as_str(), &t))
+                    mask(m, text.as_str(), tokens, &mut judged.hits, restore, None).map(|t| {
+                        let encoded = media::encode(prefix.as_str(), &t);
+                        spans.push((0, encoded.len()));
+                        encoded
+                    })
                 }
                 _ => match part_text(tape, src, part.node) {
-                    Some(text) => mask(m, &text, tokens, &mut judged.hits, restore),
+                    Some(text) => mask(
+                        m,
+                        &text,
+                        tokens,
+                        &mut judged.hits,
+                        restore,
+                        Some(&mut spans),
+                    ),
                     None => continue,
                 },
             };
@@ -238,22 +260,28 @@ impl Inspector {
                 // A number that held a secret becomes its mask, a string.
                 json::write_str(&mut s, &new);
                 edits.replace(n.start, n.end, s);
+                inner.push(spans);
             }
         }
         if edits.is_empty() {
             return Ok(judged);
         }
         let (body, spans) = edits.apply_mapped(src);
-        // Rule marks were input spans: move them to the output.
+        // Rule marks were source positions: move them to the output.
         for mark in &mut judged.marks {
-            *mark = Mark {
-                start: edits.map_position(mark.start),
-                end: edits.map_position(mark.end),
-            };
+            let at = edits.map_position(mark.start);
+            *mark = Mark { start: at, end: at };
         }
-        judged
-            .marks
-            .extend(spans.into_iter().map(|(start, end)| Mark { start, end }));
+        // Findings: where their placeholders are (inside the new string,
+        // after its opening quote; escapes make it approximate).
+        for ((start, _), within) in spans.iter().zip(&inner) {
+            for (a, b) in within {
+                judged.marks.push(Mark {
+                    start: start + 1 + a,
+                    end: start + 1 + b,
+                });
+            }
+        }
         judged.body = Some(body.into_bytes());
         Ok(judged)
     }
@@ -284,11 +312,11 @@ impl Inspector {
             }
         }
         if let Some(m) = self.masker() {
-            if let Some(new) = mask(m, text, tokens, &mut judged.hits, restore) {
-                judged.marks.push(Mark {
-                    start: 0,
-                    end: new.len(),
-                });
+            let mut spans = Vec::new();
+            if let Some(new) = mask(m, text, tokens, &mut judged.hits, restore, Some(&mut spans)) {
+                judged
+                    .marks
+                    .extend(spans.into_iter().map(|(start, end)| Mark { start, end }));
                 judged.body = Some(new.into_bytes());
             }
         }
@@ -306,18 +334,20 @@ impl Inspector {
     }
 }
 
-/// Masks a text; in answers, also puts the request's own placeholders back.
+/// Masks a text (noting where its placeholders are); in answers, also puts
+/// the request's own placeholders back.
 fn mask(
     m: &Masker,
     text: &str,
     tokens: &mut Tokens,
     hits: &mut Hits,
     restore: bool,
+    marks: Option<&mut Vec<(usize, usize)>>,
 ) -> Option<String> {
     if restore {
         crate::llm::sse::mask_text(m, text, tokens, hits)
     } else {
-        m.mask(text, tokens, hits)
+        m.mask_marked(text, tokens, hits, marks)
     }
 }
 

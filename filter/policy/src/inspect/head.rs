@@ -65,10 +65,13 @@ pub struct Head {
 
 impl Inspector {
     /// Judges the path and headers (names lower-case, as Envoy gives them).
+    /// `own`: headers that carry tracegate's own credentials (the callers'
+    /// JWTs): not judged, recorded as `[credential]`.
     pub fn request_head(
         &self,
         path: &str,
         headers: &[(String, String)],
+        own: &[&str],
         tokens: &mut Tokens,
     ) -> Head {
         let mut head = Head {
@@ -79,7 +82,7 @@ impl Inspector {
             head.recorded = headers
                 .iter()
                 .filter(|(n, _)| !n.starts_with(':'))
-                .map(|(n, v)| (n.clone(), recorded_value(n, v)))
+                .map(|(n, v)| (n.clone(), recorded_value(n, v, own)))
                 .collect();
             return head;
         };
@@ -134,9 +137,9 @@ impl Inspector {
             if name.starts_with(':') {
                 continue;
             }
-            if !judged(name) {
+            if !judged(name) || own.contains(&name.as_str()) {
                 head.recorded
-                    .push((name.clone(), recorded_value(name, value)));
+                    .push((name.clone(), recorded_value(name, value, own)));
                 continue;
             }
             // A header's name is judged too (any custom header may be sent).
@@ -156,8 +159,9 @@ impl Inspector {
     }
 }
 
-fn recorded_value(name: &str, value: &str) -> String {
-    if CREDENTIALS.contains(&name) {
+/// A header's value as recorded: credentials never.
+pub fn recorded_value(name: &str, value: &str, own: &[&str]) -> String {
+    if CREDENTIALS.contains(&name) || own.contains(&name) {
         "[credential]".into()
     } else {
         value.to_string()

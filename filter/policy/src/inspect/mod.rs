@@ -15,7 +15,7 @@ mod head;
 pub mod media;
 
 pub use body::Mark;
-pub use head::{Head, CREDENTIALS};
+pub use head::{recorded_value, Head, CREDENTIALS};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;

@@ -293,7 +293,9 @@ fn path_query_and_headers_are_judged() {
             ("x-session-id", "bob@example.com"),
             ("x-custom", "card 4111 1111 1111 1111"),
             ("content-type", "application/json"),
+            ("x-agent-token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
         ]),
+        &["x-agent-token"],
         &mut Tokens::default(),
     );
     assert_eq!(h.refuse, None);
@@ -314,7 +316,15 @@ fn path_query_and_headers_are_judged() {
     assert!(!format!("{h:?}").contains("AKIAIOSF") || h.path.is_some());
     assert_eq!(h.hits.counts.len(), 3);
     // A secret in the path itself: refused, and recorded masked.
-    let h = i.request_head("/v1/keys/AKIAIOSFODNN7EXAMPLE", &[], &mut Tokens::default());
+    assert!(h
+        .recorded
+        .contains(&("x-agent-token".to_string(), "[credential]".to_string())));
+    let h = i.request_head(
+        "/v1/keys/AKIAIOSFODNN7EXAMPLE",
+        &[],
+        &[],
+        &mut Tokens::default(),
+    );
     assert!(h.refuse.is_some());
     assert_eq!(h.recorded_path, "/v1/keys/%5BAWS_ACCESS_KEY_ID%5D");
 }
@@ -528,4 +538,39 @@ mod properties {
             prop_assert!(!all.contains("4111111111111111"), "{}", all);
         }
     }
+}
+
+#[test]
+fn marks_point_at_findings_and_rule_matches_in_the_body_sent() {
+    let i = inspector(
+        json!({}),
+        json!([{"id": "prod", "keywords": ["deploy to production"], "action": "approve", "risk": 70}]),
+    )
+    .with_approvals(true);
+    let padding = "All is well, nothing to see here. ".repeat(300);
+    let body = serde_json::to_string_pretty(&json!({"model": "m", "messages": [{"role": "user",
+        "content": format!("{padding}Now please deploy to production now, with key AKIAIOSFODNN7EXAMPLE.")}]}))
+    .unwrap();
+    let RequestVerdict::Forward {
+        body: Some(sent),
+        marks,
+        ..
+    } = i.request("application/json", body.as_bytes(), &mut Tokens::default())
+    else {
+        panic!()
+    };
+    let sent_text = String::from_utf8(sent.clone()).unwrap();
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    for m in &marks {
+        let around = &sent_text[m.start.saturating_sub(40)..(m.end + 40).min(sent_text.len())];
+        assert!(
+            around.contains("deploy to production") || around.contains("[AWS_ACCESS_KEY_ID]"),
+            "{m:?}: {around}"
+        );
+    }
+    let e = crate::approval::excerpt(&sent, &marks, 1500);
+    assert!(
+        e.contains("deploy to production now, with key [AWS_ACCESS_KEY_ID]"),
+        "{e}"
+    );
 }

@@ -184,6 +184,17 @@ impl Masker {
     /// characters removed, compatibility forms made plain. A finding masks
     /// the original bytes it came from.
     pub fn mask(&self, text: &str, tokens: &mut Tokens, hits: &mut Hits) -> Option<String> {
+        self.mask_marked(text, tokens, hits, None)
+    }
+
+    /// `mask`, also pushing where each replacement is in the masked text.
+    pub fn mask_marked(
+        &self,
+        text: &str,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        marks: Option<&mut Vec<(usize, usize)>>,
+    ) -> Option<String> {
         let mut findings = Vec::new();
         match crate::normalize::fold(text) {
             None => self.catalogue.find(text, &mut findings),
@@ -198,7 +209,7 @@ impl Masker {
         if findings.is_empty() {
             return None;
         }
-        Some(self.apply(text, &findings, tokens, hits))
+        Some(self.apply_marked(text, &findings, tokens, hits, marks))
     }
 
     /// Replaces `findings` (sorted, non-overlapping) in `text`.
@@ -209,10 +220,22 @@ impl Masker {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> String {
+        self.apply_marked(text, findings, tokens, hits, None)
+    }
+
+    fn apply_marked(
+        &self,
+        text: &str,
+        findings: &[Finding],
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        mut marks: Option<&mut Vec<(usize, usize)>>,
+    ) -> String {
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for f in findings {
             out.push_str(&text[at..f.start]);
+            let mark_start = out.len();
             let d = &self.catalogue.detectors()[f.detector];
             hits.add(&d.name, d.risk);
             let value = &text[f.start..f.end];
@@ -236,6 +259,9 @@ impl Masker {
                     out.push_str(&format!("[{}:hmac:{}]", d.label, self.hmac_hex(value)));
                 }
                 Operator::Tokenize => out.push_str(&tokens.token_for(&d.label, value)),
+            }
+            if let Some(m) = marks.as_deref_mut() {
+                m.push((mark_start, out.len()));
             }
             at = f.end;
         }
