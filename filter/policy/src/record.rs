@@ -9,6 +9,112 @@ use tracegate_proto::v1::{Body, Record};
 /// value is not a session id and the request id is used instead.
 pub const MAX_SESSION_ID_LEN: usize = 256;
 
+/// How much of a request the filter let go on to the upstream: what the
+/// upstream may have seen. Only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UpstreamSaw {
+    /// Nothing left the proxy.
+    #[default]
+    Nothing,
+    /// Method, URL and headers went on; the body was still held.
+    Headers,
+    /// Headers and body went on.
+    Request,
+}
+
+impl UpstreamSaw {
+    /// The record's value (the one mapping to the proto enum).
+    pub fn to_proto(self) -> tracegate_proto::v1::record::UpstreamSaw {
+        use tracegate_proto::v1::record::UpstreamSaw as P;
+        match self {
+            UpstreamSaw::Nothing => P::Nothing,
+            UpstreamSaw::Headers => P::Headers,
+            UpstreamSaw::Request => P::Request,
+        }
+    }
+}
+
+/// What the filter did with a request, as its record states it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// It went upstream whole.
+    #[default]
+    Forwarded,
+    /// A block rule matched (403).
+    Blocked,
+    /// It could not be inspected (400, 413, 415), or its answer was replaced (502).
+    Refused,
+    /// Its caller was not authenticated (401).
+    Unauthenticated,
+    /// Async approval was asked; the caller retries once approved (403).
+    AwaitingApproval,
+    /// Approval denied, expired, refused or unavailable (403).
+    Denied,
+    /// Its record could not be made durable before forwarding (write-ahead,
+    /// fail_closed: 503).
+    Unrecorded,
+    /// The client went away before it was forwarded.
+    Abandoned,
+    /// The filter answered it for another reason.
+    NotForwarded,
+}
+
+impl Verdict {
+    /// The record's `inspection.verdict` (the one mapping to its text).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Forwarded => "forwarded",
+            Verdict::Blocked => "blocked",
+            Verdict::Refused => "refused",
+            Verdict::Unauthenticated => "unauthenticated",
+            Verdict::AwaitingApproval => "awaiting_approval",
+            Verdict::Denied => "denied",
+            Verdict::Unrecorded => "unrecorded",
+            Verdict::Abandoned => "abandoned",
+            Verdict::NotForwarded => "not_forwarded",
+        }
+    }
+}
+
+/// What the proxy knows when an exchange ends, beyond inspection's verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The filter answered the request itself (a local reply).
+    pub answered_locally: bool,
+    /// The caller's token was refused (401).
+    pub unauthenticated: bool,
+    /// The write-ahead record failed and the request was answered 503.
+    pub unrecorded: bool,
+    /// The approval gate refused it (its verdict), if it did.
+    pub approval_refused: Option<Verdict>,
+    /// How much of the request went upstream.
+    pub upstream: UpstreamSaw,
+}
+
+/// The verdict a record states: inspection's, unless the request was
+/// stopped later (by authentication, approval, the write-ahead record, or
+/// the client leaving). A request that did not go upstream whole is never
+/// "forwarded".
+pub fn final_verdict(judged: Verdict, ending: &Ending) -> Verdict {
+    if judged != Verdict::Forwarded {
+        return judged;
+    }
+    if let Some(v) = ending.approval_refused {
+        return v;
+    }
+    if ending.unauthenticated {
+        Verdict::Unauthenticated
+    } else if ending.unrecorded {
+        Verdict::Unrecorded
+    } else if ending.answered_locally {
+        Verdict::NotForwarded
+    } else if ending.upstream != UpstreamSaw::Request {
+        Verdict::Abandoned
+    } else {
+        Verdict::Forwarded
+    }
+}
+
 /// What the request headers say about an exchange.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestInfo {
@@ -125,6 +231,8 @@ pub struct ExchangeRecorder {
     pub request_record_id: String,
     /// The human approval this exchange went through, if any.
     pub approval: Option<tracegate_proto::v1::Approval>,
+    /// How much of the request the upstream may have seen.
+    pub upstream: UpstreamSaw,
 }
 
 impl ExchangeRecorder {
@@ -144,6 +252,7 @@ impl ExchangeRecorder {
             response_body: BodyCapture::new(max_body_bytes),
             request_record_id: String::new(),
             approval: None,
+            upstream: UpstreamSaw::Nothing,
         }
     }
 
@@ -153,13 +262,15 @@ impl ExchangeRecorder {
 
     /// The record written ahead (`recording.mode: write_ahead`): the request
     /// as it will be forwarded, its identity and request-side inspection; no
-    /// response yet.
+    /// response yet. `upstream`: what already went on (its headers, when
+    /// they are not held for the body).
     pub fn request_record(
         &self,
         record_id: String,
         source: String,
         identity: Option<tracegate_proto::v1::Identity>,
         inspection: Option<tracegate_proto::v1::Inspection>,
+        upstream: UpstreamSaw,
     ) -> Record {
         Record {
             record_id,
@@ -174,6 +285,7 @@ impl ExchangeRecorder {
             identity,
             inspection,
             phase: tracegate_proto::v1::record::Phase::Request as i32,
+            upstream_saw: upstream.to_proto() as i32,
             ..Record::default()
         }
     }
@@ -227,6 +339,7 @@ impl ExchangeRecorder {
             phase: tracegate_proto::v1::record::Phase::Exchange as i32,
             request_record_id: self.request_record_id,
             approval: self.approval,
+            upstream_saw: self.upstream.to_proto() as i32,
         }
     }
 }
@@ -308,6 +421,86 @@ mod tests {
             (&b"{}"[..], "application/json")
         );
         assert_eq!(rec.response_body.unwrap().content_type, "text/event-stream");
+    }
+
+    #[test]
+    fn a_request_that_did_not_go_upstream_whole_is_never_forwarded() {
+        let whole = Ending {
+            upstream: UpstreamSaw::Request,
+            ..Ending::default()
+        };
+        assert_eq!(
+            final_verdict(Verdict::Forwarded, &whole),
+            Verdict::Forwarded
+        );
+        // Inspection's own refusals stand.
+        for v in [Verdict::Blocked, Verdict::Refused] {
+            assert_eq!(final_verdict(v, &Ending::default()), v);
+        }
+        let cases = [
+            (
+                Ending {
+                    unauthenticated: true,
+                    answered_locally: true,
+                    ..Ending::default()
+                },
+                Verdict::Unauthenticated,
+            ),
+            (
+                Ending {
+                    unrecorded: true,
+                    answered_locally: true,
+                    upstream: UpstreamSaw::Headers,
+                    ..Ending::default()
+                },
+                Verdict::Unrecorded,
+            ),
+            (
+                Ending {
+                    approval_refused: Some(Verdict::Denied),
+                    answered_locally: true,
+                    ..Ending::default()
+                },
+                Verdict::Denied,
+            ),
+            (
+                Ending {
+                    answered_locally: true,
+                    upstream: UpstreamSaw::Request,
+                    ..Ending::default()
+                },
+                Verdict::NotForwarded,
+            ),
+            (
+                Ending {
+                    upstream: UpstreamSaw::Headers,
+                    ..Ending::default()
+                },
+                Verdict::Abandoned,
+            ),
+            (Ending::default(), Verdict::Abandoned),
+        ];
+        for (ending, want) in cases {
+            assert_eq!(
+                final_verdict(Verdict::Forwarded, &ending),
+                want,
+                "{ending:?}"
+            );
+            assert_ne!(want.as_str(), "forwarded");
+        }
+    }
+
+    #[test]
+    fn upstream_saw_only_grows_in_order() {
+        assert!(UpstreamSaw::Nothing < UpstreamSaw::Headers);
+        assert!(UpstreamSaw::Headers < UpstreamSaw::Request);
+        let mut r = ExchangeRecorder::new(info(), 0, 0);
+        r.upstream = UpstreamSaw::Headers;
+        let rec = r.finish("i".into(), "s".into(), 1);
+        assert_eq!(
+            rec.upstream_saw(),
+            tracegate_proto::v1::record::UpstreamSaw::Headers
+        );
     }
 
     #[test]
