@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 use tracegate_proto::v1::identity::Status;
-use tracegate_proto::v1::record::{Phase, UpstreamSaw};
+use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
 use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, Record};
 
 use crate::caller::Caller;
@@ -104,6 +104,13 @@ pub fn write_timeline(
         if let Some(saw) = upstream_saw(r) {
             writeln!(out, "   upstream saw: {}", upstream_text(saw))?;
         }
+        match answered_by(r) {
+            Some(AnsweredBy::Proxy) => {
+                writeln!(out, "   answered by: proxy ({})", Safe(&r.status_detail))?
+            }
+            Some(by) => writeln!(out, "   answered by: {}", answered_by_name(by))?,
+            None => {}
+        }
         if let Some(id) = &r.identity {
             writeln!(out, "   identity: {}", identity_line(id))?;
         }
@@ -142,6 +149,25 @@ fn upstream_saw(r: &Record) -> Option<UpstreamSaw> {
     match UpstreamSaw::try_from(r.upstream_saw).unwrap_or(UpstreamSaw::Unknown) {
         UpstreamSaw::Unknown => None,
         saw => Some(saw),
+    }
+}
+
+/// Who answered the client, when the record says it.
+fn answered_by(r: &Record) -> Option<AnsweredBy> {
+    match AnsweredBy::try_from(r.answered_by).unwrap_or(AnsweredBy::Unknown) {
+        AnsweredBy::Unknown => None,
+        by => Some(by),
+    }
+}
+
+/// `upstream`, `tracegate`, `proxy`, `nobody`: the JSON value.
+fn answered_by_name(by: AnsweredBy) -> &'static str {
+    match by {
+        AnsweredBy::Unknown => "unknown",
+        AnsweredBy::Upstream => "upstream",
+        AnsweredBy::Tracegate => "tracegate",
+        AnsweredBy::Proxy => "proxy",
+        AnsweredBy::Nobody => "nobody",
     }
 }
 
@@ -328,6 +354,11 @@ struct RecordJson<'a> {
     /// `nothing`, `headers` or `request`; absent in records that do not say.
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_saw: Option<&'static str>,
+    /// `upstream`, `tracegate`, `proxy` or `nobody`; absent when not said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered_by: Option<&'static str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    status_detail: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     request_record_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -506,6 +537,8 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
                 Phase::Request => "request",
             },
             upstream_saw: upstream_saw(r).map(upstream_name),
+            answered_by: answered_by(r).map(answered_by_name),
+            status_detail: &r.status_detail,
             request_record_id: &r.request_record_id,
             identity: r.identity.as_ref().map(identity_json),
             inspection: r.inspection.as_ref().map(inspection_json),
@@ -650,6 +683,8 @@ mod tests {
                 ..Approval::default()
             }),
             upstream_saw: UpstreamSaw::Headers as i32,
+            answered_by: AnsweredBy::Proxy as i32,
+            status_detail: evil(),
             ..Record::default()
         }
     }
@@ -696,6 +731,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["path"], EVIL);
         assert_eq!(v["upstream_saw"], "headers");
+        assert_eq!(
+            (v["answered_by"].as_str(), v["status_detail"].as_str()),
+            (Some("proxy"), Some(EVIL))
+        );
         assert_eq!(v["caller"], format!("{EVIL}|{EVIL}"));
     }
 

@@ -17,7 +17,7 @@ use tracegate_policy::llm::sse::{error_event, looks_like_sse, SseMasker};
 use tracegate_policy::llm::Api;
 use tracegate_policy::mask::Tokens;
 use tracegate_policy::record::{
-    final_verdict, record_id, BodyCapture, Ending, UpstreamSaw, Verdict,
+    final_verdict, record_id, AnsweredBy, BodyCapture, Ending, UpstreamSaw, Verdict,
 };
 use tracegate_policy::{ExchangeRecorder, RequestInfo};
 
@@ -716,12 +716,26 @@ impl HttpContext for Exchange {
                 self.inspection.reason = a.detail.clone();
             }
         }
+        if let Some(code) = host::property_u64(&["response", "code"]) {
+            recorder.fallback_status(u32::try_from(code).unwrap_or(0));
+        }
         // What the record states happened: never "forwarded" for a request
-        // that did not go upstream whole.
+        // that did not go upstream whole. Envoy's response code details tell
+        // the upstream's answers (`via_upstream`) from its own.
+        let details = host::property_string(&["response", "code_details"]);
+        let answered_by = AnsweredBy::of(
+            self.identity.borrow().answered,
+            recorder.status(),
+            details.as_deref(),
+        );
+        if answered_by == AnsweredBy::Proxy {
+            recorder.status_detail = details.unwrap_or_default();
+        }
+        recorder.answered_by = answered_by;
         let ending = {
             let s = self.identity.borrow();
             Ending {
-                answered_locally: s.answered,
+                answered_by,
                 unauthenticated,
                 unrecorded: matches!(s.ahead, Ahead::Refused(_)),
                 approval_refused,
@@ -733,6 +747,11 @@ impl HttpContext for Exchange {
             self.inspection.reason = match self.inspection.verdict {
                 Verdict::Unrecorded => "its record could not be made durable before forwarding (write_ahead, fail_closed): answered 503".into(),
                 Verdict::Abandoned => "the client went away before the request was forwarded".into(),
+                Verdict::NotForwarded if answered_by == AnsweredBy::Proxy => format!(
+                    "the proxy answered {} ({}) before the request was forwarded whole",
+                    recorder.status(),
+                    recorder.status_detail
+                ),
                 _ => String::new(),
             };
         }
@@ -752,9 +771,6 @@ impl HttpContext for Exchange {
             || self.inspection.verdict != Verdict::Forwarded
         {
             recorder.inspection = Some(self.inspection.to_proto());
-        }
-        if let Some(code) = host::property_u64(&["response", "code"]) {
-            recorder.fallback_status(u32::try_from(code).unwrap_or(0));
         }
         let now = host::now_nanos();
         let millis = u64::try_from(now / 1_000_000).unwrap_or(0);

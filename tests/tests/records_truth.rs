@@ -115,6 +115,7 @@ fn with_headers_held_a_blocked_request_says_the_upstream_saw_nothing() {
     let r = stack.collector.wait_for_records(&s, 1).unwrap().remove(0);
     assert_eq!(r["inspection"]["verdict"], "blocked", "{r}");
     assert_eq!(r["upstream_saw"], "nothing", "{r}");
+    assert_eq!(r["answered_by"], "tracegate", "{r}");
     assert_eq!(starts_of(&stack, &s), 0, "nothing reached the upstream");
 
     // A request that passes says the upstream saw it whole.
@@ -124,6 +125,29 @@ fn with_headers_held_a_blocked_request_says_the_upstream_saw_nothing() {
     let r = stack.collector.wait_for_records(&ok, 1).unwrap().remove(0);
     assert_eq!(r["inspection"]["verdict"], "forwarded", "{r}");
     assert_eq!(r["upstream_saw"], "request", "{r}");
+    assert_eq!(r["answered_by"], "upstream", "{r}");
+
+    // The upstream is gone: Envoy answers 503 itself, and the record says
+    // so rather than pass it off as the upstream's answer.
+    stack.upstream.process.kill().unwrap();
+    let gone = unique("upstream-gone");
+    let (status, answer) = staged(&stack, &gone, &chat_body("hello"), || {});
+    assert_eq!(status, 503, "{answer}");
+    let r = stack
+        .collector
+        .wait_for_records(&gone, 1)
+        .unwrap()
+        .remove(0);
+    assert_eq!(r["answered_by"], "proxy", "{r}");
+    assert!(
+        r["status_detail"].as_str().unwrap().contains("upstream"),
+        "{r}"
+    );
+    let timeline = stack.collector.cli(&["replay", &gone]).unwrap();
+    assert!(
+        timeline.contains("answered by: proxy (upstream"),
+        "{timeline}"
+    );
 }
 
 #[test]
@@ -150,6 +174,7 @@ fn a_write_ahead_503_is_not_recorded_as_forwarded() {
     stack.collector = Collector::start_on(&stack.dir, port).unwrap();
     let r = stack.collector.wait_for_records(&s, 1).unwrap().remove(0);
     assert_eq!(r["status"], 503, "{r}");
+    assert_eq!(r["answered_by"], "tracegate", "{r}");
     assert_eq!(r["inspection"]["verdict"], "unrecorded", "{r}");
     assert!(
         r["inspection"]["reason"]

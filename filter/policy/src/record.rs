@@ -34,6 +34,49 @@ impl UpstreamSaw {
     }
 }
 
+/// Who produced the status the client got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AnsweredBy {
+    /// The proxy did not say.
+    #[default]
+    Unknown,
+    Upstream,
+    /// tracegate's own local reply.
+    Tracegate,
+    /// The proxy's own local reply (upstream unreachable, reset, timeout,
+    /// a buffer limit).
+    Proxy,
+    /// No answer (the client went away first).
+    Nobody,
+}
+
+impl AnsweredBy {
+    /// From what the proxy says when the exchange ends: whether tracegate
+    /// answered, the final status (0: none) and the proxy's response code
+    /// details (`via_upstream` for the upstream's answers), if it tells.
+    pub fn of(answered_locally: bool, status: u32, details: Option<&str>) -> AnsweredBy {
+        match details {
+            _ if answered_locally => AnsweredBy::Tracegate,
+            Some("via_upstream") => AnsweredBy::Upstream,
+            Some(_) if status == 0 => AnsweredBy::Nobody,
+            Some(_) => AnsweredBy::Proxy,
+            None => AnsweredBy::Unknown,
+        }
+    }
+
+    /// The record's value (the one mapping to the proto enum).
+    pub fn to_proto(self) -> tracegate_proto::v1::record::AnsweredBy {
+        use tracegate_proto::v1::record::AnsweredBy as P;
+        match self {
+            AnsweredBy::Unknown => P::Unknown,
+            AnsweredBy::Upstream => P::Upstream,
+            AnsweredBy::Tracegate => P::Tracegate,
+            AnsweredBy::Proxy => P::Proxy,
+            AnsweredBy::Nobody => P::Nobody,
+        }
+    }
+}
+
 /// What the filter did with a request, as its record states it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Verdict {
@@ -55,7 +98,8 @@ pub enum Verdict {
     Unrecorded,
     /// The client went away before it was forwarded.
     Abandoned,
-    /// The filter answered it for another reason.
+    /// Not forwarded whole, for another reason: the filter or the proxy
+    /// answered it (e.g. the proxy's buffer limit, 413).
     NotForwarded,
 }
 
@@ -79,8 +123,8 @@ impl Verdict {
 /// What the proxy knows when an exchange ends, beyond inspection's verdict.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ending {
-    /// The filter answered the request itself (a local reply).
-    pub answered_locally: bool,
+    /// Who answered the client.
+    pub answered_by: AnsweredBy,
     /// The caller's token was refused (401).
     pub unauthenticated: bool,
     /// The write-ahead record failed and the request was answered 503.
@@ -92,9 +136,9 @@ pub struct Ending {
 }
 
 /// The verdict a record states: inspection's, unless the request was
-/// stopped later (by authentication, approval, the write-ahead record, or
-/// the client leaving). A request that did not go upstream whole is never
-/// "forwarded".
+/// stopped later (by authentication, approval, the write-ahead record, the
+/// proxy, or the client leaving). A request that did not go upstream whole,
+/// or that tracegate answered itself, is never "forwarded".
 pub fn final_verdict(judged: Verdict, ending: &Ending) -> Verdict {
     if judged != Verdict::Forwarded {
         return judged;
@@ -106,10 +150,13 @@ pub fn final_verdict(judged: Verdict, ending: &Ending) -> Verdict {
         Verdict::Unauthenticated
     } else if ending.unrecorded {
         Verdict::Unrecorded
-    } else if ending.answered_locally {
+    } else if ending.answered_by == AnsweredBy::Tracegate {
         Verdict::NotForwarded
     } else if ending.upstream != UpstreamSaw::Request {
-        Verdict::Abandoned
+        match ending.answered_by {
+            AnsweredBy::Proxy => Verdict::NotForwarded,
+            _ => Verdict::Abandoned,
+        }
     } else {
         Verdict::Forwarded
     }
@@ -233,6 +280,9 @@ pub struct ExchangeRecorder {
     pub approval: Option<tracegate_proto::v1::Approval>,
     /// How much of the request the upstream may have seen.
     pub upstream: UpstreamSaw,
+    /// Who answered the client, and the proxy's reason when it did.
+    pub answered_by: AnsweredBy,
+    pub status_detail: String,
 }
 
 impl ExchangeRecorder {
@@ -253,6 +303,8 @@ impl ExchangeRecorder {
             request_record_id: String::new(),
             approval: None,
             upstream: UpstreamSaw::Nothing,
+            answered_by: AnsweredBy::Unknown,
+            status_detail: String::new(),
         }
     }
 
@@ -309,6 +361,11 @@ impl ExchangeRecorder {
         self.identity = identity;
     }
 
+    /// The status the client got (so far); 0 if none.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
     /// The status when no response headers passed the filter (e.g. a local
     /// reply made before it); never overrides one already seen.
     pub fn fallback_status(&mut self, status: u32) {
@@ -340,6 +397,8 @@ impl ExchangeRecorder {
             request_record_id: self.request_record_id,
             approval: self.approval,
             upstream_saw: self.upstream.to_proto() as i32,
+            answered_by: self.answered_by.to_proto() as i32,
+            status_detail: self.status_detail,
         }
     }
 }
@@ -441,7 +500,7 @@ mod tests {
             (
                 Ending {
                     unauthenticated: true,
-                    answered_locally: true,
+                    answered_by: AnsweredBy::Tracegate,
                     ..Ending::default()
                 },
                 Verdict::Unauthenticated,
@@ -449,7 +508,7 @@ mod tests {
             (
                 Ending {
                     unrecorded: true,
-                    answered_locally: true,
+                    answered_by: AnsweredBy::Tracegate,
                     upstream: UpstreamSaw::Headers,
                     ..Ending::default()
                 },
@@ -458,14 +517,14 @@ mod tests {
             (
                 Ending {
                     approval_refused: Some(Verdict::Denied),
-                    answered_locally: true,
+                    answered_by: AnsweredBy::Tracegate,
                     ..Ending::default()
                 },
                 Verdict::Denied,
             ),
             (
                 Ending {
-                    answered_locally: true,
+                    answered_by: AnsweredBy::Tracegate,
                     upstream: UpstreamSaw::Request,
                     ..Ending::default()
                 },
@@ -479,6 +538,14 @@ mod tests {
                 Verdict::Abandoned,
             ),
             (Ending::default(), Verdict::Abandoned),
+            (
+                Ending {
+                    answered_by: AnsweredBy::Proxy,
+                    upstream: UpstreamSaw::Headers,
+                    ..Ending::default()
+                },
+                Verdict::NotForwarded,
+            ),
         ];
         for (ending, want) in cases {
             assert_eq!(
@@ -488,6 +555,36 @@ mod tests {
             );
             assert_ne!(want.as_str(), "forwarded");
         }
+    }
+
+    #[test]
+    fn who_answered_comes_from_the_proxy_details() {
+        assert_eq!(AnsweredBy::of(true, 403, Some("x")), AnsweredBy::Tracegate);
+        assert_eq!(
+            AnsweredBy::of(false, 200, Some("via_upstream")),
+            AnsweredBy::Upstream
+        );
+        assert_eq!(
+            AnsweredBy::of(
+                false,
+                503,
+                Some("upstream_reset_before_response_started{connection_failure}")
+            ),
+            AnsweredBy::Proxy
+        );
+        assert_eq!(
+            AnsweredBy::of(false, 0, Some("downstream_remote_disconnect")),
+            AnsweredBy::Nobody
+        );
+        assert_eq!(AnsweredBy::of(false, 503, None), AnsweredBy::Unknown);
+        // The upstream forwarded whole and answered by the proxy (e.g.
+        // upstream unreachable): still forwarded by tracegate.
+        let e = Ending {
+            answered_by: AnsweredBy::Proxy,
+            upstream: UpstreamSaw::Request,
+            ..Ending::default()
+        };
+        assert_eq!(final_verdict(Verdict::Forwarded, &e), Verdict::Forwarded);
     }
 
     #[test]
