@@ -89,7 +89,7 @@ impl serde_json::ser::Formatter for JsonSafe {
     ) -> io::Result<()> {
         let mut rest = fragment;
         while let Some(at) = rest.find(is_unsafe) {
-            writer.write_all(rest[..at].as_bytes())?;
+            writer.write_all(&rest.as_bytes()[..at])?;
             let c = rest[at..].chars().next().unwrap_or('\0');
             // All of the set is in the Basic Multilingual Plane.
             write!(writer, "\\u{:04x}", c as u32)?;
