@@ -12,7 +12,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel};
 use std::rc::Rc;
 
-use tracegate_policy::inspect::{error_body, media_type, ExchangeInspection, RequestVerdict};
+use tracegate_policy::inspect::{
+    error_body, media_type, ExchangeInspection, Head, Mark, RequestVerdict, CREDENTIALS,
+};
 use tracegate_policy::llm::sse::{error_event, looks_like_sse, SseMasker};
 use tracegate_policy::llm::Api;
 use tracegate_policy::mask::Tokens;
@@ -69,7 +71,13 @@ pub struct Exchange {
     hold_for_gates: bool,
     /// `x-tracegate-approval` (async approval: the grant this retry redeems).
     grant: Option<String>,
+    /// Where, in the request as sent, what made it risky is.
+    marks: Vec<Mark>,
 }
+
+/// Characters of the request an approver is shown (around what made it
+/// risky).
+const EXCERPT_CHARS: usize = 1500;
 
 impl Exchange {
     pub fn new(context_id: u32, shared: Option<Rc<Shared>>) -> Self {
@@ -90,6 +98,7 @@ impl Exchange {
             reserved: false,
             hold_for_gates: false,
             grant: None,
+            marks: Vec::new(),
         }
     }
 
@@ -169,7 +178,7 @@ impl Exchange {
             method: info.method.clone(),
             path: info.path.clone(),
             digest: request_digest(&info.method, &info.path, raw),
-            excerpt: excerpt(sent, 600),
+            excerpt: excerpt(sent, &self.marks, EXCERPT_CHARS),
             grant: self.grant.clone(),
         }
     }
@@ -213,13 +222,15 @@ impl Exchange {
                 body: masked,
                 hits,
                 rules,
+                marks,
             } => {
+                self.marks = marks;
                 shared
                     .metrics
                     .findings
                     .add(hits.counts.values().map(|&n| u64::from(n)).sum());
                 self.inspection.rules_risk = inspector.rules_risk(&rules);
-                self.inspection.request = hits;
+                self.inspection.request.merge(&hits);
                 self.inspection.rules = rules;
                 match masked {
                     Some(new) => {
@@ -237,7 +248,7 @@ impl Exchange {
             } => {
                 shared.metrics.blocked.add(1);
                 self.inspection.rules_risk = inspector.rules_risk(&rules);
-                self.inspection.request = hits;
+                self.inspection.request.merge(&hits);
                 self.inspection.rules = rules;
                 self.inspection.verdict = Verdict::Blocked;
                 self.inspection.blocked_rule = rule.id.clone();
@@ -372,14 +383,61 @@ impl HttpContext for Exchange {
                 return Action::Pause;
             }
         }
+        // The URL and every header are judged before anything goes on.
+        let path = header(":path");
+        let headers = host::request_headers();
+        let head = match &shared.inspector {
+            Some(inspector) => inspector.request_head(&path, &headers, &mut self.tokens),
+            None => Head {
+                recorded_path: path.clone(),
+                recorded: headers
+                    .iter()
+                    .filter(|(n, _)| !n.starts_with(':'))
+                    .map(|(n, v)| {
+                        let credential = CREDENTIALS.contains(&n.as_str());
+                        (
+                            n.clone(),
+                            if credential {
+                                "[credential]".into()
+                            } else {
+                                v.clone()
+                            },
+                        )
+                    })
+                    .collect(),
+                ..Head::default()
+            },
+        };
+        for (name, value) in &head.set {
+            host::set_request_header(name, Some(value));
+        }
+        if let Some(p) = &head.path {
+            host::set_request_header(":path", Some(p));
+        }
+        // Ids as they went on (masked if they held something).
+        let sent = |name: &str| {
+            head.set
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| host::request_header(name))
+        };
         let info = RequestInfo {
-            request_id: header("x-request-id"),
-            session_header: host::request_header(&shared.config.session.header),
+            request_id: sent("x-request-id").unwrap_or_default(),
+            session_header: sent(&shared.config.session.header),
             method: header(":method"),
-            path: header(":path"),
+            path: head.recorded_path.clone(),
             authority: header(":authority"),
             content_type: header("content-type"),
+            headers: head.recorded.clone(),
         };
+        if !head.hits.is_empty() {
+            shared
+                .metrics
+                .findings
+                .add(head.hits.counts.values().map(|&n| u64::from(n)).sum());
+            self.inspection.request.merge(&head.hits);
+        }
         self.content_type = info.content_type.clone();
         self.recorder = Some(ExchangeRecorder::new(
             info,
@@ -387,6 +445,10 @@ impl HttpContext for Exchange {
             shared.config.recording.max_body_bytes,
         ));
 
+        if let Some(why) = &head.refuse {
+            self.refuse_uninspectable(&shared, 400, "invalid_request_error", why);
+            return Action::Pause;
+        }
         if let Some(inspector) = &shared.inspector {
             if inspector.config.responses && inspector.masker().is_some() {
                 // Answers must come back uncompressed to be inspected.
@@ -767,6 +829,7 @@ impl HttpContext for Exchange {
             }
         }
         if self.inspect_request
+            || !self.inspection.request.is_empty()
             || !self.inspection.response.is_empty()
             || self.inspection.verdict != Verdict::Forwarded
         {

@@ -438,13 +438,82 @@ pub fn error_with_approval(
     }
 }
 
-/// The first `max` characters of the request's prompt text, masked.
-pub fn excerpt(masked_body: &[u8], max: usize) -> String {
+/// Context shown on each side of a marked place.
+const AROUND: usize = 160;
+
+/// What an approver reads: the request as sent (masked), around each place
+/// that made it risky (a masked finding, a rule's match), with context on
+/// both sides, up to `max` characters; then how much was left out. Without
+/// marks, the beginning of the body. Padding cannot push the risky part out
+/// of view.
+pub fn excerpt(masked_body: &[u8], marks: &[crate::inspect::Mark], max: usize) -> String {
     let text = String::from_utf8_lossy(masked_body);
-    let mut out: String = text.chars().take(max).collect();
-    if text.chars().count() > max {
-        out.push('…');
+    let floor = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let ceil = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i += 1;
+        }
+        i
+    };
+    let mut windows: Vec<(usize, usize)> = marks
+        .iter()
+        .map(|m| {
+            (
+                floor(m.start.saturating_sub(AROUND)),
+                ceil(m.end.saturating_add(AROUND)),
+            )
+        })
+        .collect();
+    if windows.is_empty() {
+        windows.push((0, ceil(max)));
     }
+    windows.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (a, b) in windows {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let mut out = String::new();
+    let mut shown = 0;
+    let mut spans = Vec::new();
+    for (a, b) in &merged {
+        if shown >= max {
+            break;
+        }
+        let part: String = text[*a..*b].chars().take(max - shown).collect();
+        shown += part.chars().count();
+        spans.push((*a, a + part.len()));
+        if *a > 0 {
+            out.push('…');
+        }
+        out.push_str(&part);
+        if a + part.len() < text.len() {
+            out.push('…');
+        }
+        out.push('\n');
+    }
+    if marks.is_empty() && text.chars().count() <= max {
+        // Short and nothing marked: the whole body.
+        return text.into_owned();
+    }
+    let places = marks
+        .iter()
+        .filter(|m| spans.iter().any(|&(a, b)| m.start >= a && m.start < b))
+        .count();
+    out.push_str(&format!(
+        "[body of {} bytes; {shown} characters shown, around {places} of {} marked places]",
+        masked_body.len(),
+        marks.len()
+    ));
     out
 }
 
@@ -466,6 +535,32 @@ mod tests {
                 .collect(),
             ..Identity::default()
         }
+    }
+
+    #[test]
+    fn excerpts_show_what_made_a_request_risky_whatever_the_padding() {
+        let padding = "lorem ipsum ".repeat(2000);
+        let body = format!("{padding}deploy to production now [AWS_ACCESS_KEY_ID] please{padding}");
+        let at = body.find("[AWS").unwrap();
+        let marks = [crate::inspect::Mark {
+            start: at,
+            end: at + "[AWS_ACCESS_KEY_ID]".len(),
+        }];
+        let e = excerpt(body.as_bytes(), &marks, 600);
+        assert!(
+            e.contains("deploy to production now [AWS_ACCESS_KEY_ID] please"),
+            "{e}"
+        );
+        assert!(e.starts_with('…'));
+        assert!(
+            e.ends_with(&format!(
+                "[body of {} bytes; 339 characters shown, around 1 of 1 marked places]",
+                body.len()
+            )),
+            "{e}"
+        );
+        // Short and unmarked: the whole body.
+        assert_eq!(excerpt(b"hello", &[], 600), "hello");
     }
 
     #[test]

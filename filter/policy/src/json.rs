@@ -529,6 +529,40 @@ impl Edits {
         self.edits.push((start, end, with));
     }
 
+    /// `src` with the edits made, and where each replacement landed.
+    pub fn apply_mapped(&mut self, src: &str) -> (String, Vec<(usize, usize)>) {
+        let out = self.apply(src);
+        let mut delta: isize = 0;
+        let mut spans = Vec::with_capacity(self.edits.len());
+        let mut at = 0;
+        for (start, end, with) in &self.edits {
+            if *start < at {
+                continue;
+            }
+            let from = start.saturating_add_signed(delta);
+            spans.push((from, from + with.len()));
+            delta += with.len() as isize - (end - start) as isize;
+            at = *end;
+        }
+        (out, spans)
+    }
+
+    /// Where a position of the source is after the edits (a position inside
+    /// a replaced span goes to the replacement's start).
+    pub fn map_position(&self, position: usize) -> usize {
+        let mut delta: isize = 0;
+        for (start, end, with) in &self.edits {
+            if *start >= position {
+                break;
+            }
+            if position < *end {
+                return start.saturating_add_signed(delta);
+            }
+            delta += with.len() as isize - (end - start) as isize;
+        }
+        position.saturating_add_signed(delta)
+    }
+
     /// `src` with the edits made.
     pub fn apply(&mut self, src: &str) -> String {
         self.edits.sort_by_key(|e| (e.0, e.1));

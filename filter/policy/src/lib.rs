@@ -16,6 +16,7 @@ pub mod json;
 pub mod jwt;
 pub mod llm;
 pub mod mask;
+pub mod normalize;
 pub mod outbox;
 pub mod record;
 

@@ -172,6 +172,8 @@ pub struct RequestInfo {
     pub path: String,
     pub authority: String,
     pub content_type: String,
+    /// The headers as they went upstream, masked (see `inspect::Head`).
+    pub headers: Vec<(String, String)>,
 }
 
 /// The session an exchange belongs to: the session header when it is a usable
@@ -338,6 +340,7 @@ impl ExchangeRecorder {
             inspection,
             phase: tracegate_proto::v1::record::Phase::Request as i32,
             upstream_saw: upstream.to_proto() as i32,
+            request_headers: headers_proto(self.info.headers.clone()),
             ..Record::default()
         }
     }
@@ -399,8 +402,16 @@ impl ExchangeRecorder {
             upstream_saw: self.upstream.to_proto() as i32,
             answered_by: self.answered_by.to_proto() as i32,
             status_detail: self.status_detail,
+            request_headers: headers_proto(self.info.headers),
         }
     }
+}
+
+fn headers_proto(headers: Vec<(String, String)>) -> Vec<tracegate_proto::v1::Header> {
+    headers
+        .into_iter()
+        .map(|(name, value)| tracegate_proto::v1::Header { name, value })
+        .collect()
 }
 
 #[cfg(test)]
@@ -415,6 +426,7 @@ mod tests {
             session_header: Some("sess-9".into()),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
+            headers: vec![("x-team".into(), "payments".into())],
             authority: "api.example".into(),
             content_type: "application/json".into(),
         }

@@ -40,6 +40,7 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
     fn proxy_replace_header_map_value(
         map: u32,
         key: *const u8,
@@ -122,6 +123,46 @@ pub fn get_header(map: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
     let status =
         unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
     unsafe { owned(status, data, size) }
+}
+
+/// Every header of a map, in order (values that are not UTF-8 lossily).
+pub fn get_headers(map: u32) -> Result<Vec<(String, String)>, Status> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    let bytes = unsafe { owned(status, data, size) }?.unwrap_or_default();
+    Ok(deserialize_map(&bytes))
+}
+
+/// The ABI's header map: a count, each name's and value's length (u32 little
+/// endian), then each name and value NUL-terminated. Malformed input gives
+/// what could be read.
+fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
+    let word = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = word(0) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(count.min(256));
+    let mut data = 4 + count.saturating_mul(8);
+    for i in 0..count {
+        let (Some(k), Some(v)) = (word(4 + i * 8), word(8 + i * 8)) else {
+            break;
+        };
+        let (Some(key), Some(value)) = (
+            bytes.get(data..data + k),
+            bytes.get(data + k + 1..data + k + 1 + v),
+        ) else {
+            break;
+        };
+        out.push((
+            String::from_utf8_lossy(key).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+        data += k + v + 2;
+    }
+    out
 }
 
 pub fn set_header(map: u32, name: &str, value: Option<&str>) -> Result<(), Status> {

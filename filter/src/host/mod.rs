@@ -32,6 +32,11 @@ fn header(map: MapType, name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Every request header, in order.
+pub fn request_headers() -> Vec<(String, String)> {
+    abi::get_headers(MapType::HttpRequestHeaders as u32).unwrap_or_default()
+}
+
 pub fn request_header(name: &str) -> Option<String> {
     header(MapType::HttpRequestHeaders, name)
 }

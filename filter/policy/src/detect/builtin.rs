@@ -8,8 +8,13 @@
 //! Patterns use ASCII word boundaries (`(?-u:\b)`) so the regex engine's
 //! lazy DFA can run them over any text; a capture group, where present,
 //! marks the part to mask (the value after `password=`, not the key name).
+//! Keys with a distinctive prefix do not use `\b`, for which `_` is part of
+//! a word (`AWS_KEY_AKIA…_prod` would hide the key): the byte before them
+//! must not be a letter or digit (`Before::NotAlnum`), and one after them,
+//! if any, is matched outside the value.
 
 use super::validate;
+use super::Before;
 
 pub struct Builtin {
     pub name: &'static str,
@@ -20,10 +25,9 @@ pub struct Builtin {
     /// took part in the match is.
     pub group: usize,
     pub check: Option<fn(&str) -> bool>,
-    /// The value must not continue a run of base64/URL-safe characters (the
-    /// byte before it is checked): a 40-character key, not 40 characters
-    /// out of a longer token.
-    pub standalone: bool,
+    /// What may come right before the value (the byte before it is checked;
+    /// it is always known, also in a stream).
+    pub before: Before,
 }
 
 macro_rules! b {
@@ -44,20 +48,16 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY-----(?:[\s\S]*?-----END[ A-Z0-9]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s]*)",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "aws_access_key_id",
         label: "AWS_ACCESS_KEY_ID",
         risk: 90,
-        pattern: concat!(
-            b!(),
-            r"(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z2-7]{16}",
-            b!()
-        ),
-        group: 0,
+        pattern: r"((?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z2-7]{16})(?:[^A-Za-z0-9]|$)",
+        group: 1,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "aws_secret_access_key",
@@ -66,7 +66,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r#"(?i:aws_?secret_?(?:access_?)?key|secret_?access_?key)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([A-Za-z0-9/+=]{40})"#,
         group: 1,
         check: None,
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         // The same key without its name near it (a model repeating one):
@@ -80,83 +80,70 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=_-]|$)",
         group: 1,
         check: Some(validate::aws_secret_key),
-        standalone: true,
+        before: Before::NotBase64ish,
     },
     Builtin {
         name: "github_token",
         label: "GITHUB_TOKEN",
         risk: 90,
-        pattern: concat!(
-            b!(),
-            r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
-            b!()
-        ),
-        group: 0,
+        pattern: r"(gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})(?:[^A-Za-z0-9]|$)",
+        group: 1,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "gitlab_token",
         label: "GITLAB_TOKEN",
         risk: 90,
-        pattern: concat!(
-            b!(),
-            r"gl(?:pat|dt|ptt|rt|cbt|oas|soat|ffct|imt)-[A-Za-z0-9_-]{20,255}"
-        ),
+        pattern: r"gl(?:pat|dt|ptt|rt|cbt|oas|soat|ffct|imt)-[A-Za-z0-9_-]{20,255}",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "slack_token",
         label: "SLACK_TOKEN",
         risk: 90,
-        pattern: concat!(
-            b!(),
-            r"(?:xox[abposr]-[A-Za-z0-9-]{10,250}|https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,})"
-        ),
+        pattern: r"(?:xox[abposr]-[A-Za-z0-9-]{10,250}|https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,})",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "stripe_key",
         label: "STRIPE_KEY",
         risk: 90,
-        pattern: concat!(b!(), r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}", b!()),
-        group: 0,
+        pattern: r"((?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247})(?:[^A-Za-z0-9]|$)",
+        group: 1,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "anthropic_api_key",
         label: "ANTHROPIC_API_KEY",
         risk: 90,
-        pattern: concat!(
-            b!(),
-            r"sk-ant-(?:api|admin|oat)[0-9]{2}-[A-Za-z0-9_-]{20,250}"
-        ),
+        pattern: r"sk-ant-(?:api|admin|oat)[0-9]{2}-[A-Za-z0-9_-]{20,250}",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "openai_api_key",
         label: "OPENAI_API_KEY",
         risk: 90,
-        pattern: concat!(b!(), r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,250}"),
+        pattern: r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,250}",
         group: 0,
         check: Some(not_anthropic),
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "google_api_key",
         label: "GOOGLE_API_KEY",
         risk: 80,
-        pattern: concat!(b!(), r"AIza[0-9A-Za-z_-]{35}"),
+        pattern: r"AIza[0-9A-Za-z_-]{35}",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "azure_storage_key",
@@ -165,19 +152,16 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"AccountKey=([A-Za-z0-9+/]{86}==)",
         group: 1,
         check: None,
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "jwt",
         label: "JWT",
         risk: 70,
-        pattern: concat!(
-            b!(),
-            r"eyJ[A-Za-z0-9_-]{8,4096}\.eyJ[A-Za-z0-9_-]{8,8192}\.[A-Za-z0-9_-]{0,2048}"
-        ),
+        pattern: r"eyJ[A-Za-z0-9_-]{8,4096}\.eyJ[A-Za-z0-9_-]{8,8192}\.[A-Za-z0-9_-]{0,2048}",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::NotAlnum,
     },
     Builtin {
         name: "bearer_token",
@@ -186,7 +170,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"(?i:bearer)[ \t]{1,8}([A-Za-z0-9._~+/-]{20,4096}={0,2})",
         group: 1,
         check: None,
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "url_password",
@@ -198,7 +182,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 1,
         check: None,
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "secret_assignment",
@@ -207,7 +191,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r#"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|auth[_-]?key|client[_-]?secret|private[_-]?key|credentials?)["']?\s{0,8}(?:[:=]|=>)\s{0,8}["']?([^\s"'`,;{}<>]{8,128})"#,
         group: 1,
         check: Some(validate::high_entropy_secret),
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "payment_card",
@@ -216,7 +200,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"[0-9](?:[ -]?[0-9]){12,18}", b!()),
         group: 0,
         check: Some(validate::payment_card),
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "iban",
@@ -229,7 +213,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: Some(validate::iban),
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "us_ssn",
@@ -238,7 +222,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"[0-9]{3}-[0-9]{2}-[0-9]{4}", b!()),
         group: 0,
         check: Some(validate::us_ssn),
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "email",
@@ -247,7 +231,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,4}\.[A-Za-z]{2,24}",
         group: 0,
         check: None,
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "phone",
@@ -265,7 +249,7 @@ pub const BUILTINS: &[Builtin] = &[
         ),
         group: 0,
         check: Some(validate::phone),
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "ipv4",
@@ -274,7 +258,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: concat!(b!(), r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}", b!()),
         group: 0,
         check: Some(validate::ipv4),
-        standalone: false,
+        before: Before::Any,
     },
     Builtin {
         name: "ipv6",
@@ -283,7 +267,7 @@ pub const BUILTINS: &[Builtin] = &[
         pattern: r"(?i:[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7})",
         group: 0,
         check: Some(ipv6_with_content),
-        standalone: false,
+        before: Before::Any,
     },
 ];
 

@@ -34,9 +34,29 @@ pub struct Detector {
     /// took part in the match is.
     group: usize,
     check: Option<fn(&str) -> bool>,
-    /// The value must not continue a run of base64/URL-safe characters: the
-    /// byte before it is checked (it is always known, also in a stream).
-    standalone: bool,
+    before: Before,
+}
+
+/// What may come right before a detector's value. The byte before is
+/// always known (also in a stream, which keeps one character of context).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    Any,
+    /// Not a letter or digit (`_`, `-`, punctuation and spaces separate).
+    NotAlnum,
+    /// Not a base64 or base64url character (the value is not a piece of a
+    /// longer token).
+    NotBase64ish,
+}
+
+impl Before {
+    fn allows(self, prev: Option<u8>) -> bool {
+        match (self, prev) {
+            (Before::Any, _) | (_, None) => true,
+            (Before::NotAlnum, Some(b)) => !b.is_ascii_alphanumeric(),
+            (Before::NotBase64ish, Some(b)) => !validate::base64ish(b),
+        }
+    }
 }
 
 /// Where a detector found something: byte offsets into the scanned text.
@@ -95,7 +115,7 @@ impl Catalogue {
                 regex: compile(&hir).map_err(|e| format!("built-in {}: {e}", b.name))?,
                 group: b.group,
                 check: b.check,
-                standalone: b.standalone,
+                before: b.before,
             });
             hirs.push(hir);
         }
@@ -112,7 +132,7 @@ impl Catalogue {
                 group: usize::from(groups > 1),
                 regex,
                 check: None,
-                standalone: false,
+                before: Before::Any,
             });
             hirs.push(hir);
         }
@@ -181,16 +201,14 @@ impl Catalogue {
             };
             let finding = |start: usize, end: usize| {
                 let value = &hay[start..end];
-                let standalone_ok = !d.standalone
-                    || hay.as_bytes()[..start]
-                        .last()
-                        .is_none_or(|&b| !validate::base64ish(b));
-                (start < end && standalone_ok && d.check.is_none_or(|check| check(value)))
-                    .then_some(Finding {
+                let before_ok = d.before.allows(hay.as_bytes()[..start].last().copied());
+                (start < end && before_ok && d.check.is_none_or(|check| check(value))).then_some(
+                    Finding {
                         start,
                         end,
                         detector: i,
-                    })
+                    },
+                )
             };
             if d.group == 0 {
                 // No capture slots: the regex engine can stay on its DFA.

@@ -222,3 +222,60 @@ fn bare_aws_secret_keys_are_found_and_ids_and_hashes_are_not() {
         }
     }
 }
+
+#[test]
+fn keys_joined_by_underscores_are_found_and_words_are_not() {
+    let c = all();
+    for (text, name, want) in [
+        (
+            "AWS_KEY_AKIAIOSFODNN7EXAMPLE_prod",
+            "aws_access_key_id",
+            "AKIAIOSFODNN7EXAMPLE",
+        ),
+        (
+            "OPENAI_KEY_sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123",
+            "openai_api_key",
+            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123",
+        ),
+        (
+            "tok_ghp_1234567890abcdefghijABCDEFGHIJ123456.",
+            "github_token",
+            "ghp_1234567890abcdefghijABCDEFGHIJ123456",
+        ),
+        (
+            "STRIPE=sk_live_4eC39HqLyjWDarjtT1zdp7dc_x",
+            "stripe_key",
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+    ] {
+        one(&c, name, text, want);
+    }
+    // A word that happens to contain a prefix is not a key.
+    for text in [
+        "the task-manager-for-the-whole-team",
+        "XAKIAIOSFODNN7EXAMPLE",
+    ] {
+        assert_eq!(found(&c, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn invisible_and_fullwidth_disguises_are_masked() {
+    use crate::mask::{Hits, Masker, Operator, Tokens};
+    let c = all();
+    let ops = c.detectors().iter().map(|_| Operator::Redact).collect();
+    let m = Masker::new(c, ops, Vec::new());
+    let mask = |s: &str| m.mask(s, &mut Tokens::default(), &mut Hits::default());
+    assert_eq!(
+        mask("id AKIA\u{200b}IOSFODNN7EXAMPLE ok").unwrap(),
+        "id [AWS_ACCESS_KEY_ID] ok"
+    );
+    assert_eq!(
+        mask("card \u{ff14}\u{ff11}\u{ff11}\u{ff11} 1111 1111 1111.").unwrap(),
+        "card [CARD_NUMBER]."
+    );
+    assert_eq!(
+        mask("mail bob\u{00ad}@exam\u{2060}ple.com").unwrap(),
+        "mail [EMAIL]"
+    );
+}

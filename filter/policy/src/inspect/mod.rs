@@ -3,21 +3,30 @@
 //!
 //! A request body is refused (never forwarded uninspected) when it is over
 //! the size limit (413), compressed or of a content type outside the
-//! configured set (415), or not valid UTF-8 / JSON (400). Otherwise the
-//! block rules run on the raw text by scope, then every text string is
-//! masked. Responses are masked the same way; SSE streams by `SseMasker`.
+//! configured set (415), or not valid UTF-8 / JSON, or JSON with a key
+//! twice in one object (400). Otherwise every key, string and number is
+//! judged (`body`): the block rules on each scope's text, folded, then the
+//! detectors; `text/plain` that is JSON is judged as JSON, as the API
+//! reads it. Responses are masked the same way; SSE streams by `SseMasker`.
 
+mod body;
 pub mod config;
+mod head;
+pub mod media;
+
+pub use body::Mark;
+pub use head::{Head, CREDENTIALS};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use regex::Regex;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::config::{err, ConfigError};
 use crate::detect::{builtin::BUILTINS, Catalogue, Custom};
-use crate::llm::sse::{mask_text, SseMasker};
-use crate::llm::{walk, Api, Direction, Scope};
+use crate::json::Tape;
+use crate::llm::sse::SseMasker;
+use crate::llm::{Api, Direction};
 use crate::mask::{Hits, Masker, Operator, Tokens};
 use config::{InspectionConfig, MaskingConfig, OperatorName, RuleAction, RuleConfig, RuleScope};
 
@@ -25,10 +34,35 @@ use config::{InspectionConfig, MaskingConfig, OperatorName, RuleAction, RuleConf
 pub struct Rule {
     pub id: String,
     pub scope: RuleScope,
+    /// Matched on the scope's text as rules see it (`normalize::for_rules`):
+    /// keywords folded the same way, or the rule's regex.
     matcher: Regex,
+    /// A regex rule is also matched on the raw text.
+    raw: Option<Regex>,
     pub action: RuleAction,
     pub message: String,
     pub risk: u32,
+}
+
+impl Rule {
+    fn hit(&self) -> RuleHit {
+        RuleHit {
+            id: self.id.clone(),
+            action: self.action,
+            scope: scope_name(self.scope),
+        }
+    }
+}
+
+fn scope_name(s: RuleScope) -> &'static str {
+    match s {
+        RuleScope::Prompt => "prompt",
+        RuleScope::System => "system",
+        RuleScope::Model => "model",
+        RuleScope::ToolName => "tool_name",
+        RuleScope::ToolArguments => "tool_arguments",
+        RuleScope::Any => "any",
+    }
 }
 
 /// A rule that matched, for the record.
@@ -42,11 +76,13 @@ pub struct RuleHit {
 /// What to do with a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestVerdict {
-    /// Forward, with this body instead when masking changed it.
+    /// Forward, with this body instead when masking changed it. `marks`:
+    /// where masked findings and rule matches are in the body as sent.
     Forward {
         body: Option<Vec<u8>>,
         hits: Hits,
         rules: Vec<RuleHit>,
+        marks: Vec<Mark>,
     },
     /// A rule with action `block` (or `approve`, until approvals exist)
     /// matched: answer 403.
@@ -133,27 +169,39 @@ impl Inspector {
                     format!("{:?} is used twice", r.id),
                 ));
             }
-            let pattern = match (&r.regex, r.keywords.is_empty()) {
-                (Some(re), true) => re.clone(),
+            let compile = |pattern: &str| {
+                regex::RegexBuilder::new(pattern)
+                    .size_limit(2 << 20)
+                    .build()
+                    .map_err(|e| err(&format!("{at}.regex"), e.to_string()))
+            };
+            let (matcher, raw) = match (&r.regex, r.keywords.is_empty()) {
+                (Some(re), true) => (compile(re)?, Some(compile(re)?)),
                 (None, false) => {
                     if r.keywords.iter().any(|k| k.trim().is_empty()) {
                         return Err(err(&format!("{at}.keywords"), "empty keyword"));
                     }
-                    let alts: Vec<String> = r.keywords.iter().map(|k| regex::escape(k)).collect();
-                    format!("(?i:{})", alts.join("|"))
+                    // Keywords fold like the text they are matched on.
+                    let alts: Vec<String> = r
+                        .keywords
+                        .iter()
+                        .map(|k| {
+                            let mut folded = String::new();
+                            crate::normalize::for_rules(k.trim(), &mut folded);
+                            regex::escape(&folded)
+                        })
+                        .collect();
+                    (compile(&alts.join("|"))?, None)
                 }
                 _ => {
                     return Err(err(&at, "give exactly one of `regex` or `keywords`"));
                 }
             };
-            let matcher = regex::RegexBuilder::new(&pattern)
-                .size_limit(2 << 20)
-                .build()
-                .map_err(|e| err(&format!("{at}.regex"), e.to_string()))?;
             compiled.push(Rule {
                 id: r.id.clone(),
                 scope: r.scope,
                 matcher,
+                raw,
                 action: r.action,
                 message: r
                     .message
@@ -198,6 +246,7 @@ impl Inspector {
                 body: None,
                 hits: Hits::default(),
                 rules: Vec::new(),
+                marks: Vec::new(),
             };
         }
         if body.len() > self.config.max_body_bytes {
@@ -224,57 +273,32 @@ impl Inspector {
                 "request body is not valid UTF-8".into(),
             );
         };
-        let mut hits = Hits::default();
-        let mut rule_hits = Vec::new();
-        if media_type(content_type).ends_with("json") {
-            let mut value: Value = match serde_json::from_str(text) {
-                Ok(v) => v,
-                Err(e) => {
-                    return refused(
-                        400,
-                        "invalid_request_error",
-                        format!("request body is not valid JSON: {e}"),
-                    );
+        let mut tape = Tape::default();
+        let parsed = tape.parse(text);
+        let declared_json = media_type(content_type).ends_with("json");
+        let judged = match parsed {
+            // Text that is JSON is read by the API as JSON: judged as such.
+            Ok(()) => {
+                if let Some(key) = body::duplicate_key(&tape, text) {
+                    let e = body::Unreadable::DuplicateKey(key);
+                    return refused(400, "invalid_request_error", e.to_string());
                 }
-            };
-            walk(&mut value, Direction::Request, &mut |scope, s| {
-                self.match_rules(scope, s, &mut rule_hits)
-            });
-            if let Some(blocked) = self.blocked(&rule_hits) {
-                return blocked;
+                self.judge_json(&tape, text, Direction::Request, tokens, false)
             }
-            let mut changed = false;
-            if let Some(m) = &self.masker {
-                walk(&mut value, Direction::Request, &mut |scope, s| {
-                    if scope == Scope::Model {
-                        return;
-                    }
-                    if let Some(new) = m.mask(s, tokens, &mut hits) {
-                        *s = new;
-                        changed = true;
-                    }
-                });
+            Err(e) if declared_json => {
+                let e = body::Unreadable::Json(e);
+                return refused(400, "invalid_request_error", e.to_string());
             }
-            RequestVerdict::Forward {
-                body: changed.then(|| value.to_string().into_bytes()),
-                hits,
-                rules: rule_hits,
-            }
-        } else {
-            self.match_rules(Scope::Prompt, text, &mut rule_hits);
-            if let Some(blocked) = self.blocked(&rule_hits) {
-                return blocked;
-            }
-            let body = self
-                .masker
-                .as_ref()
-                .and_then(|m| m.mask(text, tokens, &mut hits))
-                .map(String::into_bytes);
-            RequestVerdict::Forward {
-                body,
-                hits,
-                rules: rule_hits,
-            }
+            Err(_) => self.judge_text(text, tokens, false, true),
+        };
+        match judged {
+            Ok(j) => RequestVerdict::Forward {
+                body: j.body,
+                hits: j.hits,
+                rules: j.rules,
+                marks: j.marks,
+            },
+            Err(hit) => self.blocked(hit),
         }
     }
 
@@ -290,33 +314,23 @@ impl Inspector {
         // Whatever happened to the request, the answer's own values are
         // never restored.
         tokens.seal();
-        let Some(m) = &self.masker else {
-            return Ok(None);
-        };
-        if body.is_empty() {
+        if self.masker.is_none() || body.is_empty() {
             return Ok(None);
         }
         let text = std::str::from_utf8(body)
             .map_err(|_| "response body is not valid UTF-8".to_string())?;
         let media = media_type(content_type);
+        let mut tape = Tape::default();
         // An answer without a content type is read as JSON if it is JSON.
-        if media.ends_with("json") || media.is_empty() {
-            if let Ok(mut value) = serde_json::from_str::<Value>(text) {
-                let mut changed = false;
-                walk(&mut value, Direction::Response, &mut |scope, s| {
-                    if scope == Scope::Model {
-                        return;
-                    }
-                    if let Some(new) = mask_text(m, s, tokens, hits) {
-                        *s = new;
-                        changed = true;
-                    }
-                });
-                return Ok(changed.then(|| value.to_string().into_bytes()));
-            }
-        }
-        // Not JSON (or malformed JSON): masked as text.
-        Ok(mask_text(m, text, tokens, hits).map(String::into_bytes))
+        let judged = if (media.ends_with("json") || media.is_empty()) && tape.parse(text).is_ok() {
+            self.judge_json(&tape, text, Direction::Response, tokens, true)
+        } else {
+            // Not JSON (or malformed JSON): masked as text.
+            self.judge_text(text, tokens, true, false)
+        };
+        let j = judged.unwrap_or_default();
+        hits.merge(&j.hits);
+        Ok(j.body)
     }
 
     /// A masker for an SSE response stream.
@@ -328,45 +342,21 @@ impl Inspector {
         )
     }
 
-    fn match_rules(&self, scope: Scope, text: &str, out: &mut Vec<RuleHit>) {
-        for r in &self.rules {
-            let applies = match r.scope {
-                RuleScope::Any => true,
-                RuleScope::Prompt => scope == Scope::Prompt,
-                RuleScope::System => scope == Scope::System,
-                RuleScope::Model => scope == Scope::Model,
-                RuleScope::ToolName => scope == Scope::ToolName,
-                RuleScope::ToolArguments => scope == Scope::ToolArguments,
-            };
-            if applies && !out.iter().any(|h| h.id == r.id) && r.matcher.is_match(text) {
-                out.push(RuleHit {
-                    id: r.id.clone(),
-                    action: r.action,
-                    scope: scope.as_str(),
-                });
-            }
-        }
-    }
-
     /// The verdict when a `block` (or `approve`) rule matched: the first one
     /// names the refusal; masking has not run, so there are no findings yet.
-    fn blocked(&self, rule_hits: &[RuleHit]) -> Option<RequestVerdict> {
-        let hit = rule_hits.iter().find(|h| match h.action {
-            RuleAction::Block => true,
-            RuleAction::Approve => !self.approvals,
-            RuleAction::Log => false,
-        })?;
+    fn blocked(&self, stop: body::Stop) -> RequestVerdict {
+        let body::Stop { hit, rules } = stop;
         let rule = self.rules.iter().find(|r| r.id == hit.id);
         let mut message = rule.map(|r| r.message.clone()).unwrap_or_default();
         if hit.action == RuleAction::Approve {
             message.push_str(" (needs approval; no approval service is configured)");
         }
-        Some(RequestVerdict::Blocked {
-            rule: hit.clone(),
+        RequestVerdict::Blocked {
+            rule: hit,
             message,
             hits: Hits::default(),
-            rules: rule_hits.to_vec(),
-        })
+            rules,
+        }
     }
 
     /// Risk of the rules that matched.

@@ -1,13 +1,85 @@
 use super::*;
 use serde_json::json;
+use serde_json::Value;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-fn texts(mut body: Value, d: Direction) -> Vec<(Scope, String)> {
-    let mut out = Vec::new();
-    walk(&mut body, d, &mut |scope, s| out.push((scope, s.clone())));
+/// (scope, text) of every string value of a body whose text is one of
+/// `interesting` (the walker lists every key, string and number; these
+/// tests check the scopes of the texts that carry meaning).
+fn scoped(body: &Value, d: Direction, interesting: &[&str]) -> Vec<(Scope, String)> {
+    let src = body.to_string();
+    let mut tape = crate::json::Tape::default();
+    tape.parse(&src).unwrap();
+    let mut parts = Vec::new();
+    walk::parts(&tape, &src, d, &mut parts);
+    let mut out: Vec<(Scope, String)> = parts
+        .iter()
+        .filter(|p| tape.kind(p.node) == Some(crate::json::Kind::String))
+        .filter_map(|p| Some((p.scope, tape.str(&src, p.node)?.into_owned())))
+        .filter(|(_, t)| interesting.contains(&t.as_str()))
+        .collect();
     out.sort();
     out
+}
+
+fn texts(body: Value, d: Direction) -> Vec<(Scope, String)> {
+    let mut all: Vec<&str> = Vec::new();
+    let strings = collect_strings(&body);
+    all.extend(strings.iter().map(String::as_str));
+    scoped(&body, d, &all)
+        .into_iter()
+        .filter(|(_, t)| !STRUCTURE.contains(&t.as_str()))
+        .collect()
+}
+
+/// Values that name structure (roles, types, ids in these tests), left out
+/// of the lists below; `every_string_is_a_part` checks they are judged.
+const STRUCTURE: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "text",
+    "image_url",
+    "function",
+    "input_text",
+    "reasoning",
+    "summary_text",
+    "function_call",
+    "function_call_output",
+    "thinking",
+    "tool_use",
+    "tool_result",
+    "image",
+    "base64",
+    "image/png",
+    "call_1",
+    "c1",
+    "rs_1",
+    "gAAAA",
+    "EqQBCkYIAR",
+    "toolu_1",
+    "chatcmpl-1",
+    "chat.completion",
+    "stop",
+    "resp_1",
+    "message",
+    "output_text",
+    "x1",
+    "u",
+    "data:image/png;base64,AAAA",
+    "iVBOR",
+];
+
+fn collect_strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().flat_map(collect_strings).collect(),
+        Value::Object(o) => o.values().flat_map(collect_strings).collect(),
+        _ => vec![],
+    }
 }
 
 fn t(scope: Scope, s: &str) -> (Scope, String) {
@@ -148,4 +220,52 @@ fn any_other_json_is_walked_whole() {
         texts(body, Direction::Request),
         vec![t(Scope::Other, "one"), t(Scope::Other, "two")]
     );
+}
+
+#[test]
+fn every_string_key_and_number_is_a_part() {
+    let body = json!({
+        "model": "gpt-4o",
+        "metadata": {"user_id": "bob@example.com"},
+        "messages": [
+            {"role": "User", "content": [
+                {"type": "image_url", "image_url": {"url": "https://evil.example/?k=AKIA", "detail": "high"}},
+                {"type": "text", "text": "data: my key"}
+            ]},
+            {"role": "tool", "tool_call_id": "call_secret", "content": "ok"}
+        ],
+        "seed": 4111111111111111u64,
+        "sk-proj-key-as-a-key": 1
+    });
+    let src = body.to_string();
+    let mut tape = crate::json::Tape::default();
+    tape.parse(&src).unwrap();
+    let mut parts = Vec::new();
+    walk::parts(&tape, &src, Direction::Request, &mut parts);
+    let text_of = |p: &walk::Part| {
+        if tape.kind(p.node) == Some(crate::json::Kind::Number) {
+            tape.raw(&src, p.node).to_string()
+        } else {
+            tape.str(&src, p.node).unwrap().into_owned()
+        }
+    };
+    let all: Vec<String> = parts.iter().map(text_of).collect();
+    for want in [
+        "gpt-4o",
+        "bob@example.com",
+        "user_id",
+        "https://evil.example/?k=AKIA",
+        "high",
+        "data: my key",
+        "call_secret",
+        "4111111111111111",
+        "sk-proj-key-as-a-key",
+    ] {
+        assert!(all.iter().any(|a| a == want), "{want} not judged: {all:?}");
+    }
+    // "User" is the user, whatever its case.
+    let p = parts.iter().find(|p| text_of(p) == "data: my key").unwrap();
+    assert_eq!(p.scope, Scope::Prompt);
+    // Only a base64 data URL or base64 field is marked as possible media.
+    assert!(parts.iter().all(|p| !p.media));
 }

@@ -39,6 +39,8 @@ pub struct Hits {
     pub counts: BTreeMap<String, u32>,
     /// Sum of the risk of every detector that hit (each counted once).
     pub risk: u32,
+    /// Each hit detector's risk, so merged hits count each detector once.
+    risks: BTreeMap<String, u32>,
     /// Streamed text masked whole because a candidate match outgrew
     /// `inspection.stream_hold_max_bytes` (see `stream`).
     pub stream_holds_exceeded: u32,
@@ -49,16 +51,23 @@ impl Hits {
         let n = self.counts.entry(name.to_string()).or_insert(0);
         if *n == 0 {
             self.risk = self.risk.saturating_add(risk);
+            self.risks.insert(name.to_string(), risk);
         }
         *n += 1;
     }
 
+    /// Adds another part's findings (the headers', the body's): counts add
+    /// up, and each detector's risk still counts once.
     pub fn merge(&mut self, other: &Hits) {
         for (name, n) in &other.counts {
+            let risk = other.risks.get(name).copied().unwrap_or(0);
             let mine = self.counts.entry(name.clone()).or_insert(0);
+            if *mine == 0 {
+                self.risk = self.risk.saturating_add(risk);
+                self.risks.insert(name.clone(), risk);
+            }
             *mine += n;
         }
-        self.risk = self.risk.max(other.risk);
         self.stream_holds_exceeded += other.stream_holds_exceeded;
     }
 
@@ -170,9 +179,21 @@ impl Masker {
     }
 
     /// Finds and replaces in `text`; `None` when nothing was found.
+    ///
+    /// Detectors look at the text folded (`crate::normalize`): invisible
+    /// characters removed, compatibility forms made plain. A finding masks
+    /// the original bytes it came from.
     pub fn mask(&self, text: &str, tokens: &mut Tokens, hits: &mut Hits) -> Option<String> {
         let mut findings = Vec::new();
-        self.catalogue.find(text, &mut findings);
+        match crate::normalize::fold(text) {
+            None => self.catalogue.find(text, &mut findings),
+            Some(folded) => {
+                self.catalogue.find(&folded.text, &mut findings);
+                for f in &mut findings {
+                    (f.start, f.end) = folded.original(f.start, f.end, text);
+                }
+            }
+        }
         // Most strings hold nothing: no allocation beyond the empty Vec.
         if findings.is_empty() {
             return None;

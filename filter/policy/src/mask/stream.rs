@@ -21,16 +21,32 @@
 use super::{Hits, Masker, Tokens};
 use crate::detect::live::Tracks;
 use crate::detect::{Finding, Match};
+use crate::normalize::fold_char;
 
+/// Detection runs on the text folded as `Masker::mask` folds it
+/// (`crate::normalize`), character by character as pieces arrive; what is
+/// released is the original text, masked where the folded text had
+/// findings.
 #[derive(Debug, Clone)]
 pub struct StreamMasker {
     hold_max: usize,
-    /// The text from absolute position `base`: one character of context
-    /// before `released` (what `\b` and `^` look at), then the held text.
+    /// The folded text from absolute folded position `base`: one character
+    /// of context before `released` (what `\b` and `^` look at), then the
+    /// held text.
     buf: String,
     base: usize,
-    /// Everything before this absolute position has been returned.
+    /// Everything before this absolute folded position has been returned.
     released: usize,
+    /// The original text from `orig_released` (the original position of
+    /// `released`) on.
+    orig: String,
+    orig_released: usize,
+    /// Folded and original text are the same so far (ASCII, or nothing
+    /// that folds): positions are equal and `map` is empty.
+    identity: bool,
+    /// Otherwise, for each byte of `buf`, the absolute original position of
+    /// the character it came from.
+    map: Vec<usize>,
     tracks: Tracks,
     /// A candidate of this detector outgrew the hold: its text is dropped
     /// until it ends.
@@ -46,6 +62,10 @@ impl StreamMasker {
             buf: String::new(),
             base: 0,
             released: 0,
+            orig: String::new(),
+            orig_released: 0,
+            identity: true,
+            map: Vec::new(),
             tracks: Tracks::default(),
             cut_off: None,
             matches: Vec::new(),
@@ -55,7 +75,7 @@ impl StreamMasker {
 
     /// Bytes held back right now.
     pub fn held(&self) -> usize {
-        self.base + self.buf.len() - self.released
+        self.orig.len()
     }
 
     /// Takes the next piece; returns the masked text that can go out now.
@@ -66,29 +86,31 @@ impl StreamMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> String {
-        self.buf.push_str(piece);
+        self.append(piece);
         let live = m.catalogue().live();
         if let Some(detector) = self.cut_off {
             let Some(ended) =
                 live.follow(&mut self.tracks, detector, self.buf.as_bytes(), self.base)
             else {
                 // Still the same over-long candidate: dropped.
-                self.released = self.end();
-                self.compact();
+                self.release_to(self.end());
                 return String::new();
             };
             // It ended: what belonged to its match is dropped too, the rest
             // is judged afresh.
-            self.released = self.released.max(ended.unwrap_or(0)).min(self.end());
+            let resume = self.released.max(ended.unwrap_or(0)).min(self.end());
             self.cut_off = None;
-            live.restart(&mut self.tracks, self.released);
+            live.restart(&mut self.tracks, resume);
+            self.release_to(resume);
         }
         let hold = live.advance(&mut self.tracks, self.buf.as_bytes(), self.base);
         let end = self.end();
         let from = self.index(self.released);
         let mut cut =
             floor_char_boundary(&self.buf, self.index(hold.from.clamp(self.released, end)));
-        let mut out = if self.tracks.matched.iter().any(|&s| s < self.position(cut)) {
+        let needs_regexes = self.tracks.matched.iter().any(|&s| s < self.base + cut);
+        self.findings.clear();
+        if needs_regexes {
             let catalogue = m.catalogue();
             catalogue.matches(&self.buf, from, &mut self.matches);
             // A match that reaches over the cut holds from its start (and
@@ -103,7 +125,6 @@ impl StreamMasker {
             {
                 cut = start;
             }
-            self.findings.clear();
             self.findings.extend(
                 self.matches
                     .iter()
@@ -111,85 +132,166 @@ impl StreamMasker {
                     .filter_map(|x| x.finding),
             );
             catalogue.resolve(&mut self.findings);
-            for f in &mut self.findings {
-                f.start -= from;
-                f.end -= from;
-            }
-            m.apply(&self.buf[from..cut], &self.findings, tokens, hits)
-        } else {
-            self.buf[from..cut].to_string()
-        };
-        let cut_at = self.position(cut);
+        }
+        let cut_at = self.base + cut;
+        let orig_cut = self.orig_at(cut_at);
+        let mut out = self.masked_original(m, orig_cut, tokens, hits);
         self.tracks.matched.retain(|&s| s >= cut_at);
 
         if end - cut_at > self.hold_max {
             // Not waited for any longer: masked whole, never released raw.
             let detector = hold.detector.unwrap_or(0);
+            let rest = &self.orig[orig_cut - self.orig_released..];
             let held = Finding {
                 start: 0,
-                end: self.buf.len() - cut,
+                end: rest.len(),
                 detector,
             };
-            out.push_str(&m.apply(&self.buf[cut..], &[held], tokens, hits));
+            out.push_str(&m.apply(rest, &[held], tokens, hits));
             hits.stream_holds_exceeded += 1;
-            self.released = end;
             match hold.detector {
                 Some(d) => self.cut_off = Some(d),
                 None => live.restart(&mut self.tracks, end),
             }
+            self.release_to(end);
         } else {
-            self.released = cut_at;
+            self.release_to(cut_at);
         }
-        self.compact();
         out
     }
 
     /// The end of the text: everything left, masked.
     pub fn finish(&mut self, m: &Masker, tokens: &mut Tokens, hits: &mut Hits) -> String {
+        let end = self.end();
         let from = self.index(self.released);
+        self.findings.clear();
         let out = if self.cut_off.is_some() || from >= self.buf.len() {
             String::new()
         } else {
             let catalogue = m.catalogue();
             catalogue.matches(&self.buf, from, &mut self.matches);
-            self.findings.clear();
             self.findings
                 .extend(self.matches.iter().filter_map(|x| x.finding));
             catalogue.resolve(&mut self.findings);
-            for f in &mut self.findings {
-                f.start -= from;
-                f.end -= from;
-            }
-            m.apply(&self.buf[from..], &self.findings, tokens, hits)
+            let orig_end = self.orig_released + self.orig.len();
+            self.masked_original(m, orig_end, tokens, hits)
         };
-        self.released = self.end();
         self.cut_off = None;
-        m.catalogue()
-            .live()
-            .restart(&mut self.tracks, self.released);
-        self.compact();
+        m.catalogue().live().restart(&mut self.tracks, end);
+        self.release_to(end);
         out
+    }
+
+    /// The original text from `orig_released` to `orig_cut`, masked with
+    /// `self.findings` (folded positions relative to `buf`).
+    fn masked_original(
+        &self,
+        m: &Masker,
+        orig_cut: usize,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+    ) -> String {
+        let text = &self.orig[..orig_cut - self.orig_released];
+        if self.findings.is_empty() {
+            return text.to_string();
+        }
+        let mapped: Vec<Finding> = self
+            .findings
+            .iter()
+            .map(|f| {
+                let (start, end) = self.orig_span(self.base + f.start, self.base + f.end);
+                Finding {
+                    start: start - self.orig_released,
+                    end: end - self.orig_released,
+                    detector: f.detector,
+                }
+            })
+            .collect();
+        m.apply(text, &mapped, tokens, hits)
+    }
+
+    /// Appends a piece: the original as it is, the folded form character by
+    /// character.
+    fn append(&mut self, piece: &str) {
+        let orig_end = self.orig_released + self.orig.len();
+        self.orig.push_str(piece);
+        if self.identity && piece.is_ascii() {
+            self.buf.push_str(piece);
+            return;
+        }
+        for (i, c) in piece.char_indices() {
+            let before = self.buf.len();
+            fold_char(c, &mut self.buf);
+            if self.identity {
+                let same = self.buf.len() - before == c.len_utf8();
+                if same {
+                    continue;
+                }
+                // From here on folded and original positions differ: each
+                // byte so far maps to the start of its own character.
+                self.identity = false;
+                self.map.clear();
+                for (at, ch) in self.buf[..before].char_indices() {
+                    let n = self.map.len() + ch.len_utf8();
+                    self.map.resize(n, self.base + at);
+                }
+            }
+            let at = orig_end + i;
+            self.map.resize(self.buf.len(), at);
+        }
     }
 
     fn end(&self) -> usize {
         self.base + self.buf.len()
     }
 
-    /// Index into `buf` of an absolute position.
+    /// Index into `buf` of an absolute folded position.
     fn index(&self, position: usize) -> usize {
         position.saturating_sub(self.base).min(self.buf.len())
     }
 
-    fn position(&self, index: usize) -> usize {
-        self.base + index
+    /// The absolute original position of an absolute folded position.
+    fn orig_at(&self, position: usize) -> usize {
+        if self.identity {
+            return position;
+        }
+        match self.map.get(position.saturating_sub(self.base)) {
+            Some(&o) if position < self.end() => o,
+            _ => self.orig_released + self.orig.len(),
+        }
     }
 
-    /// Drops what is no longer needed: everything before the character
-    /// preceding `released`.
-    fn compact(&mut self) {
+    /// The original span of a folded span (see `normalize::Folded`).
+    fn orig_span(&self, start: usize, end: usize) -> (usize, usize) {
+        if self.identity {
+            return (start, end);
+        }
+        let from = self.orig_at(start);
+        let last = self.orig_at(end.saturating_sub(1).max(start));
+        let rel = last.saturating_sub(self.orig_released);
+        let to = self.orig[rel.min(self.orig.len())..]
+            .chars()
+            .next()
+            .map_or(self.orig_released + self.orig.len(), |c| {
+                last + c.len_utf8()
+            });
+        (from, to.max(from))
+    }
+
+    /// Marks everything before folded position `position` released and
+    /// drops what is no longer needed (all but the character before it).
+    fn release_to(&mut self, position: usize) {
+        let orig_cut = self.orig_at(position);
+        self.released = position;
+        let drop = (orig_cut - self.orig_released).min(self.orig.len());
+        self.orig.drain(..drop);
+        self.orig_released += drop;
         let keep_from = floor_char_boundary(&self.buf, self.index(self.released).saturating_sub(1));
         if keep_from > 0 {
             self.buf.drain(..keep_from);
+            if !self.identity {
+                self.map.drain(..keep_from.min(self.map.len()));
+            }
             self.base += keep_from;
         }
     }

@@ -292,6 +292,14 @@ mod properties {
         "TCK-1234",
         "[",
         "]",
+        // Disguises the detectors see through.
+        "\u{200b}",
+        "\u{00ad}",
+        "\u{ff14}\u{ff11}\u{ff11}\u{ff11} 1111 1111 1111",
+        "AKIA\u{200b}IOSFODNN7EXAMPLE",
+        "\u{ff41}lice@corp.example.com",
+        "\u{00b5}",
+        "\u{2460}",
     ];
 
     fn text() -> impl Strategy<Value = String> {
