@@ -138,6 +138,12 @@ pub fn write_timeline(
                 )?;
             }
         }
+        if !r.request_headers.is_empty() {
+            writeln!(out, "   request headers:")?;
+            for h in &r.request_headers {
+                writeln!(out, "     {}: {}", Safe(&h.name), Safe(&h.value))?;
+            }
+        }
         write_body(out, "request", r.request_body.as_ref())?;
         write_body(out, "response", r.response_body.as_ref())?;
     }
@@ -347,6 +353,9 @@ struct RecordJson<'a> {
     path: &'a str,
     authority: &'a str,
     status: u32,
+    /// As they went upstream (masked), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    request_headers: Vec<HeaderJson<'a>>,
     request_body: Option<BodyJson<'a>>,
     response_body: Option<BodyJson<'a>>,
     source: &'a str,
@@ -367,6 +376,12 @@ struct RecordJson<'a> {
     inspection: Option<InspectionJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     approval: Option<ApprovalJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct HeaderJson<'a> {
+    name: &'a str,
+    value: &'a str,
 }
 
 #[derive(Serialize)]
@@ -529,6 +544,14 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
             path: &r.path,
             authority: &r.authority,
             status: r.status,
+            request_headers: r
+                .request_headers
+                .iter()
+                .map(|h| HeaderJson {
+                    name: &h.name,
+                    value: &h.value,
+                })
+                .collect(),
             request_body: r.request_body.as_ref().map(body_json),
             response_body: r.response_body.as_ref().map(body_json),
             source: &r.source,
@@ -685,6 +708,10 @@ mod tests {
             upstream_saw: UpstreamSaw::Headers as i32,
             answered_by: AnsweredBy::Proxy as i32,
             status_detail: evil(),
+            request_headers: vec![tracegate_proto::v1::Header {
+                name: evil(),
+                value: evil(),
+            }],
             ..Record::default()
         }
     }
