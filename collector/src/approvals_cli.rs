@@ -7,6 +7,19 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::term::safe;
+
+/// A string field of the service's answer, terminal-safe (everything an
+/// approval holds came from a caller, the filter or an approver).
+fn t(v: &Value, missing: &str) -> String {
+    safe(v.as_str().unwrap_or(missing)).into_owned()
+}
+
+/// Any field of the service's answer as JSON text (numbers), terminal-safe.
+fn n(v: &Value) -> String {
+    safe(&v.to_string()).into_owned()
+}
+
 pub struct Client {
     base: String,
     agent: ureq::Agent,
@@ -69,12 +82,7 @@ impl Client {
             .read_json()
             .with_context(|| format!("the approval service answered HTTP {status} without JSON"))?;
         if !status.is_success() {
-            bail!(
-                "{}",
-                body["error"]
-                    .as_str()
-                    .unwrap_or("the approval service refused")
-            );
+            bail!("{}", t(&body["error"], "the approval service refused"));
         }
         Ok(body)
     }
@@ -101,13 +109,13 @@ impl Client {
             writeln!(
                 out,
                 "{:<28} {:<9} {:>5} {:<20} {:<21} {} {}",
-                a["id"].as_str().unwrap_or("?"),
-                a["state"].as_str().unwrap_or("?"),
-                r["risk"],
-                r["requester"]["subject"].as_str().unwrap_or("?"),
+                t(&a["id"], "?"),
+                t(&a["state"], "?"),
+                n(&r["risk"]),
+                t(&r["requester"]["subject"], "?"),
                 time(&a["created_unix_nanos"]),
-                r["method"].as_str().unwrap_or(""),
-                r["path"].as_str().unwrap_or(""),
+                t(&r["method"], ""),
+                t(&r["path"], ""),
             )?;
         }
         Ok(())
@@ -137,22 +145,24 @@ impl Client {
                 .header("authorization", &self.authorization)
                 .send_json(json!({"reason": reason})),
         )?;
-        let state = a["state"].as_str().unwrap_or("?");
-        let approvers: Vec<&str> = a["approvers"]
+        let state = t(&a["state"], "?");
+        let approvers: Vec<String> = a["approvers"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|p| p["display"].as_str())
+            .map(|d| safe(d).into_owned())
             .collect();
         if state == "PENDING" {
             writeln!(
                 out,
-                "{id}: PENDING, approved by {} of {} needed",
+                "{}: PENDING, approved by {} of {} needed",
+                safe(id),
                 approvers.join(", "),
-                a["approvals_required"]
+                n(&a["approvals_required"])
             )?;
         } else {
-            writeln!(out, "{id}: {state} by {}", approvers.join(", "))?;
+            writeln!(out, "{}: {state} by {}", safe(id), approvers.join(", "))?;
         }
         Ok(())
     }
@@ -163,14 +173,14 @@ fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
     writeln!(
         out,
         "approval {}  {}",
-        a["id"].as_str().unwrap_or("?"),
-        a["state"].as_str().unwrap_or("?")
+        t(&a["id"], "?"),
+        t(&a["state"], "?")
     )?;
     writeln!(
         out,
         "  requester  {} ({})",
-        r["requester"]["subject"].as_str().unwrap_or("?"),
-        r["requester"]["key"].as_str().unwrap_or("?")
+        t(&r["requester"]["subject"], "?"),
+        t(&r["requester"]["key"], "?")
     )?;
     writeln!(
         out,
@@ -180,28 +190,29 @@ fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
     writeln!(
         out,
         "  request    {} {}  session {}  request id {}",
-        r["method"].as_str().unwrap_or(""),
-        r["path"].as_str().unwrap_or(""),
-        r["session_id"].as_str().unwrap_or(""),
-        r["request_id"].as_str().unwrap_or("")
+        t(&r["method"], ""),
+        t(&r["path"], ""),
+        t(&r["session_id"], ""),
+        t(&r["request_id"], "")
     )?;
-    writeln!(out, "  mode       {}", r["mode"].as_str().unwrap_or("?"))?;
+    writeln!(out, "  mode       {}", t(&r["mode"], "?"))?;
     writeln!(
         out,
         "  risk       {} (threshold {})",
-        r["risk"], r["threshold"]
+        n(&r["risk"]),
+        n(&r["threshold"])
     )?;
     for reason in r["reasons"].as_array().into_iter().flatten() {
         writeln!(
             out,
             "             {} {} ×{} (+{})",
-            reason["kind"].as_str().unwrap_or(""),
-            reason["name"].as_str().unwrap_or(""),
-            reason["count"],
-            reason["risk"]
+            t(&reason["kind"], ""),
+            t(&reason["name"], ""),
+            n(&reason["count"]),
+            n(&reason["risk"])
         )?;
     }
-    writeln!(out, "  digest     {}", r["digest"].as_str().unwrap_or(""))?;
+    writeln!(out, "  digest     {}", t(&r["digest"], ""))?;
     writeln!(out, "  created    {}", time(&a["created_unix_nanos"]))?;
     if a["state"] == "PENDING" {
         writeln!(out, "  expires    {}", time(&a["expires_unix_nanos"]))?;
@@ -210,18 +221,20 @@ fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
             out,
             "  decided    {} by {}: {}",
             time(&a["decided_unix_nanos"]),
-            a["approver"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .unwrap_or("-"),
-            a["reason"].as_str().unwrap_or("")
+            safe(
+                a["approver"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("-")
+            ),
+            t(&a["reason"], "")
         )?;
     }
     if a["state"] == "APPROVED" {
         writeln!(
             out,
             "  grant      {} uses left, until {}",
-            a["uses_left"],
+            n(&a["uses_left"]),
             time(&a["grant_expires_unix_nanos"])
         )?;
     }
@@ -229,22 +242,61 @@ fn write_approval(out: &mut impl Write, a: &Value) -> Result<()> {
         writeln!(
             out,
             "  approver   {} (sub {}, iss {})",
-            p["display"].as_str().unwrap_or("?"),
-            p["subject"].as_str().unwrap_or("?"),
-            p["issuer"].as_str().unwrap_or("?")
+            t(&p["display"], "?"),
+            t(&p["subject"], "?"),
+            t(&p["issuer"], "?")
         )?;
     }
-    writeln!(out, "  excerpt    {}", r["excerpt"].as_str().unwrap_or(""))?;
+    writeln!(out, "  excerpt    {}", t(&r["excerpt"], ""))?;
     writeln!(out, "  history")?;
     for h in a["history"].as_array().into_iter().flatten() {
         writeln!(
             out,
             "    {}  {:<15} {} {}",
             time(&h["unix_nanos"]),
-            h["event"].as_str().unwrap_or(""),
-            h["actor"].as_str().unwrap_or(""),
-            h["reason"].as_str().unwrap_or("")
+            t(&h["event"], ""),
+            t(&h["actor"], ""),
+            t(&h["reason"], "")
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::term::is_unsafe;
+
+    #[test]
+    fn an_approval_is_shown_inert() {
+        let evil = "ok\x1b[2K\r\u{202e}approve me\n  approver  ceo";
+        let a = json!({
+            "id": evil, "state": "DENIED", "approver": evil, "reason": evil,
+            "approvals_required": 1,
+            "approvers": [{"display": evil, "subject": evil, "issuer": evil}],
+            "history": [{"event": evil, "actor": evil, "reason": evil}],
+            "request": {
+                "requester": {"subject": evil, "key": evil},
+                "method": evil, "path": evil, "session_id": evil, "request_id": evil,
+                "mode": evil, "risk": evil, "threshold": 1, "digest": evil, "excerpt": evil,
+                "reasons": [{"kind": evil, "name": evil, "count": evil, "risk": 1}]
+            }
+        });
+        let mut out = Vec::new();
+        write_approval(&mut out, &a).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|&c| c != '\n' && is_unsafe(c))
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} in {text}");
+        assert!(
+            text.contains("excerpt    ok\\x1b[2K\\r\\u{202e}approve me\\n  approver  ceo"),
+            "{text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("  approver  ceo")),
+            "{text}"
+        );
+    }
 }

@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tracegate_collector::caller::Caller;
 use tracegate_collector::config::ServeConfig;
 use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
 use tracegate_collector::ledger::{keys, verify};
+use tracegate_collector::term::Safe;
 use tracegate_collector::{approvals_cli, certs, server, view};
 
 #[derive(Parser)]
@@ -118,17 +120,23 @@ enum Command {
         #[arg(long)]
         pubkey: PathBuf,
     },
-    /// Print one session's exchanges in order.
+    /// Print one session's exchanges in order, caller by caller: callers
+    /// who sent the same session id are never mixed.
     Replay {
         /// Session id (the session header's value, or the request id).
         session: String,
         #[arg(long)]
         data: PathBuf,
+        /// Only this caller's exchanges, as `sessions` lists them:
+        /// ISSUER|SUBJECT (a verified token's), anonymous or rejected.
+        #[arg(long, value_parser = parse_caller)]
+        caller: Option<Caller>,
         /// One JSON object per exchange instead of the readable timeline.
         #[arg(long)]
         json: bool,
     },
-    /// List sessions: identity, first and last time, exchange count.
+    /// List sessions per caller: session, caller, first and last time,
+    /// exchange count.
     Sessions {
         #[arg(long)]
         data: PathBuf,
@@ -183,7 +191,8 @@ fn main() {
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("tracegate: {e:#}");
+            let e = format!("{e:#}");
+            eprintln!("tracegate: {}", Safe(&e));
             std::process::exit(2);
         }
     }
@@ -311,10 +320,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Replay {
             session,
             data,
+            caller,
             json,
         } => {
             let mut reader = Reader::open(Layout::new(&data))?;
-            let records = view::fold_written_ahead(reader.session(&session)?);
+            let records = view::fold_written_ahead(reader.session(&session, caller.as_ref())?);
             let ids: Vec<String> = records
                 .iter()
                 .filter_map(|r| r.approval.as_ref().map(|a| a.id.clone()))
@@ -323,16 +333,26 @@ fn run(cli: Cli) -> Result<i32> {
             let events = reader.approval_events(&ids)?;
             warn(&reader);
             if records.is_empty() {
+                let of = caller
+                    .map(|c| format!(" of caller {}", Safe(&c.key())))
+                    .unwrap_or_default();
                 bail!(
-                    "no exchanges recorded for session {session:?} in {}",
+                    "no exchanges recorded for session {}{of} in {}",
+                    Safe(&session),
                     data.display()
                 );
             }
             let mut out = std::io::stdout().lock();
-            if json {
-                view::write_json_lines(&mut out, &records)?;
-            } else {
-                view::write_timeline(&mut out, &session, &records, &events)?;
+            for (i, (caller, records)) in view::by_caller(records).iter().enumerate() {
+                if json {
+                    view::write_json_lines(&mut out, records)?;
+                } else {
+                    if i > 0 {
+                        use std::io::Write;
+                        writeln!(out)?;
+                    }
+                    view::write_timeline(&mut out, &session, caller, records, &events)?;
+                }
             }
             Ok(0)
         }
@@ -389,6 +409,10 @@ fn seal_key(layout: &Layout, key: Option<&Path>) -> Result<ed25519_dalek::Signin
         public.display()
     );
     Ok(key)
+}
+
+fn parse_caller(s: &str) -> Result<Caller, String> {
+    Caller::parse(s).map_err(|e| e.to_string())
 }
 
 /// `64MiB`, `10GB`, `4096`.

@@ -1,4 +1,5 @@
 //! How records are shown: a readable timeline, JSON lines, a session list.
+//! Every text that comes from a record is printed through `term::Safe`.
 
 use base64::Engine;
 use serde::Serialize;
@@ -6,10 +7,12 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 use tracegate_proto::v1::identity::Status;
-use tracegate_proto::v1::record::Phase;
+use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
 use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, Record};
 
+use crate::caller::Caller;
 use crate::ledger::index::SessionSummary;
+use crate::term::{self, Safe};
 
 /// Bodies longer than this are cut in the readable timeline (never in --json).
 const TIMELINE_BODY_CHARS: usize = 4000;
@@ -26,15 +29,37 @@ fn millis(micros: u64) -> String {
     format!("{:.1} ms", micros as f64 / 1000.0)
 }
 
-/// The readable timeline of a session; `events` are the stored events of
-/// the approvals its records name.
+/// The records of one session, caller by caller (callers in the order of
+/// their first exchange, each caller's records in the order given): one
+/// caller's exchanges are never shown among another's.
+pub fn by_caller(records: Vec<Record>) -> Vec<(Caller, Vec<Record>)> {
+    let mut groups: Vec<(Caller, Vec<Record>)> = Vec::new();
+    for r in records {
+        let caller = Caller::of(&r);
+        match groups.iter_mut().find(|(c, _)| *c == caller) {
+            Some((_, rs)) => rs.push(r),
+            None => groups.push((caller, vec![r])),
+        }
+    }
+    groups
+}
+
+/// The readable timeline of one caller's session; `events` are the stored
+/// events of the approvals its records name.
 pub fn write_timeline(
     out: &mut impl Write,
     session: &str,
+    caller: &Caller,
     records: &[Record],
     events: &[ApprovalEvent],
 ) -> io::Result<()> {
-    writeln!(out, "session {session}: {} exchanges", records.len())?;
+    writeln!(
+        out,
+        "session {} (caller {}): {} exchanges",
+        Safe(session),
+        Safe(&caller.key()),
+        records.len()
+    )?;
     for (i, r) in records.iter().enumerate() {
         writeln!(out)?;
         writeln!(
@@ -42,27 +67,49 @@ pub fn write_timeline(
             "#{} {}  {} {}  -> {}  {}",
             i + 1,
             time(r.request_start_unix_nanos),
-            r.method,
-            r.path,
+            Safe(&r.method),
+            Safe(&r.path),
             r.status,
             millis(r.duration_micros),
         )?;
         writeln!(
             out,
             "   record {}  request {}  host {}",
-            r.record_id, r.request_id, r.authority
+            Safe(&r.record_id),
+            Safe(&r.request_id),
+            Safe(&r.authority)
         )?;
+        let unrecorded = r
+            .inspection
+            .as_ref()
+            .is_some_and(|i| i.verdict == "unrecorded");
         if r.phase() == Phase::Request {
             writeln!(
                 out,
                 "   written ahead (durable before forwarding); no record of its end: the proxy stopped mid-exchange"
             )?;
+        } else if unrecorded && !r.request_record_id.is_empty() {
+            writeln!(
+                out,
+                "   request record {} was not acknowledged durable in time: the request was answered 503",
+                Safe(&r.request_record_id)
+            )?;
         } else if !r.request_record_id.is_empty() {
             writeln!(
                 out,
                 "   request written ahead as record {}",
-                r.request_record_id
+                Safe(&r.request_record_id)
             )?;
+        }
+        if let Some(saw) = upstream_saw(r) {
+            writeln!(out, "   upstream saw: {}", upstream_text(saw))?;
+        }
+        match answered_by(r) {
+            Some(AnsweredBy::Proxy) => {
+                writeln!(out, "   answered by: proxy ({})", Safe(&r.status_detail))?
+            }
+            Some(by) => writeln!(out, "   answered by: {}", answered_by_name(by))?,
+            None => {}
         }
         if let Some(id) = &r.identity {
             writeln!(out, "   identity: {}", identity_line(id))?;
@@ -76,14 +123,25 @@ pub fn write_timeline(
                 let who = match (&ev.approver, ev.actor.is_empty()) {
                     (Some(p), _) => format!(" by {}", approver_text(p)),
                     (None, true) => String::new(),
-                    (None, false) => format!(" by {}", ev.actor),
+                    (None, false) => format!(" by {}", Safe(&ev.actor)),
                 };
                 let why = if ev.reason.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", ev.reason)
+                    format!(": {}", Safe(&ev.reason))
                 };
-                writeln!(out, "     {} {}{who}{why}", time(ev.unix_nanos), ev.event)?;
+                writeln!(
+                    out,
+                    "     {} {}{who}{why}",
+                    time(ev.unix_nanos),
+                    Safe(&ev.event)
+                )?;
+            }
+        }
+        if !r.request_headers.is_empty() {
+            writeln!(out, "   request headers:")?;
+            for h in &r.request_headers {
+                writeln!(out, "     {}: {}", Safe(&h.name), Safe(&h.value))?;
             }
         }
         write_body(out, "request", r.request_body.as_ref())?;
@@ -92,30 +150,85 @@ pub fn write_timeline(
     Ok(())
 }
 
+/// What the record says the upstream saw, when it says it.
+fn upstream_saw(r: &Record) -> Option<UpstreamSaw> {
+    match UpstreamSaw::try_from(r.upstream_saw).unwrap_or(UpstreamSaw::Unknown) {
+        UpstreamSaw::Unknown => None,
+        saw => Some(saw),
+    }
+}
+
+/// Who answered the client, when the record says it.
+fn answered_by(r: &Record) -> Option<AnsweredBy> {
+    match AnsweredBy::try_from(r.answered_by).unwrap_or(AnsweredBy::Unknown) {
+        AnsweredBy::Unknown => None,
+        by => Some(by),
+    }
+}
+
+/// `upstream`, `tracegate`, `proxy`, `nobody`: the JSON value.
+fn answered_by_name(by: AnsweredBy) -> &'static str {
+    match by {
+        AnsweredBy::Unknown => "unknown",
+        AnsweredBy::Upstream => "upstream",
+        AnsweredBy::Tracegate => "tracegate",
+        AnsweredBy::Proxy => "proxy",
+        AnsweredBy::Nobody => "nobody",
+    }
+}
+
+/// `nothing`, `headers`, `request`: the JSON value.
+fn upstream_name(saw: UpstreamSaw) -> &'static str {
+    match saw {
+        UpstreamSaw::Unknown => "unknown",
+        UpstreamSaw::Nothing => "nothing",
+        UpstreamSaw::Headers => "headers",
+        UpstreamSaw::Request => "request",
+    }
+}
+
+fn upstream_text(saw: UpstreamSaw) -> &'static str {
+    match saw {
+        UpstreamSaw::Unknown => "not recorded",
+        UpstreamSaw::Nothing => "nothing (no part of the request left the proxy)",
+        UpstreamSaw::Headers => {
+            "headers (method, URL and headers went on before the body was judged; the body did not)"
+        }
+        UpstreamSaw::Request => "request (headers and body)",
+    }
+}
+
 /// `bob@example.com (sub bob, iss https://idp)`: a verified approver.
 pub fn approver_text(p: &tracegate_proto::v1::Approver) -> String {
     if p.display.is_empty() || p.display == p.subject {
-        format!("{} (iss {})", p.subject, p.issuer)
+        format!("{} (iss {})", Safe(&p.subject), Safe(&p.issuer))
     } else {
-        format!("{} (sub {}, iss {})", p.display, p.subject, p.issuer)
+        format!(
+            "{} (sub {}, iss {})",
+            Safe(&p.display),
+            Safe(&p.subject),
+            Safe(&p.issuer)
+        )
     }
 }
 
 /// `apr_1 (hold): APPROVED by bob (iss https://idp): "looks fine"; risk 130 >= 100; forwarded`.
 pub fn approval_line(a: &Approval) -> String {
-    let mut line = format!("{} ({}): {}", a.id, a.mode, a.state);
+    let mut line = format!("{} ({}): {}", Safe(&a.id), Safe(&a.mode), Safe(&a.state));
     if !a.approvers.is_empty() {
         let who: Vec<String> = a.approvers.iter().map(approver_text).collect();
         line.push_str(&format!(" by {}", who.join(" and ")));
     } else if !a.approver.is_empty() {
-        line.push_str(&format!(" by {}", a.approver));
+        line.push_str(&format!(" by {}", Safe(&a.approver)));
     }
     if !a.reason.is_empty() {
-        line.push_str(&format!(": {:?}", a.reason));
+        line.push_str(&format!(": \"{}\"", Safe(&a.reason)));
     }
     line.push_str(&format!(
         "; risk {} >= {}; {}",
-        a.risk, a.threshold, a.outcome
+        a.risk,
+        a.threshold,
+        Safe(&a.outcome)
     ));
     line
 }
@@ -127,30 +240,31 @@ pub fn identity_line(id: &Identity) -> String {
         Status::Verified => {
             let mut line = format!(
                 "{} (provider {}, iss {}, {}",
-                if id.subject.is_empty() {
+                Safe(if id.subject.is_empty() {
                     "(no sub)"
                 } else {
                     &id.subject
-                },
-                id.provider,
-                id.issuer,
-                id.algorithm
+                }),
+                Safe(&id.provider),
+                Safe(&id.issuer),
+                Safe(&id.algorithm)
             );
             if !id.key_id.is_empty() {
-                line.push_str(&format!(" kid {}", id.key_id));
+                line.push_str(&format!(" kid {}", Safe(&id.key_id)));
             }
             line.push(')');
             let mut claims: Vec<_> = id.claims.iter().collect();
             claims.sort();
             for (k, v) in claims {
-                line.push_str(&format!(" {k}={v}"));
+                line.push_str(&format!(" {}={}", Safe(k), Safe(v)));
             }
             line
         }
         Status::Anonymous => "anonymous".into(),
         Status::Rejected => format!(
             "rejected: {} ({})",
-            id.rejection_reason, id.rejection_detail
+            Safe(&id.rejection_reason),
+            Safe(&id.rejection_detail)
         ),
         Status::Unspecified => "unknown".into(),
     }
@@ -160,13 +274,13 @@ pub fn identity_line(id: &Identity) -> String {
 /// payment_card×1; response: phone×1; rules: no-jailbreak(block, prompt)`.
 pub fn inspection_line(i: &Inspection) -> String {
     let mut line = match i.verdict.as_str() {
-        "blocked" => format!("blocked by {} ({})", i.blocked_rule, i.reason),
-        "refused" => format!("refused ({})", i.reason),
-        v => v.to_string(),
+        "blocked" => format!("blocked by {} ({})", Safe(&i.blocked_rule), Safe(&i.reason)),
+        _ if !i.reason.is_empty() => format!("{} ({})", Safe(&i.verdict), Safe(&i.reason)),
+        v => Safe(v).to_string(),
     };
     line.push_str(&format!("; risk {}", i.risk));
     let findings = |m: &std::collections::HashMap<String, u32>| {
-        let mut v: Vec<_> = m.iter().map(|(k, n)| format!("{k}×{n}")).collect();
+        let mut v: Vec<_> = m.iter().map(|(k, n)| format!("{}×{n}", Safe(k))).collect();
         v.sort();
         v.join(" ")
     };
@@ -186,34 +300,22 @@ pub fn inspection_line(i: &Inspection) -> String {
         let rules: Vec<String> = i
             .rules
             .iter()
-            .map(|r| format!("{}({}, {})", r.id, r.action, r.scope))
+            .map(|r| format!("{}({}, {})", Safe(&r.id), Safe(&r.action), Safe(&r.scope)))
             .collect();
         line.push_str(&format!("; rules: {}", rules.join(" ")));
     }
     line
 }
 
-/// Who a session's caller is, for the session list: the first verified
-/// subject, else anonymous/rejected, else `-`.
-pub fn who(id: Option<&Identity>) -> Option<String> {
-    let id = id?;
-    match Status::try_from(id.status).ok()? {
-        Status::Verified => Some(format!("{}@{}", id.subject, id.provider)),
-        Status::Anonymous => Some("anonymous".into()),
-        Status::Rejected => Some("rejected".into()),
-        Status::Unspecified => None,
-    }
-}
-
 fn write_body(out: &mut impl Write, label: &str, body: Option<&Body>) -> io::Result<()> {
     let Some(b) = body.filter(|b| b.size > 0) else {
         return writeln!(out, "   {label}: (empty)");
     };
-    let kind = if b.content_type.is_empty() {
+    let kind = Safe(if b.content_type.is_empty() {
         "no content-type"
     } else {
         &b.content_type
-    };
+    });
     let kept = if b.truncated {
         format!(", first {} B recorded", b.data.len())
     } else {
@@ -225,8 +327,11 @@ fn write_body(out: &mut impl Write, label: &str, body: Option<&Body>) -> io::Res
     if shown.len() < text.len() {
         shown.push_str(" …");
     }
-    for line in shown.lines().filter(|l| !l.trim().is_empty()) {
-        writeln!(out, "     | {line}")?;
+    // Lines end at LF (a CR before it is part of the line ending); every
+    // other control character, a lone CR included, is shown escaped.
+    let lines = shown.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        writeln!(out, "     | {}", Safe(line))?;
     }
     Ok(())
 }
@@ -237,6 +342,8 @@ fn write_body(out: &mut impl Write, label: &str, body: Option<&Body>) -> io::Res
 struct RecordJson<'a> {
     record_id: &'a str,
     session_id: &'a str,
+    /// `Caller::key`: whose session this record is in.
+    caller: String,
     request_id: &'a str,
     request_start: String,
     response_start: String,
@@ -246,13 +353,21 @@ struct RecordJson<'a> {
     path: &'a str,
     authority: &'a str,
     status: u32,
-    /// The request's headers as they went upstream (masked).
+    /// As they went upstream (masked), in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     request_headers: Vec<HeaderJson<'a>>,
     request_body: Option<BodyJson<'a>>,
     response_body: Option<BodyJson<'a>>,
     source: &'a str,
     phase: &'static str,
+    /// `nothing`, `headers` or `request`; absent in records that do not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_saw: Option<&'static str>,
+    /// `upstream`, `tracegate`, `proxy` or `nobody`; absent when not said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered_by: Option<&'static str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    status_detail: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     request_record_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,6 +534,7 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
         let json = RecordJson {
             record_id: &r.record_id,
             session_id: &r.session_id,
+            caller: Caller::of(r).key(),
             request_id: &r.request_id,
             request_start: time(r.request_start_unix_nanos),
             response_start: time(r.response_start_unix_nanos),
@@ -443,6 +559,9 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
                 Phase::Exchange => "exchange",
                 Phase::Request => "request",
             },
+            upstream_saw: upstream_saw(r).map(upstream_name),
+            answered_by: answered_by(r).map(answered_by_name),
+            status_detail: &r.status_detail,
             request_record_id: &r.request_record_id,
             identity: r.identity.as_ref().map(identity_json),
             inspection: r.inspection.as_ref().map(inspection_json),
@@ -468,28 +587,31 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
                 detail: &a.detail,
             }),
         };
-        serde_json::to_writer(&mut *out, &json)?;
+        term::write_json(out, &json)?;
         writeln!(out)?;
     }
     Ok(())
 }
 
+/// One row per session and caller (`replay SESSION --caller CALLER` shows
+/// that row's exchanges).
 pub fn write_sessions(
     out: &mut impl Write,
-    sessions: &BTreeMap<String, SessionSummary>,
+    sessions: &BTreeMap<(String, String), SessionSummary>,
 ) -> io::Result<()> {
     let mut rows: Vec<_> = sessions.iter().collect();
-    rows.sort_by_key(|(id, row)| (row.first_unix_nanos, *id));
+    rows.sort_by_key(|(key, row)| (row.first_unix_nanos, *key));
     writeln!(
         out,
-        "{:<40} {:<28} {:<24} {:<24} {:>9}",
-        "SESSION", "IDENTITY", "FIRST", "LAST", "EXCHANGES"
+        "{:<40} {:<40} {:<24} {:<24} {:>9}",
+        "SESSION", "CALLER", "FIRST", "LAST", "EXCHANGES"
     )?;
-    for (id, row) in rows {
+    for ((id, caller), row) in rows {
         writeln!(
             out,
-            "{id:<40} {:<28} {:<24} {:<24} {:>9}",
-            row.identity.as_deref().unwrap_or("-"),
+            "{:<40} {:<40} {:<24} {:<24} {:>9}",
+            Safe(id).to_string(),
+            Safe(caller).to_string(),
             time(row.first_unix_nanos),
             time(row.last_unix_nanos),
             row.exchanges
@@ -511,4 +633,174 @@ pub fn fold_written_ahead(records: Vec<Record>) -> Vec<Record> {
         .into_iter()
         .filter(|r| !(r.phase() == Phase::Request && completed.contains(&r.record_id)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::term::is_unsafe;
+    use tracegate_proto::v1::{Approver, RuleMatch};
+
+    const EVIL: &str = "x\x1b[2K\r\u{202e}\u{9b}31m\ny\u{2066}\t\x07";
+
+    fn evil() -> String {
+        EVIL.to_string()
+    }
+
+    /// A record with hostile text in every string it holds.
+    fn hostile() -> Record {
+        let body = |_| Body {
+            data: format!("{{\"content\": \"{EVIL}\"}}\r\nline two\rover").into_bytes(),
+            size: 100,
+            truncated: false,
+            content_type: evil(),
+        };
+        Record {
+            record_id: evil(),
+            session_id: evil(),
+            request_id: evil(),
+            method: evil(),
+            path: evil(),
+            authority: evil(),
+            status: 403,
+            request_body: Some(body(0)),
+            response_body: Some(body(1)),
+            source: evil(),
+            request_record_id: evil(),
+            identity: Some(Identity {
+                status: Status::Verified as i32,
+                provider: evil(),
+                issuer: evil(),
+                subject: evil(),
+                claims: [(evil(), evil())].into_iter().collect(),
+                algorithm: evil(),
+                key_id: evil(),
+                ..Identity::default()
+            }),
+            inspection: Some(Inspection {
+                request_findings: [(evil(), 1)].into_iter().collect(),
+                response_findings: [(evil(), 1)].into_iter().collect(),
+                verdict: "blocked".into(),
+                blocked_rule: evil(),
+                reason: evil(),
+                rules: vec![RuleMatch {
+                    id: evil(),
+                    action: evil(),
+                    scope: evil(),
+                }],
+                ..Inspection::default()
+            }),
+            approval: Some(Approval {
+                id: evil(),
+                mode: evil(),
+                state: evil(),
+                approver: evil(),
+                reason: evil(),
+                outcome: evil(),
+                detail: evil(),
+                approvers: vec![Approver {
+                    issuer: evil(),
+                    subject: evil(),
+                    display: "bob".into(),
+                }],
+                ..Approval::default()
+            }),
+            upstream_saw: UpstreamSaw::Headers as i32,
+            answered_by: AnsweredBy::Proxy as i32,
+            status_detail: evil(),
+            request_headers: vec![tracegate_proto::v1::Header {
+                name: evil(),
+                value: evil(),
+            }],
+            ..Record::default()
+        }
+    }
+
+    fn assert_inert(out: &[u8]) -> String {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|&c| c != '\n' && is_unsafe(c))
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} in {text}");
+        text
+    }
+
+    #[test]
+    fn the_timeline_prints_nothing_a_terminal_would_act_on() {
+        let r = hostile();
+        let ev = ApprovalEvent {
+            approval_id: r.approval.as_ref().unwrap().id.clone(),
+            event: evil(),
+            actor: evil(),
+            reason: evil(),
+            ..ApprovalEvent::default()
+        };
+        let mut out = Vec::new();
+        let caller = Caller::of(&r);
+        write_timeline(&mut out, EVIL, &caller, &[r], &[ev]).unwrap();
+        let text = assert_inert(&out);
+        assert!(text.contains("\\x1b[2K\\r\\u{202e}"), "{text}");
+        // A record's newline cannot start a line of its own.
+        assert!(!text.lines().any(|l| l.starts_with('y')), "{text}");
+        assert!(
+            text.contains("     | over") || text.contains("\\rover"),
+            "{text}"
+        );
+        assert!(text.contains("upstream saw: headers"), "{text}");
+    }
+
+    #[test]
+    fn json_lines_stay_json_and_inert() {
+        let mut out = Vec::new();
+        write_json_lines(&mut out, &[hostile()]).unwrap();
+        let text = assert_inert(&out);
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["path"], EVIL);
+        assert_eq!(v["upstream_saw"], "headers");
+        assert_eq!(
+            (v["answered_by"].as_str(), v["status_detail"].as_str()),
+            (Some("proxy"), Some(EVIL))
+        );
+        assert_eq!(v["caller"], format!("{EVIL}|{EVIL}"));
+    }
+
+    #[test]
+    fn the_session_list_is_inert() {
+        let mut sessions = BTreeMap::new();
+        sessions.insert((evil(), evil()), SessionSummary::default());
+        let mut out = Vec::new();
+        write_sessions(&mut out, &sessions).unwrap();
+        assert_inert(&out);
+    }
+
+    #[test]
+    fn callers_of_one_session_are_kept_apart() {
+        let with = |sub: &str, t: i64| Record {
+            session_id: "shared".into(),
+            request_start_unix_nanos: t,
+            identity: (!sub.is_empty()).then(|| Identity {
+                status: Status::Verified as i32,
+                issuer: "https://idp".into(),
+                subject: sub.into(),
+                ..Identity::default()
+            }),
+            ..Record::default()
+        };
+        let groups = by_caller(vec![
+            with("bob", 1),
+            with("alice", 2),
+            with("bob", 3),
+            with("", 4),
+        ]);
+        let keys: Vec<(String, usize)> = groups.iter().map(|(c, rs)| (c.key(), rs.len())).collect();
+        assert_eq!(
+            keys,
+            [
+                ("https://idp|bob".to_string(), 2),
+                ("https://idp|alice".to_string(), 1),
+                ("anonymous".to_string(), 1)
+            ]
+        );
+    }
 }

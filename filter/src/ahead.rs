@@ -34,6 +34,9 @@ pub enum Ahead {
     /// The call failed and `fail_open` let the request go on; the record
     /// travels later through the outbox.
     Queued(String),
+    /// The call failed (or was not acknowledged in time) and `fail_closed`
+    /// answered 503: not forwarded. The record may still have been stored.
+    Refused(String),
 }
 
 impl Ahead {
@@ -42,7 +45,7 @@ impl Ahead {
         match self {
             Ahead::Off | Ahead::Todo(_) => None,
             Ahead::InFlight(r) => Some(&r.record_id),
-            Ahead::Written(id) | Ahead::Queued(id) => Some(id),
+            Ahead::Written(id) | Ahead::Queued(id) | Ahead::Refused(id) => Some(id),
         }
     }
 }
@@ -137,6 +140,7 @@ fn fail(shared: &Shared, slot: &RequestSlot, record: Record, why: &str) -> Gate 
             );
             let mut s = slot.borrow_mut();
             s.answered = true;
+            s.ahead = Ahead::Refused(record.record_id);
             let api = s.api;
             drop(s);
             let message =

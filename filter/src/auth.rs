@@ -12,6 +12,7 @@ use proxy_wasm::types::LogLevel;
 use std::time::Duration;
 
 use tracegate_policy::jwt::{identity_record, Decision, Extracted, Reason, Rejection};
+use tracegate_policy::record::UpstreamSaw;
 
 use crate::gates::{self, RequestSlot, Via};
 use crate::host::{self, Counter};
@@ -256,6 +257,7 @@ pub fn jwks_answer(
                 gates::resume(shared, &w.slot, Via::Root(w.context_id));
             } else if !body_pending {
                 // Headers go on; the body's end runs the gates.
+                gates::let_go(&w.slot, UpstreamSaw::Headers);
                 host::resume_request();
             }
         }

@@ -18,13 +18,15 @@ use tracegate_policy::inspect::{
 use tracegate_policy::llm::sse::{error_event, looks_like_sse, SseMasker};
 use tracegate_policy::llm::Api;
 use tracegate_policy::mask::Tokens;
-use tracegate_policy::record::{record_id, BodyCapture};
+use tracegate_policy::record::{
+    final_verdict, record_id, AnsweredBy, BodyCapture, Ending, UpstreamSaw, Verdict,
+};
 use tracegate_policy::{ExchangeRecorder, RequestInfo};
 
 use crate::ahead::{self, Ahead};
 use crate::approvals::{self, ApprovalGate, Ask};
 use crate::auth::{self, Next};
-use crate::gates::{self, Flow, RequestSlot, Via};
+use crate::gates::{self, let_go, Flow, RequestSlot, Via};
 use crate::host;
 use crate::root::{Admission, Shared};
 use tracegate_policy::approval::{excerpt, request_digest, RiskReason, GRANT_HEADER};
@@ -116,7 +118,9 @@ impl Exchange {
                 let now = host::now_nanos();
                 let millis = u64::try_from(now / 1_000_000).unwrap_or(0);
                 let id = record_id(millis, &host::random_bytes());
-                let record = recorder.request_record(id, shared.source.clone(), None, inspection);
+                let upstream = self.identity.borrow().upstream;
+                let record =
+                    recorder.request_record(id, shared.source.clone(), None, inspection, upstream);
                 self.identity.borrow_mut().ahead = Ahead::Todo(Box::new(record));
             }
             if shared.config.approval.is_some() {
@@ -126,7 +130,10 @@ impl Exchange {
         }
         self.identity.borrow_mut().ready = true;
         match gates::proceed(shared, &self.identity, Via::Request) {
-            Flow::Continue => Action::Continue,
+            Flow::Continue => {
+                let_go(&self.identity, UpstreamSaw::Request);
+                Action::Continue
+            }
             Flow::Wait | Flow::Answered => Action::Pause,
         }
     }
@@ -243,7 +250,7 @@ impl Exchange {
                 self.inspection.rules_risk = inspector.rules_risk(&rules);
                 self.inspection.request.merge(&hits);
                 self.inspection.rules = rules;
-                self.inspection.verdict = "blocked";
+                self.inspection.verdict = Verdict::Blocked;
                 self.inspection.blocked_rule = rule.id.clone();
                 self.inspection.reason = message.clone();
                 let kind = match self.api {
@@ -277,7 +284,7 @@ impl Exchange {
 
     fn refuse_uninspectable(&mut self, shared: &Shared, status: u32, kind: &str, message: &str) {
         shared.metrics.refused.add(1);
-        self.inspection.verdict = "refused";
+        self.inspection.verdict = Verdict::Refused;
         self.inspection.reason = message.to_string();
         let kind = match (self.api, status) {
             (Api::Anthropic, 413) => "request_too_large",
@@ -482,13 +489,18 @@ impl HttpContext for Exchange {
         }
         let auth = auth::authenticate(&shared, self.context_id, &self.identity);
         let parked = self.identity.borrow().parked;
-        match auth {
+        let action = match auth {
             Next::Stop if !parked => Action::Pause, // answered 401
             _ if end_of_stream => self.ready(&shared, &[], &[]),
             Next::Stop => Action::Pause,
             Next::Continue if self.hold => Action::Pause,
             Next::Continue => Action::Continue,
+        };
+        if matches!(action, Action::Continue) {
+            // For the record: the upstream may see these headers now.
+            let_go(&self.identity, UpstreamSaw::Headers);
         }
+        action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -508,6 +520,9 @@ impl HttpContext for Exchange {
         if !self.inspect_request {
             if let Some(r) = &mut self.recorder {
                 capture(&mut r.request_body, BufferType::HttpRequestBody, body_size);
+            }
+            if !self.identity.borrow().parked {
+                let_go(&self.identity, UpstreamSaw::Request);
             }
             return Action::Continue;
         }
@@ -740,21 +755,66 @@ impl HttpContext for Exchange {
             return;
         };
         auth::forget(shared, self.context_id);
-        recorder.set_identity(self.identity.borrow_mut().identity.take());
+        let identity = self.identity.borrow_mut().identity.take();
+        let unauthenticated = identity
+            .as_ref()
+            .is_some_and(|i| i.status() == tracegate_proto::v1::identity::Status::Rejected);
+        recorder.set_identity(identity);
         if let Some(id) = self.identity.borrow().ahead.record_id() {
             recorder.request_record_id = id.to_string();
         }
         recorder.approval = self.identity.borrow().approval.record();
+        let mut approval_refused = None;
         if let Some(a) = &recorder.approval {
             if !matches!(a.outcome.as_str(), "forwarded" | "forwarded_expired") {
-                self.inspection.verdict = if a.outcome == "approval_required" {
-                    "awaiting_approval"
+                approval_refused = Some(if a.outcome == "approval_required" {
+                    Verdict::AwaitingApproval
                 } else {
-                    "denied"
-                };
+                    Verdict::Denied
+                });
                 self.inspection.reason = a.detail.clone();
             }
         }
+        if let Some(code) = host::property_u64(&["response", "code"]) {
+            recorder.fallback_status(u32::try_from(code).unwrap_or(0));
+        }
+        // What the record states happened: never "forwarded" for a request
+        // that did not go upstream whole. Envoy's response code details tell
+        // the upstream's answers (`via_upstream`) from its own.
+        let details = host::property_string(&["response", "code_details"]);
+        let answered_by = AnsweredBy::of(
+            self.identity.borrow().answered,
+            recorder.status(),
+            details.as_deref(),
+        );
+        if answered_by == AnsweredBy::Proxy {
+            recorder.status_detail = details.unwrap_or_default();
+        }
+        recorder.answered_by = answered_by;
+        let ending = {
+            let s = self.identity.borrow();
+            Ending {
+                answered_by,
+                unauthenticated,
+                unrecorded: matches!(s.ahead, Ahead::Refused(_)),
+                approval_refused,
+                upstream: s.upstream,
+            }
+        };
+        self.inspection.verdict = final_verdict(self.inspection.verdict, &ending);
+        if self.inspection.reason.is_empty() {
+            self.inspection.reason = match self.inspection.verdict {
+                Verdict::Unrecorded => "its record could not be made durable before forwarding (write_ahead, fail_closed): answered 503".into(),
+                Verdict::Abandoned => "the client went away before the request was forwarded".into(),
+                Verdict::NotForwarded if answered_by == AnsweredBy::Proxy => format!(
+                    "the proxy answered {} ({}) before the request was forwarded whole",
+                    recorder.status(),
+                    recorder.status_detail
+                ),
+                _ => String::new(),
+            };
+        }
+        recorder.upstream = ending.upstream;
         if !self.tokens.is_empty() {
             // The client got tokenized values back; the record must not.
             if let Some(m) = shared.inspector.as_ref().and_then(|i| i.masker()) {
@@ -768,12 +828,9 @@ impl HttpContext for Exchange {
         if self.inspect_request
             || !self.inspection.request.is_empty()
             || !self.inspection.response.is_empty()
-            || !self.inspection.verdict.is_empty()
+            || self.inspection.verdict != Verdict::Forwarded
         {
             recorder.inspection = Some(self.inspection.to_proto());
-        }
-        if let Some(code) = host::property_u64(&["response", "code"]) {
-            recorder.fallback_status(u32::try_from(code).unwrap_or(0));
         }
         let now = host::now_nanos();
         let millis = u64::try_from(now / 1_000_000).unwrap_or(0);

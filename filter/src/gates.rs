@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use tracegate_policy::llm::Api;
+use tracegate_policy::record::UpstreamSaw;
 use tracegate_proto::v1::Identity;
 
 use crate::ahead::{self, Ahead};
@@ -40,6 +41,14 @@ pub struct RequestState {
     pub ahead: Ahead,
     /// The call a gate made from the request's own context and waits for.
     pub call: Option<u32>,
+    /// How much of the request has been let go upstream (for the record).
+    pub upstream: UpstreamSaw,
+}
+
+/// Notes that the request went on this far (never less than before).
+pub fn let_go(slot: &RequestSlot, what: UpstreamSaw) {
+    let mut s = slot.borrow_mut();
+    s.upstream = s.upstream.max(what);
 }
 
 pub type RequestSlot = Rc<RefCell<RequestState>>;
@@ -94,6 +103,8 @@ pub fn proceed(shared: &Shared, slot: &RequestSlot, via: Via) -> Flow {
 /// (effective) request go on if they all pass.
 pub fn resume(shared: &Shared, slot: &RequestSlot, via: Via) {
     if let Flow::Continue = proceed(shared, slot, via) {
+        // Gates run only on a complete request: all of it goes on.
+        let_go(slot, UpstreamSaw::Request);
         host::resume_request();
     }
 }

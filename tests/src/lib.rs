@@ -481,13 +481,23 @@ impl Collector {
             .collect()
     }
 
-    /// The session's records as JSON (`tracegate replay --json`), or none.
+    /// The records of every caller who used this session id, as JSON
+    /// (`tracegate replay --json`, which gives them caller by caller), in
+    /// the order their requests started; or none.
     pub fn replay_json(&self, session: &str) -> Result<Vec<Value>> {
         match self.cli(&["replay", session, "--json"]) {
-            Ok(out) => out
-                .lines()
-                .map(|l| serde_json::from_str(l).context("replay --json line"))
-                .collect(),
+            Ok(out) => {
+                let mut records = out
+                    .lines()
+                    .map(|l| serde_json::from_str(l).context("replay --json line"))
+                    .collect::<Result<Vec<Value>>>()?;
+                // RFC 3339 times of one format sort as text.
+                records.sort_by(|a, b| {
+                    let start = |r: &Value| r["request_start"].as_str().unwrap_or("").to_string();
+                    start(a).cmp(&start(b))
+                });
+                Ok(records)
+            }
             Err(e) if e.to_string().contains("no exchanges recorded") => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -552,6 +562,14 @@ impl Upstream {
             .read_to_string()?
             .trim()
             .parse()?)
+    }
+
+    /// API requests whose headers reached the upstream (body or not), as
+    /// they arrived: `method`, `path`, `headers`.
+    pub fn starts(&self) -> Result<Vec<Value>> {
+        let url = format!("http://127.0.0.1:{}/__starts", self.port);
+        let v: Value = ureq::get(&url).call()?.body_mut().read_json()?;
+        Ok(v.as_array().cloned().unwrap_or_default())
     }
 
     /// Requests the upstream received, as it saw them.

@@ -191,7 +191,7 @@ fn write_ahead_record_is_durable_before_the_request_is_forwarded() {
     .unwrap();
     let timeline = stack.collector.cli(&["replay", &s]).unwrap();
     assert!(
-        timeline.starts_with(&format!("session {s}: 1 exchanges")),
+        timeline.starts_with(&format!("session {s} (caller anonymous): 1 exchanges")),
         "{timeline}"
     );
     assert!(

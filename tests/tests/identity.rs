@@ -270,7 +270,10 @@ fn tokens_are_verified_and_refused_with_their_reason() {
         "{timeline}"
     );
     let sessions = stack.collector.cli(&["sessions"]).unwrap();
-    assert!(sessions.contains("alice@corp"), "{sessions}");
+    assert!(
+        sessions.contains("https://idp.tracegate.test|alice"),
+        "{sessions}"
+    );
 }
 
 #[test]

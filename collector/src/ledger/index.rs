@@ -1,26 +1,30 @@
-//! Per-segment session index: which sessions a sealed segment holds, their
-//! summary (for `tracegate sessions`) and the offsets of their records (for
-//! `tracegate replay`), so neither reads whole segments.
+//! Per-segment session index: which sessions a sealed segment holds, per
+//! caller (see `caller`), their summary (for `tracegate sessions`) and the
+//! offsets of their records (for `tracegate replay`), so neither reads
+//! whole segments.
 //!
 //! The server rebuilds every index from the segments at start-up; readers
-//! check each frame they reach through an index (CRC, session id), so a stale
-//! or edited index can hide nothing it did not already fail to list.
+//! check each frame they reach through an index (CRC, session id, caller),
+//! so a stale or edited index can hide nothing it did not already fail to
+//! list. An index of another version is ignored (the segment is scanned).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tracegate_proto::v1::record::Phase;
 use tracegate_proto::v1::Record;
 
-use crate::view::who;
+use crate::caller::Caller;
 
-/// What one session looks like, over the records seen so far.
+/// Written into every index; readers use only their own version.
+pub const INDEX_VERSION: u32 = 2;
+
+/// What one caller's session looks like, over the records seen so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionSummary {
     pub first_unix_nanos: i64,
     pub last_unix_nanos: i64,
     /// Whole exchanges (records written ahead are not counted twice).
     pub exchanges: u64,
-    pub identity: Option<String>,
 }
 
 impl SessionSummary {
@@ -35,10 +39,6 @@ impl SessionSummary {
         if r.phase() == Phase::Exchange {
             self.exchanges += 1;
         }
-        // On the writer's path: format a name only while it can still change.
-        if !self.identity.as_deref().is_some_and(|w| w.contains('@')) {
-            self.name(who(r.identity.as_ref()));
-        }
     }
 
     pub fn merge(&mut self, other: &SessionSummary) {
@@ -49,16 +49,6 @@ impl SessionSummary {
         self.first_unix_nanos = self.first_unix_nanos.min(other.first_unix_nanos);
         self.last_unix_nanos = self.last_unix_nanos.max(other.last_unix_nanos);
         self.exchanges += other.exchanges;
-        self.name(other.identity.clone());
-    }
-
-    /// A verified caller (`subject@issuer`) names the session over anonymous
-    /// or rejected tries.
-    fn name(&mut self, this: Option<String>) {
-        let verified = |w: &Option<String>| w.as_deref().is_some_and(|w| w.contains('@'));
-        if self.identity.is_none() || (verified(&this) && !verified(&self.identity)) {
-            self.identity = this.or(self.identity.take());
-        }
     }
 }
 
@@ -72,8 +62,11 @@ pub struct SessionEntry {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SegmentIndex {
+    #[serde(default)]
+    pub version: u32,
     pub segment: u64,
-    pub sessions: BTreeMap<String, SessionEntry>,
+    /// Session id → caller key (`Caller::key`) → that caller's records.
+    pub sessions: BTreeMap<String, BTreeMap<String, SessionEntry>>,
     /// Approval id → offsets of its events.
     #[serde(default)]
     pub approvals: BTreeMap<String, Vec<u64>>,
@@ -82,6 +75,7 @@ pub struct SegmentIndex {
 impl SegmentIndex {
     pub fn new(segment: u64) -> Self {
         Self {
+            version: INDEX_VERSION,
             segment,
             sessions: BTreeMap::new(),
             approvals: BTreeMap::new(),
@@ -97,12 +91,12 @@ impl SegmentIndex {
 
     pub fn add(&mut self, r: &Record, offset: u64) {
         if !self.sessions.contains_key(&r.session_id) {
-            self.sessions
-                .insert(r.session_id.clone(), SessionEntry::default());
+            self.sessions.insert(r.session_id.clone(), BTreeMap::new());
         }
-        let Some(e) = self.sessions.get_mut(&r.session_id) else {
+        let Some(callers) = self.sessions.get_mut(&r.session_id) else {
             return;
         };
+        let e = callers.entry(Caller::of(r).key()).or_default();
         e.summary.add(r);
         e.offsets.push(offset);
     }

@@ -12,9 +12,10 @@ use tracegate_proto::v1::ledger_entry::Entry;
 use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record};
 
 use super::frame::{self, FRAME_OVERHEAD};
-use super::index::{SegmentIndex, SessionSummary};
+use super::index::{SegmentIndex, SessionSummary, INDEX_VERSION};
 use super::layout::Layout;
 use super::seal::Seal;
+use crate::caller::Caller;
 
 pub struct Reader {
     layout: Layout,
@@ -79,23 +80,30 @@ impl Reader {
         let bytes = std::fs::read(self.layout.index(n)).ok()?;
         serde_json::from_slice::<SegmentIndex>(&bytes)
             .ok()
-            .filter(|i| i.segment == n)
+            .filter(|i| i.segment == n && i.version == INDEX_VERSION)
     }
 
-    pub fn sessions(&mut self) -> Result<BTreeMap<String, SessionSummary>> {
-        let mut out: BTreeMap<String, SessionSummary> = BTreeMap::new();
+    /// Every session, per caller: (session id, caller key) → summary.
+    pub fn sessions(&mut self) -> Result<BTreeMap<(String, String), SessionSummary>> {
+        let mut out: BTreeMap<(String, String), SessionSummary> = BTreeMap::new();
         for n in self.segments.clone() {
             match self.index(n) {
                 Some(index) => {
-                    for (id, e) in index.sessions {
-                        out.entry(id).or_default().merge(&e.summary);
+                    for (id, callers) in index.sessions {
+                        for (caller, e) in callers {
+                            out.entry((id.clone(), caller))
+                                .or_default()
+                                .merge(&e.summary);
+                        }
                     }
                 }
                 None => {
                     for (_, r) in self.scan_records(n)? {
                         let mut one = SessionSummary::default();
                         one.add(&r);
-                        out.entry(r.session_id.clone()).or_default().merge(&one);
+                        out.entry((r.session_id.clone(), Caller::of(&r).key()))
+                            .or_default()
+                            .merge(&one);
                     }
                 }
             }
@@ -103,25 +111,34 @@ impl Reader {
         Ok(out)
     }
 
-    /// One session's records, ordered by request start.
-    pub fn session(&mut self, session: &str) -> Result<Vec<Record>> {
+    /// One session's records, ordered by request start: every caller's
+    /// (`None`; callers tell them apart with `Caller::of`), or one caller's.
+    pub fn session(&mut self, session: &str, caller: Option<&Caller>) -> Result<Vec<Record>> {
+        let key = caller.map(Caller::key);
+        let wanted =
+            |r: &Record| r.session_id == session && caller.is_none_or(|c| &Caller::of(r) == c);
         let mut records = Vec::new();
         for n in self.segments.clone() {
             match self.index(n) {
                 Some(index) => {
-                    let Some(entry) = index.sessions.get(session) else {
+                    let Some(callers) = index.sessions.get(session) else {
                         continue;
                     };
                     let path = self.layout.segment(n);
                     let file =
                         File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                    for &offset in &entry.offsets {
-                        match read_frame(&file, offset) {
-                            Some(r) if r.session_id == session => records.push(r),
-                            _ => self.warnings.push(format!(
-                                "{}: index names offset {offset} for this session, but no intact record of it is there",
-                                self.layout.show(&path)
-                            )),
+                    let entries = callers
+                        .iter()
+                        .filter(|(c, _)| key.as_ref().is_none_or(|k| k == *c));
+                    for (_, entry) in entries {
+                        for &offset in &entry.offsets {
+                            match read_frame(&file, offset) {
+                                Some(r) if wanted(&r) => records.push(r),
+                                _ => self.warnings.push(format!(
+                                    "{}: index names offset {offset} for this session, but no intact record of it is there",
+                                    self.layout.show(&path)
+                                )),
+                            }
                         }
                     }
                 }
@@ -129,7 +146,7 @@ impl Reader {
                     self.scan_records(n)?
                         .into_iter()
                         .map(|(_, r)| r)
-                        .filter(|r| r.session_id == session),
+                        .filter(|r| wanted(r)),
                 ),
             }
         }

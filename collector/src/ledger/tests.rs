@@ -109,8 +109,8 @@ fn rolls_seals_and_verifies() {
     let mut reader = Reader::open(Layout::new(dir.path())).unwrap();
     let sessions = reader.sessions().unwrap();
     assert_eq!(sessions.len(), 4);
-    assert_eq!(sessions["s1"].exchanges, 10);
-    let s1 = reader.session("s1").unwrap();
+    assert_eq!(sessions[&("s1".into(), "anonymous".into())].exchanges, 10);
+    let s1 = reader.session("s1", None).unwrap();
     assert_eq!(s1.len(), 10);
     assert!(s1
         .windows(2)
@@ -393,4 +393,57 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn sessions_are_kept_per_caller_in_sealed_and_open_segments() {
+    use crate::caller::Caller;
+    use tracegate_proto::v1::identity::Status;
+    use tracegate_proto::v1::Identity;
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = open(dir.path(), small());
+    // Two verified callers and an anonymous one, all in session "shared".
+    let callers = ["alice", "bob", ""];
+    let records: Vec<Record> = (0..30)
+        .map(|i| {
+            let sub = callers[i as usize % 3];
+            Record {
+                identity: (!sub.is_empty()).then(|| Identity {
+                    status: Status::Verified as i32,
+                    issuer: "https://idp.example".into(),
+                    subject: sub.into(),
+                    ..Identity::default()
+                }),
+                ..rec(i, "shared")
+            }
+        })
+        .collect();
+    for batch in records.chunks(3) {
+        l.append(&[batch.to_vec()]).unwrap();
+    }
+    l.close().unwrap();
+    // A restart rebuilds the indexes of the sealed segments.
+    open(dir.path(), small()).close().unwrap();
+    assert!(check(dir.path()).sealed >= 2);
+
+    let mut reader = Reader::open(Layout::new(dir.path())).unwrap();
+    let sessions = reader.sessions().unwrap();
+    let keys: Vec<(&str, &str, u64)> = sessions
+        .iter()
+        .map(|((s, c), sum)| (s.as_str(), c.as_str(), sum.exchanges))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("shared", "anonymous", 10),
+            ("shared", "https://idp.example|alice", 10),
+            ("shared", "https://idp.example|bob", 10)
+        ]
+    );
+    let alice = Caller::parse("https://idp.example|alice").unwrap();
+    let only = reader.session("shared", Some(&alice)).unwrap();
+    assert_eq!(only.len(), 10);
+    assert!(only.iter().all(|r| Caller::of(r) == alice));
+    assert_eq!(reader.session("shared", None).unwrap().len(), 30);
+    assert!(reader.warnings.is_empty(), "{:?}", reader.warnings);
 }

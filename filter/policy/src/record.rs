@@ -9,6 +9,159 @@ use tracegate_proto::v1::{Body, Record};
 /// value is not a session id and the request id is used instead.
 pub const MAX_SESSION_ID_LEN: usize = 256;
 
+/// How much of a request the filter let go on to the upstream: what the
+/// upstream may have seen. Only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UpstreamSaw {
+    /// Nothing left the proxy.
+    #[default]
+    Nothing,
+    /// Method, URL and headers went on; the body was still held.
+    Headers,
+    /// Headers and body went on.
+    Request,
+}
+
+impl UpstreamSaw {
+    /// The record's value (the one mapping to the proto enum).
+    pub fn to_proto(self) -> tracegate_proto::v1::record::UpstreamSaw {
+        use tracegate_proto::v1::record::UpstreamSaw as P;
+        match self {
+            UpstreamSaw::Nothing => P::Nothing,
+            UpstreamSaw::Headers => P::Headers,
+            UpstreamSaw::Request => P::Request,
+        }
+    }
+}
+
+/// Who produced the status the client got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AnsweredBy {
+    /// The proxy did not say.
+    #[default]
+    Unknown,
+    Upstream,
+    /// tracegate's own local reply.
+    Tracegate,
+    /// The proxy's own local reply (upstream unreachable, reset, timeout,
+    /// a buffer limit).
+    Proxy,
+    /// No answer (the client went away first).
+    Nobody,
+}
+
+impl AnsweredBy {
+    /// From what the proxy says when the exchange ends: whether tracegate
+    /// answered, the final status (0: none) and the proxy's response code
+    /// details (`via_upstream` for the upstream's answers), if it tells.
+    pub fn of(answered_locally: bool, status: u32, details: Option<&str>) -> AnsweredBy {
+        match details {
+            _ if answered_locally => AnsweredBy::Tracegate,
+            Some("via_upstream") => AnsweredBy::Upstream,
+            Some(_) if status == 0 => AnsweredBy::Nobody,
+            Some(_) => AnsweredBy::Proxy,
+            None => AnsweredBy::Unknown,
+        }
+    }
+
+    /// The record's value (the one mapping to the proto enum).
+    pub fn to_proto(self) -> tracegate_proto::v1::record::AnsweredBy {
+        use tracegate_proto::v1::record::AnsweredBy as P;
+        match self {
+            AnsweredBy::Unknown => P::Unknown,
+            AnsweredBy::Upstream => P::Upstream,
+            AnsweredBy::Tracegate => P::Tracegate,
+            AnsweredBy::Proxy => P::Proxy,
+            AnsweredBy::Nobody => P::Nobody,
+        }
+    }
+}
+
+/// What the filter did with a request, as its record states it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// It went upstream whole.
+    #[default]
+    Forwarded,
+    /// A block rule matched (403).
+    Blocked,
+    /// It could not be inspected (400, 413, 415), or its answer was replaced (502).
+    Refused,
+    /// Its caller was not authenticated (401).
+    Unauthenticated,
+    /// Async approval was asked; the caller retries once approved (403).
+    AwaitingApproval,
+    /// Approval denied, expired, refused or unavailable (403).
+    Denied,
+    /// Its record could not be made durable before forwarding (write-ahead,
+    /// fail_closed: 503).
+    Unrecorded,
+    /// The client went away before it was forwarded.
+    Abandoned,
+    /// Not forwarded whole, for another reason: the filter or the proxy
+    /// answered it (e.g. the proxy's buffer limit, 413).
+    NotForwarded,
+}
+
+impl Verdict {
+    /// The record's `inspection.verdict` (the one mapping to its text).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Forwarded => "forwarded",
+            Verdict::Blocked => "blocked",
+            Verdict::Refused => "refused",
+            Verdict::Unauthenticated => "unauthenticated",
+            Verdict::AwaitingApproval => "awaiting_approval",
+            Verdict::Denied => "denied",
+            Verdict::Unrecorded => "unrecorded",
+            Verdict::Abandoned => "abandoned",
+            Verdict::NotForwarded => "not_forwarded",
+        }
+    }
+}
+
+/// What the proxy knows when an exchange ends, beyond inspection's verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// Who answered the client.
+    pub answered_by: AnsweredBy,
+    /// The caller's token was refused (401).
+    pub unauthenticated: bool,
+    /// The write-ahead record failed and the request was answered 503.
+    pub unrecorded: bool,
+    /// The approval gate refused it (its verdict), if it did.
+    pub approval_refused: Option<Verdict>,
+    /// How much of the request went upstream.
+    pub upstream: UpstreamSaw,
+}
+
+/// The verdict a record states: inspection's, unless the request was
+/// stopped later (by authentication, approval, the write-ahead record, the
+/// proxy, or the client leaving). A request that did not go upstream whole,
+/// or that tracegate answered itself, is never "forwarded".
+pub fn final_verdict(judged: Verdict, ending: &Ending) -> Verdict {
+    if judged != Verdict::Forwarded {
+        return judged;
+    }
+    if let Some(v) = ending.approval_refused {
+        return v;
+    }
+    if ending.unauthenticated {
+        Verdict::Unauthenticated
+    } else if ending.unrecorded {
+        Verdict::Unrecorded
+    } else if ending.answered_by == AnsweredBy::Tracegate {
+        Verdict::NotForwarded
+    } else if ending.upstream != UpstreamSaw::Request {
+        match ending.answered_by {
+            AnsweredBy::Proxy => Verdict::NotForwarded,
+            _ => Verdict::Abandoned,
+        }
+    } else {
+        Verdict::Forwarded
+    }
+}
+
 /// What the request headers say about an exchange.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestInfo {
@@ -127,6 +280,11 @@ pub struct ExchangeRecorder {
     pub request_record_id: String,
     /// The human approval this exchange went through, if any.
     pub approval: Option<tracegate_proto::v1::Approval>,
+    /// How much of the request the upstream may have seen.
+    pub upstream: UpstreamSaw,
+    /// Who answered the client, and the proxy's reason when it did.
+    pub answered_by: AnsweredBy,
+    pub status_detail: String,
 }
 
 impl ExchangeRecorder {
@@ -146,6 +304,9 @@ impl ExchangeRecorder {
             response_body: BodyCapture::new(max_body_bytes),
             request_record_id: String::new(),
             approval: None,
+            upstream: UpstreamSaw::Nothing,
+            answered_by: AnsweredBy::Unknown,
+            status_detail: String::new(),
         }
     }
 
@@ -155,13 +316,15 @@ impl ExchangeRecorder {
 
     /// The record written ahead (`recording.mode: write_ahead`): the request
     /// as it will be forwarded, its identity and request-side inspection; no
-    /// response yet.
+    /// response yet. `upstream`: what already went on (its headers, when
+    /// they are not held for the body).
     pub fn request_record(
         &self,
         record_id: String,
         source: String,
         identity: Option<tracegate_proto::v1::Identity>,
         inspection: Option<tracegate_proto::v1::Inspection>,
+        upstream: UpstreamSaw,
     ) -> Record {
         Record {
             record_id,
@@ -176,6 +339,7 @@ impl ExchangeRecorder {
             identity,
             inspection,
             phase: tracegate_proto::v1::record::Phase::Request as i32,
+            upstream_saw: upstream.to_proto() as i32,
             request_headers: headers_proto(self.info.headers.clone()),
             ..Record::default()
         }
@@ -198,6 +362,11 @@ impl ExchangeRecorder {
     /// Who made the request (see `jwt::identity_record`).
     pub fn set_identity(&mut self, identity: Option<tracegate_proto::v1::Identity>) {
         self.identity = identity;
+    }
+
+    /// The status the client got (so far); 0 if none.
+    pub fn status(&self) -> u32 {
+        self.status
     }
 
     /// The status when no response headers passed the filter (e.g. a local
@@ -230,6 +399,9 @@ impl ExchangeRecorder {
             phase: tracegate_proto::v1::record::Phase::Exchange as i32,
             request_record_id: self.request_record_id,
             approval: self.approval,
+            upstream_saw: self.upstream.to_proto() as i32,
+            answered_by: self.answered_by.to_proto() as i32,
+            status_detail: self.status_detail,
             request_headers: headers_proto(self.info.headers),
         }
     }
@@ -320,6 +492,124 @@ mod tests {
             (&b"{}"[..], "application/json")
         );
         assert_eq!(rec.response_body.unwrap().content_type, "text/event-stream");
+    }
+
+    #[test]
+    fn a_request_that_did_not_go_upstream_whole_is_never_forwarded() {
+        let whole = Ending {
+            upstream: UpstreamSaw::Request,
+            ..Ending::default()
+        };
+        assert_eq!(
+            final_verdict(Verdict::Forwarded, &whole),
+            Verdict::Forwarded
+        );
+        // Inspection's own refusals stand.
+        for v in [Verdict::Blocked, Verdict::Refused] {
+            assert_eq!(final_verdict(v, &Ending::default()), v);
+        }
+        let cases = [
+            (
+                Ending {
+                    unauthenticated: true,
+                    answered_by: AnsweredBy::Tracegate,
+                    ..Ending::default()
+                },
+                Verdict::Unauthenticated,
+            ),
+            (
+                Ending {
+                    unrecorded: true,
+                    answered_by: AnsweredBy::Tracegate,
+                    upstream: UpstreamSaw::Headers,
+                    ..Ending::default()
+                },
+                Verdict::Unrecorded,
+            ),
+            (
+                Ending {
+                    approval_refused: Some(Verdict::Denied),
+                    answered_by: AnsweredBy::Tracegate,
+                    ..Ending::default()
+                },
+                Verdict::Denied,
+            ),
+            (
+                Ending {
+                    answered_by: AnsweredBy::Tracegate,
+                    upstream: UpstreamSaw::Request,
+                    ..Ending::default()
+                },
+                Verdict::NotForwarded,
+            ),
+            (
+                Ending {
+                    upstream: UpstreamSaw::Headers,
+                    ..Ending::default()
+                },
+                Verdict::Abandoned,
+            ),
+            (Ending::default(), Verdict::Abandoned),
+            (
+                Ending {
+                    answered_by: AnsweredBy::Proxy,
+                    upstream: UpstreamSaw::Headers,
+                    ..Ending::default()
+                },
+                Verdict::NotForwarded,
+            ),
+        ];
+        for (ending, want) in cases {
+            assert_eq!(
+                final_verdict(Verdict::Forwarded, &ending),
+                want,
+                "{ending:?}"
+            );
+            assert_ne!(want.as_str(), "forwarded");
+        }
+    }
+
+    #[test]
+    fn who_answered_comes_from_the_proxy_details() {
+        assert_eq!(AnsweredBy::of(true, 403, Some("x")), AnsweredBy::Tracegate);
+        assert_eq!(
+            AnsweredBy::of(false, 200, Some("via_upstream")),
+            AnsweredBy::Upstream
+        );
+        assert_eq!(
+            AnsweredBy::of(
+                false,
+                503,
+                Some("upstream_reset_before_response_started{connection_failure}")
+            ),
+            AnsweredBy::Proxy
+        );
+        assert_eq!(
+            AnsweredBy::of(false, 0, Some("downstream_remote_disconnect")),
+            AnsweredBy::Nobody
+        );
+        assert_eq!(AnsweredBy::of(false, 503, None), AnsweredBy::Unknown);
+        // The upstream forwarded whole and answered by the proxy (e.g.
+        // upstream unreachable): still forwarded by tracegate.
+        let e = Ending {
+            answered_by: AnsweredBy::Proxy,
+            upstream: UpstreamSaw::Request,
+            ..Ending::default()
+        };
+        assert_eq!(final_verdict(Verdict::Forwarded, &e), Verdict::Forwarded);
+    }
+
+    #[test]
+    fn upstream_saw_only_grows_in_order() {
+        assert!(UpstreamSaw::Nothing < UpstreamSaw::Headers);
+        assert!(UpstreamSaw::Headers < UpstreamSaw::Request);
+        let mut r = ExchangeRecorder::new(info(), 0, 0);
+        r.upstream = UpstreamSaw::Headers;
+        let rec = r.finish("i".into(), "s".into(), 1);
+        assert_eq!(
+            rec.upstream_saw(),
+            tracegate_proto::v1::record::UpstreamSaw::Headers
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! plain JSON or `stream: true` as server-sent events. It answers with an echo
 //! of the last user message, so tests know exactly what to expect, and keeps
 //! every request it received (`GET /__requests`) so tests can check what
-//! Envoy forwarded.
+//! Envoy forwarded. `GET /__starts` lists the API requests whose headers
+//! arrived (method, path, headers), noted before their body is read, so
+//! tests can see a request that was reset before its body came.
 //!
 //! It doubles as the identity provider's JWKS endpoint: `GET /jwks.json`
 //! serves what a test last `PUT /__jwks` (404 before that), and
@@ -35,6 +37,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Default, Clone)]
 struct Seen(Arc<Mutex<Vec<Value>>>);
 
+/// Request heads as they arrived.
+#[derive(Default, Clone)]
+struct Starts(Arc<Mutex<Vec<Value>>>);
+
 #[derive(Default, Clone)]
 struct Jwks {
     document: Arc<Mutex<Option<Bytes>>>,
@@ -56,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let seen = Seen::default();
+    let starts = Starts::default();
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(anthropic_messages))
@@ -63,12 +70,21 @@ async fn main() -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(api_key),
             check_api_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            starts.clone(),
+            note_start,
         ));
     let app = Router::new()
         .route("/__requests", get(requests))
         .route("/__release/{name}", post(release))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(seen.clone())
+        .merge(
+            Router::new()
+                .route("/__starts", get(list_starts))
+                .with_state(starts),
+        )
         .merge(
             Router::new()
                 .route("/jwks.json", get(serve_jwks))
@@ -113,6 +129,29 @@ async fn check_api_key(
         }
     }
     next.run(request).await
+}
+
+/// Notes a request's head as soon as it arrives, before its body is read.
+async fn note_start(State(starts): State<Starts>, request: Request, next: Next) -> Response {
+    let headers: serde_json::Map<String, Value> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+        .collect();
+    if let Ok(mut s) = starts.0.lock() {
+        s.push(json!({
+            "method": request.method().as_str(),
+            "path": request.uri().path(),
+            "headers": headers,
+        }));
+    }
+    next.run(request).await
+}
+
+async fn list_starts(State(starts): State<Starts>) -> Json<Value> {
+    Json(Value::Array(
+        starts.0.lock().map(|s| s.clone()).unwrap_or_default(),
+    ))
 }
 
 async fn requests(State(seen): State<Seen>) -> Json<Value> {

@@ -512,7 +512,7 @@ pub struct ExchangeInspection {
     pub response: Hits,
     pub rules: Vec<RuleHit>,
     pub rules_risk: u32,
-    pub verdict: &'static str,
+    pub verdict: crate::record::Verdict,
     pub blocked_rule: String,
     pub reason: String,
 }
@@ -539,12 +539,7 @@ impl ExchangeInspection {
                     scope: r.scope.into(),
                 })
                 .collect(),
-            verdict: if self.verdict.is_empty() {
-                "forwarded"
-            } else {
-                self.verdict
-            }
-            .into(),
+            verdict: self.verdict.as_str().into(),
             blocked_rule: self.blocked_rule.clone(),
             reason: self.reason.clone(),
             stream_holds_exceeded: self.response.stream_holds_exceeded,
