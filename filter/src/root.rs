@@ -186,6 +186,10 @@ pub struct Root {
     calls: HashMap<u32, BatchId>,
     /// HTTP call token → provider whose JWKS it fetches.
     jwks_calls: HashMap<u32, usize>,
+    /// This VM has served a request: it is a worker's, not the main
+    /// thread's (which is configured and ticks too, but serves nothing), so
+    /// the memory gauge reports workers' VMs only.
+    serving: Cell<bool>,
 }
 
 impl Root {
@@ -195,6 +199,7 @@ impl Root {
             shared: None,
             calls: HashMap::new(),
             jwks_calls: HashMap::new(),
+            serving: Cell::new(false),
         }
     }
 
@@ -390,7 +395,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = self.shared.clone() {
-            shared.metrics.wasm_memory.set(host::wasm_memory_bytes());
+            if self.serving.get() {
+                shared.metrics.wasm_memory.set(host::wasm_memory_bytes());
+            }
             for (token, provider) in auth::start_fetches(&shared, self.context_id) {
                 self.jwks_calls.insert(token, provider);
             }
@@ -401,6 +408,7 @@ impl RootContext for Root {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Must not return None (the SDK panics). Without a configuration Envoy
         // never creates requests for this root; pass through if it ever does.
+        self.serving.set(true);
         Some(Box::new(Exchange::new(context_id, self.shared.clone())))
     }
 
