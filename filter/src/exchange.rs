@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, BufferType, LogLevel};
 use std::rc::Rc;
 
 use tracegate_policy::inspect::{
-    error_body, media_type, recorded_value, ExchangeInspection, Head, Mark, RequestVerdict,
+    error_body, media_type, ExchangeInspection, Head, Mark, RequestVerdict,
 };
 use tracegate_policy::llm::sse::{error_event, looks_like_sse, SseMasker};
 use tracegate_policy::llm::Api;
@@ -386,24 +386,11 @@ impl HttpContext for Exchange {
         // The URL and every header are judged before anything goes on.
         let path = header(":path");
         let headers = host::request_headers();
-        // Headers that carry the callers' JWTs are tracegate's own.
-        let own: Vec<&str> = shared
-            .config
-            .jwt
-            .iter()
-            .flat_map(|j| j.providers.iter().map(|p| p.from_header.name.as_str()))
-            .collect();
         let head = match &shared.inspector {
-            Some(inspector) => inspector.request_head(&path, &headers, &own, &mut self.tokens),
-            None => Head {
-                recorded_path: path.clone(),
-                recorded: headers
-                    .iter()
-                    .filter(|(n, _)| !n.starts_with(':'))
-                    .map(|(n, v)| (n.clone(), recorded_value(n, v, &own)))
-                    .collect(),
-                ..Head::default()
-            },
+            Some(inspector) => {
+                inspector.request_head(&path, &headers, &shared.token_headers, &mut self.tokens)
+            }
+            None => Head::unjudged(&path, &headers, &shared.token_headers),
         };
         for (name, value) in &head.set {
             host::set_request_header(name, Some(value));

@@ -106,6 +106,9 @@ pub struct Shared {
     pub inspector: Option<Inspector>,
     /// The compiled `jwt` section; `None` when requests are not authenticated.
     pub auth: Option<RefCell<Authenticator>>,
+    /// Headers that carry the callers' JWTs: tracegate's own, not judged as
+    /// a leak, recorded as `[credential]`.
+    pub token_headers: Vec<String>,
     pub jwt_metrics: JwtMetrics,
     /// Requests paused until a JWKS fetch answers.
     pub waiters: RefCell<Vec<Waiter>>,
@@ -359,9 +362,15 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let token_headers = config
+            .jwt
+            .iter()
+            .flat_map(|j| j.providers.iter().map(|p| p.from_header.name.clone()))
+            .collect();
         self.shared = Some(Rc::new(Shared {
             inspector,
             auth,
+            token_headers,
             jwt_metrics: JwtMetrics::define(),
             waiters: RefCell::new(Vec::new()),
             outbox: RefCell::new(Outbox::new(config.recording.clone())),

@@ -713,7 +713,39 @@ pub struct Stack {
     _temporary: Option<tempfile::TempDir>,
 }
 
+/// What a test request got back through Envoy.
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
 impl Stack {
+    /// POSTs `body` to Envoy with these headers and `x-session-id`, and
+    /// returns the status and body whatever the status.
+    pub fn post(
+        &self,
+        path: &str,
+        session: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent
+            .post(self.envoy.url(path))
+            .header("x-session-id", session);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.send(body)?;
+        Ok(Answer {
+            status: resp.status().as_u16(),
+            body: resp.body_mut().read_to_string().unwrap_or_default(),
+        })
+    }
+
     /// Starts everything in a temporary directory with this plugin
     /// configuration (the JSON that goes in the filter's `configuration`).
     pub fn start(plugin_config: &Value) -> Result<Stack> {

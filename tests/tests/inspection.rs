@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use tracegate_e2e::{reply_header, run_client, Stack};
+use tracegate_e2e::{reply_header, run_client, Answer, Stack};
 
 const CARD: &str = "4111 1111 1111 1111";
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123";
@@ -23,11 +23,6 @@ fn plugin_config(hold_headers: bool) -> Value {
     })
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-}
-
 fn post(
     stack: &Stack,
     path: &str,
@@ -35,21 +30,7 @@ fn post(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent
-        .post(stack.envoy.url(path))
-        .header("x-session-id", session);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut resp = req.send(&body[..]).unwrap();
-    Answer {
-        status: resp.status().as_u16(),
-        body: resp.body_mut().read_to_string().unwrap_or_default(),
-    }
+    stack.post(path, session, headers, &body).unwrap()
 }
 
 fn chat(text: &str, stream: bool) -> Vec<u8> {

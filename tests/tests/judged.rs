@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use tracegate_e2e::{reply_header, Stack};
+use tracegate_e2e::{reply_header, Answer, Stack};
 
 const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 const MAIL: &str = "bob@example.com";
@@ -21,32 +21,18 @@ fn config() -> Value {
     })
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-}
-
+/// JSON unless the headers say otherwise.
 fn send(stack: &Stack, path: &str, session: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent
-        .post(stack.envoy.url(path))
-        .header("x-session-id", session);
-    let mut typed = false;
-    for (k, v) in headers {
-        typed |= k.eq_ignore_ascii_case("content-type");
-        req = req.header(*k, *v);
-    }
-    if !typed {
-        req = req.header("content-type", "application/json");
-    }
-    let mut resp = req.send(body.as_bytes()).unwrap();
-    Answer {
-        status: resp.status().as_u16(),
-        body: resp.body_mut().read_to_string().unwrap_or_default(),
-    }
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    let json = [("content-type", "application/json")];
+    let all: Vec<(&str, &str)> = headers
+        .iter()
+        .copied()
+        .chain(json.iter().copied().filter(|_| !typed))
+        .collect();
+    stack.post(path, session, &all, body.as_bytes()).unwrap()
 }
 
 /// The last request the upstream saw: path, headers and body, as one text.
@@ -133,6 +119,19 @@ fn no_field_or_channel_carries_a_secret_upstream() {
     // A secret in the URL path itself is refused.
     let a = send(&stack, &format!("/v1/files/{KEY}"), "fields", &[], "{}");
     assert_eq!(a.status, 400, "{}", a.body);
+
+    // So is one in a header's name (it cannot be masked and keep meaning).
+    let before = stack.upstream.received().unwrap().len();
+    let secret_name = "x-sk-proj-abcdefghijklmnopqrstuvwx1234";
+    let a = send(
+        &stack,
+        "/v1/chat/completions",
+        "fields",
+        &[(secret_name, "1")],
+        "{}",
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(stack.upstream.received().unwrap().len(), before);
 
     // Records hold the path, query and headers, masked; nothing raw on disk.
     let records = stack.collector.wait_for_records("fields", 4).unwrap();

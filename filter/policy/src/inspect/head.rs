@@ -40,6 +40,10 @@ pub const CREDENTIALS: &[&str] = &[
     "cookie",
 ];
 
+fn is_own(own: &[String], name: &str) -> bool {
+    own.iter().any(|o| o == name)
+}
+
 fn judged(name: &str) -> bool {
     !name.starts_with(':')
         && !name.starts_with("x-envoy-")
@@ -54,13 +58,29 @@ pub struct Head {
     pub path: Option<String>,
     /// Headers to send with these (masked) values instead.
     pub set: Vec<(String, String)>,
-    /// The path itself holds a secret: the request is refused.
+    /// The path or a header's name holds a secret: the request is refused.
     pub refuse: Option<String>,
     pub hits: Hits,
     /// For the record: the path and every header, masked, credentials as
     /// `[credential]`.
     pub recorded_path: String,
     pub recorded: Vec<(String, String)>,
+}
+
+impl Head {
+    /// Nothing judged: the path as it is, headers recorded with credentials
+    /// (and `own`, see `request_head`) as `[credential]`.
+    pub fn unjudged(path: &str, headers: &[(String, String)], own: &[String]) -> Head {
+        Head {
+            recorded_path: path.to_string(),
+            recorded: headers
+                .iter()
+                .filter(|(n, _)| !n.starts_with(':'))
+                .map(|(n, v)| (n.clone(), recorded_value(n, v, own)))
+                .collect(),
+            ..Head::default()
+        }
+    }
 }
 
 impl Inspector {
@@ -71,20 +91,15 @@ impl Inspector {
         &self,
         path: &str,
         headers: &[(String, String)],
-        own: &[&str],
+        own: &[String],
         tokens: &mut Tokens,
     ) -> Head {
+        let Some(m) = self.masker() else {
+            return Head::unjudged(path, headers, own);
+        };
         let mut head = Head {
             recorded_path: path.to_string(),
             ..Head::default()
-        };
-        let Some(m) = self.masker() else {
-            head.recorded = headers
-                .iter()
-                .filter(|(n, _)| !n.starts_with(':'))
-                .map(|(n, v)| (n.clone(), recorded_value(n, v, own)))
-                .collect();
-            return head;
         };
         let mut mask = |s: &str, hits: &mut Hits| m.mask(s, tokens, hits);
 
@@ -137,13 +152,19 @@ impl Inspector {
             if name.starts_with(':') {
                 continue;
             }
-            if !judged(name) || own.contains(&name.as_str()) {
+            if !judged(name) || is_own(own, name) {
                 head.recorded
                     .push((name.clone(), recorded_value(name, value, own)));
                 continue;
             }
-            // A header's name is judged too (any custom header may be sent).
+            // A header's name is judged too (any custom header may be sent);
+            // a name cannot be masked and still mean anything: refused.
             let name_masked = mask(name, &mut head.hits);
+            if name_masked.is_some() && head.refuse.is_none() {
+                head.refuse = Some(
+                    "a header name holds what looks like a secret; send it in the body".into(),
+                );
+            }
             match mask(value, &mut head.hits) {
                 Some(masked) => {
                     head.set.push((name.clone(), masked.clone()));
@@ -160,8 +181,8 @@ impl Inspector {
 }
 
 /// A header's value as recorded: credentials never.
-pub fn recorded_value(name: &str, value: &str, own: &[&str]) -> String {
-    if CREDENTIALS.contains(&name) || own.contains(&name) {
+pub fn recorded_value(name: &str, value: &str, own: &[String]) -> String {
+    if CREDENTIALS.contains(&name) || is_own(own, name) {
         "[credential]".into()
     } else {
         value.to_string()
