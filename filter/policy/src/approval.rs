@@ -29,6 +29,66 @@ pub enum ApprovalMode {
     Async,
 }
 
+impl ApprovalMode {
+    /// The record's `approval.mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalMode::Hold => "hold",
+            ApprovalMode::Async => "async",
+        }
+    }
+}
+
+/// What the approval gate did with a request: the record's
+/// `approval.outcome`, and the error type of a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Approved (or a grant redeemed): forwarded.
+    Forwarded,
+    /// No decision in time and `on_timeout: forward`.
+    ForwardedExpired,
+    /// Async mode: asked; the caller retries with the grant (403).
+    ApprovalRequired,
+    /// The grant of a retry was refused (403).
+    GrantRefused,
+    Denied,
+    /// No decision in time (403).
+    Expired,
+    /// The approval service failed (403).
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::ForwardedExpired => "forwarded_expired",
+            Outcome::ApprovalRequired => "approval_required",
+            Outcome::GrantRefused => "grant_refused",
+            Outcome::Denied => "denied",
+            Outcome::Expired => "expired",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn forwarded(self) -> bool {
+        matches!(self, Outcome::Forwarded | Outcome::ForwardedExpired)
+    }
+
+    /// The error type of the 403 (OpenAI shape).
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Outcome::ApprovalRequired => "approval_required",
+            Outcome::Denied => "approval_denied",
+            Outcome::Expired => "approval_expired",
+            Outcome::Unavailable => "approval_unavailable",
+            Outcome::GrantRefused | Outcome::Forwarded | Outcome::ForwardedExpired => {
+                "approval_refused"
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnTimeout {

@@ -11,6 +11,7 @@
 pub mod approval;
 pub mod config;
 pub mod detect;
+pub mod exchange;
 pub mod inspect;
 pub mod json;
 pub mod jwt;
@@ -18,9 +19,11 @@ pub mod llm;
 pub mod mask;
 pub mod normalize;
 pub mod outbox;
+pub mod policy;
 pub mod record;
 
 pub use config::{Config, ConfigError};
 pub use outbox::{Batch, BatchId, BufferFull, Outbox};
+pub use policy::Policy;
 pub use record::{ExchangeRecorder, RequestInfo};
 pub use tracegate_proto::v1::Record;

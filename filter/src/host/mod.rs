@@ -37,10 +37,6 @@ pub fn request_headers() -> Vec<(String, String)> {
     abi::get_headers(MapType::HttpRequestHeaders as u32).unwrap_or_default()
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    header(MapType::HttpRequestHeaders, name)
-}
-
 pub fn response_header(name: &str) -> Option<String> {
     header(MapType::HttpResponseHeaders, name)
 }
@@ -159,15 +155,6 @@ pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) {
 /// Starts an HTTP call through an Envoy cluster; the answer arrives in
 /// `on_http_call_response` of the context that made it.
 pub fn http_call(
-    cluster: &str,
-    headers: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<u32, String> {
-    http_call_with_body(cluster, headers, None, timeout)
-}
-
-/// Like `http_call`, with a request body.
-pub fn http_call_with_body(
     cluster: &str,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,

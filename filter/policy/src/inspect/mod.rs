@@ -84,8 +84,8 @@ pub enum RequestVerdict {
         rules: Vec<RuleHit>,
         marks: Vec<Mark>,
     },
-    /// A rule with action `block` (or `approve`, until approvals exist)
-    /// matched: answer 403.
+    /// A rule with action `block` (or `approve`, when no approval service is
+    /// configured) matched: answer 403.
     Blocked {
         rule: RuleHit,
         message: String,

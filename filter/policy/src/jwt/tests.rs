@@ -621,13 +621,13 @@ fn configuration_errors_name_the_field() {
         "empty",
     );
 
-    let e = crate::Config::parse(br#"{"jwt": {"providers": []}}"#).unwrap_err();
+    let e = crate::Policy::compile(br#"{"jwt": {"providers": []}}"#).unwrap_err();
     assert_eq!(e.field, "jwt.providers");
-    let e = crate::Config::parse(br#"{"jwt": {"providers": [{"name": "a"}]}}"#).unwrap_err();
+    let e = crate::Policy::compile(br#"{"jwt": {"providers": [{"name": "a"}]}}"#).unwrap_err();
     assert_eq!(e.field, "jwt.providers[0]");
     assert!(e.message.contains("missing field `issuer`"), "{e}");
     let two = json!({"jwt": {"providers": [provider(json!({})), provider(json!({"name": "b"}))]}});
-    let e = crate::Config::parse(two.to_string().as_bytes()).unwrap_err();
+    let e = crate::Policy::compile(two.to_string().as_bytes()).unwrap_err();
     assert_eq!(e.field, "jwt.providers[1].issuer", "{e}");
     let _ = v;
 }

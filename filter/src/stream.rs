@@ -1,0 +1,133 @@
+//! The per-request context: each proxy callback becomes an event of the
+//! request's exchange, delivered by the worker.
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tracegate_policy::exchange::{self, Event};
+
+use crate::host;
+use crate::worker::Worker;
+
+pub struct Stream {
+    id: u32,
+    /// `None` without a configuration: the request passes untouched.
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Stream {
+    pub fn new(id: u32, worker: Option<Rc<RefCell<Worker>>>) -> Stream {
+        if let Some(w) = worker
+            .as_ref()
+            .and_then(|w| w.try_borrow_mut().ok())
+            .as_mut()
+        {
+            w.open(id);
+        }
+        Stream { id, worker }
+    }
+
+    fn deliver(&self, event: Event<'_>) -> Action {
+        let Some(worker) = &self.worker else {
+            return Action::Continue;
+        };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            // Cannot happen (callbacks do not nest); never a panic.
+            host::log(LogLevel::Error, "worker busy: event dropped");
+            return Action::Continue;
+        };
+        match worker.deliver(self.id, self.id, event) {
+            exchange::Action::Continue => Action::Continue,
+            exchange::Action::Pause => Action::Pause,
+        }
+    }
+
+    fn with_worker(&self, f: impl FnOnce(&mut Worker)) {
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            f(&mut w);
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.with_worker(|w| w.close(id));
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body: usize,
+        _trailers: usize,
+    ) {
+        let id = self.id;
+        self.with_worker(|w| w.http_answered(id, token, body));
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let id = self.id;
+        self.with_worker(|w| w.grpc_answered(id, token, status, size));
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.worker.is_none() {
+            return Action::Continue;
+        }
+        let headers = host::request_headers();
+        self.deliver(Event::RequestHeaders {
+            headers: &headers,
+            end_of_stream,
+        })
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.deliver(Event::RequestBody {
+            size,
+            end_of_stream,
+        })
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.deliver(Event::RequestTrailers)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.worker.is_none() {
+            return Action::Continue;
+        }
+        let status = host::response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        self.deliver(Event::ResponseHeaders {
+            status,
+            content_type: host::response_header("content-type").unwrap_or_default(),
+            content_encoding: host::response_header("content-encoding").unwrap_or_default(),
+            end_of_stream,
+        })
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.deliver(Event::ResponseBody {
+            size,
+            end_of_stream,
+        })
+    }
+
+    fn on_log(&mut self) {
+        if self.worker.is_none() {
+            return;
+        }
+        self.deliver(Event::End {
+            response_code: host::property_u64(&["response", "code"]),
+            code_details: host::property_string(&["response", "code_details"]),
+        });
+    }
+}
