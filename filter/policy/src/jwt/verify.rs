@@ -20,7 +20,7 @@ use super::cache::{token_hash, RejectionCache, TokenCache};
 use super::config::{JwtConfig, ProviderConfig, RemoteJwksConfig};
 use super::keys::{Alg, KeySet};
 use super::{Identity, Reason, Rejection};
-use crate::config::{err, is_header_name_byte, ConfigError};
+use crate::config::{err, in_range, is_header_name_byte, ConfigError};
 
 /// A verified token without `exp` (allowed only with `require_expiration:
 /// false`) is cached for at most this long.
@@ -38,7 +38,8 @@ pub struct TokenSource {
 /// A token found on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
-    /// Index into `Authenticator::sources`.
+    /// Which of the authenticator's token sources (distinct headers and
+    /// prefixes, in the order providers name them) it was read from.
     pub source: usize,
     pub token: String,
 }
@@ -402,15 +403,6 @@ impl Authenticator {
             local_keys,
             remote,
         })
-    }
-
-    pub fn required(&self) -> bool {
-        self.required
-    }
-
-    /// The headers tokens are read from, in configuration order.
-    pub fn sources(&self) -> &[TokenSource] {
-        &self.sources
     }
 
     /// Finds the token: the first configured source whose header is present
@@ -1027,13 +1019,4 @@ fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-fn in_range<T: PartialOrd + std::fmt::Display>(
-    field: &str,
-    v: T,
-    min: T,
-    max: T,
-) -> Result<(), ConfigError> {
-    crate::config::in_range(field, v, min, max)
 }
