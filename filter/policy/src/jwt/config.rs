@@ -1,5 +1,5 @@
 //! The `jwt` section of the plugin configuration, as written by the operator.
-//! `Authenticator::new` (verify.rs) checks it and compiles it.
+//! `Authenticator::new` (compile.rs) checks it and compiles it.
 
 use serde::Deserialize;
 use serde_json::Value;

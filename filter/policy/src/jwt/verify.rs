@@ -1,5 +1,5 @@
-//! The authenticator: the `jwt` configuration compiled once, and the decision
-//! for one request's token.
+//! The authenticator's decision for one request's token, and the header
+//! changes for the upstream.
 //!
 //! Order of checks for a token: size; cache; compact form and header; `alg`
 //! (`none` and algorithms outside the provider's allow-list are refused before
@@ -8,7 +8,7 @@
 //! `kid`; signature; time window; audience; required claims. Only a token that
 //! passes all of them yields claims.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
 use jwt_simple::JWTError;
@@ -17,23 +17,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::cache::{token_hash, RejectionCache, TokenCache};
-use super::config::{JwtConfig, ProviderConfig, RemoteJwksConfig};
-use super::keys::{Alg, KeySet};
+use super::compile::{KeySource, Provider, TokenSource};
+use super::keys::Alg;
 use super::{Identity, Reason, Rejection};
-use crate::config::{err, in_range, is_header_name_byte, ConfigError};
 
 /// A verified token without `exp` (allowed only with `require_expiration:
 /// false`) is cached for at most this long.
 const MAX_CACHE_SECONDS: u64 = 300;
 /// Longest claim value copied into a request header.
 const MAX_HEADER_VALUE: usize = 4096;
-
-/// Where tokens are read from: a request header and the text before the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenSource {
-    pub header: String,
-    pub prefix: String,
-}
 
 /// A token found on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,62 +54,6 @@ pub enum Decision {
     },
 }
 
-/// How remote JWKS are reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeySource {
-    /// Through an Envoy cluster (the filter): `remote_jwks.cluster` is required.
-    EnvoyCluster,
-    /// By fetching `remote_jwks.uri` directly (the collector): no cluster.
-    Direct,
-}
-
-/// A JWKS fetch the root context should start now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwksFetch {
-    pub provider: usize,
-    /// The configured URL (for `KeySource::Direct`).
-    pub uri: String,
-    /// The Envoy cluster (empty for `KeySource::Direct`).
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout_ms: u64,
-}
-
-#[derive(Debug)]
-struct Remote {
-    config: RemoteJwksConfig,
-    authority: String,
-    path: String,
-    keys: Option<KeySet>,
-    fetched_at_ms: Option<u64>,
-    last_attempt_ms: Option<u64>,
-    last_error: Option<String>,
-    last_unknown_kid_fetch_ms: Option<u64>,
-    in_flight: bool,
-    /// A request is waiting for keys: fetch at the next opportunity.
-    wanted: bool,
-}
-
-#[derive(Debug)]
-struct Provider {
-    name: String,
-    issuer: String,
-    audiences: HashSet<String>,
-    algorithms: Vec<Alg>,
-    clock_skew_s: u64,
-    require_expiration: bool,
-    required_claims: Vec<(String, Vec<Value>)>,
-    source: usize,
-    forward: bool,
-    claim_headers: Vec<(String, String)>,
-    record_claims: Vec<String>,
-    max_token_bytes: usize,
-    /// Inline JWKS keys and HMAC keys.
-    local_keys: KeySet,
-    remote: Option<Remote>,
-}
-
 /// Request headers to change for the upstream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderChanges {
@@ -125,286 +61,24 @@ pub struct HeaderChanges {
     pub set: Vec<(String, String)>,
 }
 
+/// The `jwt` section compiled (`Authenticator::new`, compile.rs), the
+/// caches of decided tokens and the state of remote keys (fetch.rs).
 #[derive(Debug)]
 pub struct Authenticator {
-    required: bool,
-    sources: Vec<TokenSource>,
-    providers: Vec<Provider>,
+    pub(super) required: bool,
+    pub(super) sources: Vec<TokenSource>,
+    pub(super) providers: Vec<Provider>,
     /// Every `claim_to_headers` header of every provider: removed from every
     /// request so a caller cannot forge them.
-    claim_header_names: Vec<String>,
-    cache: TokenCache,
+    pub(super) claim_header_names: Vec<String>,
+    pub(super) cache: TokenCache,
     /// Tokens refused after a signature check: the same forged token again
     /// costs a hash, not a check.
-    rejected: RejectionCache,
-    key_source: KeySource,
+    pub(super) rejected: RejectionCache,
+    pub(super) key_source: KeySource,
 }
 
 impl Authenticator {
-    /// Checks and compiles the `jwt` section of the filter (keys fetched
-    /// through Envoy clusters); errors name the field.
-    pub fn new(config: &JwtConfig) -> Result<Authenticator, ConfigError> {
-        Self::with_key_source(config, KeySource::EnvoyCluster)
-    }
-
-    /// Checks and compiles a `jwt` section whose remote keys are reached as
-    /// `source` says.
-    pub fn with_key_source(
-        config: &JwtConfig,
-        source: KeySource,
-    ) -> Result<Authenticator, ConfigError> {
-        in_range("jwt.cache_entries", config.cache_entries, 0, 100_000)?;
-        in_range(
-            "jwt.negative_cache_entries",
-            config.negative_cache_entries,
-            0,
-            100_000,
-        )?;
-        if config.providers.is_empty() {
-            return Err(err("jwt.providers", "at least one provider is needed"));
-        }
-        let mut auth = Authenticator {
-            required: config.required,
-            sources: Vec::new(),
-            providers: Vec::new(),
-            claim_header_names: Vec::new(),
-            cache: TokenCache::new(config.cache_entries),
-            rejected: RejectionCache::new(config.negative_cache_entries),
-            key_source: source,
-        };
-        for (i, p) in config.providers.iter().enumerate() {
-            let provider = auth.compile(&format!("jwt.providers[{i}]"), p)?;
-            auth.providers.push(provider);
-        }
-        Ok(auth)
-    }
-
-    fn compile(&mut self, at: &str, p: &ProviderConfig) -> Result<Provider, ConfigError> {
-        let field = |name: &str| format!("{at}.{name}");
-        if p.name.trim().is_empty() {
-            return Err(err(&field("name"), "must not be empty"));
-        }
-        if self.providers.iter().any(|q| q.name == p.name) {
-            return Err(err(&field("name"), format!("{:?} is used twice", p.name)));
-        }
-        if p.issuer.is_empty() {
-            return Err(err(&field("issuer"), "must not be empty"));
-        }
-        if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-            return Err(err(
-                &field("audiences"),
-                "list the accepted `aud` values (tokens for other services must not pass)",
-            ));
-        }
-        in_range(&field("clock_skew_s"), p.clock_skew_s, 0, 600)?;
-        in_range(&field("max_token_bytes"), p.max_token_bytes, 256, 65_536)?;
-
-        let secret = match &p.hmac_secret_base64 {
-            None => None,
-            Some(s) => {
-                let bytes = STANDARD
-                    .decode(s.trim())
-                    .or_else(|_| URL_SAFE_NO_PAD.decode(s.trim().trim_end_matches('=')))
-                    .map_err(|e| err(&field("hmac_secret_base64"), format!("not base64: {e}")))?;
-                if bytes.len() < 32 {
-                    return Err(err(
-                        &field("hmac_secret_base64"),
-                        format!("{} bytes is too short; use at least 32", bytes.len()),
-                    ));
-                }
-                Some(bytes)
-            }
-        };
-        let algorithms = match &p.algorithms {
-            Some(names) => {
-                let mut algs = Vec::new();
-                for name in names {
-                    let Some(alg) = Alg::from_name(name) else {
-                        let why = if name.eq_ignore_ascii_case("none") {
-                            "unsigned tokens (`none`) are never accepted".to_string()
-                        } else {
-                            format!(
-                                "unknown algorithm {name:?}; expected one of {}",
-                                Alg::ALL.map(Alg::name).join(", ")
-                            )
-                        };
-                        return Err(err(&field("algorithms"), why));
-                    };
-                    if alg.is_symmetric() && secret.is_none() {
-                        return Err(err(
-                            &field("algorithms"),
-                            format!("{name} needs `hmac_secret_base64`"),
-                        ));
-                    }
-                    algs.push(alg);
-                }
-                if algs.is_empty() {
-                    return Err(err(&field("algorithms"), "must not be empty"));
-                }
-                algs
-            }
-            // Default: what the configured keys can verify.
-            None => {
-                let asymmetric = p.jwks.is_some() || p.remote_jwks.is_some();
-                Alg::ALL
-                    .into_iter()
-                    .filter(|a| {
-                        if a.is_symmetric() {
-                            secret.is_some()
-                        } else {
-                            asymmetric
-                        }
-                    })
-                    .collect()
-            }
-        };
-
-        let mut local_keys = KeySet::default();
-        if let Some(jwks) = &p.jwks {
-            let text = match jwks {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let asymmetric: Vec<Alg> = algorithms
-                .iter()
-                .copied()
-                .filter(|a| !a.is_symmetric())
-                .collect();
-            local_keys = KeySet::from_jwks(text.as_bytes(), &asymmetric)
-                .map_err(|e| err(&field("jwks"), e))?;
-        }
-        if let Some(secret) = &secret {
-            if !algorithms.iter().any(|a| a.is_symmetric()) {
-                return Err(err(
-                    &field("algorithms"),
-                    "a secret is configured but no HS256/HS384/HS512 is allowed",
-                ));
-            }
-            local_keys.add_secret(secret, &algorithms);
-        }
-        let remote = match &p.remote_jwks {
-            None => None,
-            Some(r) => Some(compile_remote(&field("remote_jwks"), r, self.key_source)?),
-        };
-        if p.jwks.is_some() && remote.is_some() {
-            return Err(err(at, "set `jwks` or `remote_jwks`, not both"));
-        }
-        if p.jwks.is_none() && remote.is_none() && secret.is_none() {
-            return Err(err(
-                at,
-                "no keys: set `jwks`, `remote_jwks` or `hmac_secret_base64`",
-            ));
-        }
-        if (p.jwks.is_some() || remote.is_some()) && algorithms.iter().all(|a| a.is_symmetric()) {
-            return Err(err(
-                &field("algorithms"),
-                "JWKS keys are configured but no asymmetric algorithm is allowed",
-            ));
-        }
-
-        let mut required_claims = Vec::new();
-        for (claim, want) in &p.required_claims {
-            let values = match want {
-                Value::Array(items) if !items.is_empty() => items.clone(),
-                Value::Array(_) => {
-                    return Err(err(
-                        &format!("{}.{claim}", field("required_claims")),
-                        "an empty list matches nothing",
-                    ))
-                }
-                v @ (Value::String(_) | Value::Number(_) | Value::Bool(_)) => vec![v.clone()],
-                _ => {
-                    return Err(err(
-                        &format!("{}.{claim}", field("required_claims")),
-                        "expected a string, number, boolean or a list of them",
-                    ))
-                }
-            };
-            if values
-                .iter()
-                .any(|v| v.is_object() || v.is_array() || v.is_null())
-            {
-                return Err(err(
-                    &format!("{}.{claim}", field("required_claims")),
-                    "list items must be strings, numbers or booleans",
-                ));
-            }
-            required_claims.push((claim.clone(), values));
-        }
-
-        let h = &p.from_header;
-        check_header_name(&field("from_header.name"), &h.name)?;
-        let source = TokenSource {
-            header: h.name.clone(),
-            prefix: h.prefix.clone(),
-        };
-        let source = match self.sources.iter().position(|s| *s == source) {
-            Some(i) => i,
-            None => {
-                self.sources.push(source);
-                self.sources.len() - 1
-            }
-        };
-        if self
-            .providers
-            .iter()
-            .any(|q| q.issuer == p.issuer && q.source == source)
-        {
-            return Err(err(
-                &field("issuer"),
-                format!(
-                    "{:?} is already used by another provider reading the same header",
-                    p.issuer
-                ),
-            ));
-        }
-
-        let mut claim_headers = Vec::new();
-        for (j, ch) in p.claim_to_headers.iter().enumerate() {
-            let hf = format!("{}[{j}].header", field("claim_to_headers"));
-            check_header_name(&hf, &ch.header)?;
-            if ch.header.starts_with(':')
-                || [
-                    "host",
-                    "authorization",
-                    "content-length",
-                    "transfer-encoding",
-                ]
-                .contains(&ch.header.as_str())
-                || self.sources.iter().any(|s| s.header == ch.header)
-            {
-                return Err(err(&hf, format!("{:?} cannot carry a claim", ch.header)));
-            }
-            if ch.claim.is_empty() {
-                return Err(err(
-                    &format!("{}[{j}].claim", field("claim_to_headers")),
-                    "must not be empty",
-                ));
-            }
-            claim_headers.push((ch.claim.clone(), ch.header.clone()));
-            if !self.claim_header_names.contains(&ch.header) {
-                self.claim_header_names.push(ch.header.clone());
-            }
-        }
-
-        Ok(Provider {
-            name: p.name.clone(),
-            issuer: p.issuer.clone(),
-            audiences: p.audiences.iter().cloned().collect(),
-            algorithms,
-            clock_skew_s: p.clock_skew_s,
-            require_expiration: p.require_expiration,
-            required_claims,
-            source,
-            forward: p.forward,
-            claim_headers,
-            record_claims: p.record_claims.clone(),
-            max_token_bytes: p.max_token_bytes,
-            local_keys,
-            remote,
-        })
-    }
-
     /// Finds the token: the first configured source whose header is present
     /// and starts with its prefix. `header` gives a request header's value.
     pub fn extract(&self, header: impl Fn(&str) -> Option<String>) -> Option<Extracted> {
@@ -639,155 +313,6 @@ impl Authenticator {
         Ok((identity, valid_until))
     }
 
-    /// No key fits the token. Fetch (or wait for a fetch) when that can help,
-    /// else refuse.
-    fn missing_keys(
-        &mut self,
-        index: usize,
-        kid: Option<&str>,
-        now_ms: u64,
-        allow_fetch: bool,
-    ) -> Step {
-        let p = &mut self.providers[index];
-        let name = p.name.clone();
-        let Some(r) = p.remote.as_mut() else {
-            return match kid {
-                Some(kid) => Step::Reject(Rejection::new(
-                    Reason::UnknownKid,
-                    format!("no key with kid {} for provider {name}", printable(kid)),
-                )),
-                None => Step::Reject(Rejection::new(
-                    Reason::UnknownKid,
-                    format!("provider {name} has no key for this algorithm"),
-                )),
-            };
-        };
-        if r.keys.is_none() {
-            let recently_failed = r.last_error.is_some()
-                && r.last_attempt_ms
-                    .is_some_and(|t| now_ms < t.saturating_add(r.config.retry_interval_ms));
-            if allow_fetch && (r.in_flight || !recently_failed) {
-                r.wanted = true;
-                return Step::NeedKeys(index);
-            }
-            let why = r.last_error.as_deref().unwrap_or("not fetched yet");
-            return Step::Reject(Rejection::new(
-                Reason::JwksUnavailable,
-                format!("keys of provider {name} are unavailable: {why}"),
-            ));
-        }
-        let kid_text = kid.map_or_else(|| "(none)".to_string(), printable);
-        let may_refetch = kid.is_some_and(|k| !r.keys.as_ref().is_some_and(|ks| ks.has_kid(k)))
-            && r.last_unknown_kid_fetch_ms.is_none_or(|t| {
-                now_ms >= t.saturating_add(r.config.unknown_kid_refetch_interval_ms)
-            });
-        if allow_fetch && (r.in_flight || may_refetch) {
-            if !r.in_flight {
-                r.last_unknown_kid_fetch_ms = Some(now_ms);
-            }
-            r.wanted = true;
-            return Step::NeedKeys(index);
-        }
-        Step::Reject(Rejection::new(
-            Reason::UnknownKid,
-            format!("no key with kid {kid_text} for provider {name}"),
-        ))
-    }
-
-    /// JWKS fetches due now: never fetched, wanted by a request, or the cached
-    /// keys are older than `cache_duration_s`. Marks them in flight.
-    pub fn due_fetches(&mut self, now_ms: u64) -> Vec<JwksFetch> {
-        let mut due = Vec::new();
-        for (i, p) in self.providers.iter_mut().enumerate() {
-            let Some(r) = p.remote.as_mut() else { continue };
-            if r.in_flight {
-                continue;
-            }
-            let retry_ok = r
-                .last_attempt_ms
-                .is_none_or(|t| now_ms >= t.saturating_add(r.config.retry_interval_ms));
-            let stale = r.fetched_at_ms.is_none_or(|t| {
-                now_ms >= t.saturating_add(r.config.cache_duration_s.saturating_mul(1000))
-            });
-            let failed_recently = r.last_error.is_some() && !retry_ok;
-            if (r.wanted && !failed_recently) || (stale && retry_ok) {
-                r.in_flight = true;
-                r.wanted = false;
-                r.last_attempt_ms = Some(now_ms);
-                due.push(JwksFetch {
-                    provider: i,
-                    uri: r.config.uri.clone(),
-                    cluster: r.config.cluster.clone(),
-                    authority: r.authority.clone(),
-                    path: r.path.clone(),
-                    timeout_ms: r.config.timeout_ms,
-                });
-            }
-        }
-        due
-    }
-
-    /// The outcome of a fetch: the body of a 200 answer, or why it failed.
-    /// Returns the number of usable keys, or the error (also kept, to explain
-    /// rejections). On failure, keys fetched before stay in use.
-    pub fn fetched(
-        &mut self,
-        provider: usize,
-        result: Result<&[u8], String>,
-        now_ms: u64,
-    ) -> Result<FetchReport, String> {
-        let Some(p) = self.providers.get_mut(provider) else {
-            return Err("no such provider".into());
-        };
-        let Some(r) = p.remote.as_mut() else {
-            return Err("provider has no remote JWKS".into());
-        };
-        r.in_flight = false;
-        let allowed: Vec<Alg> = p
-            .algorithms
-            .iter()
-            .copied()
-            .filter(|a| !a.is_symmetric())
-            .collect();
-        let parsed = result.and_then(|body| KeySet::from_jwks(body, &allowed));
-        match parsed {
-            Ok(keys) => {
-                let kids = |ks: &KeySet| {
-                    ks.keys
-                        .iter()
-                        .map(|k| (k.kid.clone(), k.alg))
-                        .collect::<Vec<_>>()
-                };
-                let changed = r.keys.as_ref().is_none_or(|old| kids(old) != kids(&keys));
-                let report = FetchReport {
-                    keys: keys.keys.len(),
-                    skipped: keys.skipped.clone(),
-                    changed,
-                };
-                r.keys = Some(keys);
-                r.fetched_at_ms = Some(now_ms);
-                r.last_error = None;
-                if changed {
-                    // A key may have been withdrawn: tokens it signed must
-                    // not live on in the cache. A key may have been added:
-                    // a token refused before may verify now.
-                    self.cache.clear();
-                    self.rejected.clear();
-                }
-                Ok(report)
-            }
-            Err(e) => {
-                r.last_error = Some(e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    /// Name of a provider, for logs.
-    pub fn provider_name(&self, provider: usize) -> &str {
-        self.providers.get(provider).map_or("", |p| p.name.as_str())
-    }
-
     /// Header changes for the upstream request: claim headers are always
     /// removed (a caller must not be able to set them), then set from the
     /// verified claims; the token is removed unless the provider forwards it.
@@ -819,16 +344,7 @@ impl Authenticator {
     }
 }
 
-/// What a fetch brought.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchReport {
-    pub keys: usize,
-    pub skipped: Vec<String>,
-    /// The set of (kid, algorithm) differs from the previous fetch.
-    pub changed: bool,
-}
-
-enum Step {
+pub(super) enum Step {
     Reject(Rejection),
     NeedKeys(usize),
 }
@@ -860,9 +376,9 @@ fn rejection_for(e: Option<&JWTError>, text: &str) -> Rejection {
     Rejection::new(reason, detail)
 }
 
-/// Splits a compact JWS and decodes its header and payload as JSON objects.
 type JsonObject = Map<String, Value>;
 
+/// Splits a compact JWS and decodes its header and payload as JSON objects.
 fn parse_compact(token: &str) -> Result<(JsonObject, JsonObject), Step> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(_sig), None) =
@@ -929,94 +445,11 @@ fn header_value_ok(v: &str) -> bool {
 }
 
 /// Unverified text for a message: quoted, control characters escaped, cut.
-fn printable(s: &str) -> String {
+pub(super) fn printable(s: &str) -> String {
     let cut: String = s.chars().take(80).collect();
     let mut q = format!("{cut:?}");
     if s.chars().count() > 80 {
         q.push('…');
     }
     q
-}
-
-fn compile_remote(
-    at: &str,
-    r: &RemoteJwksConfig,
-    source: KeySource,
-) -> Result<Remote, ConfigError> {
-    let field = |name: &str| format!("{at}.{name}");
-    let (authority, path) = split_uri(&r.uri).map_err(|e| err(&field("uri"), e))?;
-    match source {
-        KeySource::EnvoyCluster if r.cluster.trim().is_empty() => {
-            return Err(err(&field("cluster"), "must name an Envoy cluster"));
-        }
-        KeySource::Direct if !r.cluster.is_empty() => {
-            return Err(err(
-                &field("cluster"),
-                "is for Envoy; the collector fetches `uri` itself",
-            ));
-        }
-        _ => {}
-    }
-    in_range(&field("timeout_ms"), r.timeout_ms, 1, 60_000)?;
-    in_range(
-        &field("cache_duration_s"),
-        r.cache_duration_s,
-        1,
-        7 * 86_400,
-    )?;
-    in_range(
-        &field("unknown_kid_refetch_interval_ms"),
-        r.unknown_kid_refetch_interval_ms,
-        0,
-        86_400_000,
-    )?;
-    in_range(
-        &field("retry_interval_ms"),
-        r.retry_interval_ms,
-        10,
-        3_600_000,
-    )?;
-    Ok(Remote {
-        config: r.clone(),
-        authority,
-        path,
-        keys: None,
-        fetched_at_ms: None,
-        last_attempt_ms: None,
-        last_error: None,
-        last_unknown_kid_fetch_ms: None,
-        in_flight: false,
-        wanted: false,
-    })
-}
-
-/// `https://host[:port]/path?query` → (`host[:port]`, `/path?query`).
-fn split_uri(uri: &str) -> Result<(String, String), String> {
-    let rest = uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))
-        .ok_or_else(|| format!("{uri:?} is not an http(s) URL"))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    if authority.is_empty() || authority.contains(['@', ' ', '#']) || path.contains([' ', '#']) {
-        return Err(format!("{uri:?} is not a usable URL"));
-    }
-    Ok((authority.to_string(), path))
-}
-
-fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() || !name.bytes().all(is_header_name_byte) {
-        return Err(err(
-            field,
-            format!("{name:?} is not a lowercase HTTP header name"),
-        ));
-    }
-    Ok(())
 }
