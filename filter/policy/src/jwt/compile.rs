@@ -353,18 +353,7 @@ fn compile_remote(
         10,
         3_600_000,
     )?;
-    Ok(Remote {
-        config: r.clone(),
-        authority,
-        path,
-        keys: None,
-        fetched_at_ms: None,
-        last_attempt_ms: None,
-        last_error: None,
-        last_unknown_kid_fetch_ms: None,
-        in_flight: false,
-        wanted: false,
-    })
+    Ok(Remote::new(r.clone(), authority, path))
 }
 
 /// `https://host[:port]/path?query` → (`host[:port]`, `/path?query`).

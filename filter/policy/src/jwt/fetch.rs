@@ -8,7 +8,8 @@ use super::keys::{Alg, KeySet};
 use super::verify::{printable, Authenticator, Step};
 use super::{Reason, Rejection};
 
-/// A JWKS fetch the root context should start now.
+/// A JWKS fetch to start now (by the filter's root context, or the
+/// collector).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksFetch {
     pub provider: usize,
@@ -21,19 +22,43 @@ pub struct JwksFetch {
     pub timeout_ms: u64,
 }
 
+/// One provider's remote JWKS: its keys and when to fetch them again.
 #[derive(Debug)]
 pub(super) struct Remote {
-    pub(super) config: RemoteJwksConfig,
-    pub(super) authority: String,
-    pub(super) path: String,
-    pub(super) keys: Option<KeySet>,
-    pub(super) fetched_at_ms: Option<u64>,
-    pub(super) last_attempt_ms: Option<u64>,
-    pub(super) last_error: Option<String>,
-    pub(super) last_unknown_kid_fetch_ms: Option<u64>,
-    pub(super) in_flight: bool,
+    config: RemoteJwksConfig,
+    authority: String,
+    path: String,
+    keys: Option<KeySet>,
+    fetched_at_ms: Option<u64>,
+    last_attempt_ms: Option<u64>,
+    last_error: Option<String>,
+    last_unknown_kid_fetch_ms: Option<u64>,
+    in_flight: bool,
     /// A request is waiting for keys: fetch at the next opportunity.
-    pub(super) wanted: bool,
+    wanted: bool,
+}
+
+impl Remote {
+    /// Not fetched yet: due at the first `due_fetches`.
+    pub(super) fn new(config: RemoteJwksConfig, authority: String, path: String) -> Remote {
+        Remote {
+            config,
+            authority,
+            path,
+            keys: None,
+            fetched_at_ms: None,
+            last_attempt_ms: None,
+            last_error: None,
+            last_unknown_kid_fetch_ms: None,
+            in_flight: false,
+            wanted: false,
+        }
+    }
+
+    /// The keys of the last successful fetch.
+    pub(super) fn keys(&self) -> Option<&KeySet> {
+        self.keys.as_ref()
+    }
 }
 
 /// What a fetch brought.

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::cache::{token_hash, RejectionCache, TokenCache};
 use super::compile::{KeySource, Provider, TokenSource};
+use super::fetch::Remote;
 use super::keys::Alg;
 use super::{Identity, Reason, Rejection};
 
@@ -214,7 +215,7 @@ impl Authenticator {
         }
 
         // Keys: asymmetric ones come from the inline JWKS or the fetched one.
-        let remote_keys = p.remote.as_ref().and_then(|r| r.keys.as_ref());
+        let remote_keys = p.remote.as_ref().and_then(Remote::keys);
         let mut candidates: Vec<_> = p.local_keys.candidates(alg, kid).collect();
         if !alg.is_symmetric() {
             if let Some(keys) = remote_keys {
