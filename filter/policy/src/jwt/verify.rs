@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::cache::{token_hash, RejectionCache, TokenCache};
 use super::compile::{KeySource, Provider, TokenSource};
 use super::fetch::Remote;
-use super::keys::Alg;
+use super::keys::{Alg, Claims, VerifyKey};
 use super::{Identity, Reason, Rejection};
 
 /// A verified token without `exp` (allowed only with `require_expiration:
@@ -76,6 +76,7 @@ pub struct Authenticator {
     /// Tokens refused after a signature check: the same forged token again
     /// costs a hash, not a check.
     pub(super) rejected: RejectionCache,
+    /// How remote JWKS are reached; `compile` checks `remote_jwks` by it.
     pub(super) key_source: KeySource,
 }
 
@@ -169,6 +170,8 @@ impl Authenticator {
         }
     }
 
+    /// The checks of the module doc after the caches, in that order. `Ok`
+    /// holds the identity and until when (Unix seconds) to cache it.
     fn verify(
         &mut self,
         t: &Extracted,
@@ -177,29 +180,34 @@ impl Authenticator {
     ) -> Result<(Identity, u64), Step> {
         let now = now_ms / 1000;
         let (header, payload) = parse_compact(&t.token)?;
-        let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
-        if alg_name.eq_ignore_ascii_case("none") {
-            return Err(reject(
-                Reason::AlgorithmNotAllowed,
-                "unsigned tokens (alg none) are never accepted",
-            ));
+        let (alg, kid) = alg_and_kid(&header)?;
+        let index = self.provider_for(t.source, &payload, alg)?;
+        let p = &self.providers[index];
+        let candidates = p.candidates(alg, kid);
+        if candidates.is_empty() {
+            return Err(self.missing_keys(index, kid, now_ms, allow_fetch));
         }
-        let Some(alg) = Alg::from_name(alg_name) else {
-            return Err(reject(
-                Reason::AlgorithmNotAllowed,
-                format!("algorithm {} is not supported", printable(alg_name)),
-            ));
+        let (claims, key_id) = p.check_signature(&t.token, alg, &candidates, now)?;
+        // From here the payload is verified: the bytes parsed above are the
+        // signed bytes.
+        let exp = p.check_claims(&claims, &payload)?;
+        let identity = p.identity(index, alg, key_id, exp, &claims, &payload);
+        // jwt-simple accepts a token until `exp + skew`; so does the cache.
+        let valid_until = match exp {
+            Some(exp) => exp.saturating_add(p.clock_skew_s),
+            None => now + MAX_CACHE_SECONDS,
         };
-        let kid = match header.get("kid") {
-            None => None,
-            Some(Value::String(k)) => Some(k.as_str()),
-            Some(_) => return Err(reject(Reason::Malformed, "`kid` is not a string")),
-        };
+        Ok((identity, valid_until))
+    }
+
+    /// The provider whose issuer the unverified `iss` names, among those
+    /// reading the token's source, if it allows `alg`.
+    fn provider_for(&self, source: usize, payload: &JsonObject, alg: Alg) -> Result<usize, Step> {
         let iss = payload.get("iss").and_then(Value::as_str).unwrap_or("");
         let Some(index) = self
             .providers
             .iter()
-            .position(|p| p.source == t.source && p.issuer == iss)
+            .position(|p| p.source == source && p.issuer == iss)
         else {
             return Err(reject(
                 Reason::UnknownIssuer,
@@ -213,105 +221,7 @@ impl Authenticator {
                 format!("algorithm {alg} is not allowed for provider {}", p.name),
             ));
         }
-
-        // Keys: asymmetric ones come from the inline JWKS or the fetched one.
-        let remote_keys = p.remote.as_ref().and_then(Remote::keys);
-        let mut candidates: Vec<_> = p.local_keys.candidates(alg, kid).collect();
-        if !alg.is_symmetric() {
-            if let Some(keys) = remote_keys {
-                candidates.extend(keys.candidates(alg, kid));
-            }
-        }
-        if candidates.is_empty() {
-            return Err(self.missing_keys(index, kid, now_ms, allow_fetch));
-        }
-
-        let mut options = VerificationOptions {
-            artificial_time: Some(UnixTimeStamp::from_secs(now)),
-            time_tolerance: Some(Duration::from_secs(p.clock_skew_s)),
-            allowed_issuers: Some(HashSet::from([p.issuer.clone()])),
-            allowed_audiences: Some(p.audiences.clone()),
-            max_token_length: Some(p.max_token_bytes),
-            ..VerificationOptions::default()
-        };
-        options.max_header_length = Some(p.max_token_bytes);
-        let mut claims = None;
-        for candidate in &candidates {
-            match candidate.key.verify(&t.token, options.clone()) {
-                Ok(c) => {
-                    claims = Some((c, candidate.kid.clone()));
-                    break;
-                }
-                Err(e) => match e.downcast_ref::<JWTError>() {
-                    Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
-                        continue
-                    }
-                    other => return Err(Step::Reject(rejection_for(other, &e.to_string()))),
-                },
-            }
-        }
-        let Some((claims, key_id)) = claims else {
-            return Err(reject(
-                Reason::BadSignature,
-                format!(
-                    "signature does not match any {alg} key of provider {}",
-                    p.name
-                ),
-            ));
-        };
-
-        // From here the payload is verified: the bytes parsed above are the
-        // signed bytes.
-        let exp = claims.expires_at.map(|t| t.as_secs());
-        if exp.is_none() && p.require_expiration {
-            return Err(reject(Reason::Claims, "token has no `exp`"));
-        }
-        for (name, allowed) in &p.required_claims {
-            let split = name == "scope" || name == "scp";
-            match claim(&payload, name) {
-                None => {
-                    return Err(reject(
-                        Reason::Claims,
-                        format!("required claim `{name}` is missing"),
-                    ))
-                }
-                Some(actual) if !claim_matches(actual, allowed, split) => {
-                    return Err(reject(
-                        Reason::Claims,
-                        format!("claim `{name}` does not have a required value"),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        let identity = Identity {
-            provider: p.name.clone(),
-            provider_index: index,
-            issuer: p.issuer.clone(),
-            subject: claims.subject.clone().unwrap_or_default(),
-            algorithm: alg.name().to_string(),
-            key_id: key_id.unwrap_or_default(),
-            expires_at: exp,
-            claims: p
-                .record_claims
-                .iter()
-                .filter_map(|c| claim(&payload, c).map(|v| (c.clone(), claim_text(v))))
-                .collect(),
-            headers: p
-                .claim_headers
-                .iter()
-                .filter_map(|(c, h)| {
-                    let v = claim_text(claim(&payload, c)?);
-                    header_value_ok(&v).then(|| (h.clone(), v))
-                })
-                .collect(),
-        };
-        // jwt-simple accepts a token until `exp + skew`; so does the cache.
-        let valid_until = match exp {
-            Some(exp) => exp.saturating_add(p.clock_skew_s),
-            None => now + MAX_CACHE_SECONDS,
-        };
-        Ok((identity, valid_until))
+        Ok(index)
     }
 
     /// Header changes for the upstream request: claim headers are always
@@ -345,8 +255,126 @@ impl Authenticator {
     }
 }
 
+/// The steps of `Authenticator::verify` that need one provider only.
+impl Provider {
+    /// Keys that may have signed the token. Asymmetric ones come from the
+    /// inline JWKS or the fetched one; HMAC keys are always inline.
+    fn candidates<'a>(&'a self, alg: Alg, kid: Option<&'a str>) -> Vec<&'a VerifyKey> {
+        let mut candidates: Vec<_> = self.local_keys.candidates(alg, kid).collect();
+        if !alg.is_symmetric() {
+            if let Some(keys) = self.remote.as_ref().and_then(Remote::keys) {
+                candidates.extend(keys.candidates(alg, kid));
+            }
+        }
+        candidates
+    }
+
+    /// The first candidate whose signature holds, with jwt-simple's checks of
+    /// time, issuer, audience and size. Returns the claims and the key's kid.
+    fn check_signature(
+        &self,
+        token: &str,
+        alg: Alg,
+        candidates: &[&VerifyKey],
+        now: u64,
+    ) -> Result<(Claims, Option<String>), Step> {
+        let mut options = VerificationOptions {
+            artificial_time: Some(UnixTimeStamp::from_secs(now)),
+            time_tolerance: Some(Duration::from_secs(self.clock_skew_s)),
+            allowed_issuers: Some(HashSet::from([self.issuer.clone()])),
+            allowed_audiences: Some(self.audiences.clone()),
+            max_token_length: Some(self.max_token_bytes),
+            ..VerificationOptions::default()
+        };
+        options.max_header_length = Some(self.max_token_bytes);
+        for candidate in candidates {
+            match candidate.key.verify(token, options.clone()) {
+                Ok(claims) => return Ok((claims, candidate.kid.clone())),
+                Err(e) => match e.downcast_ref::<JWTError>() {
+                    Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
+                        continue
+                    }
+                    other => return Err(Step::Reject(rejection_for(other, &e.to_string()))),
+                },
+            }
+        }
+        Err(reject(
+            Reason::BadSignature,
+            format!(
+                "signature does not match any {alg} key of provider {}",
+                self.name
+            ),
+        ))
+    }
+
+    /// `exp` when required, and the required claims, of a verified token.
+    /// Returns `exp`.
+    fn check_claims(&self, claims: &Claims, payload: &JsonObject) -> Result<Option<u64>, Step> {
+        let exp = claims.expires_at.map(|t| t.as_secs());
+        if exp.is_none() && self.require_expiration {
+            return Err(reject(Reason::Claims, "token has no `exp`"));
+        }
+        for (name, allowed) in &self.required_claims {
+            let split = name == "scope" || name == "scp";
+            match claim(payload, name) {
+                None => {
+                    return Err(reject(
+                        Reason::Claims,
+                        format!("required claim `{name}` is missing"),
+                    ))
+                }
+                Some(actual) if !claim_matches(actual, allowed, split) => {
+                    return Err(reject(
+                        Reason::Claims,
+                        format!("claim `{name}` does not have a required value"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(exp)
+    }
+
+    /// What a verified token tells: who, by which key, and the claims to
+    /// record and to copy into headers.
+    fn identity(
+        &self,
+        index: usize,
+        alg: Alg,
+        key_id: Option<String>,
+        exp: Option<u64>,
+        claims: &Claims,
+        payload: &JsonObject,
+    ) -> Identity {
+        Identity {
+            provider: self.name.clone(),
+            provider_index: index,
+            issuer: self.issuer.clone(),
+            subject: claims.subject.clone().unwrap_or_default(),
+            algorithm: alg.name().to_string(),
+            key_id: key_id.unwrap_or_default(),
+            expires_at: exp,
+            claims: self
+                .record_claims
+                .iter()
+                .filter_map(|c| claim(payload, c).map(|v| (c.clone(), claim_text(v))))
+                .collect(),
+            headers: self
+                .claim_headers
+                .iter()
+                .filter_map(|(c, h)| {
+                    let v = claim_text(claim(payload, c)?);
+                    header_value_ok(&v).then(|| (h.clone(), v))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Why verification stopped short of an identity.
 pub(super) enum Step {
     Reject(Rejection),
+    /// The keys of this provider are needed first.
     NeedKeys(usize),
 }
 
@@ -354,6 +382,8 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Step {
     Step::Reject(Rejection::new(reason, detail))
 }
 
+/// A refusal from jwt-simple's error, when a key's signature check stopped
+/// for another reason than a signature that does not match.
 fn rejection_for(e: Option<&JWTError>, text: &str) -> Rejection {
     let reason = match e {
         Some(JWTError::TokenHasExpired) => Reason::Expired,
@@ -405,6 +435,29 @@ fn parse_compact(token: &str) -> Result<(JsonObject, JsonObject), Step> {
     Ok((object(h, "header")?, object(p, "payload")?))
 }
 
+/// The header's `alg`, supported and not `none`, and its `kid`, if any.
+fn alg_and_kid(header: &JsonObject) -> Result<(Alg, Option<&str>), Step> {
+    let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
+    if alg_name.eq_ignore_ascii_case("none") {
+        return Err(reject(
+            Reason::AlgorithmNotAllowed,
+            "unsigned tokens (alg none) are never accepted",
+        ));
+    }
+    let Some(alg) = Alg::from_name(alg_name) else {
+        return Err(reject(
+            Reason::AlgorithmNotAllowed,
+            format!("algorithm {} is not supported", printable(alg_name)),
+        ));
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => return Err(reject(Reason::Malformed, "`kid` is not a string")),
+    };
+    Ok((alg, kid))
+}
+
 /// A claim by name; a name that is not a top-level claim is read as a dotted
 /// path into objects (`realm_access.roles`).
 fn claim<'a>(payload: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -419,6 +472,8 @@ fn claim<'a>(payload: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     Some(v)
 }
 
+/// An array claim matches when any element does; with `split_words`, a
+/// string also when any of its space-separated words does (OAuth `scope`).
 fn claim_matches(actual: &Value, allowed: &[Value], split_words: bool) -> bool {
     match actual {
         Value::Array(items) => items.iter().any(|i| allowed.contains(i)),
@@ -439,6 +494,8 @@ fn claim_text(v: &Value) -> String {
     }
 }
 
+/// A claim value fit for a header: bounded, and no control character but
+/// tab (a CR or LF would let a claim add headers).
 fn header_value_ok(v: &str) -> bool {
     v.len() <= MAX_HEADER_VALUE
         && v.bytes()
