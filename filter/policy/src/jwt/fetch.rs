@@ -105,7 +105,7 @@ impl Authenticator {
     }
 
     /// The outcome of a fetch: the body of a 200 answer, or why it failed.
-    /// Returns the number of usable keys, or the error (also kept, to explain
+    /// Returns what it brought, or the error (also kept, to explain
     /// rejections). On failure, keys fetched before stay in use.
     pub fn fetched(
         &mut self,
