@@ -86,7 +86,8 @@ impl<V: Clone> Bounded<V> {
     }
 }
 
-/// Verified tokens: the identity, valid until `exp` plus the clock skew.
+/// Verified tokens: the identity, valid until `exp` plus the clock skew (a
+/// token without `exp`: for `MAX_CACHE_SECONDS`).
 pub type TokenCache = Bounded<Arc<Identity>>;
 
 /// Tokens refused after a signature check, with the refusal. Only refusals

@@ -1,5 +1,5 @@
 //! The `jwt` section of the plugin configuration, as written by the operator.
-//! `Authenticator::new` (verify.rs) checks it and compiles it.
+//! `Authenticator::new` (compile.rs) checks it and compiles it.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,7 +37,8 @@ pub struct ProviderConfig {
     /// Keys inline: a JWKS document, as a JSON object or as a string.
     #[serde(default)]
     pub jwks: Option<Value>,
-    /// Keys fetched from the issuer's JWKS endpoint through an Envoy cluster.
+    /// Keys fetched from the issuer's JWKS endpoint: through an Envoy
+    /// cluster in the filter, directly in the collector.
     #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
     /// Shared secret (base64 or base64url) for HS256/384/512, at least 32 bytes.

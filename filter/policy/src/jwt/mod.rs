@@ -1,18 +1,24 @@
 //! Caller identity: JWT verification at the parity of Envoy's jwt_authn.
 //!
 //! - `config`: the `jwt` section as the operator writes it.
+//! - `compile`: that section checked and compiled into the `Authenticator`.
 //! - `keys`: JWKS documents and HMAC secrets turned into verification keys.
-//! - `verify`: the compiled authenticator, its decision for one request, and
-//!   the state of remote JWKS (what to fetch, when).
-//! - `cache`: verified tokens by SHA-256, so a repeated token is a lookup.
+//! - `verify`: the authenticator's decision for one request's token.
+//! - `fetch`: remote JWKS, what to fetch when, and what a fetch brought.
+//! - `cache`: verified and refused tokens by SHA-256, so a repeated token is
+//!   a lookup.
 
 pub mod cache;
+pub mod compile;
 pub mod config;
+pub mod fetch;
 pub mod keys;
 pub mod verify;
 
+pub use compile::KeySource;
 pub use config::JwtConfig;
-pub use verify::{Authenticator, Decision, Extracted, HeaderChanges, JwksFetch, KeySource};
+pub use fetch::JwksFetch;
+pub use verify::{Authenticator, Decision, Extracted, HeaderChanges};
 
 use tracegate_proto::v1 as proto;
 

@@ -328,7 +328,7 @@ fn negative_cache_is_bounded_and_emptied_when_keys_change() {
 
 #[test]
 fn keys_fetched_directly_need_no_cluster() {
-    use super::verify::KeySource;
+    use super::KeySource;
     let direct = |remote: Value| {
         let c: JwtConfig = serde_json::from_value(json!({"providers": [
             provider(json!({"jwks": null, "remote_jwks": remote}))]}))
