@@ -379,10 +379,14 @@ impl Parser<'_> {
         loop {
             // Fast path over plain bytes.
             let rest = self.b.get(self.at..).unwrap_or(&[]);
-            let skip = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .unwrap_or(rest.len());
+            let stop = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+            // A control character before it is an error, found below.
+            let plain = rest.get(..stop).unwrap_or_default();
+            let skip = if plain.iter().fold(false, |any, &c| any | (c < 0x20)) {
+                plain.iter().position(|&c| c < 0x20).unwrap_or(stop)
+            } else {
+                stop
+            };
             self.at += skip;
             match self.b.get(self.at) {
                 Some(b'"') => {
@@ -441,45 +445,52 @@ impl Parser<'_> {
 
 /// The text of a validated JSON string body (between its quotes).
 fn unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.char_indices();
-    while let Some((_, c)) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        let (_, e) = chars.next()?;
-        match e {
-            '"' => out.push('"'),
-            '\\' => out.push('\\'),
-            '/' => out.push('/'),
-            'b' => out.push('\u{8}'),
-            'f' => out.push('\u{c}'),
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
-            't' => out.push('\t'),
-            'u' => {
-                let mut unit = hex(&mut chars)?;
+    let mut at = 0;
+    // Runs without a backslash are copied whole.
+    while let Some(i) = memchr::memchr(b'\\', b.get(at..)?) {
+        out.push_str(s.get(at..at + i)?);
+        at += i + 1;
+        let simple = match *b.get(at)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let mut unit = hex4(b.get(at + 1..at + 5)?)?;
+                at += 5;
                 if (0xD800..0xDC00).contains(&unit) {
-                    chars.next()?;
-                    chars.next()?;
-                    let low = hex(&mut chars)?;
+                    if b.get(at..at + 2)? != b"\\u" {
+                        return None;
+                    }
+                    let low = hex4(b.get(at + 2..at + 6)?)?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return None;
+                    }
+                    at += 6;
                     unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
                 }
                 out.push(char::from_u32(unit)?);
+                continue;
             }
             _ => return None,
-        }
+        };
+        out.push(simple);
+        at += 1;
     }
+    out.push_str(s.get(at..)?);
     Some(out)
 }
 
-fn hex(chars: &mut std::str::CharIndices<'_>) -> Option<u32> {
-    let mut unit = 0;
-    for _ in 0..4 {
-        unit = unit * 16 + chars.next()?.1.to_digit(16)?;
-    }
-    Some(unit)
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0, |unit, &d| Some(unit * 16 + (d as char).to_digit(16)?))
 }
 
 /// Writes `s` as a JSON string (with its quotes).

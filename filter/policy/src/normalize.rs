@@ -109,19 +109,63 @@ pub fn for_rules(s: &str, out: &mut String) {
     for_rules_mapped(s, out, None);
 }
 
+/// `char::is_whitespace` of an ASCII byte.
+fn ascii_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
 /// `for_rules`, also pushing for each byte written the offset in `s` of
 /// the character it came from.
 pub fn for_rules_mapped(s: &str, out: &mut String, mut map: Option<&mut Vec<u32>>) {
-    let mut space = false;
-    for (at, c) in s.char_indices() {
+    out.reserve(s.len());
+    if let Some(m) = map.as_deref_mut() {
+        m.reserve(s.len());
+    }
+    // Text appended to text already folded goes on where it stopped: no
+    // second space after one written for whitespace.
+    let mut space = out.ends_with(' ');
+    let mut at = 0;
+    while let Some(&b) = s.as_bytes().get(at) {
+        let offset = u32::try_from(at).unwrap_or(u32::MAX);
+        if ascii_space(b) {
+            if !space && !out.is_empty() {
+                out.push(' ');
+                if let Some(m) = map.as_deref_mut() {
+                    m.push(offset);
+                }
+            }
+            space = true;
+            at += 1;
+            continue;
+        }
+        if b.is_ascii() {
+            // The common case: a run of ASCII that is not whitespace, copied
+            // and lower-cased whole.
+            let rest = s.as_bytes().get(at..).unwrap_or_default();
+            let len = rest
+                .iter()
+                .position(|&c| !c.is_ascii() || ascii_space(c))
+                .unwrap_or(rest.len());
+            let from = out.len();
+            out.push_str(s.get(at..at + len).unwrap_or_default());
+            if let Some(tail) = out.get_mut(from..) {
+                tail.make_ascii_lowercase();
+            }
+            if let Some(m) = map.as_deref_mut() {
+                m.extend((at..at + len).map(|i| u32::try_from(i).unwrap_or(u32::MAX)));
+            }
+            space = false;
+            at += len;
+            continue;
+        }
+        let Some(c) = s.get(at..).and_then(|rest| rest.chars().next()) else {
+            break;
+        };
         if c.is_whitespace() {
             if !space && !out.is_empty() {
                 out.push(' ');
             }
             space = true;
-        } else if c.is_ascii() {
-            space = false;
-            out.push(c.to_ascii_lowercase());
         } else {
             space = false;
             let mut folded = String::new();
@@ -143,8 +187,9 @@ pub fn for_rules_mapped(s: &str, out: &mut String, mut map: Option<&mut Vec<u32>
             }
         }
         if let Some(m) = map.as_deref_mut() {
-            m.resize(out.len(), u32::try_from(at).unwrap_or(u32::MAX));
+            m.resize(out.len(), offset);
         }
+        at += c.len_utf8();
     }
 }
 
@@ -188,5 +233,53 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, "ignore previous instructions, ok ignore");
+    }
+
+    /// The rule folding a character at a time, as it was written first.
+    fn reference(s: &str) -> (String, Vec<u32>) {
+        let (mut out, mut map) = (String::new(), Vec::new());
+        let mut space = out.ends_with(' ');
+        for (at, c) in s.char_indices() {
+            if c.is_whitespace() {
+                if !space && !out.is_empty() {
+                    out.push(' ');
+                }
+                space = true;
+            } else {
+                space = false;
+                let mut folded = String::new();
+                fold_char(c, &mut folded);
+                for f in folded.chars() {
+                    if f.is_ascii() {
+                        out.push(f.to_ascii_lowercase());
+                    } else if f.is_whitespace() {
+                        if !space && !out.is_empty() {
+                            out.push(' ');
+                        }
+                        space = true;
+                    } else {
+                        out.extend(
+                            unicode_security::confusable_detection::skeleton(&f.to_string())
+                                .flat_map(char::to_lowercase),
+                        );
+                    }
+                }
+            }
+            map.resize(out.len(), at as u32);
+        }
+        (out, map)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    proptest::proptest! {
+        #[test]
+        fn the_ascii_fast_path_folds_as_a_character_at_a_time(
+            s in "([ \t\n\x0b\x0c\rAbZ09.-]|\\PC|[\u{a0}\u{2028}\u{200b}\u{ff21}\u{43e}\u{1d400}]){0,40}"
+        ) {
+            let mut out = String::new();
+            let mut map = Vec::new();
+            for_rules_mapped(&s, &mut out, Some(&mut map));
+            proptest::prop_assert_eq!((out, map), reference(&s));
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::media::{self, Payload};
-use super::{Inspector, RuleHit};
+use super::{Inspector, Rule, RuleHit};
 use crate::inspect::config::{RuleAction, RuleScope};
 use crate::json::{self, Edits, Kind, Tape};
 use crate::llm::walk::{parts, Part};
@@ -66,38 +66,92 @@ impl std::fmt::Display for Unreadable {
     }
 }
 
-/// The text of each rule scope, for rules: raw and folded, with where each
-/// part begins (to find the part a match is in).
+/// The text of each rule scope, for rules: raw, and folded when a rule
+/// needs it (text that is all ASCII is matched raw by keyword rules).
 #[derive(Default)]
-struct ScopeText {
+struct ScopeText<'t> {
+    /// The parts, each once: (text, node).
+    parts: Vec<(&'t str, usize)>,
     raw: String,
-    folded: String,
-    /// For each byte of `folded`, the offset in its part's text of the
+    /// (offset in `raw`, node) of each part.
+    raw_starts: Vec<(usize, usize)>,
+    ascii: bool,
+    folded: Option<Folded>,
+}
+
+/// A scope's text as rules see it (`normalize::for_rules`).
+#[derive(Default)]
+struct Folded {
+    text: String,
+    /// For each byte of `text`, the offset in its part's text of the
     /// character it came from.
     map: Vec<u32>,
-    /// (offset in `folded`, node) of each part.
+    /// (offset in `text`, node) of each part.
     starts: Vec<(usize, usize)>,
 }
 
-impl ScopeText {
-    fn add(&mut self, text: &str, node: usize) {
-        if !self.raw.is_empty() {
+impl<'t> ScopeText<'t> {
+    fn add(&mut self, text: &'t str, node: usize) {
+        if self.parts.is_empty() {
+            self.ascii = true;
+        } else {
             self.raw.push('\n');
-            self.folded.push(' ');
-            self.map.push(0);
         }
+        self.ascii &= text.is_ascii();
+        self.raw_starts.push((self.raw.len(), node));
         self.raw.push_str(text);
-        self.starts.push((self.folded.len(), node));
-        normalize::for_rules_mapped(text, &mut self.folded, Some(&mut self.map));
+        self.parts.push((text, node));
     }
 
-    /// The part a folded offset is in, and the offset in that part's text.
-    fn place(&self, offset: usize) -> Option<(usize, usize)> {
-        let i = self.starts.partition_point(|&(at, _)| at <= offset);
-        let node = self.starts.get(i.checked_sub(1)?).map(|&(_, node)| node)?;
-        let within = self.map.get(offset).copied().unwrap_or(0) as usize;
-        Some((node, within))
+    fn folded(&mut self) -> &Folded {
+        self.folded.get_or_insert_with(|| {
+            let mut f = Folded::default();
+            for &(text, node) in &self.parts {
+                if !f.text.is_empty() {
+                    // Parts are one conversation: a separator folds like
+                    // any other whitespace.
+                    normalize::for_rules_mapped("\n", &mut f.text, Some(&mut f.map));
+                }
+                f.starts.push((f.text.len(), node));
+                normalize::for_rules_mapped(text, &mut f.text, Some(&mut f.map));
+            }
+            f
+        })
     }
+
+    /// Where a rule matches first: (part, offset in the part's text).
+    fn find(&mut self, rule: &Rule) -> Option<(usize, usize)> {
+        let found = match (&rule.ascii, self.ascii) {
+            (Some(ascii), true) => ascii
+                .find_at(&self.raw)
+                .and_then(|at| place(&self.raw_starts, at, |_| None)),
+            _ => {
+                let f = self.folded();
+                rule.matcher.find(&f.text).and_then(|m| {
+                    place(&f.starts, m.start(), |at| {
+                        f.map.get(at).map(|&within| within as usize)
+                    })
+                })
+            }
+        };
+        found.or_else(|| {
+            let raw = rule.raw.as_ref()?;
+            raw.find(&self.raw)
+                .map(|_| (self.parts.first().map_or(0, |&(_, n)| n), 0))
+        })
+    }
+}
+
+/// The part an offset is in, and the offset in that part's text (`within`
+/// tells it when the text is not the parts' own bytes).
+fn place(
+    starts: &[(usize, usize)],
+    offset: usize,
+    within: impl Fn(usize) -> Option<usize>,
+) -> Option<(usize, usize)> {
+    let i = starts.partition_point(|&(at, _)| at <= offset);
+    let &(start, node) = starts.get(i.checked_sub(1)?)?;
+    Some((node, within(offset).unwrap_or(offset - start)))
 }
 
 const SCOPES: [RuleScope; 6] = [
@@ -159,6 +213,10 @@ impl Inspector {
             .filter_map(|(i, p)| Some((i, media::classify(&tape.str(src, p.node)?))))
             .collect();
         let payload = |i: usize| decoded.iter().find(|(j, _)| *j == i).map(|(_, p)| p);
+        // Each part's text, unescaped once for rules and masking both.
+        let texts: Vec<Option<Cow<'_, str>>> =
+            list.iter().map(|p| part_text(tape, src, p.node)).collect();
+        let text_of = |i: usize| texts.get(i).and_then(Option::as_deref);
 
         let mut judged = Judged::default();
         if direction == Direction::Request && !self.rules.is_empty() {
@@ -175,31 +233,24 @@ impl Inspector {
                 };
                 let text = match payload(i) {
                     Some(Payload::Binary) => continue,
-                    Some(Payload::Text { text, .. }) => Cow::Borrowed(text.as_str()),
-                    _ => match part_text(tape, src, part.node) {
+                    Some(Payload::Text { text, .. }) => text.as_str(),
+                    _ => match text_of(i) {
                         Some(t) => t,
                         None => continue,
                     },
                 };
                 for &scope in &used {
                     if in_scope(scope, part, kind) {
-                        texts[scope_index(scope)].add(&text, part.node);
+                        if let Some(t) = texts.get_mut(scope_index(scope)) {
+                            t.add(text, part.node);
+                        }
                     }
                 }
             }
             // Where each rule matched: (part, offset in the part's text).
             let mut rule_places = Vec::new();
             for r in &self.rules {
-                let t = &texts[scope_index(r.scope)];
-                let found = r
-                    .matcher
-                    .find(&t.folded)
-                    .and_then(|m| t.place(m.start()))
-                    .or_else(|| {
-                        let raw = r.raw.as_ref()?;
-                        raw.find(&t.raw)
-                            .map(|_| (t.starts.first().map_or(0, |&(_, n)| n), 0))
-                    });
+                let found = texts.get_mut(scope_index(r.scope)).and_then(|t| t.find(r));
                 if let Some(place) = found {
                     judged.rules.push(r.hit());
                     rule_places.push(place);
@@ -243,15 +294,10 @@ impl Inspector {
                         encoded
                     })
                 }
-                _ => match part_text(tape, src, part.node) {
-                    Some(text) => mask(
-                        m,
-                        &text,
-                        tokens,
-                        &mut judged.hits,
-                        restore,
-                        Some(&mut spans),
-                    ),
+                _ => match text_of(i) {
+                    Some(text) => {
+                        mask(m, text, tokens, &mut judged.hits, restore, Some(&mut spans))
+                    }
                     None => continue,
                 },
             };

@@ -30,6 +30,47 @@ use crate::llm::{Api, Direction};
 use crate::mask::{Hits, Masker, Operator, Tokens};
 use config::{InspectionConfig, MaskingConfig, OperatorName, RuleAction, RuleConfig, RuleScope};
 
+/// How a keyword rule matches ASCII text.
+#[derive(Debug, Clone)]
+enum AsciiMatcher {
+    /// Every keyword folds to something with non-ASCII in it.
+    Never,
+    Regex(Regex),
+}
+
+impl AsciiMatcher {
+    /// Keywords as folded: case-insensitive, any run of ASCII whitespace
+    /// where a keyword has a space.
+    fn new(folded_keywords: &[String]) -> Option<AsciiMatcher> {
+        let alts: Vec<String> = folded_keywords
+            .iter()
+            .filter(|k| k.is_ascii())
+            .map(|k| {
+                k.split(' ')
+                    .map(regex::escape)
+                    .collect::<Vec<_>>()
+                    .join(r"[\t\n\x0B\x0C\r ]+")
+            })
+            .collect();
+        if alts.is_empty() {
+            return Some(AsciiMatcher::Never);
+        }
+        let pattern = format!("(?i-u:{})", alts.join("|"));
+        regex::RegexBuilder::new(&pattern)
+            .size_limit(2 << 20)
+            .build()
+            .ok()
+            .map(AsciiMatcher::Regex)
+    }
+
+    fn find_at(&self, text: &str) -> Option<usize> {
+        match self {
+            AsciiMatcher::Never => None,
+            AsciiMatcher::Regex(r) => r.find(text).map(|m| m.start()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
@@ -39,6 +80,11 @@ pub struct Rule {
     matcher: Regex,
     /// A regex rule is also matched on the raw text.
     raw: Option<Regex>,
+    /// A keyword rule on text that is all ASCII: folding would only lower
+    /// the case and squeeze whitespace, so this matches the raw text the
+    /// way `matcher` matches the folded text, without folding it. `None`
+    /// for regex rules (they always see the folded text).
+    ascii: Option<AsciiMatcher>,
     pub action: RuleAction,
     pub message: String,
     pub risk: u32,
@@ -175,23 +221,24 @@ impl Inspector {
                     .build()
                     .map_err(|e| err(&format!("{at}.regex"), e.to_string()))
             };
-            let (matcher, raw) = match (&r.regex, r.keywords.is_empty()) {
-                (Some(re), true) => (compile(re)?, Some(compile(re)?)),
+            let (matcher, raw, ascii) = match (&r.regex, r.keywords.is_empty()) {
+                (Some(re), true) => (compile(re)?, Some(compile(re)?), None),
                 (None, false) => {
                     if r.keywords.iter().any(|k| k.trim().is_empty()) {
                         return Err(err(&format!("{at}.keywords"), "empty keyword"));
                     }
                     // Keywords fold like the text they are matched on.
-                    let alts: Vec<String> = r
+                    let folded: Vec<String> = r
                         .keywords
                         .iter()
                         .map(|k| {
                             let mut folded = String::new();
                             crate::normalize::for_rules(k.trim(), &mut folded);
-                            regex::escape(&folded)
+                            folded
                         })
                         .collect();
-                    (compile(&alts.join("|"))?, None)
+                    let alts: Vec<String> = folded.iter().map(|k| regex::escape(k)).collect();
+                    (compile(&alts.join("|"))?, None, AsciiMatcher::new(&folded))
                 }
                 _ => {
                     return Err(err(&at, "give exactly one of `regex` or `keywords`"));
@@ -202,6 +249,7 @@ impl Inspector {
                 scope: r.scope,
                 matcher,
                 raw,
+                ascii,
                 action: r.action,
                 message: r
                     .message

@@ -584,3 +584,44 @@ fn marks_point_at_findings_and_rule_matches_in_the_body_sent() {
         "{e}"
     );
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+mod ascii_rules {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn folded(s: &str) -> String {
+        let mut out = String::new();
+        crate::normalize::for_rules(s, &mut out);
+        out
+    }
+
+    proptest! {
+        /// Keyword rules match raw ASCII text (no folding) exactly when
+        /// they match the folded text: across case, whitespace runs and
+        /// message boundaries.
+        #[test]
+        fn keyword_rules_see_ascii_text_as_folded(
+            messages in prop::collection::vec("[aAbB \\t\\n\\r.-]{0,12}", 1..4),
+            keyword in "[abAB][ab \\t-]{0,4}",
+            unicode in any::<bool>(),
+        ) {
+            let mut messages = messages;
+            if unicode {
+                // Not all ASCII: the folded path decides.
+                messages.push("\u{430}".into());
+            }
+            let i = inspector(json!({"enabled": false}), json!([
+                {"id": "k", "scope": "prompt", "keywords": [keyword.clone()], "action": "block"}
+            ]));
+            let msgs: Vec<Value> = messages
+                .iter()
+                .map(|m| json!({"role": "user", "content": m}))
+                .collect();
+            let body = json!({"model": "m", "messages": msgs}).to_string();
+            let want = folded(&messages.join("\n")).contains(&folded(keyword.trim()));
+            let v = i.request("application/json", body.as_bytes(), &mut Tokens::default());
+            prop_assert_eq!(matches!(v, RequestVerdict::Blocked { .. }), want, "{:?} {:?}", messages, keyword);
+        }
+    }
+}

@@ -164,3 +164,29 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn strings_read_back_as_any_json_reader_reads_them() {
+    // Every escape, written both ways: short forms and \u escapes (with
+    // surrogate pairs), between plain runs of ASCII and non-ASCII text.
+    let texts = [
+        "",
+        "plain",
+        "a\"b\\c/d\u{8}e\u{c}f\ng\rh\ti",
+        "mail\u{40}example.com",
+        "é😀 x 😀é",
+        "\\u0040 is not an escape here",
+        "\u{0}\u{1f}\u{7f}",
+    ];
+    for text in texts {
+        let short = serde_json::to_string(text).unwrap();
+        let long: String = std::iter::once("\"".to_string())
+            .chain(text.encode_utf16().map(|u| format!("\\u{u:04x}")))
+            .chain(std::iter::once("\"".to_string()))
+            .collect();
+        for src in [short, long] {
+            let t = parse(&src).unwrap();
+            assert_eq!(t.str(&src, 0).unwrap(), text, "{src}");
+        }
+    }
+}
