@@ -26,6 +26,14 @@ fn envoy_benchmark_runs_and_reports() {
         assert!(row[side]["rps"].as_f64().unwrap() > 0.0, "{report}");
     }
     assert!(report["records_exported"].as_u64().unwrap() > 0, "{report}");
+    // Errors are reported per row, not a reason to stop.
+    assert!(row["tracegate"]["errors"].is_string(), "{report}");
+    let latency = report["latency_4kb_fixed_rate"].as_array().unwrap();
+    assert_eq!(latency.len(), 6, "two rates, three listeners: {report}");
+    for l in latency {
+        assert!(l["sent"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());
+    }
     assert!(
         report["memory"]["wasm_memory_bytes"].as_u64().unwrap() > 0,
         "{report}"

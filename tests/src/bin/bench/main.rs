@@ -17,6 +17,8 @@
 //! usage: tracegate-bench [--smoke] [--out DIR]
 //!   --smoke: one short round of one size (make test runs it so it keeps working).
 
+mod open_loop;
+
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -156,6 +158,55 @@ end
     })
 }
 
+/// Answers by status class on one listener (`http.<prefix>.downstream_rq_*`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Codes {
+    c2xx: u64,
+    c4xx: u64,
+    c5xx: u64,
+}
+
+impl Codes {
+    fn read(envoy: &Envoy, prefix: &str) -> Codes {
+        let n = |class: &str| {
+            envoy
+                .stat(&format!("http.{prefix}.downstream_rq_{class}"))
+                .unwrap_or(0)
+        };
+        Codes {
+            c2xx: n("2xx"),
+            c4xx: n("4xx"),
+            c5xx: n("5xx"),
+        }
+    }
+
+    fn since(self, before: Codes) -> Codes {
+        Codes {
+            c2xx: self.c2xx.saturating_sub(before.c2xx),
+            c4xx: self.c4xx.saturating_sub(before.c4xx),
+            c5xx: self.c5xx.saturating_sub(before.c5xx),
+        }
+    }
+
+    /// "none", or what went wrong: e.g. "5xx 84106, connection 3".
+    fn errors(self, connection: u64) -> String {
+        let parts: Vec<String> = [
+            ("4xx", self.c4xx),
+            ("5xx", self.c5xx),
+            ("connection", connection),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -218,6 +269,54 @@ fn print_streams(report: &Value) {
             lags.join(" | ")
         );
     }
+}
+
+/// Latency at 4 KB at fixed rates (open loop): half of passthrough's
+/// capacity, and a light 100 requests/s (about one at a time).
+fn fixed_rate_latency(
+    listeners: &[(&str, u16)],
+    token: &str,
+    capacity: f64,
+    plan: &Plan,
+) -> Result<Value> {
+    let request = open_loop::request(&body(4), token, REPLY);
+    let rates = [
+        ("half of passthrough's capacity", (capacity / 2.0).round()),
+        ("light", 100.0),
+    ];
+    println!();
+    println!(
+        "Latency at fixed rates, 4 KB bodies (open loop: each request due at its time, latency from then; {} s per run):",
+        plan.seconds
+    );
+    println!();
+    println!("| rate | listener | p50 | p99 | max | p50 added | p99 added | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for (rate_name, rate) in rates {
+        let mut base: Option<open_loop::Latency> = None;
+        for (name, port) in listeners {
+            let l = open_loop::run(*port, &request, rate, f64::from(plan.seconds), 64)?;
+            let b = *base.get_or_insert(l);
+            println!(
+                "| {rate_name} ({rate:.0}/s) | {name} | {:.2} ms | {:.2} ms | {:.2} ms | {:+.2} ms | {:+.2} ms | {} |",
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms,
+                l.p50_ms - b.p50_ms,
+                l.p99_ms - b.p99_ms,
+                l.errors
+            );
+            out.push(
+                json!({"rate": rate, "rate_name": rate_name, "listener": name,
+                            "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms,
+                            "p50_added_ms": l.p50_ms - b.p50_ms,
+                            "p99_added_ms": l.p99_ms - b.p99_ms,
+                            "sent": l.sent, "errors": l.errors}),
+            );
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -315,6 +414,10 @@ fn run() -> Result<()> {
         &record_nowhere,
     );
     envoy_config::add_variant(&mut bootstrap, "tg-jwt", &filter_wasm(), &jwt_only);
+    // The full policy, its records written ahead.
+    let mut ahead = policy();
+    ahead["recording"] = json!({"mode": "write_ahead"});
+    envoy_config::add_variant(&mut bootstrap, "tg-ahead", &filter_wasm(), &ahead);
     // A repeated forged token, refused: with the cache of refused tokens
     // (the default) and without it (each request a signature check).
     let mut no_negative_cache = jwt_only.clone();
@@ -334,11 +437,19 @@ fn run() -> Result<()> {
     let jwt_port = envoy.listener_port("tg-jwt")?;
     let forged_port = envoy.listener_port("tg-forged")?;
     let forged_nocache_port = envoy.listener_port("tg-forged-nocache")?;
+    let ahead_port = envoy.listener_port("tg-ahead")?;
 
     // Warm up (JWKS fetch, token cache, connections), and check both work.
     let warm = dir.join("warm.json");
     std::fs::write(&warm, body(1))?;
-    for port in [with, without, record_port, nowhere_port, jwt_port] {
+    for port in [
+        with,
+        without,
+        record_port,
+        nowhere_port,
+        jwt_port,
+        ahead_port,
+    ] {
         let r = wrk(&dir, port, &warm, &token, 1, 2)?;
         if r.errors > 0 || r.rps == 0.0 {
             bail!(
@@ -353,13 +464,19 @@ fn run() -> Result<()> {
         plan.connections, plan.seconds, plan.rounds
     );
     println!();
-    println!("| body | passthrough req/s | tracegate req/s | ratio | p50 passthrough | p50 tracegate | p50 added | p99 passthrough | p99 tracegate |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| body | passthrough req/s | tracegate req/s | ratio | p50 passthrough | p50 tracegate | p50 added | p99 passthrough | p99 tracegate | errors passthrough | errors tracegate |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     let mut rows = Vec::new();
     for &kb in &plan.sizes_kb {
         let file = dir.join(format!("body-{kb}k.json"));
         std::fs::write(&file, body(kb))?;
         let (mut a, mut b) = (Vec::new(), Vec::new());
+        // Errors are reported in the row (a row with errors misses its
+        // target), not a reason to stop.
+        let codes_before = (
+            Codes::read(&envoy, "passthrough"),
+            Codes::read(&envoy, "llm_ingress"),
+        );
         for _ in 0..plan.rounds {
             a.push(wrk(
                 &dir,
@@ -378,25 +495,48 @@ fn run() -> Result<()> {
                 plan.connections,
             )?);
         }
-        let errors: u64 = a.iter().chain(&b).map(|r| r.errors).sum();
-        if errors > 0 {
-            bail!("{errors} failed requests at {kb} KB: {a:?} {b:?}");
-        }
+        let codes_a = Codes::read(&envoy, "passthrough").since(codes_before.0);
+        let codes_b = Codes::read(&envoy, "llm_ingress").since(codes_before.1);
+        let connection = |runs: &[Run]| -> u64 { runs.iter().map(|r| r.errors - r.non2xx).sum() };
+        let (errors_a, errors_b) = (
+            codes_a.errors(connection(&a)),
+            codes_b.errors(connection(&b)),
+        );
         let m = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
         let (rps_a, rps_b) = (m(&a, |r| r.rps), m(&b, |r| r.rps));
         let (p50_a, p50_b) = (m(&a, |r| r.p50_ms), m(&b, |r| r.p50_ms));
         let (p99_a, p99_b) = (m(&a, |r| r.p99_ms), m(&b, |r| r.p99_ms));
         println!(
-            "| {kb} KB | {rps_a:.0} | {rps_b:.0} | {:.0} % | {p50_a:.2} ms | {p50_b:.2} ms | {:.2} ms | {p99_a:.2} ms | {p99_b:.2} ms |",
+            "| {kb} KB | {rps_a:.0} | {rps_b:.0} | {:.0} % | {p50_a:.2} ms | {p50_b:.2} ms | {:.2} ms | {p99_a:.2} ms | {p99_b:.2} ms | {errors_a} | {errors_b} |",
             rps_b / rps_a * 100.0,
             p50_b - p50_a
         );
         rows.push(
-            json!({"body_kb": kb, "passthrough": {"rps": rps_a, "p50_ms": p50_a, "p99_ms": p99_a},
-                         "tracegate": {"rps": rps_b, "p50_ms": p50_b, "p99_ms": p99_b},
-                         "throughput_ratio": rps_b / rps_a, "p50_added_ms": p50_b - p50_a}),
+            json!({"body_kb": kb, "passthrough": {"rps": rps_a, "p50_ms": p50_a, "p99_ms": p99_a,
+                                                  "errors": errors_a, "2xx": codes_a.c2xx},
+                         "tracegate": {"rps": rps_b, "p50_ms": p50_b, "p99_ms": p99_b,
+                                       "errors": errors_b, "2xx": codes_b.c2xx,
+                                       "4xx": codes_b.c4xx, "5xx": codes_b.c5xx},
+                         "throughput_ratio": rps_b / rps_a, "p50_added_ms": p50_b - p50_a,
+                         "clean": errors_a == "none" && errors_b == "none"}),
         );
     }
+
+    let capacity_4k = rows
+        .iter()
+        .find(|r| r["body_kb"] == 4)
+        .and_then(|r| r["passthrough"]["rps"].as_f64())
+        .unwrap_or(1000.0);
+    let latency = fixed_rate_latency(
+        &[
+            ("passthrough", without),
+            ("tracegate (records async)", with),
+            ("tracegate (records written ahead)", ahead_port),
+        ],
+        &token,
+        capacity_4k,
+        &plan,
+    )?;
 
     // Where the cost goes, at 4 KB: each variant adds one part of the policy.
     let file = dir.join("body-4k.json");
@@ -524,6 +664,7 @@ fn run() -> Result<()> {
                  "connections": plan.connections, "smoke": smoke},
         "load": rows,
         "breakdown_4kb": breakdown,
+        "latency_4kb_fixed_rate": latency,
         "forged_token_4kb": forged_rows,
         "stream": stream_report,
         "memory": {"envoy_rss_without_kb": rss_without, "envoy_rss_with_kb": rss_with,

@@ -1,0 +1,148 @@
+//! Latency at a fixed request rate (open loop): requests are due every
+//! 1/rate seconds whether or not earlier ones were answered, and each
+//! latency counts from when its request was due, so a stall shows in every
+//! request it delays (no coordinated omission, unlike a closed loop such as
+//! wrk's).
+
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub sent: usize,
+    /// Answers other than 200, and failed connections.
+    pub errors: usize,
+}
+
+/// `rate` requests per second for `seconds`, over up to `connections`
+/// keep-alive connections (enough that none waits for a free one at the
+/// rates used).
+pub fn run(
+    port: u16,
+    request: &[u8],
+    rate: f64,
+    seconds: f64,
+    connections: usize,
+) -> Result<Latency> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(schedule(port, request.to_vec(), rate, seconds, connections))
+}
+
+async fn schedule(
+    port: u16,
+    request: Vec<u8>,
+    rate: f64,
+    seconds: f64,
+    connections: usize,
+) -> Result<Latency> {
+    let n = (rate * seconds) as usize;
+    let (tx, rx) = mpsc::unbounded_channel::<Instant>();
+    let rx = Arc::new(Mutex::new(rx));
+    let request = Arc::new(request);
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (rx, request) = (rx.clone(), request.clone());
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            let mut conn: Option<BufReader<TcpStream>> = None;
+            loop {
+                let Some(due) = rx.lock().await.recv().await else {
+                    return results;
+                };
+                let ok = exchange(&mut conn, port, &request).await.is_ok();
+                if !ok {
+                    conn = None;
+                }
+                results.push((due.elapsed(), ok));
+            }
+        }));
+    }
+    let start = Instant::now() + Duration::from_millis(50);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    for i in 0..n {
+        let due = start + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        tx.send(due).context("workers gone")?;
+    }
+    drop(tx);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await?);
+    }
+    let errors = all.iter().filter(|(_, ok)| !ok).count();
+    let mut ms: Vec<f64> = all.iter().map(|(d, _)| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)));
+    Ok(Latency {
+        p50_ms: at(0.5).copied().unwrap_or(0.0),
+        p99_ms: at(0.99).copied().unwrap_or(0.0),
+        max_ms: ms.last().copied().unwrap_or(0.0),
+        sent: all.len(),
+        errors,
+    })
+}
+
+/// One request on a keep-alive HTTP/1.1 connection (opened if needed); the
+/// answer read whole (it must have a content-length).
+async fn exchange(
+    conn: &mut Option<BufReader<TcpStream>>,
+    port: u16,
+    request: &[u8],
+) -> Result<()> {
+    if conn.is_none() {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        *conn = Some(BufReader::new(tcp));
+    }
+    let Some(c) = conn.as_mut() else {
+        bail!("no connection");
+    };
+    c.get_mut().write_all(request).await?;
+    let mut line = String::new();
+    c.read_line(&mut line).await?;
+    let ok = line.starts_with("HTTP/1.1 200");
+    let mut length = None;
+    loop {
+        line.clear();
+        if c.read_line(&mut line).await? == 0 {
+            bail!("connection closed");
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let length = length.context("an answer without content-length")?;
+    let mut body = vec![0; length];
+    c.read_exact(&mut body).await?;
+    if !ok {
+        bail!("not 200");
+    }
+    Ok(())
+}
+
+/// The request bytes: a chat completion POST with this body and token.
+pub fn request(body: &[u8], token: &str, reply: &str) -> Vec<u8> {
+    let mut r = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nauthorization: Bearer {token}\r\nx-test-reply: {reply}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
