@@ -1,0 +1,35 @@
+//! The session list (`tracegate sessions`).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use super::time;
+use crate::ledger::index::SessionSummary;
+use crate::term::Safe;
+
+/// One row per session and caller (`replay SESSION --caller CALLER` shows
+/// that row's exchanges).
+pub fn write_sessions(
+    out: &mut impl Write,
+    sessions: &BTreeMap<(String, String), SessionSummary>,
+) -> io::Result<()> {
+    let mut rows: Vec<_> = sessions.iter().collect();
+    rows.sort_by_key(|(key, row)| (row.first_unix_nanos, *key));
+    writeln!(
+        out,
+        "{:<40} {:<40} {:<24} {:<24} {:>9}",
+        "SESSION", "CALLER", "FIRST", "LAST", "EXCHANGES"
+    )?;
+    for ((id, caller), row) in rows {
+        writeln!(
+            out,
+            "{:<40} {:<40} {:<24} {:<24} {:>9}",
+            Safe(id).to_string(),
+            Safe(caller).to_string(),
+            time(row.first_unix_nanos),
+            time(row.last_unix_nanos),
+            row.exchanges
+        )?;
+    }
+    Ok(())
+}
