@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracegate_collector::caller::Caller;
 use tracegate_collector::config::ServeConfig;
+use tracegate_collector::ledger::caller::Caller;
 use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
@@ -334,7 +334,7 @@ fn run(cli: Cli) -> Result<i32> {
             warn(&reader);
             if records.is_empty() {
                 let of = caller
-                    .map(|c| format!(" of caller {}", Safe(&c.key())))
+                    .map(|c| format!(" of caller {}", Safe(&view::caller::key(&c))))
                     .unwrap_or_default();
                 bail!(
                     "no exchanges recorded for session {}{of} in {}",
@@ -412,7 +412,7 @@ fn seal_key(layout: &Layout, key: Option<&Path>) -> Result<ed25519_dalek::Signin
 }
 
 fn parse_caller(s: &str) -> Result<Caller, String> {
-    Caller::parse(s).map_err(|e| e.to_string())
+    view::caller::parse(s).map_err(|e| e.to_string())
 }
 
 /// `64MiB`, `10GB`, `4096`.

@@ -8,9 +8,11 @@
 //! - `keys`: the seal key pair as PEM.
 //! - `layout`: the files of a data directory.
 //! - `writer`: the one writer: recovery, group commit, roll, seal, retention.
+//! - `caller`: whose session a record is in (stored in the indexes).
 //! - `index`, `read`: session look-ups and export without the lock.
 //! - `verify`: the auditor's check.
 
+pub mod caller;
 pub mod frame;
 pub mod index;
 pub mod keys;

@@ -228,7 +228,7 @@ impl Ledger {
             tip = scan.tip();
             let last_time = scan.frames.last().map_or(0, |f| f.unix_nanos);
             if is_sealed {
-                write_index(&layout, &index)?;
+                index.store(&layout)?;
                 sealed.push_back(Sealed {
                     number: n,
                     bytes: len,
@@ -470,7 +470,7 @@ impl Ledger {
         let text = seal.sign(&self.key);
         write_atomic(&self.layout.seal(o.number), text.as_bytes(), true)?;
         self.last_seal = seal::seal_hash(&text);
-        write_index(&self.layout, &o.index)?;
+        o.index.store(&self.layout)?;
         self.sealed.push_back(Sealed {
             number: o.number,
             bytes: o.len,
@@ -602,12 +602,6 @@ fn create_segment(layout: &Layout, number: u64, first_seq: u64, prev: Hash) -> R
         last_time: 0,
         index: SegmentIndex::new(number),
     })
-}
-
-fn write_index(layout: &Layout, index: &SegmentIndex) -> Result<()> {
-    let json = serde_json::to_vec(index)?;
-    // Not fsynced: an index is rebuilt from its segment at every start.
-    write_atomic(&layout.index(index.segment), &json, false)
 }
 
 /// Writes (once) what was found damaged in a segment, for the operator.

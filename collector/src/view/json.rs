@@ -9,8 +9,8 @@ use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::Phase;
 use tracegate_proto::v1::{Approval, Body, Identity, Inspection, Record};
 
-use super::{answered_by, answered_by_name, time, upstream_name, upstream_saw};
-use crate::caller::Caller;
+use super::{answered_by, answered_by_name, caller, time, upstream_name, upstream_saw};
+use crate::ledger::caller::Caller;
 use crate::term;
 
 pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
@@ -27,7 +27,7 @@ pub fn write_json_lines(out: &mut impl Write, records: &[Record]) -> io::Result<
 struct RecordJson<'a> {
     record_id: &'a str,
     session_id: &'a str,
-    /// `Caller::key`: whose session this record is in.
+    /// `caller::key`: whose session this record is in.
     caller: String,
     request_id: &'a str,
     request_start: String,
@@ -218,7 +218,7 @@ fn record_json(r: &Record) -> RecordJson<'_> {
     RecordJson {
         record_id: &r.record_id,
         session_id: &r.session_id,
-        caller: Caller::of(r).key(),
+        caller: caller::key(&Caller::of(r)),
         request_id: &r.request_id,
         request_start: time(r.request_start_unix_nanos),
         response_start: time(r.response_start_unix_nanos),

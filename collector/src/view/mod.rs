@@ -6,8 +6,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
 use tracegate_proto::v1::Record;
 
-use crate::caller::Caller;
+use crate::ledger::caller::Caller;
 
+pub mod caller;
 mod json;
 mod sessions;
 mod timeline;

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use super::time;
+use super::{caller, time};
+use crate::ledger::caller::Caller;
 use crate::ledger::index::SessionSummary;
 use crate::term::Safe;
 
@@ -11,9 +12,18 @@ use crate::term::Safe;
 /// that row's exchanges).
 pub fn write_sessions(
     out: &mut impl Write,
-    sessions: &BTreeMap<(String, String), SessionSummary>,
+    sessions: &BTreeMap<(String, Caller), SessionSummary>,
 ) -> io::Result<()> {
-    let mut rows: Vec<_> = sessions.iter().collect();
+    // Rows are per printed caller: callers that print alike (possible only
+    // with an issuer holding `|`) share one.
+    let mut printed: BTreeMap<(&str, String), SessionSummary> = BTreeMap::new();
+    for ((id, c), row) in sessions {
+        printed
+            .entry((id.as_str(), caller::key(c)))
+            .or_default()
+            .merge(row);
+    }
+    let mut rows: Vec<_> = printed.iter().collect();
     rows.sort_by_key(|(key, row)| (row.first_unix_nanos, *key));
     writeln!(
         out,

@@ -138,10 +138,59 @@ fn json_lines_stay_json_and_inert() {
 #[test]
 fn the_session_list_is_inert() {
     let mut sessions = BTreeMap::new();
-    sessions.insert((evil(), evil()), SessionSummary::default());
+    let caller = Caller::Verified {
+        issuer: evil(),
+        subject: evil(),
+    };
+    sessions.insert((evil(), caller), SessionSummary::default());
     let mut out = Vec::new();
     write_sessions(&mut out, &sessions).unwrap();
     assert_inert(&out);
+}
+
+#[test]
+fn sessions_are_listed_by_first_time_then_as_printed() {
+    let at = |t: i64| SessionSummary {
+        first_unix_nanos: t,
+        last_unix_nanos: t,
+        exchanges: 1,
+    };
+    let verified = |sub: &str| Caller::Verified {
+        issuer: "https://idp".into(),
+        subject: sub.into(),
+    };
+    let sessions: BTreeMap<(String, Caller), SessionSummary> = [
+        (("s".into(), Caller::Rejected), at(1)),
+        (("s".into(), verified("bob")), at(1)),
+        (("s".into(), Caller::Anonymous), at(1)),
+        (("r".into(), verified("alice")), at(2)),
+        (("a".into(), verified("alice")), at(3)),
+    ]
+    .into_iter()
+    .collect();
+    let mut out = Vec::new();
+    write_sessions(&mut out, &sessions).unwrap();
+    let rows: Vec<(String, String)> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let session = words.next().unwrap_or_default().to_string();
+            (session, words.next().unwrap_or_default().to_string())
+        })
+        .collect();
+    let row = |s: &str, c: &str| (s.to_string(), c.to_string());
+    assert_eq!(
+        rows,
+        [
+            row("s", "anonymous"),
+            row("s", "https://idp|bob"),
+            row("s", "rejected"),
+            row("r", "https://idp|alice"),
+            row("a", "https://idp|alice"),
+        ]
+    );
 }
 
 #[test]
@@ -163,7 +212,10 @@ fn callers_of_one_session_are_kept_apart() {
         with("bob", 3),
         with("", 4),
     ]);
-    let keys: Vec<(String, usize)> = groups.iter().map(|(c, rs)| (c.key(), rs.len())).collect();
+    let keys: Vec<(String, usize)> = groups
+        .iter()
+        .map(|(c, rs)| (caller::key(c), rs.len()))
+        .collect();
     assert_eq!(
         keys,
         [

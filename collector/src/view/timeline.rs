@@ -5,8 +5,8 @@ use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
 use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, Record};
 
-use super::{answered_by, answered_by_name, millis, time, upstream_saw};
-use crate::caller::Caller;
+use super::{answered_by, answered_by_name, caller, millis, time, upstream_saw};
+use crate::ledger::caller::Caller;
 use crate::term::Safe;
 
 /// Bodies longer than this are cut in the readable timeline (never in --json).
@@ -25,7 +25,7 @@ pub fn write_timeline(
         out,
         "session {} (caller {}): {} exchanges",
         Safe(session),
-        Safe(&caller.key()),
+        Safe(&caller::key(caller)),
         records.len()
     )?;
     for (i, r) in records.iter().enumerate() {
