@@ -1,5 +1,5 @@
-//! The one writer of a data directory: recovery at start-up, group commit,
-//! segment roll and seal, retention, and the signed HEAD.
+//! The one writer of a data directory: group commit, segment roll and seal,
+//! retention, and the signed HEAD, after recovery at start-up (`recover`).
 //!
 //! Durability rule: `append` returns only after the batch's frames are
 //! written with one `write` and made durable with one `fdatasync`; only then
@@ -12,15 +12,16 @@ use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 use tracegate_proto::v1::ledger_entry::Entry;
 use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record, RejectedRecord, Retention};
 
-use super::frame::{self, Ending, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::frame::{self, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::index::SegmentIndex;
 use super::layout::{sync_dir, write_atomic, Layout};
 use super::merkle::{self, leaf_hash};
+use super::recover::{self, Resumable, Sealed};
 use super::seal::{self, Head, Seal};
 use super::Hash;
 
@@ -73,13 +74,6 @@ struct OpenSegment {
     index: SegmentIndex,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Sealed {
-    number: u64,
-    bytes: u64,
-    last_time: i64,
-}
-
 pub struct Ledger {
     layout: Layout,
     key: SigningKey,
@@ -121,170 +115,32 @@ enum Indexed<'a> {
 }
 
 impl Ledger {
-    /// Opens (creating if needed) a data directory for writing, after
-    /// recovering it: takes the lock, cuts a torn tail off the open segment,
-    /// reports and quarantines corruption (never cutting it), and rebuilds the
-    /// indexes and the set of record ids from the segments.
+    /// Opens (creating if needed) a data directory for writing: takes its
+    /// lock, recovers it (`recover`: torn tail cut, corruption quarantined,
+    /// record ids and indexes rebuilt), then continues the last segment or
+    /// starts a new one.
     pub fn open(layout: Layout, key: SigningKey, opts: Options) -> Result<Ledger> {
-        std::fs::create_dir_all(&layout.root)
-            .with_context(|| format!("creating {}", layout.root.display()))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(layout.lock())?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "{} is in use by another tracegate server",
-                layout.root.display()
-            );
-        }
-        if layout.root.join("records.log").exists() {
-            bail!(
-                "{} holds records.log from tracegate before 0.4 (unsigned); move it away or use another --data",
-                layout.root.display()
-            );
-        }
-        layout.create_dirs()?;
-
-        let mut findings = Vec::new();
-        let mut ids = HashSet::new();
-        let mut approval_events = Vec::new();
-        let mut sealed = VecDeque::new();
-        let seals: HashSet<u64> = layout.seals()?.into_iter().collect();
-        let numbers = layout.segments()?;
-        let mut tip: (u64, Hash) = (1, [0; 32]);
-        let mut reopen: Option<OpenSegment> = None;
-        for (i, &n) in numbers.iter().enumerate() {
-            let path = layout.segment(n);
-            let name = layout.show(&path);
-            let mut bytes = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .with_context(|| format!("reading {}", path.display()))?;
-            let scan = match frame::scan(&bytes) {
-                Ok(s) => s,
-                Err(why) => {
-                    let msg = format!("{name}: {why}; segment not used");
-                    quarantine(&layout, n, &msg)?;
-                    findings.push(msg);
-                    continue;
-                }
-            };
-            let is_last = i + 1 == numbers.len();
-            let is_sealed = seals.contains(&n);
-            let mut index = SegmentIndex::new(n);
-            for f in &scan.frames {
-                match LedgerEntry::decode(&bytes[f.payload.clone()])
-                    .ok()
-                    .and_then(|e| e.entry)
-                {
-                    Some(Entry::Record(r)) => {
-                        index.add(&r, f.offset as u64);
-                        ids.insert(r.record_id);
-                    }
-                    Some(Entry::Approval(ev)) => {
-                        index.add_approval(&ev.approval_id, f.offset as u64);
-                        approval_events.push(ev);
-                    }
-                    _ => {}
-                }
-            }
-            for c in &scan.corrupt {
-                let msg = format!(
-                    "{name}: corrupt bytes at offset {} ({}), intact frames resume at {}; kept as they are",
-                    c.offset, c.why, c.resumes_at
-                );
-                findings.push(msg);
-            }
-            for l in &scan.links {
-                findings.push(format!("{name}: offset {}: {}", l.offset, l.what));
-            }
-            if !scan.corrupt.is_empty() {
-                quarantine(
-                    &layout,
-                    n,
-                    &findings[findings.len() - scan.corrupt.len() - scan.links.len()..].join("\n"),
-                )?;
-            }
-            let mut len = bytes.len() as u64;
-            if let Ending::TornTail { offset } = scan.ending {
-                if is_last && !is_sealed && scan.corrupt.is_empty() {
-                    // An interrupted append: never acknowledged, safe to cut.
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    f.set_len(offset as u64)?;
-                    f.sync_all()?;
-                    findings.push(format!(
-                        "{name}: cut {} bytes of an interrupted write at offset {offset}",
-                        bytes.len() - offset
-                    ));
-                    len = offset as u64;
-                } else {
-                    findings.push(format!(
-                        "{name}: ends in a partial frame at offset {offset}; kept as it is"
-                    ));
-                }
-            }
-            tip = scan.tip();
-            let last_time = scan.frames.last().map_or(0, |f| f.unix_nanos);
-            if is_sealed {
-                index.store(&layout)?;
-                sealed.push_back(Sealed {
-                    number: n,
-                    bytes: len,
-                    last_time,
-                });
-            } else if is_last && scan.corrupt.is_empty() {
-                let file = OpenOptions::new().append(true).open(&path)?;
-                reopen = Some(OpenSegment {
-                    number: n,
-                    file,
-                    len,
-                    first_seq: scan.header.first_seq,
-                    opened_unix_nanos: scan.frames.first().map_or(now_nanos(), |f| f.unix_nanos),
-                    leaves: scan.leaves.clone(),
-                    first_time: scan.frames.first().map_or(0, |f| f.unix_nanos),
-                    last_time,
-                    index,
-                });
-            } else if !scan.corrupt.is_empty() {
-                // Damaged: never written again; appends go to a new segment.
-            } else {
-                findings.push(format!(
-                    "{name}: closed segment without a seal (seal deleted, or damage)"
-                ));
-            }
-        }
-        let last_seal = match layout.seals()?.last() {
-            Some(&n) => {
-                let text = std::fs::read_to_string(layout.seal(n))?;
-                seal::seal_hash(&text)
-            }
-            None => [0; 32],
-        };
-        let (next_seq, chain) = tip;
-        let open = match reopen {
-            Some(o) => o,
-            None => {
-                let number = numbers.last().map_or(1, |n| n + 1);
-                create_segment(&layout, number, next_seq, chain)?
-            }
+        let lock = lock(&layout)?;
+        let found = recover::recover(&layout)?;
+        let open = match found.resume {
+            Some(last) => OpenSegment::resume(&layout, last)?,
+            None => OpenSegment::create(&layout, found.next_segment, found.next_seq, found.chain)?,
         };
         Ok(Ledger {
             layout,
             key,
             opts,
             open,
-            next_seq,
-            chain,
-            last_seal,
-            ids,
-            sealed,
+            next_seq: found.next_seq,
+            chain: found.chain,
+            last_seal: found.last_seal,
+            ids: found.ids,
+            sealed: found.sealed,
             head_written: None,
             head_seq: 0,
             retention_checked: Instant::now(),
-            findings,
-            approval_events,
+            findings: found.findings,
+            approval_events: found.approval_events,
             _lock: lock,
         })
     }
@@ -478,7 +334,7 @@ impl Ledger {
         });
         let next_number = o.number + 1;
         self.write_head(true)?;
-        let next = create_segment(&self.layout, next_number, self.next_seq, self.chain)?;
+        let next = OpenSegment::create(&self.layout, next_number, self.next_seq, self.chain)?;
         self.open = next;
         self.open.opened_unix_nanos = now;
         self.apply_retention(now)
@@ -579,40 +435,74 @@ impl Ledger {
     }
 }
 
-fn create_segment(layout: &Layout, number: u64, first_seq: u64, prev: Hash) -> Result<OpenSegment> {
-    let header = SegmentHeader {
-        segment: number,
-        first_seq,
-        prev_chain: prev,
-    };
-    let path = layout.segment(number);
-    write_atomic(&path, &header.encode(), true)?;
-    let file = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    Ok(OpenSegment {
-        number,
-        file,
-        len: SEGMENT_HEADER_LEN as u64,
-        first_seq,
-        opened_unix_nanos: now_nanos(),
-        leaves: Vec::new(),
-        first_time: 0,
-        last_time: 0,
-        index: SegmentIndex::new(number),
-    })
+/// Makes the data directory if needed and takes its lock (held while the
+/// returned file is open): one server per directory.
+fn lock(layout: &Layout) -> Result<File> {
+    std::fs::create_dir_all(&layout.root)
+        .with_context(|| format!("creating {}", layout.root.display()))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(layout.lock())?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "{} is in use by another tracegate server",
+            layout.root.display()
+        );
+    }
+    if layout.root.join("records.log").exists() {
+        bail!(
+            "{} holds records.log from tracegate before 0.4 (unsigned); move it away or use another --data",
+            layout.root.display()
+        );
+    }
+    layout.create_dirs()?;
+    Ok(lock)
 }
 
-/// Writes (once) what was found damaged in a segment, for the operator.
-fn quarantine(layout: &Layout, n: u64, what: &str) -> Result<()> {
-    let path = layout.quarantine(n);
-    if path.exists() {
-        return Ok(());
+impl OpenSegment {
+    /// Starts segment `number`: its header, made durable.
+    fn create(layout: &Layout, number: u64, first_seq: u64, prev: Hash) -> Result<OpenSegment> {
+        let header = SegmentHeader {
+            segment: number,
+            first_seq,
+            prev_chain: prev,
+        };
+        let path = layout.segment(number);
+        write_atomic(&path, &header.encode(), true)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(OpenSegment {
+            number,
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+            first_seq,
+            opened_unix_nanos: now_nanos(),
+            leaves: Vec::new(),
+            first_time: 0,
+            last_time: 0,
+            index: SegmentIndex::new(number),
+        })
     }
-    let text = format!(
-        "found at start-up, {}:\n{what}\nThe segment is kept unchanged and no longer written; `tracegate verify` reports it.\n",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-    );
-    write_atomic(&path, text.as_bytes(), true)
+
+    /// Continues the segment recovery found open.
+    fn resume(layout: &Layout, last: Resumable) -> Result<OpenSegment> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(layout.segment(last.number))?;
+        Ok(OpenSegment {
+            number: last.number,
+            file,
+            len: last.len,
+            first_seq: last.first_seq,
+            opened_unix_nanos: last.first_time.unwrap_or_else(now_nanos),
+            leaves: last.leaves,
+            first_time: last.first_time.unwrap_or(0),
+            last_time: last.last_time,
+            index: last.index,
+        })
+    }
 }
