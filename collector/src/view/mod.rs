@@ -1,21 +1,23 @@
-//! How records are shown: a readable timeline (`timeline`), JSON lines
-//! (`json`), the session list (`sessions`). Every text that comes from a
-//! record is printed through `term::Safe`.
+//! What the CLI prints: a session replayed (`replay`: a readable timeline
+//! per caller, `timeline`, or JSON lines, `json`), the session list
+//! (`sessions`), a caller as text (`caller`), and the reports of `verify`,
+//! `certs` and `keygen` (`report`). Every text that comes from a record is
+//! printed through `term::Safe`.
 
 use std::time::{Duration, UNIX_EPOCH};
-use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
+use tracegate_proto::v1::record::{AnsweredBy, UpstreamSaw};
 use tracegate_proto::v1::Record;
-
-use crate::ledger::caller::Caller;
 
 pub mod caller;
 mod json;
+mod replay;
+pub mod report;
 mod sessions;
 mod timeline;
 
 pub use json::write_json_lines;
+pub use replay::{approvals_named, fold_written_ahead, write_replay};
 pub use sessions::write_sessions;
-pub use timeline::write_timeline;
 
 fn time(unix_nanos: i64) -> String {
     if unix_nanos <= 0 {
@@ -27,36 +29,6 @@ fn time(unix_nanos: i64) -> String {
 
 fn millis(micros: u64) -> String {
     format!("{:.1} ms", micros as f64 / 1000.0)
-}
-
-/// The records of one session, caller by caller (callers in the order of
-/// their first exchange, each caller's records in the order given): one
-/// caller's exchanges are never shown among another's.
-pub fn by_caller(records: Vec<Record>) -> Vec<(Caller, Vec<Record>)> {
-    let mut groups: Vec<(Caller, Vec<Record>)> = Vec::new();
-    for r in records {
-        let caller = Caller::of(&r);
-        match groups.iter_mut().find(|(c, _)| *c == caller) {
-            Some((_, rs)) => rs.push(r),
-            None => groups.push((caller, vec![r])),
-        }
-    }
-    groups
-}
-
-/// The exchanges of a session as shown: a record written ahead
-/// (`recording.mode: write_ahead`) is folded into the record that completes
-/// it; one never completed (the proxy stopped mid-exchange) stays, marked.
-pub fn fold_written_ahead(records: Vec<Record>) -> Vec<Record> {
-    let completed: std::collections::HashSet<String> = records
-        .iter()
-        .filter(|r| !r.request_record_id.is_empty())
-        .map(|r| r.request_record_id.clone())
-        .collect();
-    records
-        .into_iter()
-        .filter(|r| !(r.phase() == Phase::Request && completed.contains(&r.record_id)))
-        .collect()
 }
 
 /// What the record says the upstream saw, when it says it.

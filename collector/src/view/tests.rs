@@ -7,7 +7,10 @@ use tracegate_proto::v1::{
     Approval, ApprovalEvent, Approver, Body, Identity, Inspection, Record, RuleMatch,
 };
 
+use super::replay::by_caller;
+use super::timeline::write_timeline;
 use super::*;
+use crate::ledger::caller::Caller;
 use crate::ledger::index::SessionSummary;
 use crate::term::is_unsafe;
 
