@@ -102,6 +102,18 @@ pub fn now_nanos() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// Frames encoded for one write, and what the state becomes once they are
+/// durable.
+struct Batch {
+    bytes: Vec<u8>,
+    /// Sequence number and chain hash after the last frame.
+    seq: u64,
+    chain: Hash,
+    leaves: Vec<Hash>,
+    /// Offset of each frame in the segment.
+    offsets: Vec<u64>,
+}
+
 /// One entry about to be written, and what the session index learns of it.
 struct Pending<'a> {
     payload: Vec<u8>,
@@ -218,30 +230,58 @@ impl Ledger {
         {
             self.roll(now)?;
         }
-        let mut buf = Vec::with_capacity(size as usize);
-        let mut seq = self.next_seq;
-        let mut chain = self.chain;
-        let mut leaves = Vec::with_capacity(pending.len());
-        let mut offsets = Vec::with_capacity(pending.len());
-        for p in &pending {
-            offsets.push(self.open.len + buf.len() as u64);
-            // One SHA-256 of the payload: the leaf serves the chain and,
-            // at the seal, the Merkle root.
-            let leaf = leaf_hash(&p.payload);
-            chain = frame::encode_frame_into(&mut buf, seq, now, &p.payload, &leaf, &chain);
-            leaves.push(leaf);
-            seq += 1;
-        }
+        let batch = self.encode(&pending, now, size as usize);
         self.open
             .file
-            .write_all(&buf)
+            .write_all(&batch.bytes)
             .context("writing to the open segment")?;
         self.open
             .file
             .sync_data()
             .context("fdatasync of the open segment")?;
         // Durable: now the state may move on.
-        for (p, offset) in pending.iter().zip(offsets) {
+        self.advance(&pending, batch, now);
+        if self
+            .head_written
+            .is_none_or(|at| at.elapsed() >= HEAD_INTERVAL)
+        {
+            self.write_head(false)?;
+        }
+        Ok(())
+    }
+
+    /// The frames of `pending`, continuing the sequence and the chain.
+    fn encode(&self, pending: &[Pending<'_>], now: i64, size: usize) -> Batch {
+        let mut batch = Batch {
+            bytes: Vec::with_capacity(size),
+            seq: self.next_seq,
+            chain: self.chain,
+            leaves: Vec::with_capacity(pending.len()),
+            offsets: Vec::with_capacity(pending.len()),
+        };
+        for p in pending {
+            batch.offsets.push(self.open.len + batch.bytes.len() as u64);
+            // One SHA-256 of the payload: the leaf serves the chain and,
+            // at the seal, the Merkle root.
+            let leaf = leaf_hash(&p.payload);
+            batch.chain = frame::encode_frame_into(
+                &mut batch.bytes,
+                batch.seq,
+                now,
+                &p.payload,
+                &leaf,
+                &batch.chain,
+            );
+            batch.leaves.push(leaf);
+            batch.seq += 1;
+        }
+        batch
+    }
+
+    /// Takes a durable batch into the state: index, ids, leaves, sequence
+    /// and chain.
+    fn advance(&mut self, pending: &[Pending<'_>], batch: Batch, now: i64) {
+        for (p, offset) in pending.iter().zip(batch.offsets) {
             match p.indexed {
                 Indexed::Record(r) => {
                     self.open.index.add(r, offset);
@@ -255,17 +295,10 @@ impl Ledger {
             self.open.first_time = now;
         }
         self.open.last_time = now;
-        self.open.leaves.extend(leaves);
-        self.open.len += buf.len() as u64;
-        self.next_seq = seq;
-        self.chain = chain;
-        if self
-            .head_written
-            .is_none_or(|at| at.elapsed() >= HEAD_INTERVAL)
-        {
-            self.write_head(false)?;
-        }
-        Ok(())
+        self.open.leaves.extend(batch.leaves);
+        self.open.len += batch.bytes.len() as u64;
+        self.next_seq = batch.seq;
+        self.chain = batch.chain;
     }
 
     /// Appends approval events durably (one write, one fdatasync).
@@ -344,6 +377,24 @@ impl Ledger {
     /// signed retention entry is durable before any file goes. Segments go
     /// oldest first, so the deleted ones are always 1..=N.
     fn apply_retention(&mut self, now: i64) -> Result<()> {
+        let (victims, policy) = self.retention_victims(now);
+        let (Some(first), Some(last)) = (victims.first(), victims.last()) else {
+            return Ok(());
+        };
+        let statement = self.write_retention(last.number, policy, now)?;
+        self.delete(&victims)?;
+        eprintln!(
+            "tracegate: retention deleted segments {}..{} ({}); their seals are kept",
+            first.number,
+            last.number,
+            statement.lines().nth(2).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The oldest sealed segments the policy no longer keeps, and the
+    /// policy that ends the first of them.
+    fn retention_victims(&self, now: i64) -> (Vec<Sealed>, String) {
         let mut total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
         let mut victims = Vec::new();
         let mut policy = String::new();
@@ -366,15 +417,18 @@ impl Ledger {
             total -= s.bytes;
             victims.push(*s);
         }
-        let (Some(first), Some(last)) = (victims.first(), victims.last()) else {
-            return Ok(());
-        };
+        (victims, policy)
+    }
+
+    /// Writes the signed retention entry for segments 1..=`last`; returns
+    /// the statement signed.
+    fn write_retention(&mut self, last: u64, policy: String, now: i64) -> Result<String> {
         // Cumulative (always from segment 1): an earlier retention entry may
         // itself be in a segment deleted now, so the newest one must vouch
         // for every deletion so far.
         let mut retention = Retention {
             first_segment: 1,
-            last_segment: last.number,
+            last_segment: last,
             policy,
             unix_nanos: now,
             signature: Vec::new(),
@@ -389,7 +443,13 @@ impl Ledger {
             payload,
             indexed: Indexed::Nothing,
         }])?;
-        for v in &victims {
+        Ok(statement)
+    }
+
+    /// Deletes the victims' segments and indexes (the oldest sealed ones)
+    /// and stops tracking them.
+    fn delete(&mut self, victims: &[Sealed]) -> Result<()> {
+        for v in victims {
             for path in [self.layout.segment(v.number), self.layout.index(v.number)] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
@@ -401,14 +461,7 @@ impl Ledger {
             }
             self.sealed.pop_front();
         }
-        sync_dir(&self.layout.root.join("segments"))?;
-        eprintln!(
-            "tracegate: retention deleted segments {}..{} ({}); their seals are kept",
-            first.number,
-            last.number,
-            statement.lines().nth(2).unwrap_or_default()
-        );
-        Ok(())
+        sync_dir(&self.layout.root.join("segments"))
     }
 
     /// Rewrites HEAD: the last durable record, signed. `durable` also
