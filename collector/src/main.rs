@@ -311,7 +311,7 @@ fn cmd_verify(args: VerifyArgs) -> Result<i32> {
     let started = Instant::now();
     let report = verify::verify(&Layout::new(&args.data), &key)?;
     let secs = started.elapsed().as_secs_f64();
-    print!("{}", view::report::verified(&report, secs));
+    print!("{}", view::report::verify_report(&report, secs));
     Ok(if report.problems.is_empty() { 0 } else { 1 })
 }
 

@@ -8,7 +8,7 @@ use crate::ledger::verify::Report;
 
 /// `verify`'s report, a line each: every problem, the summary (`OK` or
 /// `FAILED`, what was checked, how fast), and the count of problems if any.
-pub fn verified(report: &Report, secs: f64) -> String {
+pub fn verify_report(report: &Report, secs: f64) -> String {
     let mut text = String::new();
     for p in &report.problems {
         let _ = writeln!(text, "PROBLEM {p}");

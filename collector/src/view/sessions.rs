@@ -30,12 +30,12 @@ pub fn write_sessions(
         "{:<40} {:<40} {:<24} {:<24} {:>9}",
         "SESSION", "CALLER", "FIRST", "LAST", "EXCHANGES"
     )?;
-    for ((id, caller), row) in rows {
+    for ((id, who), row) in rows {
         writeln!(
             out,
             "{:<40} {:<40} {:<24} {:<24} {:>9}",
             Safe(id).to_string(),
-            Safe(caller).to_string(),
+            Safe(who).to_string(),
             time(row.first_unix_nanos),
             time(row.last_unix_nanos),
             row.exchanges

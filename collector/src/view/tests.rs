@@ -228,3 +228,30 @@ fn callers_of_one_session_are_kept_apart() {
         ]
     );
 }
+
+#[test]
+fn the_verify_report_lists_problems_then_sums_up() {
+    use crate::ledger::verify::Report;
+    let ok = Report {
+        segments: 2,
+        sealed: 1,
+        entries: 10,
+        bytes: 2_000_000,
+        first_seq: Some(1),
+        last_seq: Some(10),
+        ..Report::default()
+    };
+    assert_eq!(
+        report::verify_report(&ok, 0.5),
+        "OK: 2 segments (1 sealed), 10 entries, sequence 1..10, 0 segments deleted by retention (seals checked); 2.0 MB in 0.50 s (4 MB/s)\n"
+    );
+    let failed = Report {
+        problems: vec!["a".into(), "b".into()],
+        ..Report::default()
+    };
+    let text = report::verify_report(&failed, 0.0);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..2], ["PROBLEM a", "PROBLEM b"]);
+    assert!(lines[2].starts_with("FAILED: 0 segments (0 sealed), 0 entries, no records,"));
+    assert_eq!(lines[3], "2 problems");
+}
