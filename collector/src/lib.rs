@@ -3,12 +3,11 @@
 //! approval service (`approvals`), `serve` tying them together (`server`)
 //! with its configuration file (`config`) and TLS (`tls`, `certs`), and the
 //! readable views the CLI prints (`view`, every text made terminal-safe by
-//! `term`; sessions kept per `caller`). The `tracegate` binary (main.rs) is
-//! the command line over these.
+//! `term`; sessions kept per `ledger::caller`). The `tracegate` binary
+//! (main.rs) is the command line over these.
 
 pub mod approvals;
 pub mod approvals_cli;
-pub mod caller;
 pub mod certs;
 pub mod commit;
 pub mod config;

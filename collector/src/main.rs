@@ -2,13 +2,14 @@
 //! its records.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracegate_collector::caller::Caller;
 use tracegate_collector::config::ServeConfig;
+use tracegate_collector::ledger::caller::Caller;
 use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
@@ -30,131 +31,155 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Receive records from tracegate filters over gRPC and store them durably.
-    Serve {
-        /// Data directory (created if missing; one server per directory).
-        #[arg(long)]
-        data: PathBuf,
-        /// gRPC listen address; port 0 picks a free port (the address is printed).
-        #[arg(long, default_value = "127.0.0.1:4317")]
-        grpc: SocketAddr,
-        /// Seal signing key (PEM, from `tracegate keygen`). Without it the
-        /// server makes DATA/seal.key on first start: convenient, but whoever
-        /// can write the data directory can then re-sign it.
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Seal the open segment and start another at this size.
-        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-        segment_size: u64,
-        /// ...or when its first record is this old.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        segment_age: Duration,
-        /// Delete sealed segments whose newest record is older than this (e.g. 90d).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        retain_age: Option<Duration>,
-        /// Delete the oldest sealed segments while the store is larger than this (e.g. 50GiB).
-        #[arg(long, value_parser = parse_size)]
-        retain_size: Option<u64>,
-        /// Configuration file (JSON): `tls` (client certificates required on
-        /// the gRPC port) and `approvers` (who may decide approvals).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Serve the approval service: the approvers' API here (e.g.
-        /// 127.0.0.1:4318; port 0 picks a free one), the filters' calls on
-        /// the gRPC port. Needs `approvers` in --config.
-        #[arg(long)]
-        approvals: Option<SocketAddr>,
-        /// POST a JSON notice to this URL for every new pending approval.
-        #[arg(long, requires = "approvals")]
-        approval_webhook: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Look at and decide approvals (talks to `serve --approvals`) with an
     /// approver's token.
-    Approvals {
-        /// The approval service.
-        #[arg(
-            long,
-            env = "TRACEGATE_APPROVALS",
-            default_value = "http://127.0.0.1:4318"
-        )]
-        server: String,
-        /// A file holding the approver's token (a JWT from the
-        /// organisation's issuer); wins over TRACEGATE_TOKEN.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// The approver's token itself.
-        #[arg(long, env = "TRACEGATE_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// CA certificate (PEM) to trust for an https service (e.g. the ca.pem
-        /// of `tracegate certs`).
-        #[arg(long, env = "TRACEGATE_CA")]
-        ca: Option<PathBuf>,
-        #[command(subcommand)]
-        command: ApprovalCommand,
-    },
+    Approvals(ApprovalsArgs),
     /// Make a private CA, the collector's certificate and a client certificate
     /// for gateways (DIR/ca.pem, ca.key, collector.pem, collector.key,
     /// gateway.pem, gateway.key); keeps an existing set.
-    Certs {
-        #[arg(long)]
-        out: PathBuf,
-        /// More DNS names or IP addresses for the collector's certificate
-        /// (it always holds tracegate-collector, localhost and 127.0.0.1).
-        #[arg(long = "name")]
-        names: Vec<String>,
-        /// Validity of the two certificates (the CA's: five times this).
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-    },
+    Certs(CertsArgs),
     /// Make a seal key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
-    Keygen {
-        #[arg(long, default_value = "tracegate-seal")]
-        out: PathBuf,
-    },
+    Keygen(KeygenArgs),
     /// Check every CRC, chain link, seal, signature and retention entry of a
     /// data directory; exit 1 on any problem.
-    Verify {
-        #[arg(long)]
-        data: PathBuf,
-        /// The seal public key (PEM). Keep your own copy: the one in the data
-        /// directory proves nothing against whoever can write there.
-        #[arg(long)]
-        pubkey: PathBuf,
-    },
+    Verify(VerifyArgs),
     /// Print one session's exchanges in order, caller by caller: callers
     /// who sent the same session id are never mixed.
-    Replay {
-        /// Session id (the session header's value, or the request id).
-        session: String,
-        #[arg(long)]
-        data: PathBuf,
-        /// Only this caller's exchanges, as `sessions` lists them:
-        /// ISSUER|SUBJECT (a verified token's), anonymous or rejected.
-        #[arg(long, value_parser = parse_caller)]
-        caller: Option<Caller>,
-        /// One JSON object per exchange instead of the readable timeline.
-        #[arg(long)]
-        json: bool,
-    },
+    Replay(ReplayArgs),
     /// List sessions per caller: session, caller, first and last time,
     /// exchange count.
-    Sessions {
-        #[arg(long)]
-        data: PathBuf,
-    },
+    Sessions(SessionsArgs),
     /// Write stored records to stdout.
-    Export {
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-        format: Format,
-        /// Records whose request started at or after this: RFC 3339 time
-        /// (2026-11-25T10:00:00Z) or a duration ago (2h).
-        #[arg(long, value_parser = parse_time)]
-        since: Option<i64>,
-        /// ...and before this.
-        #[arg(long, value_parser = parse_time)]
-        until: Option<i64>,
-    },
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Data directory (created if missing; one server per directory).
+    #[arg(long)]
+    data: PathBuf,
+    /// gRPC listen address; port 0 picks a free port (the address is printed).
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    grpc: SocketAddr,
+    /// Seal signing key (PEM, from `tracegate keygen`). Without it the
+    /// server makes DATA/seal.key on first start: convenient, but whoever
+    /// can write the data directory can then re-sign it.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Seal the open segment and start another at this size.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    segment_size: u64,
+    /// ...or when its first record is this old.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    segment_age: Duration,
+    /// Delete sealed segments whose newest record is older than this (e.g. 90d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retain_age: Option<Duration>,
+    /// Delete the oldest sealed segments while the store is larger than this (e.g. 50GiB).
+    #[arg(long, value_parser = parse_size)]
+    retain_size: Option<u64>,
+    /// Configuration file (JSON): `tls` (client certificates required on
+    /// the gRPC port) and `approvers` (who may decide approvals).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve the approval service: the approvers' API here (e.g.
+    /// 127.0.0.1:4318; port 0 picks a free one), the filters' calls on
+    /// the gRPC port. Needs `approvers` in --config.
+    #[arg(long)]
+    approvals: Option<SocketAddr>,
+    /// POST a JSON notice to this URL for every new pending approval.
+    #[arg(long, requires = "approvals")]
+    approval_webhook: Option<String>,
+}
+
+#[derive(Args)]
+struct ApprovalsArgs {
+    /// The approval service.
+    #[arg(
+        long,
+        env = "TRACEGATE_APPROVALS",
+        default_value = "http://127.0.0.1:4318"
+    )]
+    server: String,
+    /// A file holding the approver's token (a JWT from the
+    /// organisation's issuer); wins over TRACEGATE_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The approver's token itself.
+    #[arg(long, env = "TRACEGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for an https service (e.g. the ca.pem
+    /// of `tracegate certs`).
+    #[arg(long, env = "TRACEGATE_CA")]
+    ca: Option<PathBuf>,
+    #[command(subcommand)]
+    command: ApprovalCommand,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// More DNS names or IP addresses for the collector's certificate
+    /// (it always holds tracegate-collector, localhost and 127.0.0.1).
+    #[arg(long = "name")]
+    names: Vec<String>,
+    /// Validity of the two certificates (the CA's: five times this).
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    #[arg(long, default_value = "tracegate-seal")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[arg(long)]
+    data: PathBuf,
+    /// The seal public key (PEM). Keep your own copy: the one in the data
+    /// directory proves nothing against whoever can write there.
+    #[arg(long)]
+    pubkey: PathBuf,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Session id (the session header's value, or the request id).
+    session: String,
+    #[arg(long)]
+    data: PathBuf,
+    /// Only this caller's exchanges, as `sessions` lists them:
+    /// ISSUER|SUBJECT (a verified token's), anonymous or rejected.
+    #[arg(long, value_parser = parse_caller)]
+    caller: Option<Caller>,
+    /// One JSON object per exchange instead of the readable timeline.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SessionsArgs {
+    #[arg(long)]
+    data: PathBuf,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    format: Format,
+    /// Records whose request started at or after this: RFC 3339 time
+    /// (2026-11-25T10:00:00Z) or a duration ago (2h).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// ...and before this.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
 }
 
 #[derive(Subcommand)]
@@ -200,188 +225,138 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Serve {
-            data,
-            grpc,
-            key,
-            segment_size,
-            segment_age,
-            retain_age,
-            retain_size,
-            config,
-            approvals,
-            approval_webhook,
-        } => {
-            let config = match &config {
-                Some(path) => ServeConfig::load(path)?,
-                None => ServeConfig::default(),
-            };
-            let layout = Layout::new(&data);
-            let key = seal_key(&layout, key.as_deref())?;
-            let opts = Options {
-                segment_bytes: segment_size,
-                segment_age,
-                retain_age,
-                retain_bytes: retain_size,
-            };
-            let ledger = Ledger::open(layout, key, opts)?;
-            for finding in &ledger.findings {
-                eprintln!("tracegate: recovery: {finding}");
-            }
-            let listen = server::Listen {
-                grpc,
-                approvals,
-                webhook: approval_webhook,
-            };
-            server::serve(ledger, listen, &config, &data)?;
-            Ok(0)
-        }
-        Command::Approvals {
-            server,
-            token_file,
-            token,
-            ca,
-            command,
-        } => {
-            let token = match (token_file, token) {
-                (Some(path), _) => std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading the token file {}", path.display()))?,
-                (None, Some(t)) => t,
-                (None, None) => {
-                    bail!("an approver's token is needed: --token-file FILE or TRACEGATE_TOKEN")
-                }
-            };
-            let client = approvals_cli::Client::new(&server, token.trim(), ca.as_deref())?;
-            let out = &mut std::io::stdout().lock();
-            match command {
-                ApprovalCommand::List { all } => client.list(out, all)?,
-                ApprovalCommand::Show { id } => client.show(out, &id)?,
-                ApprovalCommand::Approve { id, reason } => {
-                    client.decide(out, &id, true, &reason)?
-                }
-                ApprovalCommand::Deny { id, reason } => client.decide(out, &id, false, &reason)?,
-            }
-            Ok(0)
-        }
-        Command::Certs { out, names, days } => {
-            if !(1..=3650).contains(&days) {
-                bail!("--days {days} is outside 1..=3650");
-            }
-            match certs::make(&out, &names, days)? {
-                certs::Made::New => println!(
-                    "wrote {dir}/ca.pem (the CA: give it to serve's tls.client_ca and to the gateways), \
-                     {dir}/ca.key (keep it offline), {dir}/collector.pem and .key (serve's tls.cert and tls.key), \
-                     {dir}/gateway.pem and .key (Envoy's client certificate)",
-                    dir = out.display()
-                ),
-                certs::Made::Kept => println!("{}: certificates already there, kept", out.display()),
-            }
-            Ok(0)
-        }
-        Command::Keygen { out } => {
-            let (private, public) = (out.with_extension("key"), out.with_extension("pub"));
-            keys::write_pair(&keys::generate()?, &private, &public)?;
-            println!(
-                "wrote {} (private: give it to `tracegate serve --key`) and {} (public: for `tracegate verify --pubkey`)",
-                private.display(),
-                public.display()
-            );
-            Ok(0)
-        }
-        Command::Verify { data, pubkey } => {
-            let key = keys::read_public(&pubkey)?;
-            let started = Instant::now();
-            let report = verify::verify(&Layout::new(&data), &key)?;
-            let secs = started.elapsed().as_secs_f64();
-            for p in &report.problems {
-                println!("PROBLEM {p}");
-            }
-            let seq = match (report.first_seq, report.last_seq) {
-                (Some(a), Some(b)) => format!("sequence {a}..{b}"),
-                _ => "no records".into(),
-            };
-            println!(
-                "{}: {} segments ({} sealed), {} entries, {seq}, {} segments deleted by retention (seals checked); {:.1} MB in {:.2} s ({:.0} MB/s)",
-                if report.problems.is_empty() { "OK" } else { "FAILED" },
-                report.segments,
-                report.sealed,
-                report.entries,
-                report.retained,
-                report.bytes as f64 / 1e6,
-                secs,
-                report.bytes as f64 / 1e6 / secs.max(1e-9),
-            );
-            if !report.problems.is_empty() {
-                println!("{} problems", report.problems.len());
-                return Ok(1);
-            }
-            Ok(0)
-        }
-        Command::Replay {
-            session,
-            data,
-            caller,
-            json,
-        } => {
-            let mut reader = Reader::open(Layout::new(&data))?;
-            let records = view::fold_written_ahead(reader.session(&session, caller.as_ref())?);
-            let ids: Vec<String> = records
-                .iter()
-                .filter_map(|r| r.approval.as_ref().map(|a| a.id.clone()))
-                .filter(|id| !id.is_empty())
-                .collect();
-            let events = reader.approval_events(&ids)?;
-            warn(&reader);
-            if records.is_empty() {
-                let of = caller
-                    .map(|c| format!(" of caller {}", Safe(&c.key())))
-                    .unwrap_or_default();
-                bail!(
-                    "no exchanges recorded for session {}{of} in {}",
-                    Safe(&session),
-                    data.display()
-                );
-            }
-            let mut out = std::io::stdout().lock();
-            for (i, (caller, records)) in view::by_caller(records).iter().enumerate() {
-                if json {
-                    view::write_json_lines(&mut out, records)?;
-                } else {
-                    if i > 0 {
-                        use std::io::Write;
-                        writeln!(out)?;
-                    }
-                    view::write_timeline(&mut out, &session, caller, records, &events)?;
-                }
-            }
-            Ok(0)
-        }
-        Command::Sessions { data } => {
-            let mut reader = Reader::open(Layout::new(&data))?;
-            let sessions = reader.sessions()?;
-            warn(&reader);
-            view::write_sessions(&mut std::io::stdout().lock(), &sessions)?;
-            Ok(0)
-        }
-        Command::Export {
-            data,
-            format: Format::Jsonl,
-            since,
-            until,
-        } => {
-            let mut reader = Reader::open(Layout::new(&data))?;
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let n = reader.export(since, until, |r| {
-                view::write_json_lines(&mut out, std::slice::from_ref(r))?;
-                Ok(())
-            })?;
-            use std::io::Write;
-            out.flush()?;
-            warn(&reader);
-            eprintln!("tracegate: exported {n} records");
-            Ok(0)
+        Command::Serve(args) => cmd_serve(args)?,
+        Command::Approvals(args) => cmd_approvals(args)?,
+        Command::Certs(args) => cmd_certs(args)?,
+        Command::Keygen(args) => cmd_keygen(args)?,
+        Command::Verify(args) => return cmd_verify(args),
+        Command::Replay(args) => cmd_replay(args)?,
+        Command::Sessions(args) => cmd_sessions(args)?,
+        Command::Export(args) => cmd_export(args)?,
+    }
+    Ok(0)
+}
+
+fn cmd_serve(args: ServeArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::default(),
+    };
+    let layout = Layout::new(&args.data);
+    let key = seal_key(&layout, args.key.as_deref())?;
+    let opts = Options {
+        segment_bytes: args.segment_size,
+        segment_age: args.segment_age,
+        retain_age: args.retain_age,
+        retain_bytes: args.retain_size,
+    };
+    let ledger = Ledger::open(layout, key, opts)?;
+    for finding in &ledger.findings {
+        eprintln!("tracegate: recovery: {finding}");
+    }
+    let listen = server::Listen {
+        grpc: args.grpc,
+        approvals: args.approvals,
+        webhook: args.approval_webhook,
+    };
+    server::serve(ledger, listen, &config, &args.data)
+}
+
+fn cmd_approvals(args: ApprovalsArgs) -> Result<()> {
+    let token = approver_token(args.token_file, args.token)?;
+    let client = approvals_cli::Client::new(&args.server, token.trim(), args.ca.as_deref())?;
+    let out = &mut std::io::stdout().lock();
+    match args.command {
+        ApprovalCommand::List { all } => client.list(out, all),
+        ApprovalCommand::Show { id } => client.show(out, &id),
+        ApprovalCommand::Approve { id, reason } => client.decide(out, &id, true, &reason),
+        ApprovalCommand::Deny { id, reason } => client.decide(out, &id, false, &reason),
+    }
+}
+
+/// `--token-file` wins over `--token` (or TRACEGATE_TOKEN).
+fn approver_token(file: Option<PathBuf>, token: Option<String>) -> Result<String> {
+    match (file, token) {
+        (Some(path), _) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the token file {}", path.display())),
+        (None, Some(t)) => Ok(t),
+        (None, None) => {
+            bail!("an approver's token is needed: --token-file FILE or TRACEGATE_TOKEN")
         }
     }
+}
+
+fn cmd_certs(args: CertsArgs) -> Result<()> {
+    if !(1..=3650).contains(&args.days) {
+        bail!("--days {} is outside 1..=3650", args.days);
+    }
+    let made = certs::make(&args.out, &args.names, args.days)?;
+    println!("{}", view::report::certs_made(&args.out, &made));
+    Ok(())
+}
+
+fn cmd_keygen(args: KeygenArgs) -> Result<()> {
+    let (private, public) = (
+        args.out.with_extension("key"),
+        args.out.with_extension("pub"),
+    );
+    keys::write_pair(&keys::generate()?, &private, &public)?;
+    println!("{}", view::report::keys_written(&private, &public));
+    Ok(())
+}
+
+/// Exit code 1 if the data directory has any problem.
+fn cmd_verify(args: VerifyArgs) -> Result<i32> {
+    let key = keys::read_public(&args.pubkey)?;
+    let started = Instant::now();
+    let report = verify::verify(&Layout::new(&args.data), &key)?;
+    let secs = started.elapsed().as_secs_f64();
+    print!("{}", view::report::verify_report(&report, secs));
+    Ok(if report.problems.is_empty() { 0 } else { 1 })
+}
+
+fn cmd_replay(args: ReplayArgs) -> Result<()> {
+    let mut reader = Reader::open(Layout::new(&args.data))?;
+    let records = reader.session(&args.session, args.caller.as_ref())?;
+    let records = view::fold_written_ahead(records);
+    let events = reader.approval_events(&view::approvals_named(&records))?;
+    warn(&reader);
+    if records.is_empty() {
+        let of = args
+            .caller
+            .map(|c| format!(" of caller {}", Safe(&view::caller::key(&c))))
+            .unwrap_or_default();
+        bail!(
+            "no exchanges recorded for session {}{of} in {}",
+            Safe(&args.session),
+            args.data.display()
+        );
+    }
+    let out = &mut std::io::stdout().lock();
+    view::write_replay(out, &args.session, records, &events, args.json)?;
+    Ok(())
+}
+
+fn cmd_sessions(args: SessionsArgs) -> Result<()> {
+    let mut reader = Reader::open(Layout::new(&args.data))?;
+    let sessions = reader.sessions()?;
+    warn(&reader);
+    view::write_sessions(&mut std::io::stdout().lock(), &sessions)?;
+    Ok(())
+}
+
+fn cmd_export(args: ExportArgs) -> Result<()> {
+    let Format::Jsonl = args.format;
+    let mut reader = Reader::open(Layout::new(&args.data))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let n = reader.export(args.since, args.until, |r| {
+        view::write_json_lines(&mut out, std::slice::from_ref(r))?;
+        Ok(())
+    })?;
+    out.flush()?;
+    warn(&reader);
+    eprintln!("tracegate: exported {n} records");
+    Ok(())
 }
 
 fn warn(reader: &Reader) {
@@ -412,7 +387,7 @@ fn seal_key(layout: &Layout, key: Option<&Path>) -> Result<ed25519_dalek::Signin
 }
 
 fn parse_caller(s: &str) -> Result<Caller, String> {
-    Caller::parse(s).map_err(|e| e.to_string())
+    view::caller::parse(s).map_err(|e| e.to_string())
 }
 
 /// `64MiB`, `10GB`, `4096`.

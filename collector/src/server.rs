@@ -12,11 +12,12 @@ use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::approvals::access::Access;
 use crate::approvals::auth::{self, ApproverAuth};
 use crate::approvals::service::{self, Service};
-use crate::config::ServeConfig;
+use crate::config::{ApproversConfig, ServeConfig};
 use crate::ledger::writer::Ledger;
 use crate::tls::{self, ClientAuth};
 use crate::{commit, grpc};
@@ -37,22 +38,10 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
         );
     }
     // TLS files are read before anything listens: a mistake stops here.
-    let machine_tls = config
-        .tls
-        .as_ref()
-        .map(|t| tls::server_config(t, ClientAuth::Required))
-        .transpose()?;
-    let human_tls = config
-        .tls
-        .as_ref()
-        .map(|t| tls::server_config(t, ClientAuth::None))
-        .transpose()?;
+    let machine_tls = tls_config(config, ClientAuth::Required)?;
+    let human_tls = tls_config(config, ClientAuth::None)?;
     let approvers = match (&config.approvers, listen.approvals) {
-        (Some(a), Some(_)) => {
-            let access = Access::new(a);
-            let auth = Arc::new(ApproverAuth::new(a, &access.claims_read())?);
-            Some((access, auth))
-        }
+        (Some(a), Some(_)) => Some(approvers(a)?),
         _ => None,
     };
     let held = ledger.len();
@@ -65,47 +54,15 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
             .await
             .with_context(|| format!("binding gRPC address {}", listen.grpc))?;
         let bound = listener.local_addr()?;
-        let mut routes = tonic::service::Routes::default();
-        let mut approvals_line = String::new();
-        if let (Some(addr), Some((access, auth))) = (listen.approvals, approvers) {
-            let http = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding approvals address {addr}"))?;
-            let local = http.local_addr()?;
-            let svc = Service::new(
-                store.clone(),
-                &events,
-                listen.webhook.clone(),
-                access,
-                auth.clone(),
-            );
-            tokio::spawn(service::sweep(svc.clone()));
-            tokio::spawn(auth::refresh(auth));
-            routes = tonic::service::Routes::from(service::machine_router(svc.clone()));
-            let app = service::human_router(svc);
-            match human_tls {
-                Some(config) => {
-                    approvals_line = format!(" approvals=https://{local}");
-                    let tls_listener = tls::Listener {
-                        connections: tls::accept(http, config, "approvals"),
-                        local,
-                    };
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(tls_listener, app).await {
-                            eprintln!("tracegate: approvals server stopped: {e}");
-                        }
-                    });
-                }
-                None => {
-                    approvals_line = format!(" approvals=http://{local}");
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(http, app).await {
-                            eprintln!("tracegate: approvals server stopped: {e}");
-                        }
-                    });
-                }
+        let (routes, approvals_line) = match (listen.approvals, approvers) {
+            (Some(addr), Some((access, auth))) => {
+                let svc = Service::new(store.clone(), &events, listen.webhook, access, auth.clone());
+                let url = start_approvals(addr, svc.clone(), auth, human_tls).await?;
+                let routes = tonic::service::Routes::from(service::machine_router(svc));
+                (routes, format!(" approvals={url}"))
             }
-        }
+            _ => (tonic::service::Routes::default(), String::new()),
+        };
         let routes = routes.add_service(grpc::service(store));
         let tls_word = if machine_tls.is_some() {
             "client-certificates"
@@ -117,29 +74,7 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
             "tracegate: listening grpc={bound} tls={tls_word}{approvals_line} data={} records={held} sequence={last_seq}",
             data.display()
         );
-        // HTTP/1.1 too: the approval calls may come over either.
-        let server = tonic::transport::Server::builder().accept_http1(true);
-        match machine_tls {
-            Some(config) => {
-                let connections = tls::accept(listener, config, "grpc");
-                use tokio_stream::StreamExt;
-                let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
-                    .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
-                server
-                    .serve_with_incoming_shutdown(routes, incoming, shutdown_signal())
-                    .await?;
-            }
-            None => {
-                server
-                    .serve_with_incoming_shutdown(
-                        routes,
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        shutdown_signal(),
-                    )
-                    .await?;
-            }
-        }
-        Ok::<_, anyhow::Error>(())
+        serve_machines(listener, routes, machine_tls).await
     })?;
     // Dropping the runtime drops every service and with them the writer's
     // last handles: the writer drains its queue and closes.
@@ -148,6 +83,89 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     println!("tracegate: stopped");
+    Ok(())
+}
+
+/// Who may decide what (`Access`) and how approvers' tokens are checked.
+fn approvers(config: &ApproversConfig) -> Result<(Access, Arc<ApproverAuth>)> {
+    let access = Access::new(config);
+    let auth = Arc::new(ApproverAuth::new(config, &access.claims_read())?);
+    Ok((access, auth))
+}
+
+/// The rustls configuration of one side, if `tls` is configured.
+fn tls_config(config: &ServeConfig, auth: ClientAuth) -> Result<Option<Arc<ServerConfig>>> {
+    config
+        .tls
+        .as_ref()
+        .map(|t| tls::server_config(t, auth))
+        .transpose()
+}
+
+/// Starts the approvers' side on `addr` (the expiry sweep and the token
+/// keys' refresh with it); returns its URL.
+async fn start_approvals(
+    addr: SocketAddr,
+    svc: Arc<Service>,
+    auth: Arc<ApproverAuth>,
+    tls: Option<Arc<ServerConfig>>,
+) -> Result<String> {
+    let http = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding approvals address {addr}"))?;
+    let local = http.local_addr()?;
+    tokio::spawn(service::sweep(svc.clone()));
+    tokio::spawn(auth::refresh(auth));
+    let app = service::human_router(svc);
+    let Some(config) = tls else {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                eprintln!("tracegate: approvals server stopped: {e}");
+            }
+        });
+        return Ok(format!("http://{local}"));
+    };
+    let tls_listener = tls::Listener {
+        connections: tls::accept(http, config, "approvals"),
+        local,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(tls_listener, app).await {
+            eprintln!("tracegate: approvals server stopped: {e}");
+        }
+    });
+    Ok(format!("https://{local}"))
+}
+
+/// Serves the machine side (gRPC ingest, and the filters' approval calls
+/// in `routes`) until SIGTERM or Ctrl-C.
+async fn serve_machines(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    tls: Option<Arc<ServerConfig>>,
+) -> Result<()> {
+    // HTTP/1.1 too: the approval calls may come over either.
+    let server = tonic::transport::Server::builder().accept_http1(true);
+    match tls {
+        Some(config) => {
+            let connections = tls::accept(listener, config, "grpc");
+            use tokio_stream::StreamExt;
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
+                .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+            server
+                .serve_with_incoming_shutdown(routes, incoming, shutdown_signal())
+                .await?;
+        }
+        None => {
+            server
+                .serve_with_incoming_shutdown(
+                    routes,
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown_signal(),
+                )
+                .await?;
+        }
+    }
     Ok(())
 }
 

@@ -62,12 +62,7 @@ impl SegmentHeader {
     }
 }
 
-/// `SHA-256(previous chain || leaf hash of payload)`.
-pub fn chain_next(prev: &Hash, payload: &[u8]) -> Hash {
-    chain_from_leaf(prev, &leaf_hash(payload))
-}
-
-/// `SHA-256(previous chain || leaf)`, when the leaf is already known.
+/// `SHA-256(previous chain || leaf)`.
 pub fn chain_from_leaf(prev: &Hash, leaf: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
@@ -75,7 +70,9 @@ pub fn chain_from_leaf(prev: &Hash, leaf: &Hash) -> Hash {
     h.finalize().into()
 }
 
-/// Encodes one frame; returns it with its chain hash.
+/// Encodes one frame; returns it with its chain hash (tests build segments
+/// with it; the writer encodes into its batch buffer).
+#[cfg(test)]
 pub fn encode_frame(
     seq: u64,
     unix_nanos: i64,
@@ -174,6 +171,7 @@ pub struct Scan {
 
 impl Scan {
     /// No corruption, no broken link, no torn tail.
+    #[cfg(test)]
     pub fn is_intact(&self) -> bool {
         self.ending == Ending::Clean && self.corrupt.is_empty() && self.links.is_empty()
     }

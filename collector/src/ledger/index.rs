@@ -1,22 +1,26 @@
 //! Per-segment session index: which sessions a sealed segment holds, per
 //! caller (see `caller`), their summary (for `tracegate sessions`) and the
-//! offsets of their records (for `tracegate replay`), so neither reads
-//! whole segments.
+//! offsets of their records (for `tracegate replay`), and the offsets of
+//! approval events, so neither reads whole segments.
 //!
 //! The server rebuilds every index from the segments at start-up; readers
 //! check each frame they reach through an index (CRC, session id, caller),
 //! so a stale or edited index can hide nothing it did not already fail to
-//! list. An index of another version is ignored (the segment is scanned).
+//! list. An index of another version is ignored (the segment is scanned)
+//! until the server's next start rewrites it.
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tracegate_proto::v1::record::Phase;
 use tracegate_proto::v1::Record;
 
-use crate::caller::Caller;
+use super::caller::Caller;
+use super::layout::{write_atomic, Layout};
 
 /// Written into every index; readers use only their own version.
-pub const INDEX_VERSION: u32 = 2;
+/// 3: callers stored structured (`Caller`), not as their printed key.
+pub const INDEX_VERSION: u32 = 3;
 
 /// What one caller's session looks like, over the records seen so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -52,8 +56,10 @@ impl SessionSummary {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One caller's records in one session of the segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEntry {
+    pub caller: Caller,
     #[serde(flatten)]
     pub summary: SessionSummary,
     /// Frame offsets in the segment.
@@ -65,8 +71,8 @@ pub struct SegmentIndex {
     #[serde(default)]
     pub version: u32,
     pub segment: u64,
-    /// Session id → caller key (`Caller::key`) → that caller's records.
-    pub sessions: BTreeMap<String, BTreeMap<String, SessionEntry>>,
+    /// Session id → its callers' records, a caller once.
+    pub sessions: BTreeMap<String, Vec<SessionEntry>>,
     /// Approval id → offsets of its events.
     #[serde(default)]
     pub approvals: BTreeMap<String, Vec<u64>>,
@@ -90,14 +96,44 @@ impl SegmentIndex {
     }
 
     pub fn add(&mut self, r: &Record, offset: u64) {
-        if !self.sessions.contains_key(&r.session_id) {
-            self.sessions.insert(r.session_id.clone(), BTreeMap::new());
-        }
-        let Some(callers) = self.sessions.get_mut(&r.session_id) else {
+        let Some(entry) = self.entry(&r.session_id, Caller::of(r)) else {
             return;
         };
-        let e = callers.entry(Caller::of(r).key()).or_default();
-        e.summary.add(r);
-        e.offsets.push(offset);
+        entry.summary.add(r);
+        entry.offsets.push(offset);
+    }
+
+    /// The caller's entry in the session, made if new.
+    fn entry(&mut self, session: &str, caller: Caller) -> Option<&mut SessionEntry> {
+        if !self.sessions.contains_key(session) {
+            self.sessions.insert(session.to_string(), Vec::new());
+        }
+        let entries = self.sessions.get_mut(session)?;
+        match entries.iter().position(|e| e.caller == caller) {
+            Some(at) => entries.get_mut(at),
+            None => {
+                entries.push(SessionEntry {
+                    caller,
+                    summary: SessionSummary::default(),
+                    offsets: Vec::new(),
+                });
+                entries.last_mut()
+            }
+        }
+    }
+
+    /// Segment `n`'s index as stored, if it is there, readable, and of this
+    /// version.
+    pub fn load(layout: &Layout, n: u64) -> Option<SegmentIndex> {
+        let bytes = std::fs::read(layout.index(n)).ok()?;
+        serde_json::from_slice::<SegmentIndex>(&bytes)
+            .ok()
+            .filter(|i| i.segment == n && i.version == INDEX_VERSION)
+    }
+
+    pub fn store(&self, layout: &Layout) -> Result<()> {
+        let json = serde_json::to_vec(self)?;
+        // Not fsynced: an index is rebuilt from its segment at every start.
+        write_atomic(&layout.index(self.segment), &json, false)
     }
 }

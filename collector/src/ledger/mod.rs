@@ -7,16 +7,21 @@
 //!   seals, HEAD, retention statements).
 //! - `keys`: the seal key pair as PEM.
 //! - `layout`: the files of a data directory.
-//! - `writer`: the one writer: recovery, group commit, roll, seal, retention.
+//! - `recover`: what the writer finds at start-up: torn tails cut,
+//!   corruption quarantined, ids and indexes rebuilt.
+//! - `writer`: the one writer: group commit, roll, seal, retention.
+//! - `caller`: whose session a record is in (stored in the indexes).
 //! - `index`, `read`: session look-ups and export without the lock.
 //! - `verify`: the auditor's check.
 
+pub mod caller;
 pub mod frame;
 pub mod index;
 pub mod keys;
 pub mod layout;
 pub mod merkle;
 pub mod read;
+mod recover;
 pub mod seal;
 pub mod verify;
 pub mod writer;

@@ -1,5 +1,5 @@
 //! Reading a data directory without the lock (while a server writes):
-//! sessions, one session's records, export. Sealed segments are reached
+//! sessions, one session's records, approval events, export. Sealed segments are reached
 //! through their index; the open segment is scanned (a frame still being
 //! written reads as a torn tail and is skipped).
 
@@ -11,11 +11,11 @@ use std::os::unix::fs::FileExt;
 use tracegate_proto::v1::ledger_entry::Entry;
 use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record};
 
+use super::caller::Caller;
 use super::frame::{self, FRAME_OVERHEAD};
-use super::index::{SegmentIndex, SessionSummary, INDEX_VERSION};
+use super::index::{SegmentIndex, SessionSummary};
 use super::layout::Layout;
 use super::seal::Seal;
-use crate::caller::Caller;
 
 pub struct Reader {
     layout: Layout,
@@ -72,26 +72,24 @@ impl Reader {
             .collect())
     }
 
-    /// The index of a sealed segment, if present and readable.
+    /// The index of a sealed segment, if present, readable and of this
+    /// version.
     fn index(&self, n: u64) -> Option<SegmentIndex> {
         if !self.seals.contains(&n) {
             return None;
         }
-        let bytes = std::fs::read(self.layout.index(n)).ok()?;
-        serde_json::from_slice::<SegmentIndex>(&bytes)
-            .ok()
-            .filter(|i| i.segment == n && i.version == INDEX_VERSION)
+        SegmentIndex::load(&self.layout, n)
     }
 
-    /// Every session, per caller: (session id, caller key) → summary.
-    pub fn sessions(&mut self) -> Result<BTreeMap<(String, String), SessionSummary>> {
-        let mut out: BTreeMap<(String, String), SessionSummary> = BTreeMap::new();
+    /// Every session, per caller: (session id, caller) → summary.
+    pub fn sessions(&mut self) -> Result<BTreeMap<(String, Caller), SessionSummary>> {
+        let mut out: BTreeMap<(String, Caller), SessionSummary> = BTreeMap::new();
         for n in self.segments.clone() {
             match self.index(n) {
                 Some(index) => {
-                    for (id, callers) in index.sessions {
-                        for (caller, e) in callers {
-                            out.entry((id.clone(), caller))
+                    for (id, entries) in index.sessions {
+                        for e in entries {
+                            out.entry((id.clone(), e.caller))
                                 .or_default()
                                 .merge(&e.summary);
                         }
@@ -101,7 +99,7 @@ impl Reader {
                     for (_, r) in self.scan_records(n)? {
                         let mut one = SessionSummary::default();
                         one.add(&r);
-                        out.entry((r.session_id.clone(), Caller::of(&r).key()))
+                        out.entry((r.session_id.clone(), Caller::of(&r)))
                             .or_default()
                             .merge(&one);
                     }
@@ -114,23 +112,22 @@ impl Reader {
     /// One session's records, ordered by request start: every caller's
     /// (`None`; callers tell them apart with `Caller::of`), or one caller's.
     pub fn session(&mut self, session: &str, caller: Option<&Caller>) -> Result<Vec<Record>> {
-        let key = caller.map(Caller::key);
         let wanted =
             |r: &Record| r.session_id == session && caller.is_none_or(|c| &Caller::of(r) == c);
         let mut records = Vec::new();
         for n in self.segments.clone() {
             match self.index(n) {
                 Some(index) => {
-                    let Some(callers) = index.sessions.get(session) else {
+                    let Some(entries) = index.sessions.get(session) else {
                         continue;
                     };
                     let path = self.layout.segment(n);
                     let file =
                         File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                    let entries = callers
+                    let entries = entries
                         .iter()
-                        .filter(|(c, _)| key.as_ref().is_none_or(|k| k == *c));
-                    for (_, entry) in entries {
+                        .filter(|e| caller.is_none_or(|c| c == &e.caller));
+                    for entry in entries {
                         for &offset in &entry.offsets {
                             match read_frame(&file, offset) {
                                 Some(r) if wanted(&r) => records.push(r),

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 use tracegate_proto::v1::Record;
 
+use super::caller::Caller;
 use super::frame::{self, SEGMENT_HEADER_LEN};
 use super::layout::Layout;
 use super::read::Reader;
@@ -109,7 +110,7 @@ fn rolls_seals_and_verifies() {
     let mut reader = Reader::open(Layout::new(dir.path())).unwrap();
     let sessions = reader.sessions().unwrap();
     assert_eq!(sessions.len(), 4);
-    assert_eq!(sessions[&("s1".into(), "anonymous".into())].exchanges, 10);
+    assert_eq!(sessions[&("s1".into(), Caller::Anonymous)].exchanges, 10);
     let s1 = reader.session("s1", None).unwrap();
     assert_eq!(s1.len(), 10);
     assert!(s1
@@ -397,7 +398,6 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn sessions_are_kept_per_caller_in_sealed_and_open_segments() {
-    use crate::caller::Caller;
     use tracegate_proto::v1::identity::Status;
     use tracegate_proto::v1::Identity;
     let dir = tempfile::tempdir().unwrap();
@@ -428,22 +428,71 @@ fn sessions_are_kept_per_caller_in_sealed_and_open_segments() {
 
     let mut reader = Reader::open(Layout::new(dir.path())).unwrap();
     let sessions = reader.sessions().unwrap();
-    let keys: Vec<(&str, &str, u64)> = sessions
+    let verified = |sub: &str| Caller::Verified {
+        issuer: "https://idp.example".into(),
+        subject: sub.into(),
+    };
+    let keys: Vec<(&str, &Caller, u64)> = sessions
         .iter()
-        .map(|((s, c), sum)| (s.as_str(), c.as_str(), sum.exchanges))
+        .map(|((s, c), sum)| (s.as_str(), c, sum.exchanges))
         .collect();
     assert_eq!(
         keys,
         [
-            ("shared", "anonymous", 10),
-            ("shared", "https://idp.example|alice", 10),
-            ("shared", "https://idp.example|bob", 10)
+            ("shared", &verified("alice"), 10),
+            ("shared", &verified("bob"), 10),
+            ("shared", &Caller::Anonymous, 10),
         ]
     );
-    let alice = Caller::parse("https://idp.example|alice").unwrap();
+    let alice = verified("alice");
     let only = reader.session("shared", Some(&alice)).unwrap();
     assert_eq!(only.len(), 10);
     assert!(only.iter().all(|r| Caller::of(r) == alice));
     assert_eq!(reader.session("shared", None).unwrap().len(), 30);
     assert!(reader.warnings.is_empty(), "{:?}", reader.warnings);
+}
+
+/// An index of another version is not used, whatever it says: the reader
+/// scans the segment instead, and the server's next start rewrites it.
+#[test]
+fn an_index_of_another_version_is_scanned_past_then_rewritten() {
+    use super::index::{SegmentIndex, INDEX_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 40, small());
+    let layout = Layout::new(dir.path());
+    let read = || {
+        let mut reader = Reader::open(layout.clone()).unwrap();
+        let sessions = reader.sessions().unwrap();
+        let s1 = reader.session("s1", None).unwrap();
+        assert!(reader.warnings.is_empty(), "{:?}", reader.warnings);
+        (sessions, s1)
+    };
+    let want = read();
+    let sealed = layout.seals().unwrap();
+    assert!(sealed.len() >= 2, "{sealed:?}");
+    let ghost = serde_json::json!({
+        "first_unix_nanos": 1, "last_unix_nanos": 2, "exchanges": 7, "offsets": [60]
+    });
+    for &n in &sealed {
+        // Version 2 keyed callers by their printed text; the first index
+        // has the current shape but says version 2.
+        let mut ghost = ghost.clone();
+        let old = if n == sealed[0] {
+            ghost["caller"] = serde_json::json!({"status": "anonymous"});
+            serde_json::json!({"version": 2, "segment": n, "sessions": {"ghost": [ghost]}})
+        } else {
+            serde_json::json!({"version": 2, "segment": n, "sessions": {"ghost": {"anonymous": ghost}}})
+        };
+        std::fs::write(layout.index(n), old.to_string()).unwrap();
+        assert!(SegmentIndex::load(&layout, n).is_none());
+    }
+    assert_eq!(read(), want);
+
+    open(dir.path(), small()).close().unwrap();
+    for &n in &sealed {
+        let index = SegmentIndex::load(&layout, n).unwrap();
+        assert_eq!(index.version, INDEX_VERSION);
+        assert!(!index.sessions.contains_key("ghost"));
+    }
+    assert_eq!(read(), want);
 }

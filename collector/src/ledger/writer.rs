@@ -1,5 +1,5 @@
-//! The one writer of a data directory: recovery at start-up, group commit,
-//! segment roll and seal, retention, and the signed HEAD.
+//! The one writer of a data directory: group commit, segment roll and seal,
+//! retention, and the signed HEAD, after recovery at start-up (`recover`).
 //!
 //! Durability rule: `append` returns only after the batch's frames are
 //! written with one `write` and made durable with one `fdatasync`; only then
@@ -12,15 +12,16 @@ use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 use tracegate_proto::v1::ledger_entry::Entry;
 use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record, RejectedRecord, Retention};
 
-use super::frame::{self, Ending, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::frame::{self, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::index::SegmentIndex;
 use super::layout::{sync_dir, write_atomic, Layout};
 use super::merkle::{self, leaf_hash};
+use super::recover::{self, Resumable, Sealed};
 use super::seal::{self, Head, Seal};
 use super::Hash;
 
@@ -73,13 +74,6 @@ struct OpenSegment {
     index: SegmentIndex,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Sealed {
-    number: u64,
-    bytes: u64,
-    last_time: i64,
-}
-
 pub struct Ledger {
     layout: Layout,
     key: SigningKey,
@@ -108,6 +102,18 @@ pub fn now_nanos() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// Frames encoded for one write, and what the state becomes once they are
+/// durable.
+struct Batch {
+    bytes: Vec<u8>,
+    /// Sequence number and chain hash after the last frame.
+    seq: u64,
+    chain: Hash,
+    leaves: Vec<Hash>,
+    /// Offset of each frame in the segment.
+    offsets: Vec<u64>,
+}
+
 /// One entry about to be written, and what the session index learns of it.
 struct Pending<'a> {
     payload: Vec<u8>,
@@ -121,170 +127,32 @@ enum Indexed<'a> {
 }
 
 impl Ledger {
-    /// Opens (creating if needed) a data directory for writing, after
-    /// recovering it: takes the lock, cuts a torn tail off the open segment,
-    /// reports and quarantines corruption (never cutting it), and rebuilds the
-    /// indexes and the set of record ids from the segments.
+    /// Opens (creating if needed) a data directory for writing: takes its
+    /// lock, recovers it (`recover`: torn tail cut, corruption quarantined,
+    /// record ids and indexes rebuilt), then continues the last segment or
+    /// starts a new one.
     pub fn open(layout: Layout, key: SigningKey, opts: Options) -> Result<Ledger> {
-        std::fs::create_dir_all(&layout.root)
-            .with_context(|| format!("creating {}", layout.root.display()))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(layout.lock())?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "{} is in use by another tracegate server",
-                layout.root.display()
-            );
-        }
-        if layout.root.join("records.log").exists() {
-            bail!(
-                "{} holds records.log from tracegate before 0.4 (unsigned); move it away or use another --data",
-                layout.root.display()
-            );
-        }
-        layout.create_dirs()?;
-
-        let mut findings = Vec::new();
-        let mut ids = HashSet::new();
-        let mut approval_events = Vec::new();
-        let mut sealed = VecDeque::new();
-        let seals: HashSet<u64> = layout.seals()?.into_iter().collect();
-        let numbers = layout.segments()?;
-        let mut tip: (u64, Hash) = (1, [0; 32]);
-        let mut reopen: Option<OpenSegment> = None;
-        for (i, &n) in numbers.iter().enumerate() {
-            let path = layout.segment(n);
-            let name = layout.show(&path);
-            let mut bytes = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .with_context(|| format!("reading {}", path.display()))?;
-            let scan = match frame::scan(&bytes) {
-                Ok(s) => s,
-                Err(why) => {
-                    let msg = format!("{name}: {why}; segment not used");
-                    quarantine(&layout, n, &msg)?;
-                    findings.push(msg);
-                    continue;
-                }
-            };
-            let is_last = i + 1 == numbers.len();
-            let is_sealed = seals.contains(&n);
-            let mut index = SegmentIndex::new(n);
-            for f in &scan.frames {
-                match LedgerEntry::decode(&bytes[f.payload.clone()])
-                    .ok()
-                    .and_then(|e| e.entry)
-                {
-                    Some(Entry::Record(r)) => {
-                        index.add(&r, f.offset as u64);
-                        ids.insert(r.record_id);
-                    }
-                    Some(Entry::Approval(ev)) => {
-                        index.add_approval(&ev.approval_id, f.offset as u64);
-                        approval_events.push(ev);
-                    }
-                    _ => {}
-                }
-            }
-            for c in &scan.corrupt {
-                let msg = format!(
-                    "{name}: corrupt bytes at offset {} ({}), intact frames resume at {}; kept as they are",
-                    c.offset, c.why, c.resumes_at
-                );
-                findings.push(msg);
-            }
-            for l in &scan.links {
-                findings.push(format!("{name}: offset {}: {}", l.offset, l.what));
-            }
-            if !scan.corrupt.is_empty() {
-                quarantine(
-                    &layout,
-                    n,
-                    &findings[findings.len() - scan.corrupt.len() - scan.links.len()..].join("\n"),
-                )?;
-            }
-            let mut len = bytes.len() as u64;
-            if let Ending::TornTail { offset } = scan.ending {
-                if is_last && !is_sealed && scan.corrupt.is_empty() {
-                    // An interrupted append: never acknowledged, safe to cut.
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    f.set_len(offset as u64)?;
-                    f.sync_all()?;
-                    findings.push(format!(
-                        "{name}: cut {} bytes of an interrupted write at offset {offset}",
-                        bytes.len() - offset
-                    ));
-                    len = offset as u64;
-                } else {
-                    findings.push(format!(
-                        "{name}: ends in a partial frame at offset {offset}; kept as it is"
-                    ));
-                }
-            }
-            tip = scan.tip();
-            let last_time = scan.frames.last().map_or(0, |f| f.unix_nanos);
-            if is_sealed {
-                write_index(&layout, &index)?;
-                sealed.push_back(Sealed {
-                    number: n,
-                    bytes: len,
-                    last_time,
-                });
-            } else if is_last && scan.corrupt.is_empty() {
-                let file = OpenOptions::new().append(true).open(&path)?;
-                reopen = Some(OpenSegment {
-                    number: n,
-                    file,
-                    len,
-                    first_seq: scan.header.first_seq,
-                    opened_unix_nanos: scan.frames.first().map_or(now_nanos(), |f| f.unix_nanos),
-                    leaves: scan.leaves.clone(),
-                    first_time: scan.frames.first().map_or(0, |f| f.unix_nanos),
-                    last_time,
-                    index,
-                });
-            } else if !scan.corrupt.is_empty() {
-                // Damaged: never written again; appends go to a new segment.
-            } else {
-                findings.push(format!(
-                    "{name}: closed segment without a seal (seal deleted, or damage)"
-                ));
-            }
-        }
-        let last_seal = match layout.seals()?.last() {
-            Some(&n) => {
-                let text = std::fs::read_to_string(layout.seal(n))?;
-                seal::seal_hash(&text)
-            }
-            None => [0; 32],
-        };
-        let (next_seq, chain) = tip;
-        let open = match reopen {
-            Some(o) => o,
-            None => {
-                let number = numbers.last().map_or(1, |n| n + 1);
-                create_segment(&layout, number, next_seq, chain)?
-            }
+        let lock = lock(&layout)?;
+        let found = recover::recover(&layout)?;
+        let open = match found.resume {
+            Some(last) => OpenSegment::resume(&layout, last)?,
+            None => OpenSegment::create(&layout, found.next_segment, found.next_seq, found.chain)?,
         };
         Ok(Ledger {
             layout,
             key,
             opts,
             open,
-            next_seq,
-            chain,
-            last_seal,
-            ids,
-            sealed,
+            next_seq: found.next_seq,
+            chain: found.chain,
+            last_seal: found.last_seal,
+            ids: found.ids,
+            sealed: found.sealed,
             head_written: None,
             head_seq: 0,
             retention_checked: Instant::now(),
-            findings,
-            approval_events,
+            findings: found.findings,
+            approval_events: found.approval_events,
             _lock: lock,
         })
     }
@@ -362,30 +230,58 @@ impl Ledger {
         {
             self.roll(now)?;
         }
-        let mut buf = Vec::with_capacity(size as usize);
-        let mut seq = self.next_seq;
-        let mut chain = self.chain;
-        let mut leaves = Vec::with_capacity(pending.len());
-        let mut offsets = Vec::with_capacity(pending.len());
-        for p in &pending {
-            offsets.push(self.open.len + buf.len() as u64);
-            // One SHA-256 of the payload: the leaf serves the chain and,
-            // at the seal, the Merkle root.
-            let leaf = leaf_hash(&p.payload);
-            chain = frame::encode_frame_into(&mut buf, seq, now, &p.payload, &leaf, &chain);
-            leaves.push(leaf);
-            seq += 1;
-        }
+        let batch = self.encode(&pending, now, size as usize);
         self.open
             .file
-            .write_all(&buf)
+            .write_all(&batch.bytes)
             .context("writing to the open segment")?;
         self.open
             .file
             .sync_data()
             .context("fdatasync of the open segment")?;
         // Durable: now the state may move on.
-        for (p, offset) in pending.iter().zip(offsets) {
+        self.advance(&pending, batch, now);
+        if self
+            .head_written
+            .is_none_or(|at| at.elapsed() >= HEAD_INTERVAL)
+        {
+            self.write_head(false)?;
+        }
+        Ok(())
+    }
+
+    /// The frames of `pending`, continuing the sequence and the chain.
+    fn encode(&self, pending: &[Pending<'_>], now: i64, size: usize) -> Batch {
+        let mut batch = Batch {
+            bytes: Vec::with_capacity(size),
+            seq: self.next_seq,
+            chain: self.chain,
+            leaves: Vec::with_capacity(pending.len()),
+            offsets: Vec::with_capacity(pending.len()),
+        };
+        for p in pending {
+            batch.offsets.push(self.open.len + batch.bytes.len() as u64);
+            // One SHA-256 of the payload: the leaf serves the chain and,
+            // at the seal, the Merkle root.
+            let leaf = leaf_hash(&p.payload);
+            batch.chain = frame::encode_frame_into(
+                &mut batch.bytes,
+                batch.seq,
+                now,
+                &p.payload,
+                &leaf,
+                &batch.chain,
+            );
+            batch.leaves.push(leaf);
+            batch.seq += 1;
+        }
+        batch
+    }
+
+    /// Takes a durable batch into the state: index, ids, leaves, sequence
+    /// and chain.
+    fn advance(&mut self, pending: &[Pending<'_>], batch: Batch, now: i64) {
+        for (p, offset) in pending.iter().zip(batch.offsets) {
             match p.indexed {
                 Indexed::Record(r) => {
                     self.open.index.add(r, offset);
@@ -399,17 +295,10 @@ impl Ledger {
             self.open.first_time = now;
         }
         self.open.last_time = now;
-        self.open.leaves.extend(leaves);
-        self.open.len += buf.len() as u64;
-        self.next_seq = seq;
-        self.chain = chain;
-        if self
-            .head_written
-            .is_none_or(|at| at.elapsed() >= HEAD_INTERVAL)
-        {
-            self.write_head(false)?;
-        }
-        Ok(())
+        self.open.leaves.extend(batch.leaves);
+        self.open.len += batch.bytes.len() as u64;
+        self.next_seq = batch.seq;
+        self.chain = batch.chain;
     }
 
     /// Appends approval events durably (one write, one fdatasync).
@@ -470,7 +359,7 @@ impl Ledger {
         let text = seal.sign(&self.key);
         write_atomic(&self.layout.seal(o.number), text.as_bytes(), true)?;
         self.last_seal = seal::seal_hash(&text);
-        write_index(&self.layout, &o.index)?;
+        o.index.store(&self.layout)?;
         self.sealed.push_back(Sealed {
             number: o.number,
             bytes: o.len,
@@ -478,7 +367,7 @@ impl Ledger {
         });
         let next_number = o.number + 1;
         self.write_head(true)?;
-        let next = create_segment(&self.layout, next_number, self.next_seq, self.chain)?;
+        let next = OpenSegment::create(&self.layout, next_number, self.next_seq, self.chain)?;
         self.open = next;
         self.open.opened_unix_nanos = now;
         self.apply_retention(now)
@@ -488,6 +377,24 @@ impl Ledger {
     /// signed retention entry is durable before any file goes. Segments go
     /// oldest first, so the deleted ones are always 1..=N.
     fn apply_retention(&mut self, now: i64) -> Result<()> {
+        let (victims, policy) = self.retention_victims(now);
+        let (Some(first), Some(last)) = (victims.first(), victims.last()) else {
+            return Ok(());
+        };
+        let statement = self.write_retention(last.number, policy, now)?;
+        self.delete(&victims)?;
+        eprintln!(
+            "tracegate: retention deleted segments {}..{} ({}); their seals are kept",
+            first.number,
+            last.number,
+            statement.lines().nth(2).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The oldest sealed segments the policy no longer keeps, and the
+    /// policy that ends the first of them.
+    fn retention_victims(&self, now: i64) -> (Vec<Sealed>, String) {
         let mut total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
         let mut victims = Vec::new();
         let mut policy = String::new();
@@ -510,15 +417,18 @@ impl Ledger {
             total -= s.bytes;
             victims.push(*s);
         }
-        let (Some(first), Some(last)) = (victims.first(), victims.last()) else {
-            return Ok(());
-        };
+        (victims, policy)
+    }
+
+    /// Writes the signed retention entry for segments 1..=`last`; returns
+    /// the statement signed.
+    fn write_retention(&mut self, last: u64, policy: String, now: i64) -> Result<String> {
         // Cumulative (always from segment 1): an earlier retention entry may
         // itself be in a segment deleted now, so the newest one must vouch
         // for every deletion so far.
         let mut retention = Retention {
             first_segment: 1,
-            last_segment: last.number,
+            last_segment: last,
             policy,
             unix_nanos: now,
             signature: Vec::new(),
@@ -533,7 +443,13 @@ impl Ledger {
             payload,
             indexed: Indexed::Nothing,
         }])?;
-        for v in &victims {
+        Ok(statement)
+    }
+
+    /// Deletes the victims' segments and indexes (the oldest sealed ones)
+    /// and stops tracking them.
+    fn delete(&mut self, victims: &[Sealed]) -> Result<()> {
+        for v in victims {
             for path in [self.layout.segment(v.number), self.layout.index(v.number)] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
@@ -545,14 +461,7 @@ impl Ledger {
             }
             self.sealed.pop_front();
         }
-        sync_dir(&self.layout.root.join("segments"))?;
-        eprintln!(
-            "tracegate: retention deleted segments {}..{} ({}); their seals are kept",
-            first.number,
-            last.number,
-            statement.lines().nth(2).unwrap_or_default()
-        );
-        Ok(())
+        sync_dir(&self.layout.root.join("segments"))
     }
 
     /// Rewrites HEAD: the last durable record, signed. `durable` also
@@ -579,46 +488,74 @@ impl Ledger {
     }
 }
 
-fn create_segment(layout: &Layout, number: u64, first_seq: u64, prev: Hash) -> Result<OpenSegment> {
-    let header = SegmentHeader {
-        segment: number,
-        first_seq,
-        prev_chain: prev,
-    };
-    let path = layout.segment(number);
-    write_atomic(&path, &header.encode(), true)?;
-    let file = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    Ok(OpenSegment {
-        number,
-        file,
-        len: SEGMENT_HEADER_LEN as u64,
-        first_seq,
-        opened_unix_nanos: now_nanos(),
-        leaves: Vec::new(),
-        first_time: 0,
-        last_time: 0,
-        index: SegmentIndex::new(number),
-    })
-}
-
-fn write_index(layout: &Layout, index: &SegmentIndex) -> Result<()> {
-    let json = serde_json::to_vec(index)?;
-    // Not fsynced: an index is rebuilt from its segment at every start.
-    write_atomic(&layout.index(index.segment), &json, false)
-}
-
-/// Writes (once) what was found damaged in a segment, for the operator.
-fn quarantine(layout: &Layout, n: u64, what: &str) -> Result<()> {
-    let path = layout.quarantine(n);
-    if path.exists() {
-        return Ok(());
+/// Makes the data directory if needed and takes its lock (held while the
+/// returned file is open): one server per directory.
+fn lock(layout: &Layout) -> Result<File> {
+    std::fs::create_dir_all(&layout.root)
+        .with_context(|| format!("creating {}", layout.root.display()))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(layout.lock())?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "{} is in use by another tracegate server",
+            layout.root.display()
+        );
     }
-    let text = format!(
-        "found at start-up, {}:\n{what}\nThe segment is kept unchanged and no longer written; `tracegate verify` reports it.\n",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-    );
-    write_atomic(&path, text.as_bytes(), true)
+    if layout.root.join("records.log").exists() {
+        bail!(
+            "{} holds records.log from tracegate before 0.4 (unsigned); move it away or use another --data",
+            layout.root.display()
+        );
+    }
+    layout.create_dirs()?;
+    Ok(lock)
+}
+
+impl OpenSegment {
+    /// Starts segment `number`: its header, made durable.
+    fn create(layout: &Layout, number: u64, first_seq: u64, prev: Hash) -> Result<OpenSegment> {
+        let header = SegmentHeader {
+            segment: number,
+            first_seq,
+            prev_chain: prev,
+        };
+        let path = layout.segment(number);
+        write_atomic(&path, &header.encode(), true)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(OpenSegment {
+            number,
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+            first_seq,
+            opened_unix_nanos: now_nanos(),
+            leaves: Vec::new(),
+            first_time: 0,
+            last_time: 0,
+            index: SegmentIndex::new(number),
+        })
+    }
+
+    /// Continues the segment recovery found open.
+    fn resume(layout: &Layout, last: Resumable) -> Result<OpenSegment> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(layout.segment(last.number))?;
+        Ok(OpenSegment {
+            number: last.number,
+            file,
+            len: last.len,
+            first_seq: last.first_seq,
+            opened_unix_nanos: last.first_time.unwrap_or_else(now_nanos),
+            leaves: last.leaves,
+            first_time: last.first_time.unwrap_or(0),
+            last_time: last.last_time,
+            index: last.index,
+        })
+    }
 }

@@ -1,4 +1,4 @@
-//! Who an exchange's caller is, for listing and replaying sessions.
+//! Who an exchange's caller is: what sessions are kept by.
 //!
 //! Session and request ids are what callers sent, so they prove nothing:
 //! two callers can send the same `x-session-id`. Sessions are therefore
@@ -9,13 +9,19 @@
 //! Requests without a token (or through a filter without `jwt`) are the
 //! caller `anonymous`; requests whose token was refused (401) are the caller
 //! `rejected`: neither is ever mixed with a verified caller's exchanges.
+//!
+//! The session indexes store a caller as it is here (JSON: `{"status":
+//! "verified", "issuer": …, "subject": …}`, `{"status": "anonymous"}`,
+//! `{"status": "rejected"}`); its text form (`ISSUER|SUBJECT`, as
+//! `sessions` prints it and `replay --caller` takes it) is the view's
+//! (`view::caller`).
 
-use anyhow::{bail, Result};
-use std::fmt;
+use serde::{Deserialize, Serialize};
 use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::Record;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum Caller {
     /// A verified token's `iss` and `sub`.
     Verified { issuer: String, subject: String },
@@ -26,6 +32,7 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The caller of a record, from its `Identity`.
     pub fn of(r: &Record) -> Caller {
         let Some(id) = &r.identity else {
             return Caller::Anonymous;
@@ -37,39 +44,6 @@ impl Caller {
             },
             Status::Rejected => Caller::Rejected,
             Status::Anonymous | Status::Unspecified => Caller::Anonymous,
-        }
-    }
-
-    /// The caller's key, as `sessions` prints it and `--caller` takes it:
-    /// `ISSUER|SUBJECT`, `anonymous` or `rejected`.
-    pub fn key(&self) -> String {
-        self.to_string()
-    }
-
-    /// Reads a key. A verified caller's key splits at its first `|` (an
-    /// issuer is an https URL, which holds none; a subject may).
-    pub fn parse(key: &str) -> Result<Caller> {
-        match key.split_once('|') {
-            Some((issuer, subject)) if !issuer.is_empty() => Ok(Caller::Verified {
-                issuer: issuer.into(),
-                subject: subject.into(),
-            }),
-            Some(_) => bail!("caller {key:?}: the issuer before '|' is empty"),
-            None if key == "anonymous" => Ok(Caller::Anonymous),
-            None if key == "rejected" => Ok(Caller::Rejected),
-            None => bail!(
-                "caller {key:?} is none of ISSUER|SUBJECT, anonymous or rejected (as `tracegate sessions` lists them)"
-            ),
-        }
-    }
-}
-
-impl fmt::Display for Caller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Caller::Verified { issuer, subject } => write!(f, "{issuer}|{subject}"),
-            Caller::Anonymous => f.write_str("anonymous"),
-            Caller::Rejected => f.write_str("rejected"),
         }
     }
 }
@@ -92,21 +66,27 @@ mod tests {
     }
 
     #[test]
-    fn keys_round_trip() {
-        let cases = [
-            record(Status::Verified, "https://idp.example", "alice"),
-            record(Status::Verified, "https://idp.example", "auth0|abc|d"),
-            record(Status::Anonymous, "", ""),
-            record(Status::Rejected, "", ""),
-            Record::default(),
-        ];
-        for r in &cases {
-            let c = Caller::of(r);
-            assert_eq!(Caller::parse(&c.key()).unwrap(), c, "{c}");
-        }
+    fn callers_come_from_the_identity_status() {
+        assert_eq!(
+            Caller::of(&record(Status::Verified, "https://idp", "alice")),
+            Caller::Verified {
+                issuer: "https://idp".into(),
+                subject: "alice".into()
+            }
+        );
         assert_eq!(Caller::of(&Record::default()), Caller::Anonymous);
-        assert!(Caller::parse("alice").is_err());
-        assert!(Caller::parse("|alice").is_err());
+        assert_eq!(
+            Caller::of(&record(Status::Unspecified, "https://idp", "alice")),
+            Caller::Anonymous
+        );
+        assert_eq!(
+            Caller::of(&record(Status::Anonymous, "", "")),
+            Caller::Anonymous
+        );
+        assert_eq!(
+            Caller::of(&record(Status::Rejected, "https://idp", "alice")),
+            Caller::Rejected
+        );
     }
 
     #[test]
@@ -114,6 +94,22 @@ mod tests {
         let a = Caller::of(&record(Status::Verified, "https://a.example", "alice"));
         let b = Caller::of(&record(Status::Verified, "https://b.example", "alice"));
         assert_ne!(a, b);
-        assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let callers = [
+            Caller::of(&record(Status::Verified, "https://idp", "auth0|abc")),
+            Caller::Anonymous,
+            Caller::Rejected,
+        ];
+        for c in callers {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<Caller>(&json).unwrap(), c, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Caller::Anonymous).unwrap(),
+            r#"{"status":"anonymous"}"#
+        );
     }
 }

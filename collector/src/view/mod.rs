@@ -1,0 +1,72 @@
+//! What the CLI prints: a session replayed (`replay`: a readable timeline
+//! per caller, `timeline`, or JSON lines, `json`), the session list
+//! (`sessions`), a caller as text (`caller`), and the reports of `verify`,
+//! `certs` and `keygen` (`report`). Every text that comes from a record is
+//! printed through `term::Safe`.
+
+use std::time::{Duration, UNIX_EPOCH};
+use tracegate_proto::v1::record::{AnsweredBy, UpstreamSaw};
+use tracegate_proto::v1::Record;
+
+pub mod caller;
+mod json;
+mod replay;
+pub mod report;
+mod sessions;
+mod timeline;
+
+pub use json::write_json_lines;
+pub use replay::{approvals_named, fold_written_ahead, write_replay};
+pub use sessions::write_sessions;
+
+fn time(unix_nanos: i64) -> String {
+    if unix_nanos <= 0 {
+        return "-".into();
+    }
+    let t = UNIX_EPOCH + Duration::from_nanos(unix_nanos as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn millis(micros: u64) -> String {
+    format!("{:.1} ms", micros as f64 / 1000.0)
+}
+
+/// What the record says the upstream saw, when it says it.
+fn upstream_saw(r: &Record) -> Option<UpstreamSaw> {
+    match UpstreamSaw::try_from(r.upstream_saw).unwrap_or(UpstreamSaw::Unknown) {
+        UpstreamSaw::Unknown => None,
+        saw => Some(saw),
+    }
+}
+
+/// Who answered the client, when the record says it.
+fn answered_by(r: &Record) -> Option<AnsweredBy> {
+    match AnsweredBy::try_from(r.answered_by).unwrap_or(AnsweredBy::Unknown) {
+        AnsweredBy::Unknown => None,
+        by => Some(by),
+    }
+}
+
+/// `upstream`, `tracegate`, `proxy`, `nobody`: the JSON value.
+fn answered_by_name(by: AnsweredBy) -> &'static str {
+    match by {
+        AnsweredBy::Unknown => "unknown",
+        AnsweredBy::Upstream => "upstream",
+        AnsweredBy::Tracegate => "tracegate",
+        AnsweredBy::Proxy => "proxy",
+        AnsweredBy::Nobody => "nobody",
+    }
+}
+
+/// `nothing`, `headers`, `request`: the JSON value.
+fn upstream_name(saw: UpstreamSaw) -> &'static str {
+    match saw {
+        UpstreamSaw::Unknown => "unknown",
+        UpstreamSaw::Nothing => "nothing",
+        UpstreamSaw::Headers => "headers",
+        UpstreamSaw::Request => "request",
+    }
+}
+
+#[cfg(test)]
+mod tests;

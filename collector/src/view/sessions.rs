@@ -1,0 +1,45 @@
+//! The session list (`tracegate sessions`).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use super::{caller, time};
+use crate::ledger::caller::Caller;
+use crate::ledger::index::SessionSummary;
+use crate::term::Safe;
+
+/// One row per session and caller (`replay SESSION --caller CALLER` shows
+/// that row's exchanges).
+pub fn write_sessions(
+    out: &mut impl Write,
+    sessions: &BTreeMap<(String, Caller), SessionSummary>,
+) -> io::Result<()> {
+    // Rows are per printed caller: callers that print alike (possible only
+    // with an issuer holding `|`) share one.
+    let mut printed: BTreeMap<(&str, String), SessionSummary> = BTreeMap::new();
+    for ((id, c), row) in sessions {
+        printed
+            .entry((id.as_str(), caller::key(c)))
+            .or_default()
+            .merge(row);
+    }
+    let mut rows: Vec<_> = printed.iter().collect();
+    rows.sort_by_key(|(key, row)| (row.first_unix_nanos, *key));
+    writeln!(
+        out,
+        "{:<40} {:<40} {:<24} {:<24} {:>9}",
+        "SESSION", "CALLER", "FIRST", "LAST", "EXCHANGES"
+    )?;
+    for ((id, who), row) in rows {
+        writeln!(
+            out,
+            "{:<40} {:<40} {:<24} {:<24} {:>9}",
+            Safe(id).to_string(),
+            Safe(who).to_string(),
+            time(row.first_unix_nanos),
+            time(row.last_unix_nanos),
+            row.exchanges
+        )?;
+    }
+    Ok(())
+}
