@@ -135,6 +135,8 @@ pub fn accept(
                     continue;
                 }
             };
+            // Answers are small frames: no Nagle delay on them.
+            let _ = tcp.set_nodelay(true);
             let (acceptor, out, log) = (acceptor.clone(), tx.clone(), log.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
