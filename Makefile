@@ -3,9 +3,10 @@
 #   make demo     collector + Envoy + filter + a local LLM, driven by the openai SDK
 #   make test     fmt, clippy, unit tests (native and wasm), end-to-end tests
 #   make build    target/tracegate_filter.wasm and target/release/tracegate
-#   make bench    benchmark tables: Envoy with and without tracegate (wrk), streaming and
-#                 memory; JWT and masking cost native and in wasm; detectors vs Presidio;
-#                 collector durable records/s and verify MB/s; targets (about 5 minutes)
+#   make bench    benchmark tables: Envoy with and without tracegate (wrk; latency at fixed
+#                 rates), streaming and memory; JWT, masking and one exchange's cost native
+#                 and in wasm; detectors vs Presidio; collector durable records/s and verify
+#                 MB/s; targets (about 8 minutes)
 #
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
@@ -163,10 +164,14 @@ bench: $(FILTER_DEPS) node filter bench-tools
 	cargo run --release -q -p tracegate-policy --example mask_bench -- native \
 	  | tee target/bench/mask-native.txt
 	cargo run --release -q -p tracegate-policy --example bare_secrets | tee target/bench/bare-secrets.txt
-	$(BENCH_WASM_BUILD) --release -q -p tracegate-policy --example mask_bench --target wasm32-wasip1 \
-	  --target-dir target/wasm-bench
+	$(BENCH_WASM_BUILD) --release -q -p tracegate-policy --example mask_bench --example exchange_bench \
+	  --target wasm32-wasip1 --target-dir target/wasm-bench
 	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/mask_bench.wasm \
 	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/mask-wasm.txt
+	cargo run --release -q -p tracegate-policy --example exchange_bench -- native \
+	  | tee target/bench/exchange-native.txt
+	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/exchange_bench.wasm \
+	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/exchange-wasm.txt
 	PYTHON=$(PYTHON) target/release/tracegate-bench --out target/bench | tee target/bench/envoy.txt
 	$(PYTHON) bench/presidio_compare.py target/release/examples/detect_corpus target/bench \
 	  | tee target/bench/presidio.txt

@@ -14,8 +14,10 @@
 //! without the filter's cache of refused tokens. Prints markdown tables;
 //! writes target/bench/envoy.json.
 //!
-//! usage: tracegate-bench [--smoke] [--out DIR]
+//! usage: tracegate-bench [--smoke] [--out DIR] [--baseline WASM]
 //!   --smoke: one short round of one size (make test runs it so it keeps working).
+//!   --baseline WASM: only this build against another build of the filter,
+//!     interleaved (for before/after figures).
 
 mod open_loop;
 
@@ -271,6 +273,48 @@ fn print_streams(report: &Value) {
     }
 }
 
+/// This build against a baseline build, interleaved round by round.
+fn compare_builds(
+    dir: &Path,
+    plan: &Plan,
+    token: &str,
+    passthrough: u16,
+    baseline: u16,
+    this: u16,
+) -> Result<()> {
+    println!(
+        "# This build against the baseline build: one Envoy, one worker, the same policy; wrk, {} connections, {} s per run, {} rounds interleaved, medians",
+        plan.connections, plan.seconds, plan.rounds
+    );
+    println!();
+    println!("| body | passthrough req/s | baseline req/s | this build req/s | baseline ratio | this build ratio | baseline p50 | this build p50 |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &kb in &plan.sizes_kb {
+        let file = dir.join(format!("body-{kb}k.json"));
+        std::fs::write(&file, body(kb))?;
+        let mut runs: [Vec<Run>; 3] = Default::default();
+        for _ in 0..plan.rounds {
+            for (i, port) in [passthrough, baseline, this].into_iter().enumerate() {
+                runs[i].push(wrk(dir, port, &file, token, plan.seconds, plan.connections)?);
+            }
+        }
+        let m = |r: &[Run], f: fn(&Run) -> f64| median(r.iter().map(f).collect());
+        let rps: Vec<f64> = runs.iter().map(|r| m(r, |x| x.rps)).collect();
+        let p50: Vec<f64> = runs.iter().map(|r| m(r, |x| x.p50_ms)).collect();
+        println!(
+            "| {kb} KB | {:.0} | {:.0} | {:.0} | {:.0} % | {:.0} % | {:.2} ms | {:.2} ms |",
+            rps[0],
+            rps[1],
+            rps[2],
+            rps[1] / rps[0] * 100.0,
+            rps[2] / rps[0] * 100.0,
+            p50[1],
+            p50[2]
+        );
+    }
+    Ok(())
+}
+
 /// Latency at 4 KB at fixed rates (open loop): half of passthrough's
 /// capacity, and a light 100 requests/s (about one at a time).
 fn fixed_rate_latency(
@@ -429,7 +473,30 @@ fn run() -> Result<()> {
         &filter_wasm(),
         &no_negative_cache,
     );
+    // `--baseline WASM`: another build of the filter with the same policy,
+    // measured interleaved with this one (an A/B that noise hits equally).
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    if let Some(wasm) = &baseline {
+        envoy_config::add_variant(&mut bootstrap, "tg-baseline", wasm, &policy());
+    }
     let envoy = Envoy::start(&envoy_dir, &bootstrap)?;
+    if baseline.is_some() {
+        let base_port = envoy.listener_port("tg-baseline")?;
+        let (with, without) = (
+            envoy.listener_port("tracegate")?,
+            envoy.listener_port("passthrough")?,
+        );
+        // Warm up (JWKS fetch, token cache, connections).
+        std::fs::write(dir.join("warm.json"), body(1))?;
+        for port in [with, without, base_port] {
+            wrk(&dir, port, &dir.join("warm.json"), &token, 1, 2)?;
+        }
+        return compare_builds(&dir, &plan, &token, without, base_port, with);
+    }
     let with = envoy.listener_port("tracegate")?;
     let without = envoy.listener_port("passthrough")?;
     let record_port = envoy.listener_port("tg-record")?;
