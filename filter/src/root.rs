@@ -15,7 +15,7 @@ use tracegate_policy::Policy;
 
 use crate::host;
 use crate::stream::Stream;
-use crate::worker::Worker;
+use crate::worker::{self, Worker};
 
 /// Longest wait between checks of the outbox. A batch that is full is sent at
 /// the next tick, so this bounds how long it waits.
@@ -23,18 +23,12 @@ const MAX_TICK: Duration = Duration::from_millis(100);
 
 pub struct Root {
     id: u32,
-    worker: Option<Rc<RefCell<Worker>>>,
+    worker: worker::Shared,
 }
 
 impl Root {
     pub fn new(id: u32) -> Self {
         Self { id, worker: None }
-    }
-
-    fn with_worker(&self, f: impl FnOnce(&mut Worker)) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-            f(&mut w);
-        }
     }
 }
 
@@ -47,12 +41,12 @@ impl Context for Root {
         _trailers: usize,
     ) {
         let id = self.id;
-        self.with_worker(|w| w.http_answered(id, token, body));
+        worker::with(&self.worker, |w| w.http_answered(id, token, body));
     }
 
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let id = self.id;
-        self.with_worker(|w| w.grpc_answered(id, token, status, size));
+        worker::with(&self.worker, |w| w.grpc_answered(id, token, status, size));
     }
 }
 
@@ -88,7 +82,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let id = self.id;
-        self.with_worker(|w| w.tick(id));
+        worker::with(&self.worker, |w| w.tick(id));
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

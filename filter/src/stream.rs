@@ -3,29 +3,21 @@
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
-use std::cell::RefCell;
-use std::rc::Rc;
 
 use tracegate_policy::exchange::{self, Event};
 
 use crate::host;
-use crate::worker::Worker;
+use crate::worker;
 
 pub struct Stream {
     id: u32,
     /// `None` without a configuration: the request passes untouched.
-    worker: Option<Rc<RefCell<Worker>>>,
+    worker: worker::Shared,
 }
 
 impl Stream {
-    pub fn new(id: u32, worker: Option<Rc<RefCell<Worker>>>) -> Stream {
-        if let Some(w) = worker
-            .as_ref()
-            .and_then(|w| w.try_borrow_mut().ok())
-            .as_mut()
-        {
-            w.open(id);
-        }
+    pub fn new(id: u32, worker: worker::Shared) -> Stream {
+        worker::with(&worker, |w| w.open(id));
         Stream { id, worker }
     }
 
@@ -43,18 +35,12 @@ impl Stream {
             exchange::Action::Pause => Action::Pause,
         }
     }
-
-    fn with_worker(&self, f: impl FnOnce(&mut Worker)) {
-        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-            f(&mut w);
-        }
-    }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
         let id = self.id;
-        self.with_worker(|w| w.close(id));
+        worker::with(&self.worker, |w| w.close(id));
     }
 }
 
@@ -67,12 +53,12 @@ impl Context for Stream {
         _trailers: usize,
     ) {
         let id = self.id;
-        self.with_worker(|w| w.http_answered(id, token, body));
+        worker::with(&self.worker, |w| w.http_answered(id, token, body));
     }
 
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let id = self.id;
-        self.with_worker(|w| w.grpc_answered(id, token, status, size));
+        worker::with(&self.worker, |w| w.grpc_answered(id, token, status, size));
     }
 }
 

@@ -11,7 +11,9 @@
 
 use prost::Message;
 use proxy_wasm::types::{BufferType, LogLevel};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use tracegate_policy::exchange::{
@@ -23,6 +25,17 @@ use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 
 use crate::host;
 use crate::stats::Stats;
+
+/// The worker shared by a configuration's root and request contexts.
+pub type Shared = Option<Rc<RefCell<Worker>>>;
+
+/// Runs `f` on the worker, if there is one. Callbacks do not nest, so it is
+/// never busy; if it were, nothing happens rather than a panic.
+pub fn with(worker: &Shared, f: impl FnOnce(&mut Worker)) {
+    if let Some(Ok(mut w)) = worker.as_ref().map(|w| w.try_borrow_mut()) {
+        f(&mut w);
+    }
+}
 
 /// What an outstanding call is for.
 #[derive(Debug, Clone, Copy)]

@@ -295,7 +295,14 @@ fn compare_builds(
         let mut runs: [Vec<Run>; 3] = Default::default();
         for _ in 0..plan.rounds {
             for (i, port) in [passthrough, baseline, this].into_iter().enumerate() {
-                runs[i].push(wrk(dir, port, &file, token, plan.seconds, plan.connections)?);
+                runs[i].push(wrk(
+                    dir,
+                    port,
+                    &file,
+                    token,
+                    plan.seconds,
+                    plan.connections,
+                )?);
             }
         }
         let m = |r: &[Run], f: fn(&Run) -> f64| median(r.iter().map(f).collect());
