@@ -23,7 +23,7 @@ const MAX_TICK: Duration = Duration::from_millis(100);
 
 pub struct Root {
     id: u32,
-    worker: worker::Shared,
+    worker: worker::Handle,
 }
 
 impl Root {

@@ -12,11 +12,11 @@ use crate::worker;
 pub struct Stream {
     id: u32,
     /// `None` without a configuration: the request passes untouched.
-    worker: worker::Shared,
+    worker: worker::Handle,
 }
 
 impl Stream {
-    pub fn new(id: u32, worker: worker::Shared) -> Stream {
+    pub fn new(id: u32, worker: worker::Handle) -> Stream {
         worker::with(&worker, |w| w.open(id));
         Stream { id, worker }
     }

@@ -27,11 +27,11 @@ use crate::host;
 use crate::stats::Stats;
 
 /// The worker shared by a configuration's root and request contexts.
-pub type Shared = Option<Rc<RefCell<Worker>>>;
+pub type Handle = Option<Rc<RefCell<Worker>>>;
 
 /// Runs `f` on the worker, if there is one. Callbacks do not nest, so it is
 /// never busy; if it were, nothing happens rather than a panic.
-pub fn with(worker: &Shared, f: impl FnOnce(&mut Worker)) {
+pub fn with(worker: &Handle, f: impl FnOnce(&mut Worker)) {
     if let Some(Ok(mut w)) = worker.as_ref().map(|w| w.try_borrow_mut()) {
         f(&mut w);
     }

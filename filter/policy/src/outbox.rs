@@ -1,7 +1,7 @@
 //! Per-worker batching of records on their way to the collector.
 //!
-//! The filter's root context owns one `Outbox`. HTTP contexts push finished
-//! records; the root context's timer asks for due batches, sends them, and
+//! Each worker's gateway owns one `Outbox`. Exchanges push finished
+//! records; the worker's timer asks for due batches, sends them, and
 //! reports each batch's fate. A batch stays in the outbox until the collector
 //! acknowledges it, so a failed or unanswered export is retried (after a
 //! backoff), never lost. The buffer is bounded: once full, new records are

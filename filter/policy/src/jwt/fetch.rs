@@ -8,8 +8,7 @@ use super::keys::{Alg, KeySet};
 use super::verify::{printable, Authenticator, Step};
 use super::{Reason, Rejection};
 
-/// A JWKS fetch to start now (by the filter's root context, or the
-/// collector).
+/// A JWKS fetch to start now (by the filter's worker, or the collector).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksFetch {
     pub provider: usize,
