@@ -95,3 +95,9 @@ impl LocalReply {
         }
     }
 }
+
+/// The body that replaces an answer tracegate cannot inspect (it must not
+/// reach the client), in the API's error shape.
+pub fn unreadable_answer(api: Api, message: &str) -> Vec<u8> {
+    error_body(api, "api_error", message, None).into_bytes()
+}

@@ -3,7 +3,7 @@
 //! passes otherwise. What the client gets is what the record holds.
 
 use super::{Action, Effect, Exchange, Gateway, Host, Level, ResponseMode};
-use crate::inspect::{error_body, media_type};
+use crate::inspect::media_type;
 use crate::llm::sse::{error_event, looks_like_sse};
 
 /// A stream's chunk is read this many bytes at a time: a chunk of a stream
@@ -149,7 +149,7 @@ impl Exchange {
             Ok(Some(masked)) => Some(masked),
             Ok(None) => None,
             Err(e) => {
-                let error = error_body(self.api, "api_error", &e, None).into_bytes();
+                let error = super::reply::unreadable_answer(self.api, &e);
                 self.inspection.reason = e;
                 Some(error)
             }
