@@ -439,47 +439,61 @@ impl Parser<'_> {
     }
 }
 
-/// The text of a validated JSON string body (between its quotes).
-fn unescape(s: &str) -> Option<String> {
+/// The string token that starts at byte `at` of `src` (its opening quote),
+/// checked as `Tape::parse` checks strings: where it ends (after its closing
+/// quote) and whether it holds escapes; `None` when it is not a valid string.
+pub fn string_token(src: &str, at: usize) -> Option<(usize, bool)> {
+    let b = src.as_bytes();
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut p = Parser { b, at };
+    let escaped = p.string().ok()?;
+    Some((p.at, escaped))
+}
+
+/// The text of a validated JSON string body (between its quotes): runs
+/// without a backslash are copied whole.
+pub fn unescape(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.char_indices();
-    while let Some((_, c)) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        let (_, e) = chars.next()?;
+    let mut rest = s;
+    while let Some(i) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(rest.get(..i)?);
+        let esc = rest.get(i + 1..)?;
+        let e = *esc.as_bytes().first()?;
+        let mut used = 1;
         match e {
-            '"' => out.push('"'),
-            '\\' => out.push('\\'),
-            '/' => out.push('/'),
-            'b' => out.push('\u{8}'),
-            'f' => out.push('\u{c}'),
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
-            't' => out.push('\t'),
-            'u' => {
-                let mut unit = hex(&mut chars)?;
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
+            b'u' => {
+                let mut unit = hex(esc.get(1..5)?)?;
+                used = 5;
                 if (0xD800..0xDC00).contains(&unit) {
-                    chars.next()?;
-                    chars.next()?;
-                    let low = hex(&mut chars)?;
-                    unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                    // `\uXXXX` follows (checked by the reader).
+                    let low = hex(esc.get(7..11)?)?;
+                    unit = 0x10000 + ((unit - 0xD800) << 10) + low.checked_sub(0xDC00)?;
+                    used = 11;
                 }
                 out.push(char::from_u32(unit)?);
             }
             _ => return None,
         }
+        rest = esc.get(used..)?;
     }
+    out.push_str(rest);
     Some(out)
 }
 
-fn hex(chars: &mut std::str::CharIndices<'_>) -> Option<u32> {
-    let mut unit = 0;
-    for _ in 0..4 {
-        unit = unit * 16 + chars.next()?.1.to_digit(16)?;
-    }
-    Some(unit)
+fn hex(digits: &str) -> Option<u32> {
+    u32::from_str_radix(digits, 16)
+        .ok()
+        .filter(|_| digits.bytes().all(|d| d.is_ascii_hexdigit()))
 }
 
 /// Writes `s` as a JSON string (with its quotes).
