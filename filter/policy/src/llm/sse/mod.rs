@@ -296,7 +296,8 @@ impl SseMasker {
             self.broken = Some(e);
         }
         for ev in events.drain(..) {
-            self.event(m, ev, tokens, hits, &mut out);
+            let ev = self.event(m, ev, tokens, hits, &mut out);
+            self.reader.recycle(ev);
         }
         self.events = events;
         out
@@ -322,6 +323,7 @@ impl SseMasker {
         out
     }
 
+    /// Judges and writes one event; gives it back (its buffers are reused).
     fn event(
         &mut self,
         m: &Masker,
@@ -329,10 +331,10 @@ impl SseMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Event {
         if let Some(data) = &ev.data {
             if self.templated(m, &ev, data, tokens, hits, out) {
-                return;
+                return ev;
             }
         }
         let mut changed = false;
@@ -356,12 +358,12 @@ impl SseMasker {
         }
         let Some(data) = ev.data.take() else {
             ev.write(None, out);
-            return;
+            return ev;
         };
         if data.trim() == "[DONE]" {
             self.flush_all(m, tokens, hits, out);
             ev.write(Some(&data), out);
-            return;
+            return ev;
         }
         let mut tape = std::mem::take(&mut self.tape);
         let new = match tape.parse(&data) {
@@ -380,6 +382,8 @@ impl SseMasker {
         };
         self.tape = tape;
         ev.write(Some(new.as_deref().unwrap_or(&data)), out);
+        ev.data = Some(data);
+        ev
     }
 
     /// Masks one JSON event into `self.edits`; held text of a channel that
@@ -607,10 +611,6 @@ impl SseMasker {
         if k > 0 {
             self.templates[..=k].rotate_right(1);
         }
-        let Some(t) = self.templates.first() else {
-            return false;
-        };
-        let (channel, extra) = (t.channel.clone(), t.extra.clone());
         let token = self.fit.token.clone();
         let inner = data.get(token.start + 1..token.end - 1).unwrap_or("");
         let piece = if self.fit.escaped {
@@ -621,7 +621,12 @@ impl SseMasker {
         } else {
             std::borrow::Cow::Borrowed(inner)
         };
-        let ready = self.through(m, &channel, &piece, &extra, tokens, hits);
+        let templates = std::mem::take(&mut self.templates);
+        let ready = match templates.first() {
+            Some(t) => self.through(m, &t.channel, &piece, &t.extra, tokens, hits),
+            None => String::new(),
+        };
+        self.templates = templates;
         self.edits.clear();
         if ready != piece {
             let mut s = String::with_capacity(ready.len() + 2);
@@ -721,7 +726,7 @@ impl SseMasker {
             extra.clone_into(&mut state.extra);
         }
         let masked = state.masker.push(m, piece, tokens, hits);
-        state.restorer.push(tokens, &masked)
+        state.restorer.push_owned(tokens, masked)
     }
 
     /// Puts `ready` in place of string node `node` (which held `piece`).

@@ -68,6 +68,24 @@ impl std::fmt::Display for Broken {
     }
 }
 
+#[derive(Debug, Clone, Default)]
+struct Spare {
+    data: Option<String>,
+    event: Option<String>,
+}
+
+/// `value` in `spare`'s buffer, if there is one.
+fn reuse(spare: &mut Option<String>, value: &str) -> String {
+    match spare.take() {
+        Some(mut s) => {
+            s.clear();
+            s.push_str(value);
+            s
+        }
+        None => value.to_string(),
+    }
+}
+
 /// Cuts a byte stream into events; holds at most one event's bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Reader {
@@ -77,6 +95,8 @@ pub struct Reader {
     /// No line has been completed yet (a BOM may start the first).
     first: bool,
     pending: Event,
+    /// Buffers of events already written out, reused.
+    spare: Spare,
     /// Bytes of the event being read, its partial line included.
     size: usize,
     started: bool,
@@ -155,10 +175,18 @@ impl Reader {
     }
 
     fn line_done(&mut self, events: &mut Vec<Event>) -> Result<(), Broken> {
-        let bytes = std::mem::take(&mut self.line);
-        let mut line = String::from_utf8(bytes).map_err(|_| Broken::NotUtf8)?;
-        if std::mem::take(&mut self.first) && line.starts_with('\u{feff}') {
-            line.drain(..'\u{feff}'.len_utf8());
+        // The line buffer keeps its capacity for the next line.
+        let line = std::mem::take(&mut self.line);
+        let done = self.line_str(&line, events);
+        self.line = line;
+        self.line.clear();
+        done
+    }
+
+    fn line_str(&mut self, bytes: &[u8], events: &mut Vec<Event>) -> Result<(), Broken> {
+        let mut line = std::str::from_utf8(bytes).map_err(|_| Broken::NotUtf8)?;
+        if std::mem::take(&mut self.first) {
+            line = line.strip_prefix('\u{feff}').unwrap_or(line);
         }
         if line.is_empty() {
             // A blank line: the event is complete.
@@ -179,7 +207,7 @@ impl Reader {
                 let value = &line[i + 1..];
                 (&line[..i], value.strip_prefix(' ').unwrap_or(value))
             }
-            None => (line.as_str(), ""),
+            None => (line, ""),
         };
         match name {
             "data" => match &mut e.data {
@@ -187,9 +215,9 @@ impl Reader {
                     d.push('\n');
                     d.push_str(value);
                 }
-                None => e.data = Some(value.to_string()),
+                None => e.data = Some(reuse(&mut self.spare.data, value)),
             },
-            "event" => e.event = Some(value.to_string()),
+            "event" => e.event = Some(reuse(&mut self.spare.event, value)),
             "id" if !value.contains('\0') => e.id = Some(value.to_string()),
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 e.retry = Some(value.to_string());
@@ -198,5 +226,16 @@ impl Reader {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Takes back an event's buffers once it has been written out, for the
+    /// events still to come.
+    pub fn recycle(&mut self, ev: Event) {
+        if let Some(d) = ev.data {
+            self.spare.data = Some(d);
+        }
+        if let Some(n) = ev.event {
+            self.spare.event = Some(n);
+        }
     }
 }
