@@ -219,6 +219,8 @@ pub struct SseMasker {
     templates: Vec<Template>,
     /// Whether events are learnt as templates (tests compare both ways).
     learning: bool,
+    /// A templated event's text, written as JSON.
+    scratch: String,
     fit: Fit,
     /// What the event being read did, to tell whether it can be a template.
     shape: Shape,
@@ -261,6 +263,7 @@ impl SseMasker {
             edits: Edits::default(),
             templates: Vec::new(),
             learning: true,
+            scratch: String::new(),
             fit: Fit::default(),
             shape: Shape::default(),
             broken: None,
@@ -628,10 +631,10 @@ impl SseMasker {
         };
         self.templates = templates;
         self.edits.clear();
-        if ready != piece {
-            let mut s = String::with_capacity(ready.len() + 2);
-            json::write_str(&mut s, &ready);
-            self.edits.replace(token.start, token.end, s);
+        let changed = ready != piece;
+        if changed {
+            self.scratch.clear();
+            json::write_str(&mut self.scratch, &ready);
         }
         let numbers = std::mem::take(&mut self.fit.numbers);
         for r in &numbers {
@@ -643,11 +646,22 @@ impl SseMasker {
             }
         }
         self.fit.numbers = numbers;
-        if self.edits.is_empty() {
-            ev.write(Some(data), out);
-        } else {
+        let (before, after) = (
+            data.get(..token.start).unwrap_or(""),
+            data.get(token.end..).unwrap_or(""),
+        );
+        if !self.edits.is_empty() {
+            // An integer changed too (rare): every edit in one pass.
+            if changed {
+                let s = self.scratch.clone();
+                self.edits.replace(token.start, token.end, s);
+            }
             let new = self.edits.apply(data);
             ev.write(Some(&new), out);
+        } else if changed {
+            ev.write_parts(&[before, &self.scratch, after], out);
+        } else {
+            ev.write(Some(data), out);
         }
         true
     }

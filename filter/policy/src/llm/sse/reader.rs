@@ -21,6 +21,33 @@ pub struct Event {
 impl Event {
     /// Writes the event in canonical form, with `data` in place of its own.
     pub fn write(&self, data: Option<&str>, out: &mut Vec<u8>) {
+        match data {
+            Some(data) => self.write_parts(&[data], out),
+            None => {
+                self.write_fields(out);
+                out.push(b'\n');
+            }
+        }
+    }
+
+    /// Writes the event with the concatenation of `parts` as its data.
+    pub fn write_parts(&self, parts: &[&str], out: &mut Vec<u8>) {
+        self.write_fields(out);
+        out.extend_from_slice(b"data: ");
+        for part in parts {
+            let mut lines = part.split('\n');
+            if let Some(first) = lines.next() {
+                out.extend_from_slice(first.as_bytes());
+            }
+            for line in lines {
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(line.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn write_fields(&self, out: &mut Vec<u8>) {
         for c in &self.comments {
             out.push(b':');
             out.extend_from_slice(c.as_bytes());
@@ -38,14 +65,6 @@ impl Event {
                 out.push(b'\n');
             }
         }
-        if let Some(data) = data {
-            for line in data.split('\n') {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(line.as_bytes());
-                out.push(b'\n');
-            }
-        }
-        out.push(b'\n');
     }
 }
 
