@@ -235,12 +235,16 @@ impl Liveness {
         let CacheSet { id, caches, any } = &mut *set;
         let cache_id = *id;
         let frontier = self.gate(tracks, hay, base, any, cache_id);
-        for t in tracks.per.iter_mut() {
-            // Dead for every detector, its matches (if any) noted by the
-            // gate: not walked on.
-            if t.live.is_some_and(|c| c.start < frontier) {
+        if frontier >= end {
+            // Nothing is live: every start is decided, its matches noted.
+            for t in tracks.per.iter_mut() {
                 t.live = None;
+                t.next = t.next.max(end);
             }
+            return Hold {
+                from: end,
+                detector: None,
+            };
         }
 
         let mut waiting = 0usize; // detectors without a live candidate
@@ -250,6 +254,11 @@ impl Liveness {
             else {
                 continue;
             };
+            if track.live.is_some_and(|c| c.start < frontier) {
+                // Dead for every detector, its matches (if any) noted by
+                // the gate: not walked on.
+                track.live = None;
+            }
             if let Some(c) = track.live {
                 match self.resume(dfa, c, hay, base, cache, cache_id) {
                     Step::Live(c) => track.live = Some(c),
