@@ -28,7 +28,7 @@ use regex_automata::hybrid::LazyStateID;
 use regex_automata::nfa::thompson;
 use regex_automata::util::pool::Pool;
 use regex_automata::util::start;
-use regex_automata::{Anchored, MatchKind};
+use regex_automata::{Anchored, Input, MatchKind};
 use regex_syntax::hir::Hir;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -348,6 +348,15 @@ impl Liveness {
         hold
     }
 
+    /// Whether some detector's pattern matches somewhere in `text` taken on
+    /// its own (the DFA of all detectors, unanchored): when not, no detector
+    /// finds anything in it. Yes when the DFA cannot tell.
+    pub fn may_match(&self, text: &str) -> bool {
+        let mut set = self.caches.get();
+        let input = Input::new(text).earliest(true);
+        !matches!(self.any.try_search_fwd(&mut set.any, &input), Ok(None))
+    }
+
     /// Forgets everything before `from`: the text there was cut off (masked
     /// whole); detection starts afresh at `from`.
     pub fn restart(&self, tracks: &mut Tracks, from: usize) {
@@ -660,6 +669,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// `may_match` says yes wherever some detector finds something, and no
+    /// for a plain integer or word.
+    #[test]
+    fn may_match_covers_every_finding() {
+        let c = catalogue();
+        let l = c.live();
+        for text in ["0", "12345", "1764070000", "hello", "msg_67c1a2b3"] {
+            assert!(!l.may_match(text), "{text}");
+        }
+        for text in [
+            "4111111111111111",
+            "TCK-1234",
+            "ops@example.com",
+            "10.1.2.3",
+            "[x]",
+            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123",
+        ] {
+            let mut found = Vec::new();
+            c.find(text, &mut found);
+            assert!(!found.is_empty(), "{text}");
+            assert!(l.may_match(text), "{text}");
         }
     }
 }

@@ -639,6 +639,11 @@ impl SseMasker {
         let numbers = std::mem::take(&mut self.fit.numbers);
         for r in &numbers {
             let text = data.get(r.clone()).unwrap_or("");
+            // An integer (no character that folds, no placeholder) in which
+            // no detector matches passes as it is.
+            if !m.catalogue().live().may_match(text) {
+                continue;
+            }
             if let Some(masked) = self.judge(m, text, tokens, hits) {
                 let mut s = String::new();
                 json::write_str(&mut s, &masked);
