@@ -443,54 +443,61 @@ impl Parser<'_> {
     }
 }
 
-/// The text of a validated JSON string body (between its quotes).
-fn unescape(s: &str) -> Option<String> {
-    let b = s.as_bytes();
+/// The string token that starts at byte `at` of `src` (its opening quote),
+/// checked as `Tape::parse` checks strings: where it ends (after its closing
+/// quote) and whether it holds escapes; `None` when it is not a valid string.
+pub fn string_token(src: &str, at: usize) -> Option<(usize, bool)> {
+    let b = src.as_bytes();
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut p = Parser { b, at };
+    let escaped = p.string().ok()?;
+    Some((p.at, escaped))
+}
+
+/// The text of a validated JSON string body (between its quotes): runs
+/// without a backslash are copied whole.
+pub fn unescape(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len());
-    let mut at = 0;
-    // Runs without a backslash are copied whole.
-    while let Some(i) = memchr::memchr(b'\\', b.get(at..)?) {
-        out.push_str(s.get(at..at + i)?);
-        at += i + 1;
-        let simple = match *b.get(at)? {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
+    let mut rest = s;
+    while let Some(i) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(rest.get(..i)?);
+        let esc = rest.get(i + 1..)?;
+        let e = *esc.as_bytes().first()?;
+        let mut used = 1;
+        match e {
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
             b'u' => {
-                let mut unit = hex4(b.get(at + 1..at + 5)?)?;
-                at += 5;
+                let mut unit = hex(esc.get(1..5)?)?;
+                used = 5;
                 if (0xD800..0xDC00).contains(&unit) {
-                    if b.get(at..at + 2)? != b"\\u" {
-                        return None;
-                    }
-                    let low = hex4(b.get(at + 2..at + 6)?)?;
-                    if !(0xDC00..0xE000).contains(&low) {
-                        return None;
-                    }
-                    at += 6;
-                    unit = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                    // `\uXXXX` follows (checked by the reader).
+                    let low = hex(esc.get(7..11)?)?;
+                    unit = 0x10000 + ((unit - 0xD800) << 10) + low.checked_sub(0xDC00)?;
+                    used = 11;
                 }
                 out.push(char::from_u32(unit)?);
-                continue;
             }
             _ => return None,
-        };
-        out.push(simple);
-        at += 1;
+        }
+        rest = esc.get(used..)?;
     }
-    out.push_str(s.get(at..)?);
+    out.push_str(rest);
     Some(out)
 }
 
-fn hex4(digits: &[u8]) -> Option<u32> {
-    digits
-        .iter()
-        .try_fold(0, |unit, &d| Some(unit * 16 + (d as char).to_digit(16)?))
+fn hex(digits: &str) -> Option<u32> {
+    u32::from_str_radix(digits, 16)
+        .ok()
+        .filter(|_| digits.bytes().all(|d| d.is_ascii_hexdigit()))
 }
 
 /// Writes `s` as a JSON string (with its quotes).

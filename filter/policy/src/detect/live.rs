@@ -15,19 +15,29 @@
 //! keeps its earliest live candidate (start and DFA state) and resumes it
 //! when more text arrives; when it dies, the later starts are tried in
 //! order. Each start is walked at most once from its start to its death.
+//!
+//! In front of them, one anchored DFA of all detectors together, reporting
+//! every match of every one (`MatchKind::All`), walks each start first: a
+//! start at which it dies is dead for every detector (their threads are a
+//! subset of its threads), and completed a match only if it saw one. So
+//! the detectors' own automata only walk from its earliest live start on
+//! (the word in progress, in prose), and most text touches one table.
 
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::nfa::thompson;
 use regex_automata::util::pool::Pool;
 use regex_automata::util::start;
-use regex_automata::{Anchored, MatchKind};
+use regex_automata::{Anchored, Input, MatchKind};
 use regex_syntax::hir::Hir;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Lazy DFA cache per detector: states are computed as text needs them; when
 /// full, the cache is cleared (candidates then walk again from their start).
 const CACHE_BYTES: usize = 256 << 10;
+
+/// Lazy DFA cache of the DFA of all detectors together.
+const ANY_CACHE_BYTES: usize = 1 << 20;
 
 /// Look-behind classes that decide a DFA's start state: start of text, after
 /// `\n`, after `\r`, after an ASCII word byte, after any other byte.
@@ -54,12 +64,15 @@ type MakeCaches =
 struct CacheSet {
     id: u64,
     caches: Vec<Cache>,
+    any: Cache,
 }
 
 static NEXT_CACHE_SET: AtomicU64 = AtomicU64::new(1);
 
 pub struct Liveness {
     dfas: Vec<DFA>,
+    /// Every detector in one anchored DFA that reports all matches.
+    any: DFA,
     /// Words of one detector bitset.
     words: usize,
     /// `[(class * 256 + byte) * words ..][..words]`: the detectors whose
@@ -81,6 +94,9 @@ impl std::fmt::Debug for Liveness {
 #[derive(Debug, Clone, Default)]
 pub struct Tracks {
     per: Vec<Track>,
+    /// Where the DFA of all detectors stands: every start before its
+    /// earliest live one is dead for every detector.
+    any: Track,
     /// Starts, not yet released, from which a match was found complete:
     /// text containing them needs the finding regexes.
     pub matched: Vec<usize>,
@@ -144,6 +160,23 @@ impl Liveness {
                 .map_err(|e| e.to_string())?;
             dfas.push(dfa);
         }
+        let nfa = thompson::Compiler::new()
+            .configure(
+                thompson::Config::new()
+                    .which_captures(thompson::WhichCaptures::None)
+                    .nfa_size_limit(Some(64 << 20)),
+            )
+            .build_many_from_hir(hirs)
+            .map_err(|e| e.to_string())?;
+        let any = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::All)
+                    .cache_capacity(ANY_CACHE_BYTES)
+                    .skip_cache_capacity_check(true),
+            )
+            .build_from_nfa(nfa)
+            .map_err(|e| e.to_string())?;
         let words = dfas.len().div_ceil(64).max(1);
         let mut starts = vec![0u64; CLASSES * 256 * words];
         for (d, dfa) in dfas.iter().enumerate() {
@@ -173,12 +206,15 @@ impl Liveness {
             }
         }
         let for_caches = dfas.clone();
+        let any_for_cache = any.clone();
         let make: MakeCaches = Box::new(move || CacheSet {
             id: NEXT_CACHE_SET.fetch_add(1, Ordering::Relaxed),
             caches: for_caches.iter().map(DFA::create_cache).collect(),
+            any: any_for_cache.create_cache(),
         });
         Ok(Liveness {
             dfas,
+            any,
             words,
             starts,
             caches: Pool::new(make),
@@ -196,16 +232,35 @@ impl Liveness {
         let n = self.dfas.len();
         tracks.per.resize(n, Track::default());
         let mut set = self.caches.get();
-        let CacheSet { id, caches } = &mut *set;
+        let CacheSet { id, caches, any } = &mut *set;
         let cache_id = *id;
+        let frontier = self.gate(tracks, hay, base, any, cache_id);
+        if frontier >= end {
+            // Nothing is live: every start is decided, its matches noted.
+            for t in tracks.per.iter_mut() {
+                t.live = None;
+                t.next = t.next.max(end);
+            }
+            return Hold {
+                from: end,
+                detector: None,
+            };
+        }
 
         let mut waiting = 0usize; // detectors without a live candidate
         for d in 0..n {
-            let (Some(track), Some(cache)) = (tracks.per.get_mut(d), caches.get_mut(d)) else {
+            let (Some(track), Some(cache), Some(dfa)) =
+                (tracks.per.get_mut(d), caches.get_mut(d), self.dfas.get(d))
+            else {
                 continue;
             };
+            if track.live.is_some_and(|c| c.start < frontier) {
+                // Dead for every detector, its matches (if any) noted by
+                // the gate: not walked on.
+                track.live = None;
+            }
             if let Some(c) = track.live {
-                match self.resume(d, c, hay, base, cache, cache_id) {
+                match self.resume(dfa, c, hay, base, cache, cache_id) {
                     Step::Live(c) => track.live = Some(c),
                     Step::Dead { match_end } => {
                         if match_end.is_some() {
@@ -217,6 +272,8 @@ impl Liveness {
                 }
             }
             if track.live.is_none() {
+                // Starts before the frontier are dead for every detector.
+                track.next = track.next.max(frontier);
                 waiting += 1;
             }
         }
@@ -245,14 +302,15 @@ impl Liveness {
                     while bits != 0 {
                         let d = w * 64 + bits.trailing_zeros() as usize;
                         bits &= bits - 1;
-                        let (Some(track), Some(cache)) = (tracks.per.get_mut(d), caches.get_mut(d))
+                        let (Some(track), Some(cache), Some(dfa)) =
+                            (tracks.per.get_mut(d), caches.get_mut(d), self.dfas.get(d))
                         else {
                             continue;
                         };
                         if track.live.is_some() || track.next > s {
                             continue;
                         }
-                        match self.begin(d, s, prev, hay, base, cache, cache_id) {
+                        match self.begin(dfa, s, prev, hay, base, cache, cache_id) {
                             Step::Live(c) => {
                                 track.live = Some(c);
                                 track.next = s + 1;
@@ -290,9 +348,22 @@ impl Liveness {
         hold
     }
 
+    /// Whether some detector's pattern matches somewhere in `text` taken on
+    /// its own (the DFA of all detectors, unanchored): when not, no detector
+    /// finds anything in it. Yes when the DFA cannot tell.
+    pub fn may_match(&self, text: &str) -> bool {
+        let mut set = self.caches.get();
+        let input = Input::new(text).earliest(true);
+        !matches!(self.any.try_search_fwd(&mut set.any, &input), Ok(None))
+    }
+
     /// Forgets everything before `from`: the text there was cut off (masked
     /// whole); detection starts afresh at `from`.
     pub fn restart(&self, tracks: &mut Tracks, from: usize) {
+        tracks.any = Track {
+            next: from,
+            live: None,
+        };
         tracks.per.clear();
         tracks.per.resize(
             self.dfas.len(),
@@ -315,16 +386,19 @@ impl Liveness {
         base: usize,
     ) -> Option<Option<usize>> {
         let mut set = self.caches.get();
-        let CacheSet { id, caches } = &mut *set;
+        let CacheSet { id, caches, .. } = &mut *set;
         let cache_id = *id;
-        let (Some(track), Some(cache)) = (tracks.per.get_mut(detector), caches.get_mut(detector))
-        else {
+        let (Some(track), Some(cache), Some(dfa)) = (
+            tracks.per.get_mut(detector),
+            caches.get_mut(detector),
+            self.dfas.get(detector),
+        ) else {
             return Some(None);
         };
         let Some(c) = track.live else {
             return Some(None);
         };
-        match self.resume(detector, c, hay, base, cache, cache_id) {
+        match self.resume(dfa, c, hay, base, cache, cache_id) {
             Step::Live(c) => {
                 track.live = Some(c);
                 None
@@ -336,10 +410,71 @@ impl Liveness {
         }
     }
 
+    /// The earliest start, from where `tracks.any` left off, at which the
+    /// DFA of all detectors is live at the end of `hay` (the end if none):
+    /// every start before it is dead for every detector. Starts where it
+    /// saw a match go to `tracks.matched`.
+    fn gate(
+        &self,
+        tracks: &mut Tracks,
+        hay: &[u8],
+        base: usize,
+        cache: &mut Cache,
+        cache_id: u64,
+    ) -> usize {
+        let end = base + hay.len();
+        let t = &mut tracks.any;
+        if let Some(c) = t.live {
+            match self.resume(&self.any, c, hay, base, cache, cache_id) {
+                Step::Live(c) => {
+                    t.live = Some(c);
+                    return c.start;
+                }
+                Step::Dead { match_end } => {
+                    if match_end.is_some() {
+                        tracks.matched.push(c.start);
+                    }
+                    t.live = None;
+                    t.next = c.start + 1;
+                }
+            }
+        }
+        let mut s = t.next.max(base);
+        while let Some(&byte) = s.checked_sub(base).and_then(|i| hay.get(i)) {
+            let prev = if s == 0 {
+                None
+            } else {
+                (s - 1).checked_sub(base).and_then(|j| hay.get(j)).copied()
+            };
+            let row = (class_of(prev) * 256 + usize::from(byte)) * self.words;
+            let can_start = self
+                .starts
+                .get(row..row + self.words)
+                .is_none_or(|r| r.iter().any(|&w| w != 0));
+            if can_start {
+                match self.begin(&self.any, s, prev, hay, base, cache, cache_id) {
+                    Step::Live(c) => {
+                        t.live = Some(c);
+                        t.next = s + 1;
+                        return s;
+                    }
+                    Step::Dead { match_end } => {
+                        if match_end.is_some() {
+                            tracks.matched.push(s);
+                        }
+                    }
+                }
+            }
+            s += 1;
+        }
+        t.next = end.max(t.next);
+        end
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn begin(
         &self,
-        d: usize,
+        dfa: &DFA,
         s: usize,
         prev: Option<u8>,
         hay: &[u8],
@@ -347,9 +482,6 @@ impl Liveness {
         cache: &mut Cache,
         cache_id: u64,
     ) -> Step {
-        let Some(dfa) = self.dfas.get(d) else {
-            return Step::Dead { match_end: None };
-        };
         let config = start::Config::new()
             .anchored(Anchored::Yes)
             .look_behind(prev);
@@ -369,16 +501,13 @@ impl Liveness {
 
     fn resume(
         &self,
-        d: usize,
+        dfa: &DFA,
         c: Candidate,
         hay: &[u8],
         base: usize,
         cache: &mut Cache,
         cache_id: u64,
     ) -> Step {
-        let Some(dfa) = self.dfas.get(d) else {
-            return Step::Dead { match_end: None };
-        };
         if c.sid.is_some() && c.cache == cache_id && c.generation == cache.clear_count() {
             return self.walk(dfa, c, hay, base, cache);
         }
@@ -392,7 +521,7 @@ impl Liveness {
                 .and_then(|j| hay.get(j))
                 .copied()
         };
-        self.begin(d, c.start, prev, hay, base, cache, cache_id)
+        self.begin(dfa, c.start, prev, hay, base, cache, cache_id)
     }
 
     fn walk(
@@ -444,4 +573,126 @@ fn stuck(start: usize, cache: u64) -> Step {
         generation: 0,
         match_end: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Catalogue, Custom};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// Walks detector `d`'s anchored DFA from every start of `text`: which
+    /// are live at its end, and which completed a match before dying.
+    fn reference(l: &Liveness, text: &[u8]) -> (Vec<usize>, Vec<usize>) {
+        let (mut live, mut matched) = (Vec::new(), Vec::new());
+        for (d, dfa) in l.dfas.iter().enumerate() {
+            let mut cache = dfa.create_cache();
+            let _ = d;
+            for s in 0..text.len() {
+                let prev = s.checked_sub(1).map(|p| text[p]);
+                let config = start::Config::new()
+                    .anchored(Anchored::Yes)
+                    .look_behind(prev);
+                let mut sid = dfa.start_state(&mut cache, &config).unwrap();
+                let mut dead = sid.is_dead();
+                let mut hit = false;
+                for &b in &text[s..] {
+                    sid = dfa.next_state(&mut cache, sid, b).unwrap();
+                    hit |= sid.is_match();
+                    if sid.is_dead() {
+                        dead = true;
+                        break;
+                    }
+                }
+                if !dead {
+                    live.push(s);
+                } else if hit {
+                    matched.push(s);
+                }
+            }
+        }
+        live.sort_unstable();
+        (live, matched)
+    }
+
+    fn catalogue() -> Catalogue {
+        let custom = [
+            Custom {
+                name: "ticket".into(),
+                pattern: r"\bTCK-[0-9]{4,8}\b".into(),
+                risk: 10,
+            },
+            Custom {
+                name: "block".into(),
+                pattern: r"\[[^\]]*?\]".into(),
+                risk: 5,
+            },
+        ];
+        Catalogue::new(|_| true, &custom).unwrap()
+    }
+
+    /// The hold after every piece is the earliest start any detector's
+    /// automaton leaves live, and every start that completed a match is
+    /// reported, though the detectors' own automata only walk from the
+    /// gate's earliest live start on.
+    #[test]
+    fn starts_the_gate_decides_are_decided_as_walks_decide_them() {
+        let c = catalogue();
+        let l = c.live();
+        let texts = [
+            "The build failed, see the log at ops@example.com now. ",
+            "key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY and AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh done ",
+            "at 10:15:02 and fe80::1:2 or 4111 1111 1111 1111, TCK-1234 x",
+            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123 [block] a@b.co\n-----BEGIN PRIVATE KEY-----\nMII\n",
+            "AKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLEX password=Zx9!vT4#qL2m ",
+        ];
+        for text in texts {
+            let bytes = text.as_bytes();
+            for step in [1, 2, 3, 7, 20] {
+                let mut tracks = Tracks::default();
+                let mut n = 0;
+                while n < bytes.len() {
+                    n = (n + step).min(bytes.len());
+                    let hold = l.advance(&mut tracks, &bytes[..n], 0);
+                    let (live, matched) = reference(l, &bytes[..n]);
+                    assert_eq!(
+                        hold.from,
+                        live.first().copied().unwrap_or(n),
+                        "{text:?} at {n}"
+                    );
+                    for s in matched {
+                        assert!(
+                            tracks.matched.contains(&s),
+                            "{text:?} at {n}: match from {s} not reported"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `may_match` says yes wherever some detector finds something, and no
+    /// for a plain integer or word.
+    #[test]
+    fn may_match_covers_every_finding() {
+        let c = catalogue();
+        let l = c.live();
+        for text in ["0", "12345", "1764070000", "hello", "msg_67c1a2b3"] {
+            assert!(!l.may_match(text), "{text}");
+        }
+        for text in [
+            "4111111111111111",
+            "TCK-1234",
+            "ops@example.com",
+            "10.1.2.3",
+            "[x]",
+            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123",
+        ] {
+            let mut found = Vec::new();
+            c.find(text, &mut found);
+            assert!(!found.is_empty(), "{text}");
+            assert!(l.may_match(text), "{text}");
+        }
+    }
 }

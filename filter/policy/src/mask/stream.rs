@@ -307,13 +307,24 @@ pub struct StreamRestorer {
 
 impl StreamRestorer {
     pub fn push(&mut self, tokens: &Tokens, piece: &str) -> String {
-        self.pending.push_str(piece);
+        self.push_owned(tokens, piece.to_string())
+    }
+
+    /// `push`, taking the piece's buffer (returned when nothing is held or
+    /// restored).
+    pub fn push_owned(&mut self, tokens: &Tokens, piece: String) -> String {
+        if self.pending.is_empty() && !piece.contains('[') {
+            // Nothing held and nothing to hold: no placeholder in it.
+            return piece;
+        }
+        self.pending.push_str(&piece);
         let max = tokens.max_token_len();
         let hold = match self.pending.rfind('[') {
             Some(i) if !self.pending[i..].contains(']') && self.pending.len() - i < max => i,
             _ => self.pending.len(),
         };
-        let ready: String = self.pending.drain(..hold).collect();
+        let held = self.pending.split_off(hold);
+        let ready = std::mem::replace(&mut self.pending, held);
         tokens.restore(&ready).unwrap_or(ready)
     }
 

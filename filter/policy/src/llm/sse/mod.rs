@@ -16,6 +16,7 @@
 //! an event over `max_event_bytes` is cut (`broken`), never passed raw.
 
 pub mod reader;
+mod template;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -23,6 +24,7 @@ use crate::json::{self, Edits, Kind, Tape};
 use crate::mask::stream::{StreamMasker, StreamRestorer};
 use crate::mask::{Hits, Masker, Tokens};
 use reader::{Broken, Event, Reader};
+use template::{Fit, Template};
 
 use super::Api;
 
@@ -213,9 +215,28 @@ pub struct SseMasker {
     clean: Clean,
     tape: Tape,
     edits: Edits,
+    /// Shapes of recent events (`template`), the latest first.
+    templates: Vec<Template>,
+    /// Whether events are learnt as templates (tests compare both ways).
+    learning: bool,
+    /// A templated event's text, written as JSON.
+    scratch: String,
+    fit: Fit,
+    /// What the event being read did, to tell whether it can be a template.
+    shape: Shape,
     /// The stream can no longer be passed on; the caller ends it (with
     /// `error_event`).
     pub broken: Option<Broken>,
+}
+
+/// What reading one JSON event did.
+#[derive(Debug, Default)]
+struct Shape {
+    /// Channel texts it carried: the last one's channel, `extra` and node.
+    texts: usize,
+    text: Option<(Channel, String, usize)>,
+    /// It closed a channel, or changed something other than its text.
+    other: bool,
 }
 
 /// What an answer without a content type looks like from its first bytes:
@@ -240,6 +261,11 @@ impl SseMasker {
             clean: Clean::default(),
             tape: Tape::default(),
             edits: Edits::default(),
+            templates: Vec::new(),
+            learning: true,
+            scratch: String::new(),
+            fit: Fit::default(),
+            shape: Shape::default(),
             broken: None,
         }
     }
@@ -273,7 +299,8 @@ impl SseMasker {
             self.broken = Some(e);
         }
         for ev in events.drain(..) {
-            self.event(m, ev, tokens, hits, &mut out);
+            let ev = self.event(m, ev, tokens, hits, &mut out);
+            self.reader.recycle(ev);
         }
         self.events = events;
         out
@@ -299,6 +326,7 @@ impl SseMasker {
         out
     }
 
+    /// Judges and writes one event; gives it back (its buffers are reused).
     fn event(
         &mut self,
         m: &Masker,
@@ -306,36 +334,50 @@ impl SseMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Event {
+        if let Some(data) = &ev.data {
+            if self.templated(m, &ev, data, tokens, hits, out) {
+                return ev;
+            }
+        }
+        let mut changed = false;
         for c in &mut ev.comments {
             if let Some(masked) = self.judge(m, c, tokens, hits) {
                 *c = masked;
+                changed = true;
             }
         }
         if let Some(id) = &mut ev.id {
             if let Some(masked) = self.judge(m, id, tokens, hits) {
                 *id = masked;
+                changed = true;
             }
         }
         if let Some(name) = &mut ev.event {
             if let Some(masked) = self.judge(m, name, tokens, hits) {
                 *name = masked;
+                changed = true;
             }
         }
         let Some(data) = ev.data.take() else {
             ev.write(None, out);
-            return;
+            return ev;
         };
         if data.trim() == "[DONE]" {
             self.flush_all(m, tokens, hits, out);
             ev.write(Some(&data), out);
-            return;
+            return ev;
         }
         let mut tape = std::mem::take(&mut self.tape);
         let new = match tape.parse(&data) {
             Ok(()) => {
                 self.edits.clear();
+                self.shape = Shape::default();
+                let written = out.len();
                 self.json_event(m, &tape, &data, tokens, hits, out);
+                if !changed && out.len() == written {
+                    self.learn(&tape, &data, &ev);
+                }
                 (!self.edits.is_empty()).then(|| self.edits.apply(&data))
             }
             // Not JSON: its text is judged whole.
@@ -343,6 +385,8 @@ impl SseMasker {
         };
         self.tape = tape;
         ev.write(Some(new.as_deref().unwrap_or(&data)), out);
+        ev.data = Some(data);
+        ev
     }
 
     /// Masks one JSON event into `self.edits`; held text of a channel that
@@ -515,15 +559,19 @@ impl SseMasker {
                 let Some(piece) = tape.str(src, node) else {
                     continue;
                 };
-                let mut ready = self.through(m, ch.clone(), &piece, String::new(), tokens, hits);
+                let mut ready = self.through(m, &ch, &piece, "", tokens, hits);
                 if finished {
                     // This chunk closes the channel: its piece and the rest.
                     ready += &self.take_rest(m, &ch, tokens, hits);
+                    self.shape.other = true;
                 }
                 self.rewrite(tape, node, &piece, &ready);
                 streamed.push(node);
+                self.shape.texts += 1;
+                self.shape.text = Some((ch, String::new(), node));
             }
             if finished {
+                self.shape.other = true;
                 // Channels of this choice not in this chunk: their held text
                 // goes first, in chunks of their own.
                 self.flush_where(
@@ -535,6 +583,118 @@ impl SseMasker {
                 );
             }
         }
+    }
+
+    /// An event of a known shape (`template`): its text through the
+    /// template's channel, its integers judged, nothing else read. `false`
+    /// when no template fits.
+    fn templated(
+        &mut self,
+        m: &Masker,
+        ev: &Event,
+        data: &str,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let (comments, name, id, retry) = (
+            &ev.comments,
+            ev.event.as_deref(),
+            ev.id.as_deref(),
+            ev.retry.as_deref(),
+        );
+        let fit = &mut self.fit;
+        let Some(k) = self
+            .templates
+            .iter()
+            .position(|t| t.same_fields(comments, name, id, retry) && t.fit(data, fit))
+        else {
+            return false;
+        };
+        if k > 0 {
+            self.templates[..=k].rotate_right(1);
+        }
+        let token = self.fit.token.clone();
+        let inner = data.get(token.start + 1..token.end - 1).unwrap_or("");
+        let piece = if self.fit.escaped {
+            match json::unescape(inner) {
+                Some(p) => std::borrow::Cow::Owned(p),
+                None => return false,
+            }
+        } else {
+            std::borrow::Cow::Borrowed(inner)
+        };
+        let templates = std::mem::take(&mut self.templates);
+        let ready = match templates.first() {
+            Some(t) => self.through(m, &t.channel, &piece, &t.extra, tokens, hits),
+            None => String::new(),
+        };
+        self.templates = templates;
+        self.edits.clear();
+        let changed = ready != piece;
+        if changed {
+            self.scratch.clear();
+            json::write_str(&mut self.scratch, &ready);
+        }
+        let numbers = std::mem::take(&mut self.fit.numbers);
+        for r in &numbers {
+            let text = data.get(r.clone()).unwrap_or("");
+            // An integer (no character that folds, no placeholder) in which
+            // no detector matches passes as it is.
+            if !m.catalogue().live().may_match(text) {
+                continue;
+            }
+            if let Some(masked) = self.judge(m, text, tokens, hits) {
+                let mut s = String::new();
+                json::write_str(&mut s, &masked);
+                self.edits.replace(r.start, r.end, s);
+            }
+        }
+        self.fit.numbers = numbers;
+        let (before, after) = (
+            data.get(..token.start).unwrap_or(""),
+            data.get(token.end..).unwrap_or(""),
+        );
+        if !self.edits.is_empty() {
+            // An integer changed too (rare): every edit in one pass.
+            if changed {
+                let s = self.scratch.clone();
+                self.edits.replace(token.start, token.end, s);
+            }
+            let new = self.edits.apply(data);
+            ev.write(Some(&new), out);
+        } else if changed {
+            ev.write_parts(&[before, &self.scratch, after], out);
+        } else {
+            ev.write(Some(data), out);
+        }
+        true
+    }
+
+    /// Keeps the shape of an event read in full when it carried one channel
+    /// text and changed nothing else.
+    fn learn(&mut self, tape: &Tape, src: &str, ev: &Event) {
+        let shape = std::mem::take(&mut self.shape);
+        let (true, 1, false, Some((channel, extra, node))) =
+            (self.learning, shape.texts, shape.other, shape.text)
+        else {
+            return;
+        };
+        let Some(t) = Template::new(
+            src,
+            tape,
+            node,
+            &ev.comments,
+            ev.event.as_deref(),
+            ev.id.as_deref(),
+            ev.retry.as_deref(),
+            channel,
+            extra,
+        ) else {
+            return;
+        };
+        self.templates.insert(0, t);
+        self.templates.truncate(template::KEEP);
     }
 
     /// One delta string through its channel; its span is rewritten when
@@ -554,29 +714,38 @@ impl SseMasker {
         let Some(piece) = tape.str(src, node) else {
             return;
         };
-        let ready = self.through(m, ch, &piece, extra, tokens, hits);
+        let ready = self.through(m, &ch, &piece, &extra, tokens, hits);
         self.rewrite(tape, node, &piece, &ready);
+        self.shape.texts += 1;
+        self.shape.text = Some((ch, extra, node));
     }
 
     /// Pushes a piece of a channel's text; returns what can go out now.
     fn through(
         &mut self,
         m: &Masker,
-        ch: Channel,
+        ch: &Channel,
         piece: &str,
-        extra: String,
+        extra: &str,
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> String {
-        let hold_max = self.hold_max;
-        let state = self.channels.entry(ch).or_insert_with(|| ChannelState {
-            masker: StreamMasker::new(hold_max),
-            restorer: StreamRestorer::default(),
-            extra: String::new(),
-        });
-        state.extra = extra;
+        if !self.channels.contains_key(ch) {
+            let state = ChannelState {
+                masker: StreamMasker::new(self.hold_max),
+                restorer: StreamRestorer::default(),
+                extra: String::new(),
+            };
+            self.channels.insert(ch.clone(), state);
+        }
+        let Some(state) = self.channels.get_mut(ch) else {
+            return String::new();
+        };
+        if state.extra != extra {
+            extra.clone_into(&mut state.extra);
+        }
         let masked = state.masker.push(m, piece, tokens, hits);
-        state.restorer.push(tokens, &masked)
+        state.restorer.push_owned(tokens, masked)
     }
 
     /// Puts `ready` in place of string node `node` (which held `piece`).
@@ -612,6 +781,7 @@ impl SseMasker {
                         let mut s = String::new();
                         json::write_str(&mut s, &masked);
                         self.edits.replace(n.start, n.end, s);
+                        self.shape.other = true;
                     }
                 }
                 Kind::Number => {
@@ -621,6 +791,7 @@ impl SseMasker {
                         let mut s = String::new();
                         json::write_str(&mut s, &masked);
                         self.edits.replace(n.start, n.end, s);
+                        self.shape.other = true;
                     }
                 }
                 _ => {}

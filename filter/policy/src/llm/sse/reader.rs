@@ -21,6 +21,33 @@ pub struct Event {
 impl Event {
     /// Writes the event in canonical form, with `data` in place of its own.
     pub fn write(&self, data: Option<&str>, out: &mut Vec<u8>) {
+        match data {
+            Some(data) => self.write_parts(&[data], out),
+            None => {
+                self.write_fields(out);
+                out.push(b'\n');
+            }
+        }
+    }
+
+    /// Writes the event with the concatenation of `parts` as its data.
+    pub fn write_parts(&self, parts: &[&str], out: &mut Vec<u8>) {
+        self.write_fields(out);
+        out.extend_from_slice(b"data: ");
+        for part in parts {
+            let mut lines = part.split('\n');
+            if let Some(first) = lines.next() {
+                out.extend_from_slice(first.as_bytes());
+            }
+            for line in lines {
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(line.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn write_fields(&self, out: &mut Vec<u8>) {
         for c in &self.comments {
             out.push(b':');
             out.extend_from_slice(c.as_bytes());
@@ -38,14 +65,6 @@ impl Event {
                 out.push(b'\n');
             }
         }
-        if let Some(data) = data {
-            for line in data.split('\n') {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(line.as_bytes());
-                out.push(b'\n');
-            }
-        }
-        out.push(b'\n');
     }
 }
 
@@ -68,6 +87,24 @@ impl std::fmt::Display for Broken {
     }
 }
 
+#[derive(Debug, Clone, Default)]
+struct Spare {
+    data: Option<String>,
+    event: Option<String>,
+}
+
+/// `value` in `spare`'s buffer, if there is one.
+fn reuse(spare: &mut Option<String>, value: &str) -> String {
+    match spare.take() {
+        Some(mut s) => {
+            s.clear();
+            s.push_str(value);
+            s
+        }
+        None => value.to_string(),
+    }
+}
+
 /// Cuts a byte stream into events; holds at most one event's bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Reader {
@@ -77,6 +114,8 @@ pub struct Reader {
     /// No line has been completed yet (a BOM may start the first).
     first: bool,
     pending: Event,
+    /// Buffers of events already written out, reused.
+    spare: Spare,
     /// Bytes of the event being read, its partial line included.
     size: usize,
     started: bool,
@@ -155,10 +194,18 @@ impl Reader {
     }
 
     fn line_done(&mut self, events: &mut Vec<Event>) -> Result<(), Broken> {
-        let bytes = std::mem::take(&mut self.line);
-        let mut line = String::from_utf8(bytes).map_err(|_| Broken::NotUtf8)?;
-        if std::mem::take(&mut self.first) && line.starts_with('\u{feff}') {
-            line.drain(..'\u{feff}'.len_utf8());
+        // The line buffer keeps its capacity for the next line.
+        let line = std::mem::take(&mut self.line);
+        let done = self.line_str(&line, events);
+        self.line = line;
+        self.line.clear();
+        done
+    }
+
+    fn line_str(&mut self, bytes: &[u8], events: &mut Vec<Event>) -> Result<(), Broken> {
+        let mut line = std::str::from_utf8(bytes).map_err(|_| Broken::NotUtf8)?;
+        if std::mem::take(&mut self.first) {
+            line = line.strip_prefix('\u{feff}').unwrap_or(line);
         }
         if line.is_empty() {
             // A blank line: the event is complete.
@@ -179,7 +226,7 @@ impl Reader {
                 let value = &line[i + 1..];
                 (&line[..i], value.strip_prefix(' ').unwrap_or(value))
             }
-            None => (line.as_str(), ""),
+            None => (line, ""),
         };
         match name {
             "data" => match &mut e.data {
@@ -187,9 +234,9 @@ impl Reader {
                     d.push('\n');
                     d.push_str(value);
                 }
-                None => e.data = Some(value.to_string()),
+                None => e.data = Some(reuse(&mut self.spare.data, value)),
             },
-            "event" => e.event = Some(value.to_string()),
+            "event" => e.event = Some(reuse(&mut self.spare.event, value)),
             "id" if !value.contains('\0') => e.id = Some(value.to_string()),
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 e.retry = Some(value.to_string());
@@ -198,5 +245,16 @@ impl Reader {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Takes back an event's buffers once it has been written out, for the
+    /// events still to come.
+    pub fn recycle(&mut self, ev: Event) {
+        if let Some(d) = ev.data {
+            self.spare.data = Some(d);
+        }
+        if let Some(n) = ev.event {
+            self.spare.event = Some(n);
+        }
     }
 }

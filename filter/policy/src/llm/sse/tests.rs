@@ -491,3 +491,136 @@ mod properties {
         }
     }
 }
+
+/// Runs `chunks` with events read in full only, and with known shapes
+/// taken as templates: the streams must be the same, byte for byte, with
+/// the same findings.
+fn same_with_templates(m: &Masker, api: Api, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut outs = Vec::new();
+    for learning in [false, true] {
+        let mut s = SseMasker::new(api, HOLD, MAX_EVENT);
+        s.learning = learning;
+        let mut t = Tokens::default();
+        let mut h = Hits::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(s.push(m, c, &mut t, &mut h));
+        }
+        out.extend(s.finish(m, &mut t, &mut h));
+        assert!(s.broken.is_none(), "{:?}", s.broken);
+        if learning {
+            assert!(!s.templates.is_empty(), "no event was learnt");
+        }
+        outs.push((String::from_utf8(out).unwrap(), h));
+    }
+    assert_eq!(outs[0], outs[1]);
+    outs.swap_remove(1).0.into_bytes()
+}
+
+/// Text with escapes of every kind, split inside them: `\u0040` (an `@`
+/// that makes an e-mail), a surrogate pair, quotes and newlines.
+const ESCAPED_TEXT: &str = "mail bob\u{0040}example.com \u{1F600} \"q\" \\ x\ny\tz sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123 end";
+
+/// The stream of `text` with every `@` written `\u0040` and the emoji as a
+/// surrogate pair, as a server may escape them.
+fn escaped(stream: &str) -> String {
+    stream
+        .replace('@', "\\u0040")
+        .replace('\u{1F600}', "\\ud83d\\ude00")
+}
+
+#[test]
+fn templated_events_are_masked_as_events_read_in_full() {
+    let m = masker();
+    for text in [
+        SECRET_TEXT,
+        ESCAPED_TEXT,
+        "plain words only, nothing here. ",
+    ] {
+        for step in [2, 7] {
+            for (api, stream) in [
+                (Api::OpenAiChat, openai_stream(text, step)),
+                (Api::Anthropic, anthropic_stream(text, step)),
+                (Api::OpenAiResponses, responses_stream(text, step)),
+            ] {
+                for stream in [stream.clone(), escaped(&stream)] {
+                    let bytes = stream.as_bytes();
+                    for at in (0..=bytes.len()).step_by(SPLIT_STEP * 13) {
+                        let out = same_with_templates(m, api, &[&bytes[..at], &bytes[at..]]);
+                        assert_eq!(assembled(&out), whole(text), "{api:?} {step} split at {at}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The Responses API numbers its events: the number is a hole in the
+/// template, judged in every event (here by a detector of its own).
+#[test]
+fn template_holes_take_any_integer_and_judge_it() {
+    let c = Catalogue::new(
+        |_| true,
+        &[crate::detect::Custom {
+            name: "seven".into(),
+            pattern: r"^7[0-9]*$".into(),
+            risk: 10,
+        }],
+    )
+    .unwrap();
+    let ops = c.detectors().iter().map(|_| Operator::Redact).collect();
+    let m = Masker::new(c, ops, Vec::new());
+    let mut s = String::new();
+    for (i, piece) in pieces("some text and bob@example.com in it ", 2)
+        .iter()
+        .enumerate()
+    {
+        let ev = json!({"type": "response.output_text.delta", "sequence_number": i * 7, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": piece});
+        s += &format!("event: response.output_text.delta\ndata: {ev}\n\n");
+    }
+    // Numbers that are not integers, or change the channel, are no holes.
+    s += "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1.5,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"a\"}\n\n";
+    s += "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":01,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"b\"}\n\n";
+    s += "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":9,\"item_id\":\"msg_1\",\"output_index\":1,\"content_index\":0,\"delta\":\"c\"}\n\n";
+    let bytes = s.as_bytes();
+    for at in (0..=bytes.len()).step_by(SPLIT_STEP * 11) {
+        let out = same_with_templates(&m, Api::OpenAiResponses, &[&bytes[..at], &bytes[at..]]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("\"sequence_number\":\"[SEVEN]\""), "{out}");
+        assert!(out.contains("\"sequence_number\":63,"), "{out}");
+        assert!(!out.contains("bob@"), "{out}");
+    }
+}
+
+/// A detector's start right at the end of a chunk, and events that change
+/// shape (another choice, a tool call, a finish) between templated ones.
+#[test]
+fn shapes_that_change_midway_and_starts_at_chunk_ends() {
+    let m = masker();
+    let mut s = String::new();
+    for piece in [
+        "see ",
+        "the log",
+        "@example.com",
+        " and ",
+        "sk-",
+        "proj-AbCdEfGhIjKl",
+        "MnOpQrStUvWx123",
+        " ok",
+    ] {
+        let ev = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+        s += &format!("data: {ev}\n\n");
+        let ev = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 1, "delta": {"content": piece}, "finish_reason": null}]});
+        s += &format!("data: {ev}\n\n");
+        let ev = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "finish_reason": null}]});
+        s += &format!("data: {ev}\n\n");
+    }
+    s += "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"finish_reason\":\"stop\"}]}\n\n";
+    s += "data: [DONE]\n\n";
+    let bytes = s.as_bytes();
+    for at in (0..=bytes.len()).step_by(SPLIT_STEP) {
+        let out = same_with_templates(m, Api::OpenAiChat, &[&bytes[..at], &bytes[at..]]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("log@") && !out.contains("sk-proj"), "{out}");
+    }
+}
