@@ -46,7 +46,7 @@ impl Host for Fake {
     }
 }
 
-/// The chat request of `make bench` (tests/src/bin/bench.rs): prose, code
+/// The chat request of `make bench` (tests/src/bin/bench/main.rs): prose, code
 /// and log lines, an e-mail address in every fourth message.
 fn body(kb: usize) -> Vec<u8> {
     const PROSE: &str = "The deployment failed after the migration step because the connection \
