@@ -210,7 +210,6 @@ impl Worker {
                     .collect();
                 host::send_response(reply.status, &headers, &reply.body);
             }
-            Effect::WaitForKeys => {}
             Effect::Resume => host::resume_request(),
             Effect::Enqueue { record, reserved } => {
                 let mut more = Vec::new();

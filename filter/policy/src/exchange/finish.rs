@@ -27,6 +27,10 @@ impl Exchange {
             }
             return;
         };
+        let unauthenticated = self
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.status() == tracegate_proto::v1::identity::Status::Rejected);
         recorder.set_identity(self.identity.take());
         if let Some(id) = self.ahead.record_id() {
             recorder.request_record_id = id.to_string();
@@ -63,7 +67,7 @@ impl Exchange {
         recorder.answered_by = answered_by;
         let ending = Ending {
             answered_by,
-            unauthenticated: self.unauthenticated,
+            unauthenticated,
             unrecorded: matches!(self.ahead, AheadGate::Refused(_)),
             approval_refused,
             upstream: self.upstream,

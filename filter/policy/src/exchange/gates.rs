@@ -31,7 +31,7 @@ use crate::approval::{
     GRANT_HEADER,
 };
 use crate::config::{FailureMode, RecordingMode};
-use crate::record::{record_id, UpstreamSaw};
+use crate::record::{record_id, RequestInfo, UpstreamSaw};
 
 /// Characters of the request an approver is shown (around what made it
 /// risky).
@@ -181,18 +181,20 @@ impl Exchange {
                 count: 1,
             });
         }
-        let (info, session_id) = match &self.recorder {
-            Some(r) => (r.info().clone(), r.session_id().to_string()),
-            None => Default::default(),
-        };
+        let default = RequestInfo::default();
+        let info = self.recorder.as_ref().map_or(&default, |r| r.info());
         Ask {
             base_risk: i.request.risk.saturating_add(i.rules_risk),
             reasons,
-            session_id,
+            session_id: self
+                .recorder
+                .as_ref()
+                .map(|r| r.session_id().to_string())
+                .unwrap_or_default(),
             digest: request_digest(&info.method, &info.path, raw),
-            request_id: info.request_id,
-            method: info.method,
-            path: info.path,
+            request_id: info.request_id.clone(),
+            method: info.method.clone(),
+            path: info.path.clone(),
             excerpt: excerpt(sent, &self.marks, EXCERPT_CHARS),
             grant: self.grant.clone(),
         }

@@ -155,9 +155,6 @@ pub enum Effect {
     /// Makes a call; its answer comes back as `Event::Answered` (a call that
     /// cannot be made, as `Reply::NotSent` at once).
     Call(CallKind, Call),
-    /// Parks the exchange until the provider's keys arrive (the gateway
-    /// already counts it among the parked).
-    WaitForKeys,
     /// Lets a paused request go on (after an asynchronous event).
     Resume,
     /// Hands a record to the outbox (using the exchange's reservation).
@@ -345,11 +342,7 @@ pub struct Exchange {
     identity: Option<Identity>,
     /// The token it parked with, decided again once the keys are there.
     parked_token: Option<Extracted>,
-    /// Whether the caller's token was refused (401).
-    unauthenticated: bool,
     body: BodyMode,
-    /// Headers wait for the body too (`inspection.hold_headers`).
-    headers_held: bool,
     /// Bytes of the held body received so far.
     body_bytes: usize,
     request_content_type: String,
@@ -376,9 +369,7 @@ impl Exchange {
             recorder: None,
             identity: None,
             parked_token: None,
-            unauthenticated: false,
             body: BodyMode::Streams,
-            headers_held: false,
             body_bytes: 0,
             request_content_type: String::new(),
             response: ResponseMode::Pass,
@@ -469,6 +460,17 @@ impl Exchange {
 
     fn answered_locally(&self) -> bool {
         self.phase == Phase::Answered
+    }
+
+    /// Headers wait for the body too: it is inspected and
+    /// `inspection.hold_headers` is on.
+    fn headers_held(&self, gw: &Gateway) -> bool {
+        self.body == BodyMode::Inspected
+            && gw
+                .policy
+                .inspector
+                .as_ref()
+                .is_some_and(|i| i.config.hold_headers)
     }
 
     /// Answers locally with `reply`; later callbacks only record.

@@ -114,7 +114,7 @@ impl Exchange {
             Auth::Refused => Action::Pause,
             _ if end_of_stream => self.complete(&[], &[], gw, host, out),
             Auth::Parked => Action::Pause,
-            Auth::Passed if self.headers_held => Action::Pause,
+            Auth::Passed if self.headers_held(gw) => Action::Pause,
             Auth::Passed => Action::Continue,
         };
         if action == Action::Continue {
@@ -156,7 +156,6 @@ impl Exchange {
                     return Some(Action::Pause);
                 }
                 self.body = BodyMode::Inspected;
-                self.headers_held = inspector.config.hold_headers;
                 out.push(Effect::SetRequestHeader("content-length".into(), None));
             }
         }
@@ -189,7 +188,6 @@ impl Exchange {
                 if gw.park(self.id, provider) {
                     self.parked_token = Some(token);
                     self.phase = Phase::WaitingForKeys { complete: false };
-                    out.push(Effect::WaitForKeys);
                     return Auth::Parked;
                 }
             }
@@ -237,7 +235,6 @@ impl Exchange {
             Level::Debug,
             format!("401 {}: {}", rejection.reason.as_str(), rejection.detail),
         ));
-        self.unauthenticated = true;
         let reply = LocalReply::new(self.api, &Refusal::Unauthenticated(rejection), "");
         self.respond(reply, gw, out);
         Auth::Refused
@@ -262,7 +259,7 @@ impl Exchange {
                 if self.run_gates(gw, host, out) == Action::Continue {
                     out.push(Effect::Resume);
                 }
-            } else if !self.headers_held {
+            } else if !self.headers_held(gw) {
                 // Headers go on; the body's end runs the gates.
                 self.let_go(UpstreamSaw::Headers);
                 out.push(Effect::Resume);
@@ -393,7 +390,7 @@ impl Exchange {
             }
         };
         let sent = masked.as_deref().unwrap_or(&body);
-        if self.headers_held {
+        if self.headers_held(gw) {
             // Headers are still here: give them the length of what is sent.
             out.push(Effect::SetRequestHeader(
                 "content-length".into(),
