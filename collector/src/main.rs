@@ -410,7 +410,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "TiB" => 1 << 40,
         other => {
             return Err(format!(
-                "unknown size unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)"
+                "unknown size unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
             ))
         }
     };

@@ -11,6 +11,7 @@ use super::frame::{self, SEGMENT_HEADER_LEN};
 use super::layout::Layout;
 use super::read::Reader;
 use super::verify::{verify, Report};
+use super::writer::now_nanos;
 use super::writer::{Ledger, Options};
 
 fn key() -> SigningKey {
@@ -262,6 +263,42 @@ fn retention_deletes_sealed_segments_and_says_so() {
         problems.iter().any(|p| p.contains("no retention entry")),
         "{problems:?}"
     );
+}
+
+#[test]
+fn retention_that_rolls_the_segment_still_deletes_everything_it_drops() {
+    // Segments so small that writing the retention entry rolls the open
+    // segment, which applies retention again from inside the first pass
+    // (as the idle tick does): every segment dropped from tracking must also
+    // be gone from disk.
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = open(
+        dir.path(),
+        Options {
+            segment_bytes: 1,
+            retain_bytes: Some(3000),
+            ..Options::default()
+        },
+    );
+    for i in 0..40 {
+        l.append(&[vec![rec(i, "s")]]).unwrap();
+        l.apply_retention(now_nanos()).unwrap();
+    }
+    let layout = Layout::new(dir.path());
+    let sizes: Vec<u64> = layout
+        .segments()
+        .unwrap()
+        .iter()
+        .map(|&n| std::fs::metadata(layout.segment(n)).unwrap().len())
+        .collect();
+    let largest = sizes.iter().copied().max().unwrap();
+    assert!(
+        sizes.iter().sum::<u64>() <= 3000 + largest,
+        "segments left: {sizes:?}; the policy keeps 3000 bytes"
+    );
+    l.close().unwrap();
+    let report = check(dir.path());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
 #[test]

@@ -376,7 +376,7 @@ impl Ledger {
     /// Deletes the oldest sealed segments the policy no longer keeps. The
     /// signed retention entry is durable before any file goes. Segments go
     /// oldest first, so the deleted ones are always 1..=N.
-    fn apply_retention(&mut self, now: i64) -> Result<()> {
+    pub(super) fn apply_retention(&mut self, now: i64) -> Result<()> {
         let (victims, policy) = self.retention_victims(now);
         let (Some(first), Some(last)) = (victims.first(), victims.last()) else {
             return Ok(());
@@ -459,6 +459,13 @@ impl Ledger {
                     }
                 }
             }
+        }
+        // By number, not by count: writing the retention entry may have
+        // rolled the segment and applied retention again from inside (the
+        // idle tick), deleting and untracking these already; popping once
+        // per victim would then untrack segments that are still on disk.
+        let last = victims.last().map_or(0, |v| v.number);
+        while self.sealed.front().is_some_and(|s| s.number <= last) {
             self.sealed.pop_front();
         }
         sync_dir(&self.layout.root.join("segments"))
