@@ -126,8 +126,12 @@ wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
 	  $(WASM_TEST) -p tracegate-policy --target wasm32-unknown-unknown --lib --tests \
 	  --target-dir target/wasm-test
 
-e2e-test: build python-env wrk
-	PYTHON=$(PYTHON) cargo test -p tracegate-e2e
+# The collector under test is the debug build: `unit-test` has already built it
+# for its own tests (a release build would cost CI five more minutes of compiling
+# for no faster test). `make demo` and `make bench` use the release build.
+e2e-test: filter python-env wrk
+	cargo build -p tracegate-collector --bin tracegate
+	PYTHON=$(PYTHON) TRACEGATE_BIN=$(ROOT)/target/debug/tracegate cargo test -p tracegate-e2e
 
 # --- Benchmarks (not part of `make test`) ----------------------------------------
 # Every table goes to the terminal and to target/bench/ (text and JSON):
