@@ -36,6 +36,9 @@ pub struct ServeConfig {
     /// Who may look at and decide approvals (`serve --approvals` needs it).
     #[serde(default)]
     pub approvers: Option<ApproversConfig>,
+    /// Label caps of the Prometheus metrics (`serve --metrics`).
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +153,16 @@ impl ServeConfig {
 
     /// Checks values serde cannot; the error names the field.
     pub fn check(&self) -> Result<(), String> {
+        for (field, n) in [
+            ("metrics.max_identities", self.metrics.max_identities),
+            ("metrics.max_models", self.metrics.max_models),
+        ] {
+            if !(1..=100_000).contains(&n) {
+                return Err(format!(
+                    "field `{field}`: {n} is out of range, expected 1..=100000"
+                ));
+            }
+        }
         let Some(a) = &self.approvers else {
             return Ok(());
         };

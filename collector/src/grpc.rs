@@ -11,6 +11,8 @@ use tracegate_proto::v1::record_service_server::{RecordService, RecordServiceSer
 use tracegate_proto::v1::{Body, ExportRequest, ExportResponse, Record, RejectedRecord};
 
 use crate::commit::Committer;
+use crate::metrics::{CallResult, Metrics};
+use std::sync::Arc;
 
 /// Largest export message accepted; the filter's batches stay below it
 /// (tracegate_policy::config::MAX_BATCH_BYTES).
@@ -35,10 +37,11 @@ const MAX_ENTRIES: usize = 1024;
 
 pub struct Ingest {
     store: Committer,
+    metrics: Arc<Metrics>,
 }
 
-pub fn service(store: Committer) -> RecordServiceServer<Ingest> {
-    RecordServiceServer::new(Ingest { store }).max_decoding_message_size(MAX_MESSAGE_BYTES)
+pub fn service(store: Committer, metrics: Arc<Metrics>) -> RecordServiceServer<Ingest> {
+    RecordServiceServer::new(Ingest { store, metrics }).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 fn too_long(name: &str, text: &str, max: usize) -> Result<(), String> {
@@ -146,11 +149,12 @@ impl RecordService for Ingest {
             })
             .collect();
         // Answered only once the records are durable.
-        let appended = self
-            .store
-            .records(records)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.metrics.rejected(rejected.len() as u64);
+        let appended = self.store.records(records).await.map_err(|e| {
+            self.metrics.export_call(CallResult::unavailable);
+            Status::unavailable(e.to_string())
+        })?;
+        self.metrics.export_call(CallResult::ok);
         rejected.extend(appended.rejected);
         Ok(Response::new(ExportResponse {
             accepted: appended.accepted,

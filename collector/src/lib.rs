@@ -1,7 +1,8 @@
 //! The collector: the durable record store (`ledger`) and its one writer
 //! thread (`commit`), the gRPC ingest service (`grpc`), the reference
 //! approval service (`approvals`), `serve` tying them together (`server`)
-//! with its configuration file (`config`) and TLS (`tls`, `certs`), and the
+//! with its configuration file (`config`), TLS (`tls`, `certs`) and
+//! Prometheus metrics (`metrics`), and the
 //! readable views the CLI prints (`view`, every text made terminal-safe by
 //! `term`; sessions kept per `ledger::caller`). The `tracegate` binary
 //! (main.rs) is the command line over these.
@@ -13,6 +14,7 @@ pub mod commit;
 pub mod config;
 pub mod grpc;
 pub mod ledger;
+pub mod metrics;
 pub mod server;
 pub mod term;
 pub mod tls;

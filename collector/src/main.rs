@@ -91,6 +91,11 @@ struct ServeArgs {
     /// POST a JSON notice to this URL for every new pending approval.
     #[arg(long, requires = "approvals")]
     approval_webhook: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; port 0 picks a free one). Label caps: `metrics` in
+    /// --config.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -258,6 +263,7 @@ fn cmd_serve(args: ServeArgs) -> Result<()> {
         grpc: args.grpc,
         approvals: args.approvals,
         webhook: args.approval_webhook,
+        metrics: args.metrics,
     };
     server::serve(ledger, listen, &config, &args.data)
 }

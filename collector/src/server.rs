@@ -7,6 +7,8 @@
 //! - The approvers' side (`--approvals ADDR`): list, show, approve, deny,
 //!   each request with an approver's JWT (TLS too when configured, without
 //!   client certificates).
+//! - Prometheus metrics (`--metrics ADDR`): `GET /metrics`, read-only, no
+//!   record content (counts, and caller and model names as labels).
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use crate::approvals::auth::{self, ApproverAuth};
 use crate::approvals::service::{self, Service};
 use crate::config::{ApproversConfig, ServeConfig};
 use crate::ledger::writer::Ledger;
+use crate::metrics::Metrics;
 use crate::tls::{self, ClientAuth};
 use crate::{commit, grpc};
 
@@ -28,6 +31,8 @@ pub struct Listen {
     pub approvals: Option<SocketAddr>,
     /// POSTed to on every new pending approval.
     pub webhook: Option<String>,
+    /// Where Prometheus scrapes `/metrics`; `None`: not served.
+    pub metrics: Option<SocketAddr>,
 }
 
 pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Path) -> Result<()> {
@@ -44,6 +49,8 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
         (Some(a), Some(_)) => Some(approvers(a)?),
         _ => None,
     };
+    let metrics = Arc::new(Metrics::new(&config.metrics));
+    ledger.observe(metrics.clone());
     let held = ledger.len();
     let last_seq = ledger.last_seq();
     let events = std::mem::take(&mut ledger.approval_events);
@@ -54,16 +61,27 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
             .await
             .with_context(|| format!("binding gRPC address {}", listen.grpc))?;
         let bound = listener.local_addr()?;
+        let metrics_line = match listen.metrics {
+            Some(addr) => format!(" metrics={}", start_metrics(addr, metrics.clone()).await?),
+            None => String::new(),
+        };
         let (routes, approvals_line) = match (listen.approvals, approvers) {
             (Some(addr), Some((access, auth))) => {
-                let svc = Service::new(store.clone(), &events, listen.webhook, access, auth.clone());
+                let svc = Service::new(
+                    store.clone(),
+                    &events,
+                    listen.webhook,
+                    access,
+                    auth.clone(),
+                    metrics.clone(),
+                );
                 let url = start_approvals(addr, svc.clone(), auth, human_tls).await?;
                 let routes = tonic::service::Routes::from(service::machine_router(svc));
                 (routes, format!(" approvals={url}"))
             }
             _ => (tonic::service::Routes::default(), String::new()),
         };
-        let routes = routes.add_service(grpc::service(store));
+        let routes = routes.add_service(grpc::service(store, metrics));
         let tls_word = if machine_tls.is_some() {
             "client-certificates"
         } else {
@@ -71,7 +89,7 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
         };
         // Tests and scripts wait for this line to learn the ports.
         println!(
-            "tracegate: listening grpc={bound} tls={tls_word}{approvals_line} data={} records={held} sequence={last_seq}",
+            "tracegate: listening grpc={bound} tls={tls_word}{approvals_line}{metrics_line} data={} records={held} sequence={last_seq}",
             data.display()
         );
         serve_machines(listener, routes, machine_tls).await
@@ -135,6 +153,35 @@ async fn start_approvals(
         }
     });
     Ok(format!("https://{local}"))
+}
+
+/// Serves `GET /metrics` on `addr`; returns its URL.
+async fn start_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics address {addr}"))?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("tracegate: metrics server stopped: {e}");
+        }
+    });
+    Ok(format!("http://{local}/metrics"))
 }
 
 /// Serves the machine side (gRPC ingest, and the filters' approval calls

@@ -97,6 +97,14 @@ impl Book {
         self.approvals.get(id)
     }
 
+    /// Approvals waiting for a decision.
+    pub fn pending(&self) -> usize {
+        self.approvals
+            .values()
+            .filter(|a| a.state == State::Pending)
+            .count()
+    }
+
     /// All approvals, newest first.
     pub fn list(&self) -> Vec<&Approval> {
         let mut all: Vec<&Approval> = self.approvals.values().collect();

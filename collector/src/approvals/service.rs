@@ -41,6 +41,7 @@ use super::auth::{ApproverAuth, Caller};
 use super::book::{ApiError, Book, Refused};
 use crate::commit::Committer;
 use crate::ledger::writer::now_nanos;
+use crate::metrics::Metrics;
 
 /// Longest long-poll.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -52,6 +53,7 @@ pub struct Service {
     webhook: Option<String>,
     access: Access,
     auth: Arc<ApproverAuth>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -62,11 +64,13 @@ impl Service {
         webhook: Option<String>,
         access: Access,
         auth: Arc<ApproverAuth>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let mut book = Book::default();
         for ev in events {
             book.apply(ev);
         }
+        metrics.approvals_pending(book.pending());
         Arc::new(Service {
             book: Mutex::new(book),
             changed: Notify::new(),
@@ -74,6 +78,7 @@ impl Service {
             webhook,
             access,
             auth,
+            metrics,
         })
     }
 
@@ -87,8 +92,22 @@ impl Service {
                 message: e.to_string(),
             })?;
         for ev in &events {
+            let was_pending = book.get(&ev.approval_id).map(|a| a.state) == Some(State::Pending);
             book.apply(ev);
+            if let Some(a) = book.get(&ev.approval_id) {
+                let outcome = match a.state {
+                    State::Approved => Some("approved"),
+                    State::Denied => Some("denied"),
+                    State::Expired => Some("expired"),
+                    State::Pending => None,
+                };
+                if let (true, Some(outcome)) = (was_pending, outcome) {
+                    let waited = ev.unix_nanos.saturating_sub(a.created_unix_nanos);
+                    self.metrics.approval_decided(outcome, waited as f64 / 1e9);
+                }
+            }
         }
+        self.metrics.approvals_pending(book.pending());
         self.changed.notify_waiters();
         Ok(())
     }

@@ -13,6 +13,7 @@ use prost::Message;
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracegate_proto::v1::ledger_entry::Entry;
 use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record, RejectedRecord, Retention};
@@ -24,6 +25,7 @@ use super::merkle::{self, leaf_hash};
 use super::recover::{self, Resumable, Sealed};
 use super::seal::{self, Head, Seal};
 use super::Hash;
+use crate::metrics::Metrics;
 
 /// A record larger than this is refused (the filter's limits keep records far below).
 pub const MAX_RECORD_BYTES: usize = 32 << 20;
@@ -93,6 +95,11 @@ pub struct Ledger {
     /// Every approval event held, in stored order (the approval service
     /// rebuilds its state from them).
     pub approval_events: Vec<ApprovalEvent>,
+    /// Where commits, the store's shape and stored records are counted
+    /// (`serve --metrics`).
+    metrics: Option<Arc<Metrics>>,
+    /// When the last seal was written (Unix nanoseconds; 0: none known).
+    last_seal_unix_nanos: i64,
     _lock: File,
 }
 
@@ -153,8 +160,35 @@ impl Ledger {
             retention_checked: Instant::now(),
             findings: found.findings,
             approval_events: found.approval_events,
+            metrics: None,
+            last_seal_unix_nanos: 0,
             _lock: lock,
         })
+    }
+
+    /// Counts what happens from now on in `metrics`; the store's shape at
+    /// once (the last seal's time from its file).
+    pub fn observe(&mut self, metrics: Arc<Metrics>) {
+        self.last_seal_unix_nanos = self
+            .sealed
+            .back()
+            .and_then(|s| std::fs::metadata(self.layout.seal(s.number)).ok())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.metrics = Some(metrics);
+        self.report_store();
+    }
+
+    fn report_store(&self) {
+        if let Some(m) = &self.metrics {
+            let bytes = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
+            m.store(
+                self.sealed.len() as u64 + 1,
+                bytes,
+                self.last_seal_unix_nanos,
+            );
+        }
     }
 
     /// Records held (distinct ids).
@@ -211,8 +245,26 @@ impl Ledger {
             }
             results.push(out);
         }
+        // The records about to be stored, for the metrics once durable.
+        let stored: Vec<&Record> = match self.metrics {
+            Some(_) => pending
+                .iter()
+                .filter_map(|p| match p.indexed {
+                    Indexed::Record(r) => Some(r),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         if !pending.is_empty() {
             self.write(pending)?;
+        }
+        if let Some(m) = &self.metrics {
+            m.duplicates(results.iter().map(|r| u64::from(r.duplicates)).sum());
+            m.rejected(results.iter().map(|r| r.rejected.len() as u64).sum());
+            for r in stored {
+                m.record_stored(r);
+            }
         }
         Ok(results)
     }
@@ -235,12 +287,21 @@ impl Ledger {
             .file
             .write_all(&batch.bytes)
             .context("writing to the open segment")?;
+        let synced = Instant::now();
         self.open
             .file
             .sync_data()
             .context("fdatasync of the open segment")?;
+        if let Some(m) = &self.metrics {
+            m.committed(
+                pending.len(),
+                batch.bytes.len() as u64,
+                synced.elapsed().as_secs_f64(),
+            );
+        }
         // Durable: now the state may move on.
         self.advance(&pending, batch, now);
+        self.report_store();
         if self
             .head_written
             .is_none_or(|at| at.elapsed() >= HEAD_INTERVAL)
@@ -359,6 +420,7 @@ impl Ledger {
         let text = seal.sign(&self.key);
         write_atomic(&self.layout.seal(o.number), text.as_bytes(), true)?;
         self.last_seal = seal::seal_hash(&text);
+        self.last_seal_unix_nanos = now;
         o.index.store(&self.layout)?;
         self.sealed.push_back(Sealed {
             number: o.number,
@@ -468,6 +530,7 @@ impl Ledger {
         while self.sealed.front().is_some_and(|s| s.number <= last) {
             self.sealed.pop_front();
         }
+        self.report_store();
         sync_dir(&self.layout.root.join("segments"))
     }
 
