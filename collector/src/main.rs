@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracegate_collector::config::ServeConfig;
 use tracegate_collector::ledger::caller::Caller;
+use tracegate_collector::ledger::follow::Follower;
 use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
@@ -52,6 +53,9 @@ enum Command {
     Sessions(SessionsArgs),
     /// Write stored records to stdout.
     Export(ExportArgs),
+    /// Print records as they are stored, like `tail -f` (follows segment
+    /// rolls); readable lines or --json, optionally filtered.
+    Tail(TailArgs),
 }
 
 #[derive(Args)]
@@ -187,6 +191,30 @@ struct ExportArgs {
     until: Option<i64>,
 }
 
+#[derive(Args)]
+struct TailArgs {
+    #[arg(long)]
+    data: PathBuf,
+    /// Show this many already stored records first.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    lines: usize,
+    /// One JSON object per record (as `export`).
+    #[arg(long)]
+    json: bool,
+    /// Only this session id.
+    #[arg(long)]
+    session: Option<String>,
+    /// Only this caller: the verified subject, `anonymous` or `rejected`.
+    #[arg(long)]
+    identity: Option<String>,
+    /// Only this verdict (allowed, masked, blocked, refused, ...).
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Only records in which this detector found something.
+    #[arg(long)]
+    detector: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum ApprovalCommand {
     /// Pending approvals (all with --all), newest first.
@@ -238,6 +266,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Replay(args) => cmd_replay(args)?,
         Command::Sessions(args) => cmd_sessions(args)?,
         Command::Export(args) => cmd_export(args)?,
+        Command::Tail(args) => cmd_tail(args)?,
     }
     Ok(0)
 }
@@ -363,6 +392,51 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
     warn(&reader);
     eprintln!("tracegate: exported {n} records");
     Ok(())
+}
+
+/// Follows the store until interrupted (or stdout closes).
+fn cmd_tail(args: TailArgs) -> Result<()> {
+    let layout = Layout::new(&args.data);
+    if !layout.exists() {
+        anyhow::bail!(
+            "{} is not a tracegate data directory (no segments/)",
+            args.data.display()
+        );
+    }
+    let filter = view::TailFilter {
+        session: args.session,
+        identity: args.identity,
+        verdict: args.verdict,
+        detector: args.detector,
+    };
+    let (mut follower, earlier) = Follower::at_end(layout, usize::MAX)?;
+    let mut batch: Vec<_> = earlier.into_iter().filter(|r| filter.matches(r)).collect();
+    batch.drain(..batch.len().saturating_sub(args.lines));
+    let mut warned = 0;
+    loop {
+        let mut out = std::io::stdout().lock();
+        for r in &batch {
+            let written = if args.json {
+                view::write_json_lines(&mut out, std::slice::from_ref(r))
+            } else {
+                view::write_tail_line(&mut out, r)
+            };
+            if written.and_then(|()| out.flush()).is_err() {
+                // The reader went away (`| head`): done.
+                return Ok(());
+            }
+        }
+        drop(out);
+        for w in &follower.warnings[warned..] {
+            eprintln!("tracegate: warning: {w} (run `tracegate verify`)");
+        }
+        warned = follower.warnings.len();
+        // Polling: the writer appends in groups; a quarter second keeps
+        // `tail` prompt without loading an idle store.
+        std::thread::sleep(Duration::from_millis(250));
+        batch = follower.poll()?;
+        batch.retain(|r| filter.matches(r));
+    }
 }
 
 fn warn(reader: &Reader) {

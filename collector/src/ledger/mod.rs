@@ -11,10 +11,12 @@
 //!   corruption quarantined, ids and indexes rebuilt.
 //! - `writer`: the one writer: group commit, roll, seal, retention.
 //! - `caller`: whose session a record is in (stored in the indexes).
-//! - `index`, `read`: session look-ups and export without the lock.
+//! - `index`, `read`: session look-ups and export without the lock;
+//!   `follow`: new records as they are written (`tail`).
 //! - `verify`: the auditor's check.
 
 pub mod caller;
+pub mod follow;
 pub mod frame;
 pub mod index;
 pub mod keys;

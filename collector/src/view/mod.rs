@@ -1,6 +1,7 @@
 //! What the CLI prints: a session replayed (`replay`: a readable timeline
 //! per caller, `timeline`, or JSON lines, `json`), the session list
-//! (`sessions`), a caller as text (`caller`), and the reports of `verify`,
+//! (`sessions`), new records as they come (`tail`), a caller as text
+//! (`caller`), and the reports of `verify`,
 //! `certs` and `keygen` (`report`). Every text that comes from a record is
 //! printed through `term::Safe`.
 
@@ -13,11 +14,13 @@ mod json;
 mod replay;
 pub mod report;
 mod sessions;
+mod tail;
 mod timeline;
 
 pub use json::write_json_lines;
 pub use replay::{approvals_named, fold_written_ahead, write_replay};
 pub use sessions::write_sessions;
+pub use tail::{write_tail_line, TailFilter};
 
 fn time(unix_nanos: i64) -> String {
     if unix_nanos <= 0 {
