@@ -35,7 +35,7 @@ pub struct Follower {
 enum Next {
     Frame {
         len: usize,
-        record: Option<Record>,
+        record: Option<Box<Record>>,
     },
     /// Not all of the frame is written yet (or nothing is).
     Incomplete,
@@ -124,7 +124,7 @@ impl Follower {
         while at < bytes.len() {
             match next(&bytes[at..]) {
                 Next::Frame { len, record } => {
-                    records.extend(record);
+                    records.extend(record.map(|r| *r));
                     at += len;
                 }
                 Next::Incomplete => break,
@@ -161,7 +161,7 @@ fn next(bytes: &[u8]) -> Next {
             let record = match LedgerEntry::decode(&bytes[f.payload.clone()]) {
                 Ok(LedgerEntry {
                     entry: Some(Entry::Record(r)),
-                }) => Some(r),
+                }) => Some(Box::new(r)),
                 _ => None,
             };
             Next::Frame { len: f.len, record }
