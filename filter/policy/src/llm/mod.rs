@@ -12,6 +12,7 @@
 //! provably is media is not (`inspect::media`).
 
 pub mod sse;
+pub mod usage;
 pub mod walk;
 
 /// The API a request is for, by its path.

@@ -1,0 +1,325 @@
+//! Token usage as the answer states it, for the record (`Usage`).
+//!
+//! Read from the JSON the inspector has already parsed (a whole answer, or
+//! one event of a stream), so it costs a few key look-ups, not a parse:
+//! - OpenAI chat: `usage.prompt_tokens`, `completion_tokens`, and their
+//!   `prompt_tokens_details.cached_tokens`,
+//!   `completion_tokens_details.reasoning_tokens`; streamed, in the last
+//!   chunk (only when the request asked for `stream_options.include_usage`).
+//! - Responses: `usage.input_tokens`, `output_tokens`,
+//!   `input_tokens_details.cached_tokens`,
+//!   `output_tokens_details.reasoning_tokens`; streamed, in the
+//!   `response.completed` (or `incomplete`, `failed`) event's `response`.
+//! - Anthropic: `usage.input_tokens` plus `cache_read_input_tokens` and
+//!   `cache_creation_input_tokens` (OpenTelemetry counts all three as
+//!   input), `output_tokens`; streamed, `message_start`'s `message.usage`,
+//!   then `message_delta`'s cumulative `usage`: the latest value of each
+//!   count wins, never a sum.
+//!
+//! A count the answer does not state stays `None`: missing is not zero.
+
+use crate::json::{Kind, Tape};
+use tracegate_proto::v1::Usage;
+
+use super::Api;
+
+/// Usage being gathered for one exchange.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageReader {
+    usage: Usage,
+}
+
+impl UsageReader {
+    /// Starts with what the request says (its API and model).
+    pub fn new(api: Api, request_model: &str) -> UsageReader {
+        let (provider, operation) = match api {
+            Api::OpenAiChat => ("openai", "chat"),
+            Api::OpenAiResponses => ("openai", "responses"),
+            Api::Anthropic => ("anthropic", "messages"),
+            Api::Other => ("", ""),
+        };
+        UsageReader {
+            usage: Usage {
+                provider: provider.into(),
+                operation: operation.into(),
+                request_model: request_model.into(),
+                ..Usage::default()
+            },
+        }
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    pub fn into_usage(self) -> Usage {
+        self.usage
+    }
+
+    /// A whole answer (node 0 of `tape`).
+    pub fn answer(&mut self, api: Api, tape: &Tape, src: &str) {
+        match api {
+            Api::OpenAiChat => self.openai(tape, src, 0, "prompt_tokens", "completion_tokens"),
+            Api::OpenAiResponses => self.openai(tape, src, 0, "input_tokens", "output_tokens"),
+            Api::Anthropic => self.anthropic(tape, src, 0),
+            Api::Other => {}
+        }
+    }
+
+    /// One event of a streamed answer. Returns whether it is OpenAI chat's
+    /// usage-only chunk (no choices, usage set), which a client that did
+    /// not ask for usage must not get.
+    pub fn event(&mut self, api: Api, tape: &Tape, src: &str) -> bool {
+        match api {
+            Api::OpenAiChat => {
+                self.openai(tape, src, 0, "prompt_tokens", "completion_tokens");
+                let no_choices = tape
+                    .get(src, 0, "choices")
+                    .is_some_and(|c| tape.elements(c).next().is_none());
+                let usage = tape
+                    .get(src, 0, "usage")
+                    .is_some_and(|u| tape.kind(u) == Some(Kind::Object));
+                no_choices && usage
+            }
+            Api::OpenAiResponses => {
+                let kind = tape.get(src, 0, "type").and_then(|i| tape.str(src, i));
+                if matches!(
+                    kind.as_deref(),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                ) {
+                    if let Some(r) = tape.get(src, 0, "response") {
+                        self.openai(tape, src, r, "input_tokens", "output_tokens");
+                    }
+                }
+                false
+            }
+            Api::Anthropic => {
+                let kind = tape.get(src, 0, "type").and_then(|i| tape.str(src, i));
+                match kind.as_deref() {
+                    Some("message_start") => {
+                        if let Some(m) = tape.get(src, 0, "message") {
+                            self.anthropic(tape, src, m);
+                        }
+                    }
+                    Some("message_delta") => self.anthropic(tape, src, 0),
+                    _ => {}
+                }
+                false
+            }
+            Api::Other => false,
+        }
+    }
+
+    /// OpenAI chat and Responses: `model` and `usage` of object `at`.
+    fn openai(&mut self, tape: &Tape, src: &str, at: usize, input: &str, output: &str) {
+        self.model(tape, src, at);
+        let Some(u) = tape
+            .get(src, at, "usage")
+            .filter(|&u| tape.kind(u) == Some(Kind::Object))
+        else {
+            return;
+        };
+        let n = |path: &[&str]| tape.path(src, u, path).and_then(|i| tape.u64(src, i));
+        let usage = &mut self.usage;
+        set(&mut usage.input_tokens, n(&[input]));
+        set(&mut usage.output_tokens, n(&[output]));
+        let details = |side: &str| format!("{side}_details");
+        set(
+            &mut usage.cached_input_tokens,
+            n(&[&details(input), "cached_tokens"]),
+        );
+        set(
+            &mut usage.reasoning_tokens,
+            n(&[&details(output), "reasoning_tokens"]),
+        );
+    }
+
+    /// Anthropic: `model` and `usage` of object `at` (a message, or a
+    /// `message_delta` event, whose counts are cumulative).
+    fn anthropic(&mut self, tape: &Tape, src: &str, at: usize) {
+        self.model(tape, src, at);
+        let Some(u) = tape
+            .get(src, at, "usage")
+            .filter(|&u| tape.kind(u) == Some(Kind::Object))
+        else {
+            return;
+        };
+        let n = |key: &str| tape.get(src, u, key).and_then(|i| tape.u64(src, i));
+        let (fresh, read, created) = (
+            n("input_tokens"),
+            n("cache_read_input_tokens"),
+            n("cache_creation_input_tokens"),
+        );
+        let usage = &mut self.usage;
+        // A message_delta may state only output_tokens: the input counts
+        // of message_start stay.
+        if fresh.is_some() || read.is_some() || created.is_some() {
+            let total = [fresh, read, created]
+                .iter()
+                .flatten()
+                .fold(0u64, |a, &b| a.saturating_add(b));
+            usage.input_tokens = Some(total);
+            set(&mut usage.cached_input_tokens, read);
+        }
+        set(&mut usage.output_tokens, n("output_tokens"));
+    }
+
+    fn model(&mut self, tape: &Tape, src: &str, at: usize) {
+        if let Some(m) = tape.get(src, at, "model").and_then(|i| tape.str(src, i)) {
+            if !m.is_empty() && m != self.usage.response_model {
+                self.usage.response_model = m.into_owned();
+            }
+        }
+    }
+}
+
+/// The latest stated value wins; an unstated one changes nothing.
+fn set(slot: &mut Option<u64>, value: Option<u64>) {
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn answer(api: Api, body: &str) -> Usage {
+        let mut tape = Tape::default();
+        tape.parse(body).unwrap();
+        let mut r = UsageReader::new(api, "asked");
+        r.answer(api, &tape, body);
+        r.into_usage()
+    }
+
+    fn stream(api: Api, events: &[&str]) -> (Usage, Vec<bool>) {
+        let mut r = UsageReader::new(api, "asked");
+        let mut usage_only = Vec::new();
+        for e in events {
+            let mut tape = Tape::default();
+            tape.parse(e).unwrap();
+            usage_only.push(r.event(api, &tape, e));
+        }
+        (r.into_usage(), usage_only)
+    }
+
+    #[test]
+    fn openai_chat_whole_and_streamed() {
+        let u = answer(
+            Api::OpenAiChat,
+            r#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[{"message":{"content":"hi"}}],
+               "usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,
+                        "prompt_tokens_details":{"cached_tokens":3},
+                        "completion_tokens_details":{"reasoning_tokens":4}}}"#,
+        );
+        assert_eq!(
+            (u.provider.as_str(), u.operation.as_str()),
+            ("openai", "chat")
+        );
+        assert_eq!(
+            (u.request_model.as_str(), u.response_model.as_str()),
+            ("asked", "gpt-4o-2024-08-06")
+        );
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_input_tokens,
+                u.reasoning_tokens
+            ),
+            (Some(19), Some(10), Some(3), Some(4))
+        );
+        let (u, usage_only) = stream(
+            Api::OpenAiChat,
+            &[
+                r#"{"model":"m1","choices":[{"delta":{"content":"a"}}],"usage":null}"#,
+                r#"{"model":"m1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#,
+            ],
+        );
+        assert_eq!((u.input_tokens, u.output_tokens), (Some(5), Some(2)));
+        assert_eq!(usage_only, [false, true]);
+    }
+
+    #[test]
+    fn missing_usage_is_none_not_zero() {
+        let (u, usage_only) = stream(
+            Api::OpenAiChat,
+            &[r#"{"model":"m","choices":[{"delta":{"content":"a"}}]}"#],
+        );
+        assert_eq!((u.input_tokens, u.output_tokens), (None, None));
+        assert_eq!(u.response_model, "m");
+        assert_eq!(usage_only, [false]);
+        let u = answer(Api::Anthropic, r#"{"type":"message","content":[]}"#);
+        assert_eq!(u.input_tokens, None);
+    }
+
+    #[test]
+    fn responses_completed_incomplete_and_failed() {
+        for kind in [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ] {
+            let done = format!(
+                r#"{{"type":"{kind}","response":{{"model":"gpt-5","usage":{{"input_tokens":7,
+                   "input_tokens_details":{{"cached_tokens":1}},"output_tokens":9,
+                   "output_tokens_details":{{"reasoning_tokens":6}}}}}}}}"#
+            );
+            let (u, _) = stream(
+                Api::OpenAiResponses,
+                &[
+                    r#"{"type":"response.output_text.delta","delta":"x"}"#,
+                    &done,
+                ],
+            );
+            assert_eq!(
+                (
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cached_input_tokens,
+                    u.reasoning_tokens
+                ),
+                (Some(7), Some(9), Some(1), Some(6)),
+                "{kind}"
+            );
+            assert_eq!(u.response_model, "gpt-5");
+        }
+        // A usage object in an event that is not the final one (e.g. inside
+        // an output item) is not the response's.
+        let (u, _) = stream(
+            Api::OpenAiResponses,
+            &[r#"{"type":"response.output_item.done","usage":{"input_tokens":99}}"#],
+        );
+        assert_eq!(u.input_tokens, None);
+    }
+
+    #[test]
+    fn anthropic_keeps_the_latest_cumulative_counts_and_adds_cache_to_input() {
+        let (u, _) = stream(
+            Api::Anthropic,
+            &[
+                r#"{"type":"message_start","message":{"model":"claude-sonnet-4-5","usage":
+                    {"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":1}}}"#,
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
+                r#"{"type":"message_delta","delta":{},"usage":{"output_tokens":42}}"#,
+            ],
+        );
+        assert_eq!(u.input_tokens, Some(115), "10 + 100 read + 5 created");
+        assert_eq!(u.cached_input_tokens, Some(100));
+        assert_eq!(u.output_tokens, Some(42), "latest, not 1 + 15 + 42");
+        assert_eq!(u.response_model, "claude-sonnet-4-5");
+        let u = answer(
+            Api::Anthropic,
+            r#"{"type":"message","model":"claude-haiku","content":[{"type":"tool_use","input":{"usage":{"input_tokens":1}}}],
+               "usage":{"input_tokens":3,"output_tokens":4}}"#,
+        );
+        assert_eq!(
+            (u.input_tokens, u.output_tokens),
+            (Some(3), Some(4)),
+            "a tool's input named usage is not the message's"
+        );
+    }
+}
