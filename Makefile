@@ -70,7 +70,7 @@ WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/
 WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 
 .PHONY: build filter collector test check unit-test wasm-test e2e-test demo clean \
-        offline-toolchain node python-env bench bench-tools wrk
+        offline-toolchain node python-env bench bench-tools wrk prometheus
 
 build: filter collector
 
@@ -129,7 +129,7 @@ wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
 # The collector under test is the debug build: `unit-test` has already built it
 # for its own tests (a release build would cost CI five more minutes of compiling
 # for no faster test). `make demo` and `make bench` use the release build.
-e2e-test: filter python-env wrk
+e2e-test: filter python-env wrk prometheus
 	cargo build -p tracegate-collector --bin tracegate
 	PYTHON=$(PYTHON) TRACEGATE_BIN=$(ROOT)/target/debug/tracegate cargo test -p tracegate-e2e
 
@@ -153,6 +153,11 @@ $(BENCH_VENV_STAMP): bench/requirements.txt $(VENV)/.installed
 
 wrk:
 	@command -v wrk >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q wrk; }
+
+# The e2e tests scrape the collector with a real Prometheus server.
+prometheus:
+	@command -v prometheus >/dev/null || { $(APT_GET) update -q && \
+	  $(APT_GET) install -y -q --no-install-recommends prometheus; }
 
 bench: $(FILTER_DEPS) node filter bench-tools
 	mkdir -p target/bench

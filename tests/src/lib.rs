@@ -8,10 +8,11 @@
 //! When a test fails, the logs of every child are printed.
 //!
 //! Binaries are found at their build locations; override with
-//! `ENVOY`, `TRACEGATE_BIN`, `TRACEGATE_WASM`, `TEST_UPSTREAM_BIN`.
+//! `ENVOY`, `TRACEGATE_BIN`, `TRACEGATE_WASM`, `TEST_UPSTREAM_BIN`, `PROMETHEUS`.
 
 pub mod envoy_config;
 pub mod jwt;
+pub mod prometheus;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -35,7 +36,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+pub(crate) fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
 }
 
@@ -276,6 +277,8 @@ pub struct Collector {
     pub approvals_url: Option<String>,
     /// `DIR/tls` when the machine side requires client certificates.
     pub tls: Option<PathBuf>,
+    /// Prometheus metrics (`serve --metrics`): `http://…/metrics`.
+    pub metrics_url: String,
 }
 
 /// Runs `tracegate certs --out DIR` (keeps an existing set).
@@ -333,7 +336,8 @@ impl Collector {
             .arg("--data")
             .arg(&data)
             .arg("--grpc")
-            .arg(format!("127.0.0.1:{port}"));
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--metrics", "127.0.0.1:0"]);
         if !config.is_null() {
             command.arg("--config").arg(&config_file);
         }
@@ -344,11 +348,14 @@ impl Collector {
         let line = process.wait_for_line("listening grpc=", START_TIMEOUT);
         let line = process.with_log(line)?;
         let grpc_port = port_after(&line, "grpc=")?;
-        let approvals_url = line
-            .split(" approvals=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_string);
+        let field = |name: &str| {
+            line.split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        };
+        let approvals_url = field("approvals");
+        let metrics_url = field("metrics").context("the collector printed no metrics address")?;
         let tls = config["tls"]["client_ca"]
             .as_str()
             .and_then(|ca| Path::new(ca).parent())
@@ -359,6 +366,7 @@ impl Collector {
             grpc_port,
             approvals_url,
             tls,
+            metrics_url,
         })
     }
 
