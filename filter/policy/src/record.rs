@@ -403,6 +403,8 @@ impl ExchangeRecorder {
             answered_by: self.answered_by.to_proto() as i32,
             status_detail: self.status_detail,
             request_headers: headers_proto(self.info.headers),
+            // Stamped by the exchange, which knows its gateway's policy.
+            policy: None,
         }
     }
 }
