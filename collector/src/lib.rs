@@ -2,7 +2,7 @@
 //! thread (`commit`), the gRPC ingest service (`grpc`), the reference
 //! approval service (`approvals`), `serve` tying them together (`server`)
 //! with its configuration file (`config`) and TLS (`tls`, `certs`), and the
-//! readable views the CLI prints (`view`, every text made terminal-safe by
+//! readable views the CLI prints (and `policy_cli`: `tracegate policy`) (`view`, every text made terminal-safe by
 //! `term`; sessions kept per `ledger::caller`). The `tracegate` binary
 //! (main.rs) is the command line over these.
 
@@ -13,6 +13,7 @@ pub mod commit;
 pub mod config;
 pub mod grpc;
 pub mod ledger;
+pub mod policy_cli;
 pub mod server;
 pub mod term;
 pub mod tls;

@@ -394,7 +394,10 @@ mod tests {
         let c = Config::parse(br#"{"policy":{"name":"prod-egress","version":"2026-03-01.1"}}"#)
             .unwrap();
         let p = c.policy.unwrap();
-        assert_eq!((p.name.as_str(), p.version.as_str()), ("prod-egress", "2026-03-01.1"));
+        assert_eq!(
+            (p.name.as_str(), p.version.as_str()),
+            ("prod-egress", "2026-03-01.1")
+        );
         let c = Config::parse(br#"{"policy":{"name":"p"}}"#).unwrap();
         assert_eq!(c.policy.unwrap().version, "", "version is optional");
         for (json, field) in [
@@ -408,7 +411,10 @@ mod tests {
             assert_eq!(e.field, field, "{json}: {e}");
         }
         let long = format!(r#"{{"policy":{{"name":"{}"}}}}"#, "n".repeat(129));
-        assert_eq!(Config::parse(long.as_bytes()).unwrap_err().field, "policy.name");
+        assert_eq!(
+            Config::parse(long.as_bytes()).unwrap_err().field,
+            "policy.name"
+        );
     }
 
     #[test]

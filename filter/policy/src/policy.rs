@@ -183,7 +183,13 @@ mod tests {
         );
         assert_eq!(p.reference.sha256.len(), 64);
         let none = Policy::compile(b"").unwrap();
-        assert_eq!((none.reference.name.as_str(), none.reference.version.as_str()), ("", ""));
+        assert_eq!(
+            (
+                none.reference.name.as_str(),
+                none.reference.version.as_str()
+            ),
+            ("", "")
+        );
         // SHA-256("{}").
         assert_eq!(
             none.reference.sha256,
