@@ -91,7 +91,11 @@ fn a_reload_decides_the_next_request_and_never_one_in_flight() {
     let (code, out, err) = check_deployed(&stack);
     assert_eq!(code, 0, "{err}");
     let sha1 = sha_in(&out);
-    assert_eq!(stack.envoy.stat(RELOADS).unwrap(), 1, "the first configuration");
+    assert_eq!(
+        stack.envoy.stat(RELOADS).unwrap(),
+        1,
+        "the first configuration"
+    );
 
     let sha2 = std::thread::scope(|s| {
         // A streamed answer held by the upstream after its first events:
@@ -204,7 +208,13 @@ fn a_reload_decides_the_next_request_and_never_one_in_flight() {
 
     // No request failed along the way.
     assert_eq!(stack.envoy.stat(FIVE_XX).unwrap(), 0);
-    assert_eq!(stack.envoy.stat("wasmcustom.tracegate.records_dropped").unwrap(), 0);
+    assert_eq!(
+        stack
+            .envoy
+            .stat("wasmcustom.tracegate.records_dropped")
+            .unwrap(),
+        0
+    );
 }
 
 fn stat(admin: u16, name: &str) -> anyhow::Result<u64> {
@@ -212,7 +222,13 @@ fn stat(admin: u16, name: &str) -> anyhow::Result<u64> {
     let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0))
 }
 
@@ -294,5 +310,11 @@ fn a_hundred_reloads_leave_no_vm_and_little_memory_behind() {
         "Envoy RSS grew from {rss0} to {rss1} bytes"
     );
     assert_eq!(stack.envoy.stat(FIVE_XX).unwrap(), 0);
-    assert_eq!(stack.envoy.stat("wasmcustom.tracegate.records_dropped").unwrap(), 0);
+    assert_eq!(
+        stack
+            .envoy
+            .stat("wasmcustom.tracegate.records_dropped")
+            .unwrap(),
+        0
+    );
 }
