@@ -267,6 +267,10 @@ fn istio_plugin_config_is_accepted_by_the_filter() {
                 "{file}: the collector's machine side: {cluster}"
             );
         }
+        assert!(
+            config["policy"]["name"].is_string(),
+            "{file}: records name the policy"
+        );
         filter_accepts(config);
     }
 }
