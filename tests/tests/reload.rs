@@ -258,7 +258,7 @@ fn a_hundred_reloads_leave_no_vm_and_little_memory_behind() {
     // Each round: a new policy (block rule alternating), then a request
     // judged by it, whose record the retiring root must deliver.
     let round = |stack: &mut Stack, i: u64| {
-        let blocked = if i % 2 == 0 { "alpha" } else { "bravo" };
+        let blocked = if i.is_multiple_of(2) { "alpha" } else { "bravo" };
         let reloads = stack.envoy.stat(RELOADS).unwrap();
         apply(stack, &policy(&i.to_string(), blocked), reloads);
         let (status, _) = ask(stack, "rounds", "alpha and bravo");
