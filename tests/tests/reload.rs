@@ -156,15 +156,15 @@ fn a_reload_decides_the_next_request_and_never_one_in_flight() {
     assert_eq!(record_policy(&after[1]), ("2", sha2.as_str()));
     assert_eq!(after[1]["policy"]["name"], "egress");
     let sessions = stack.collector.cli(&["sessions"]).unwrap();
-    let row = |s: &str| {
-        sessions
-            .lines()
-            .find(|l| l.starts_with(s))
+    // SESSION CALLER FIRST LAST POLICIES EXCHANGES
+    let policies = |s: &str| {
+        let row = sessions.lines().find(|l| l.starts_with(s));
+        row.and_then(|r| r.split_whitespace().nth(4))
             .unwrap_or_default()
             .to_string()
     };
-    assert!(row("in-flight").ends_with(&sha1[..12]), "{sessions}");
-    assert!(row("after ").ends_with(&sha2[..12]), "{sessions}");
+    assert_eq!(policies("in-flight"), sha1[..12], "{sessions}");
+    assert_eq!(policies("after "), sha2[..12], "{sessions}");
     let timeline = stack.collector.cli(&["replay", "in-flight"]).unwrap();
     assert!(
         timeline.contains(&format!("policy: egress version 1 sha256 {sha1}")),
@@ -258,7 +258,11 @@ fn a_hundred_reloads_leave_no_vm_and_little_memory_behind() {
     // Each round: a new policy (block rule alternating), then a request
     // judged by it, whose record the retiring root must deliver.
     let round = |stack: &mut Stack, i: u64| {
-        let blocked = if i.is_multiple_of(2) { "alpha" } else { "bravo" };
+        let blocked = if i.is_multiple_of(2) {
+            "alpha"
+        } else {
+            "bravo"
+        };
         let reloads = stack.envoy.stat(RELOADS).unwrap();
         apply(stack, &policy(&i.to_string(), blocked), reloads);
         let (status, _) = ask(stack, "rounds", "alpha and bravo");

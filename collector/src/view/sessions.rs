@@ -25,21 +25,22 @@ pub fn write_sessions(
     }
     let mut rows: Vec<_> = printed.iter().collect();
     rows.sort_by_key(|(key, row)| (row.first_unix_nanos, *key));
+    // The exchange count stays the last column (scripts read it there).
     writeln!(
         out,
-        "{:<40} {:<40} {:<24} {:<24} {:>9}  POLICIES",
-        "SESSION", "CALLER", "FIRST", "LAST", "EXCHANGES"
+        "{:<40} {:<40} {:<24} {:<24} {:<25} {:>9}",
+        "SESSION", "CALLER", "FIRST", "LAST", "POLICIES", "EXCHANGES"
     )?;
     for ((id, who), row) in rows {
         writeln!(
             out,
-            "{:<40} {:<40} {:<24} {:<24} {:>9}  {}",
+            "{:<40} {:<40} {:<24} {:<24} {:<25} {:>9}",
             Safe(id).to_string(),
             Safe(who).to_string(),
             time(row.first_unix_nanos),
             time(row.last_unix_nanos),
-            row.exchanges,
-            policies(&row.policies)
+            policies(&row.policies),
+            row.exchanges
         )?;
     }
     Ok(())
