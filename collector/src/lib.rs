@@ -2,7 +2,7 @@
 //! thread (`commit`), the gRPC ingest service (`grpc`), the reference
 //! approval service (`approvals`), `serve` tying them together (`server`)
 //! with its configuration file (`config`), TLS (`tls`, `certs`) and
-//! Prometheus metrics (`metrics`), and the
+//! Prometheus metrics (`metrics`), `tracegate policy` (`policy_cli`), and the
 //! readable views the CLI prints (`view`, every text made terminal-safe by
 //! `term`; sessions kept per `ledger::caller`). The `tracegate` binary
 //! (main.rs) is the command line over these.
@@ -15,6 +15,7 @@ pub mod config;
 pub mod grpc;
 pub mod ledger;
 pub mod metrics;
+pub mod policy_cli;
 pub mod server;
 pub mod term;
 pub mod tls;

@@ -15,6 +15,7 @@ use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::read::Reader;
 use tracegate_collector::ledger::writer::{Ledger, Options};
 use tracegate_collector::ledger::{keys, verify};
+use tracegate_collector::policy_cli::{self, Applied, ApplyOptions};
 use tracegate_collector::term::Safe;
 use tracegate_collector::{approvals_cli, certs, server, view};
 
@@ -56,6 +57,39 @@ enum Command {
     /// Print records as they are stored, like `tail -f` (follows segment
     /// rolls); readable lines or --json, optionally filtered.
     Tail(TailArgs),
+    /// Check a filter configuration offline with the filter's own code, or
+    /// swap one into the directory Envoy watches (ECDS); exit 1 if invalid.
+    Policy(PolicyArgs),
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate FILE (the filter's JSON, or an ECDS resource file written
+    /// by `apply`) with the filter's Policy::compile; print each
+    /// configuration's name, version and SHA-256.
+    Check { file: PathBuf },
+    /// Validate FILE (the filter's JSON) and swap it atomically into
+    /// DIR/NAME.json, the ECDS resource Envoy watches; only the
+    /// configuration string changes (module and VM settings are kept).
+    Apply {
+        file: PathBuf,
+        /// The watched directory (Envoy's `watched_directory`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The HTTP filter's name in Envoy (the resource's name).
+        #[arg(long, default_value = "tracegate")]
+        name: String,
+        /// The filter module: needed when DIR/NAME.json does not exist yet
+        /// (it is made), else it replaces the module path in it.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -267,6 +301,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Sessions(args) => cmd_sessions(args)?,
         Command::Export(args) => cmd_export(args)?,
         Command::Tail(args) => cmd_tail(args)?,
+        Command::Policy(args) => return cmd_policy(args),
     }
     Ok(0)
 }
@@ -436,6 +471,60 @@ fn cmd_tail(args: TailArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(250));
         batch = follower.poll()?;
         batch.retain(|r| filter.matches(r));
+    }
+}
+
+/// Exit 1 when a configuration is invalid (its error on stderr names the
+/// field), as `verify` does for a damaged store.
+fn cmd_policy(args: PolicyArgs) -> Result<i32> {
+    match args.command {
+        PolicyCommand::Check { file } => {
+            let mut invalid = false;
+            for c in policy_cli::check(&file)? {
+                match c.result {
+                    Ok(p) => println!(
+                        "{}: valid\n{}",
+                        Safe(&c.source),
+                        view::report::policy_lines(&p)
+                    ),
+                    Err(e) => {
+                        invalid = true;
+                        eprintln!("tracegate: {}: {}", Safe(&c.source), Safe(&e.to_string()));
+                    }
+                }
+            }
+            Ok(i32::from(invalid))
+        }
+        PolicyCommand::Apply {
+            file,
+            dir,
+            name,
+            wasm,
+        } => match policy_cli::apply(&file, &ApplyOptions { dir, name, wasm })? {
+            Applied::Invalid(e) => {
+                eprintln!(
+                    "tracegate: {}: {}; nothing applied",
+                    Safe(&file.display().to_string()),
+                    Safe(&e.to_string())
+                );
+                Ok(1)
+            }
+            Applied::Written {
+                file,
+                policy,
+                replaced,
+            } => {
+                println!(
+                    "applied to {}\n{}",
+                    Safe(&file.display().to_string()),
+                    view::report::policy_lines(&policy)
+                );
+                if let Some(old) = replaced {
+                    println!("  replaced sha256 {}", Safe(&old.sha256));
+                }
+                Ok(0)
+            }
+        },
     }
 }
 

@@ -21,18 +21,69 @@ use crate::worker::{self, Worker};
 /// the next tick, so this bounds how long it waits.
 const MAX_TICK: Duration = Duration::from_millis(100);
 
+/// How long a replaced configuration keeps trying to deliver the records
+/// it still holds before it goes (the collector being down that long).
+const RETIRE_DEADLINE: Duration = Duration::from_secs(60);
+
 pub struct Root {
     id: u32,
     worker: worker::Handle,
+    /// Set when Envoy retired this configuration (a reload replaced it and
+    /// its last request ended) while records were still held: when to give
+    /// up on them, in host nanoseconds.
+    retiring_until: Option<i64>,
 }
 
 impl Root {
     pub fn new(id: u32) -> Self {
-        Self { id, worker: None }
+        Self {
+            id,
+            worker: None,
+            retiring_until: None,
+        }
+    }
+
+    /// Tells the host this retiring root may go once nothing is held, or
+    /// at the deadline. Returns whether it went.
+    fn retire_step(&mut self) -> bool {
+        let Some(until) = self.retiring_until else {
+            return false;
+        };
+        let mut held = 0;
+        worker::with(&self.worker, |w| held = w.retire());
+        if held > 0 && host::now_nanos() < until {
+            return false;
+        }
+        worker::with(&self.worker, |w| w.abandon_held());
+        self.retiring_until = None;
+        host::set_tick_period(Duration::ZERO);
+        host::done();
+        true
     }
 }
 
 impl Context for Root {
+    /// Envoy retires a root when its configuration was replaced (an ECDS
+    /// reload) and the last request using it has ended: requests in flight
+    /// keep their configuration to the end. Records still in this root's
+    /// outbox (that last request's among them) would die with it, so it
+    /// stays until they are delivered (or `RETIRE_DEADLINE`).
+    fn on_done(&mut self) -> bool {
+        let mut held = 0;
+        worker::with(&self.worker, |w| held = w.retire());
+        if held == 0 {
+            return true;
+        }
+        host::log(
+            LogLevel::Info,
+            &format!("configuration replaced: delivering {held} records before it retires"),
+        );
+        let deadline = i64::try_from(RETIRE_DEADLINE.as_nanos()).unwrap_or(i64::MAX);
+        self.retiring_until = Some(host::now_nanos().saturating_add(deadline));
+        host::set_tick_period(MAX_TICK);
+        false
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -62,6 +113,7 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let reference = policy.reference.clone();
         let plugin = host::property_string(&["plugin_name"]).unwrap_or_default();
         let source = format!("tracegate-filter/{} ({plugin})", env!("CARGO_PKG_VERSION"));
         let tick = Duration::from_millis(policy.config.recording.flush_interval_ms).min(MAX_TICK);
@@ -76,18 +128,31 @@ impl RootContext for Root {
         }
         self.worker = Some(Rc::new(RefCell::new(worker)));
         host::set_tick_period(tick);
-        host::log(LogLevel::Info, &format!("configured (context {})", self.id));
+        // Names the policy now in force: operators (and the reload test)
+        // see which configuration each worker took.
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "configured (context {}) policy {:?} version {:?} sha256 {}",
+                self.id, reference.name, reference.version, reference.sha256
+            ),
+        );
         true
     }
 
     fn on_tick(&mut self) {
+        if self.retiring_until.is_some() {
+            self.retire_step();
+            return;
+        }
         let id = self.id;
         worker::with(&self.worker, |w| w.tick(id));
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Must not return None (the SDK panics). Without a configuration Envoy
-        // never creates requests for this root; pass through if it ever does.
+        // never creates requests for this root; if it ever does, the stream
+        // refuses them (503): never served without a policy.
         Some(Box::new(Stream::new(context_id, self.worker.clone())))
     }
 

@@ -11,7 +11,7 @@ use crate::worker;
 
 pub struct Stream {
     id: u32,
-    /// `None` without a configuration: the request passes untouched.
+    /// `None` without a configuration: the request is refused.
     worker: worker::Handle,
 }
 
@@ -65,7 +65,14 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_none() {
-            return Action::Continue;
+            // No policy in force (its configuration was refused): refuse
+            // rather than serve unjudged and unrecorded.
+            host::send_response(
+                503,
+                &[("content-type", "application/json")],
+                br#"{"error":{"type":"api_error","code":"no_policy","message":"tracegate: no policy is configured"}}"#,
+            );
+            return Action::Pause;
         }
         let headers = host::request_headers();
         self.deliver(Event::RequestHeaders {

@@ -223,6 +223,27 @@ impl Worker {
         }
     }
 
+    /// This configuration was replaced and its last request has ended: every
+    /// record it holds is sent now. Returns how many it still holds.
+    pub fn retire(&mut self) -> usize {
+        self.gateway.outbox.drain();
+        self.flush();
+        self.gateway.outbox.len()
+    }
+
+    /// Records still held when a retiring configuration gives up are lost:
+    /// counted and said.
+    pub fn abandon_held(&mut self) {
+        let n = self.gateway.outbox.len();
+        if n > 0 {
+            self.stats.add(Stat::RecordsDropped, n as u64);
+            host::log(
+                LogLevel::Error,
+                &format!("replaced configuration retired with {n} records the collector never acknowledged: dropped"),
+            );
+        }
+    }
+
     /// The timer: the memory gauge, due JWKS fetches and due record batches.
     pub fn tick(&mut self, root: u32) {
         if self.serving {

@@ -98,6 +98,52 @@ pub fn tracegate_filter(wasm: &Path, plugin_config: &Value) -> Value {
     })
 }
 
+/// The type URL of the Wasm HTTP filter's configuration.
+pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// The ECDS resource file in a watched directory (`tracegate policy apply
+/// --dir DIR` writes it).
+pub fn ecds_file(dir: &Path) -> PathBuf {
+    dir.join("tracegate.json")
+}
+
+/// The `tracegate` HTTP filter with its configuration discovered (ECDS)
+/// from `DIR/tracegate.json`, reloaded whenever a file is moved into DIR.
+/// No default configuration: until a valid one is read the listener warms
+/// (and a filter without configuration would refuse every request), so
+/// nothing is ever served without a policy.
+pub fn discovered_tracegate_filter(dir: &Path) -> Value {
+    json!({
+        "name": "tracegate",
+        "config_discovery": {
+            "config_source": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": ecds_file(dir).to_string_lossy(),
+                    "watched_directory": {"path": dir.to_string_lossy()}
+                }
+            },
+            "type_urls": [WASM_FILTER_TYPE]
+        }
+    })
+}
+
+/// Makes the first listener's tracegate filter take its configuration from
+/// ECDS (`discovered_tracegate_filter`).
+pub fn use_ecds(bootstrap: &mut Value, dir: &Path) {
+    let hcm = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    if let Some(filters) = hcm["http_filters"].as_array_mut() {
+        for f in filters.iter_mut().filter(|f| f["name"] == "tracegate") {
+            *f = discovered_tracegate_filter(dir);
+        }
+    }
+    if bootstrap.get("node").is_none() {
+        // xDS subscriptions, file-based ones too, want a node identity.
+        bootstrap["node"] = json!({"id": "tracegate-test", "cluster": "tracegate"});
+    }
+}
+
 /// A bootstrap with admin and listener on port 0 (Envoy picks free ports;
 /// the harness reads them back from the admin API).
 pub fn bootstrap(ports: &Ports, wasm: &Path, plugin_config: &Value) -> Value {

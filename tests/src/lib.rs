@@ -674,9 +674,24 @@ impl Envoy {
             .ok_or_else(|| anyhow!("no listener {name:?} in {listeners}"))
     }
 
+    /// Polls until a counter reaches `at_least`; returns its value.
+    pub fn wait_stat(&mut self, name: &str, at_least: u64) -> Result<u64> {
+        let what = format!("{name} >= {at_least}");
+        let admin = self.admin_port;
+        poll(&what, START_TIMEOUT, || {
+            self.process.check_alive()?;
+            let v = Envoy::stat_at(admin, name)?;
+            Ok((v >= at_least).then_some(v))
+        })
+    }
+
     /// A counter or gauge from admin `/stats`, 0 if absent.
     pub fn stat(&self, name: &str) -> Result<u64> {
-        let url = format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin_port);
+        Envoy::stat_at(self.admin_port, name)
+    }
+
+    fn stat_at(admin_port: u16, name: &str) -> Result<u64> {
+        let url = format!("http://127.0.0.1:{admin_port}/stats?filter=^{name}$");
         let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
         Ok(text
             .lines()
@@ -707,6 +722,10 @@ pub struct StackOptions {
     /// it after tracegate (as `envoy/tracegate-oidc.yaml` does), so callers
     /// never hold it.
     pub provider_key: Option<String>,
+    /// The filter's configuration comes from ECDS: `DIR/ecds/tracegate.json`,
+    /// written by `tracegate policy apply` (as an operator would) and
+    /// reloaded by Envoy whenever `Stack::apply_policy` swaps it.
+    pub ecds: bool,
 }
 
 /// Collector, upstream and Envoy with the tracegate filter, wired together.
@@ -718,7 +737,48 @@ pub struct Stack {
     pub upstream: Upstream,
     /// Logs, configuration and the collector's data.
     pub dir: PathBuf,
+    /// The directory Envoy watches for the filter's configuration (ECDS).
+    pub ecds: Option<PathBuf>,
     _temporary: Option<tempfile::TempDir>,
+}
+
+/// `tracegate policy <args>`: exit status, stdout and stderr.
+pub fn policy_cli(args: &[&std::ffi::OsStr]) -> Result<(i32, String, String)> {
+    let out = Command::new(collector_bin())
+        .arg("policy")
+        .args(args)
+        .output()
+        .context("running tracegate policy")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `tracegate policy apply` of this configuration into `ecds` (a file
+/// `policy-N.json` next to it holds the configuration); `wasm` is given when
+/// the resource file is made. Fails with stderr unless it exits 0.
+pub fn apply_policy(ecds: &Path, config: &Value, wasm: Option<&Path>) -> Result<String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = ecds.parent().unwrap_or(ecds);
+    let file = dir.join(format!("policy-{}.json", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&file, serde_json::to_vec_pretty(config)?)?;
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "apply".as_ref(),
+        file.as_os_str(),
+        "--dir".as_ref(),
+        ecds.as_os_str(),
+    ];
+    if let Some(w) = wasm {
+        args.extend(["--wasm".as_ref(), w.as_os_str()]);
+    }
+    let (code, stdout, stderr) = policy_cli(&args)?;
+    if code != 0 {
+        bail!("tracegate policy apply exited {code}: {stderr}");
+    }
+    Ok(stdout)
 }
 
 /// What a test request got back through Envoy.
@@ -728,6 +788,16 @@ pub struct Answer {
 }
 
 impl Stack {
+    /// `tracegate policy apply` of a new configuration into the directory
+    /// Envoy watches (a stack started with `StackOptions::ecds`).
+    pub fn apply_policy(&self, config: &Value) -> Result<String> {
+        let ecds = self
+            .ecds
+            .as_deref()
+            .ok_or_else(|| anyhow!("this stack takes no configuration from ECDS"))?;
+        apply_policy(ecds, config, None)
+    }
+
     /// POSTs `body` to Envoy with these headers and `x-session-id`, and
     /// returns the status and body whatever the status.
     pub fn post(
@@ -837,13 +907,23 @@ impl Stack {
             ports.provider_key = Some(file);
         }
         setup(&upstream, &mut ports)?;
-        let bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
+        let mut bootstrap = envoy_config::bootstrap(&ports, &filter_wasm(), plugin_config);
+        let ecds = if options.ecds {
+            let ecds = dir.join("ecds");
+            std::fs::create_dir_all(&ecds)?;
+            apply_policy(&ecds, plugin_config, Some(&filter_wasm()))?;
+            envoy_config::use_ecds(&mut bootstrap, &ecds);
+            Some(ecds)
+        } else {
+            None
+        };
         let envoy = Envoy::start(dir, &bootstrap)?;
         Ok(Stack {
             envoy,
             collector,
             upstream,
             dir: dir.to_path_buf(),
+            ecds,
             _temporary: None,
         })
     }

@@ -2,10 +2,12 @@
 //! Envoy configuration is valid.
 
 use serde_json::{json, Value};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 use tracegate_e2e::{
-    envoy_bin, envoy_config, filter_wasm, make_certs, python_bin, workspace_root, Envoy,
-    START_TIMEOUT,
+    envoy_bin, envoy_config, filter_wasm, make_certs, policy_cli, python_bin, workspace_root,
+    Envoy, START_TIMEOUT,
 };
 
 /// Starts Envoy with this plugin configuration and expects it to refuse it.
@@ -52,12 +54,74 @@ fn bad_value_is_refused_and_named() {
 
 #[test]
 fn shipped_envoy_configuration_validates() {
+    // `--mode validate` checks the bootstrap; it does not subscribe to ECDS,
+    // so the policy is checked below, and loaded by a real Envoy.
     let (ok, text) = validate_edited(|y| y.to_string());
     assert!(ok, "{text}");
-    assert!(text.contains("tracegate: configured"), "{text}");
     assert!(text.contains("OK"), "{text}");
 }
 
+/// The SHA-256 `tracegate policy check FILE` prints, or its error.
+fn checked_sha(file: &Path) -> Result<String, String> {
+    let (code, out, err) = policy_cli(&[OsStr::new("check"), file.as_os_str()]).unwrap();
+    match code {
+        0 => Ok(out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("sha256"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()),
+        _ => Err(err),
+    }
+}
+
+#[test]
+fn shipped_policy_is_what_envoy_loads_through_ecds() {
+    let root = workspace_root();
+    // The resource file holds exactly envoy/policy.json (re-run `tracegate
+    // policy apply envoy/policy.json --dir envoy/ecds` after editing it).
+    let sha = checked_sha(&root.join("envoy/policy.json")).unwrap();
+    assert_eq!(
+        checked_sha(&root.join("envoy/ecds/tracegate.json")).unwrap(),
+        sha,
+        "envoy/ecds/tracegate.json is out of date"
+    );
+    // A real Envoy started with the shipped configuration (free ports,
+    // the ECDS directory and certificates in a temporary copy) loads it.
+    let dir = tempfile::tempdir().unwrap();
+    let ecds = dir.path().join("ecds");
+    std::fs::create_dir(&ecds).unwrap();
+    let resource = std::fs::read_to_string(root.join("envoy/ecds/tracegate.json"))
+        .unwrap()
+        .replace(
+            "\"target/tracegate_filter.wasm\"",
+            &format!("{:?}", filter_wasm().to_string_lossy()),
+        );
+    std::fs::write(ecds.join("tracegate.json"), resource).unwrap();
+    let tls = dir.path().join("tls");
+    make_certs(&tls).unwrap();
+    let yaml = std::fs::read_to_string(root.join("envoy/tracegate.yaml"))
+        .unwrap()
+        .replace("envoy/ecds", &ecds.to_string_lossy())
+        .replace("target/tls/", &format!("{}/", tls.display()))
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 10000", "port_value: 0");
+    let file = dir.path().join("shipped.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let script = "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+    let out = Command::new(python_bin())
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let bootstrap: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let envoy = Envoy::start(dir.path(), &bootstrap).unwrap();
+    let log = envoy.process.log();
+    assert!(
+        log.contains(&format!("policy \"llm-egress\" version \"1\" sha256 {sha}")),
+        "{log}"
+    );
+}
 /// `envoy --mode validate` output and success for a copy of the shipped file
 /// changed by `edit`, with the client certificate and CA it names (under
 /// `target/tls/`) made by `tracegate certs` in a temporary directory.
@@ -91,19 +155,23 @@ fn validate_edited_file(file: &str, edit: impl Fn(&str) -> String) -> (bool, Str
 
 #[test]
 fn validation_runs_the_filter_configuration() {
-    // The validation above can fail, and it checks the tracegate JSON too.
-    let (ok, log) = validate_edited(|y| {
-        y.replace(
+    // The policy is checked by the filter's own code, offline.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = std::fs::read_to_string(workspace_root().join("envoy/policy.json"))
+        .unwrap()
+        .replace(
             r#""timeout_ms": 5000"#,
             r#""timeout_ms": 5000, "retries": 3"#,
-        )
-    });
-    assert!(!ok, "{log}");
+        );
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, policy).unwrap();
+    let err = checked_sha(&file).unwrap_err();
     assert!(
-        log.contains("field `collector.retries`: unknown field `retries`"),
-        "{log}"
+        err.contains("field `collector.retries`: unknown field `retries`"),
+        "{err}"
     );
 
+    // The validation above can fail.
     let (ok, _) =
         validate_edited(|y| y.replace("cluster: llm_upstream", "cluster: no_such_cluster"));
     assert!(!ok, "a route to a missing cluster is refused");
@@ -199,6 +267,10 @@ fn istio_plugin_config_is_accepted_by_the_filter() {
                 "{file}: the collector's machine side: {cluster}"
             );
         }
+        assert!(
+            config["policy"]["name"].is_string(),
+            "{file}: records name the policy"
+        );
         filter_accepts(config);
     }
 }

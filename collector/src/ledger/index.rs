@@ -11,7 +11,7 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tracegate_proto::v1::record::Phase;
 use tracegate_proto::v1::Record;
 
@@ -20,7 +20,8 @@ use super::layout::{write_atomic, Layout};
 
 /// Written into every index; readers use only their own version.
 /// 3: callers stored structured (`Caller`), not as their printed key.
-pub const INDEX_VERSION: u32 = 3;
+/// 4: sessions list the policies (SHA-256) their exchanges ran under.
+pub const INDEX_VERSION: u32 = 4;
 
 /// What one caller's session looks like, over the records seen so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +30,10 @@ pub struct SessionSummary {
     pub last_unix_nanos: i64,
     /// Whole exchanges (records written ahead are not counted twice).
     pub exchanges: u64,
+    /// The policies (SHA-256 of the canonical configuration) the records
+    /// name: more than one when the configuration was reloaded mid-session.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub policies: BTreeSet<String>,
 }
 
 impl SessionSummary {
@@ -43,6 +48,11 @@ impl SessionSummary {
         if r.phase() == Phase::Exchange {
             self.exchanges += 1;
         }
+        if let Some(p) = r.policy.as_ref().filter(|p| !p.sha256.is_empty()) {
+            if !self.policies.contains(&p.sha256) {
+                self.policies.insert(p.sha256.clone());
+            }
+        }
     }
 
     pub fn merge(&mut self, other: &SessionSummary) {
@@ -53,6 +63,7 @@ impl SessionSummary {
         self.first_unix_nanos = self.first_unix_nanos.min(other.first_unix_nanos);
         self.last_unix_nanos = self.last_unix_nanos.max(other.last_unix_nanos);
         self.exchanges += other.exchanges;
+        self.policies.extend(other.policies.iter().cloned());
     }
 }
 

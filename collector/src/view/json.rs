@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::Phase;
-use tracegate_proto::v1::{Approval, Body, Identity, Inspection, Record};
+use tracegate_proto::v1::{Approval, Body, Identity, Inspection, PolicyRef, Record};
 
 use super::{answered_by, answered_by_name, caller, time, upstream_name, upstream_saw};
 use crate::ledger::caller::Caller;
@@ -61,6 +61,25 @@ struct RecordJson<'a> {
     inspection: Option<InspectionJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     approval: Option<ApprovalJson<'a>>,
+    /// The policy the exchange was decided under; absent in records of
+    /// filters that do not state it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<PolicyJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct PolicyJson<'a> {
+    name: &'a str,
+    version: &'a str,
+    sha256: &'a str,
+}
+
+fn policy_json(p: &PolicyRef) -> PolicyJson<'_> {
+    PolicyJson {
+        name: &p.name,
+        version: &p.version,
+        sha256: &p.sha256,
+    }
 }
 
 #[derive(Serialize)]
@@ -250,6 +269,7 @@ fn record_json(r: &Record) -> RecordJson<'_> {
         identity: r.identity.as_ref().map(identity_json),
         inspection: r.inspection.as_ref().map(inspection_json),
         approval: r.approval.as_ref().map(approval_json),
+        policy: r.policy.as_ref().map(policy_json),
     }
 }
 

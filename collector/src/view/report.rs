@@ -56,3 +56,22 @@ pub fn keys_written(private: &Path, public: &Path) -> String {
         public.display()
     )
 }
+
+/// A policy as `tracegate policy` prints it: name, version and SHA-256 of
+/// its canonical configuration, a line each (`-` for what is not set).
+pub fn policy_lines(p: &tracegate_proto::v1::PolicyRef) -> String {
+    use crate::term::Safe;
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            Safe(s).to_string()
+        }
+    };
+    format!(
+        "  name     {}\n  version  {}\n  sha256   {}",
+        or_dash(&p.name),
+        or_dash(&p.version),
+        Safe(&p.sha256)
+    )
+}

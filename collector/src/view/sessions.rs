@@ -1,6 +1,6 @@
 //! The session list (`tracegate sessions`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
 use super::{caller, time};
@@ -9,7 +9,7 @@ use crate::ledger::index::SessionSummary;
 use crate::term::Safe;
 
 /// One row per session and caller (`replay SESSION --caller CALLER` shows
-/// that row's exchanges).
+/// that row's exchanges), with the policies its exchanges ran under.
 pub fn write_sessions(
     out: &mut impl Write,
     sessions: &BTreeMap<(String, Caller), SessionSummary>,
@@ -25,21 +25,37 @@ pub fn write_sessions(
     }
     let mut rows: Vec<_> = printed.iter().collect();
     rows.sort_by_key(|(key, row)| (row.first_unix_nanos, *key));
+    // The exchange count stays the last column (scripts read it there).
     writeln!(
         out,
-        "{:<40} {:<40} {:<24} {:<24} {:>9}",
-        "SESSION", "CALLER", "FIRST", "LAST", "EXCHANGES"
+        "{:<40} {:<40} {:<24} {:<24} {:<25} {:>9}",
+        "SESSION", "CALLER", "FIRST", "LAST", "POLICIES", "EXCHANGES"
     )?;
     for ((id, who), row) in rows {
         writeln!(
             out,
-            "{:<40} {:<40} {:<24} {:<24} {:>9}",
+            "{:<40} {:<40} {:<24} {:<24} {:<25} {:>9}",
             Safe(id).to_string(),
             Safe(who).to_string(),
             time(row.first_unix_nanos),
             time(row.last_unix_nanos),
+            policies(&row.policies),
             row.exchanges
         )?;
     }
     Ok(())
+}
+
+/// The policies a session ran under, by the first 12 hex digits of their
+/// SHA-256 (as `replay` and `tracegate policy check` print them whole);
+/// `-` for records of filters that do not state one.
+fn policies(hashes: &BTreeSet<String>) -> String {
+    if hashes.is_empty() {
+        return "-".into();
+    }
+    let short: Vec<String> = hashes
+        .iter()
+        .map(|h| Safe(h.get(..12).unwrap_or(h)).to_string())
+        .collect();
+    short.join(",")
 }

@@ -85,6 +85,11 @@ fn hostile() -> Record {
             name: evil(),
             value: evil(),
         }],
+        policy: Some(tracegate_proto::v1::PolicyRef {
+            name: evil(),
+            version: evil(),
+            sha256: evil(),
+        }),
         ..Record::default()
     }
 }
@@ -121,6 +126,7 @@ fn the_timeline_prints_nothing_a_terminal_would_act_on() {
         "{text}"
     );
     assert!(text.contains("upstream saw: headers"), "{text}");
+    assert!(text.contains("   policy: x\\x1b[2K"), "{text}");
 }
 
 #[test]
@@ -136,6 +142,46 @@ fn json_lines_stay_json_and_inert() {
         (Some("proxy"), Some(EVIL))
     );
     assert_eq!(v["caller"], format!("{EVIL}|{EVIL}"));
+    assert_eq!(v["policy"]["sha256"], EVIL);
+}
+
+#[test]
+fn sessions_name_the_policies_they_ran_under() {
+    let mut summary = SessionSummary::default();
+    for (start, sha) in [
+        (1, "a".repeat(64)),
+        (2, "b".repeat(64)),
+        (3, "a".repeat(64)),
+    ] {
+        summary.add(&Record {
+            session_id: "s".into(),
+            request_start_unix_nanos: start,
+            policy: Some(tracegate_proto::v1::PolicyRef {
+                sha256: sha,
+                ..Default::default()
+            }),
+            ..Record::default()
+        });
+    }
+    summary.add(&Record::default());
+    assert_eq!(summary.policies.len(), 2);
+    let sessions: BTreeMap<(String, Caller), SessionSummary> = [
+        (("s".into(), Caller::Anonymous), summary),
+        (("old".into(), Caller::Anonymous), SessionSummary::default()),
+    ]
+    .into_iter()
+    .collect();
+    let mut out = Vec::new();
+    write_sessions(&mut out, &sessions).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let column = |s: &str, n: usize| {
+        let row = text.lines().find(|l| l.starts_with(s)).unwrap();
+        row.split_whitespace().nth(n).unwrap().to_string()
+    };
+    assert_eq!(column("SESSION", 4), "POLICIES", "{text}");
+    assert_eq!(column("s ", 4), "aaaaaaaaaaaa,bbbbbbbbbbbb", "{text}");
+    assert_eq!(column("s ", 5), "4", "the count stays last: {text}");
+    assert_eq!(column("old", 4), "-", "{text}");
 }
 
 #[test]
@@ -157,6 +203,7 @@ fn sessions_are_listed_by_first_time_then_as_printed() {
         first_unix_nanos: t,
         last_unix_nanos: t,
         exchanges: 1,
+        ..SessionSummary::default()
     };
     let verified = |sub: &str| Caller::Verified {
         issuer: "https://idp".into(),

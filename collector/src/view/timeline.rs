@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
-use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, Record};
+use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, PolicyRef, Record};
 
 use super::{answered_by, answered_by_name, caller, millis, time, upstream_saw};
 use crate::ledger::caller::Caller;
@@ -46,6 +46,9 @@ fn write_exchange(
     write_request(out, number, r)?;
     write_recording(out, r)?;
     write_path_taken(out, r)?;
+    if let Some(p) = &r.policy {
+        writeln!(out, "   policy: {}", policy_line(p))?;
+    }
     if let Some(id) = &r.identity {
         writeln!(out, "   identity: {}", identity_line(id))?;
     }
@@ -306,4 +309,17 @@ fn write_body(out: &mut impl Write, label: &str, body: Option<&Body>) -> io::Res
         writeln!(out, "     | {}", Safe(line))?;
     }
     Ok(())
+}
+
+/// `egress version 7 sha256 5906…` (name and version when the
+/// configuration has a `policy` section; the hash always).
+fn policy_line(p: &PolicyRef) -> String {
+    let mut line = String::new();
+    if !p.name.is_empty() {
+        line += &format!("{} ", Safe(&p.name));
+    }
+    if !p.version.is_empty() {
+        line += &format!("version {} ", Safe(&p.version));
+    }
+    line + &format!("sha256 {}", Safe(&p.sha256))
 }

@@ -16,6 +16,9 @@ use crate::jwt::JwtConfig;
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// What the operator calls this configuration; stamped on every record
+    /// with the configuration's hash (`Policy::reference`).
+    pub policy: Option<PolicyInfo>,
     pub collector: CollectorConfig,
     pub recording: RecordingConfig,
     pub session: SessionConfig,
@@ -31,6 +34,19 @@ pub struct Config {
     /// Human approval of risky requests. Without it, `approve` rules block.
     pub approval: Option<ApprovalConfig>,
 }
+
+/// The `policy` section: a name and version for people; the hash of the
+/// canonical configuration is what identifies it exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInfo {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Longest policy name or version: they are printed in every replay line.
+pub const MAX_POLICY_LABEL: usize = 128;
 
 /// Where records go: an Envoy cluster speaking HTTP/2 to `tracegate serve`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -178,6 +194,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(p) = &self.policy {
+            label("policy.name", &p.name, false)?;
+            label("policy.version", &p.version, true)?;
+        }
         let c = &self.collector;
         if c.cluster.trim().is_empty() {
             return Err(err("collector.cluster", "must name an Envoy cluster"));
@@ -232,6 +252,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A policy name or version: printable, no control characters, bounded.
+fn label(field: &str, value: &str, may_be_empty: bool) -> Result<(), ConfigError> {
+    if value.trim().is_empty() && !(may_be_empty && value.is_empty()) {
+        return Err(err(field, "must not be empty or blank"));
+    }
+    if value.chars().count() > MAX_POLICY_LABEL {
+        return Err(err(
+            field,
+            format!("longer than {MAX_POLICY_LABEL} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(err(field, "must not hold control characters"));
+    }
+    Ok(())
 }
 
 pub(crate) fn err(field: &str, message: impl Into<String>) -> ConfigError {
@@ -350,6 +387,34 @@ mod tests {
             let e = Config::parse(json.as_bytes()).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn policy_section_is_checked() {
+        let c = Config::parse(br#"{"policy":{"name":"prod-egress","version":"2026-03-01.1"}}"#)
+            .unwrap();
+        let p = c.policy.unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.version.as_str()),
+            ("prod-egress", "2026-03-01.1")
+        );
+        let c = Config::parse(br#"{"policy":{"name":"p"}}"#).unwrap();
+        assert_eq!(c.policy.unwrap().version, "", "version is optional");
+        for (json, field) in [
+            (r#"{"policy":{"version":"1"}}"#, "policy"),
+            (r#"{"policy":{"name":" "}}"#, "policy.name"),
+            (r#"{"policy":{"name":"a\u001b[2J"}}"#, "policy.name"),
+            (r#"{"policy":{"name":"a","version":" "}}"#, "policy.version"),
+            (r#"{"policy":{"name":"a","owner":"b"}}"#, "policy.owner"),
+        ] {
+            let e = Config::parse(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+        let long = format!(r#"{{"policy":{{"name":"{}"}}}}"#, "n".repeat(129));
+        assert_eq!(
+            Config::parse(long.as_bytes()).unwrap_err().field,
+            "policy.name"
+        );
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Outbox {
     next_batch: BatchId,
     consecutive_failures: u32,
     retry_at: u64,
+    /// Send whatever is queued without waiting for a batch to fill or age:
+    /// the configuration is retiring (`drain`).
+    draining: bool,
 }
 
 impl Outbox {
@@ -66,7 +69,15 @@ impl Outbox {
             next_batch: 1,
             consecutive_failures: 0,
             retry_at: 0,
+            draining: false,
         }
+    }
+
+    /// From now on every queued record is due at once (backoff and call
+    /// slots still apply): the configuration this outbox belongs to was
+    /// replaced, and its records must leave before it does.
+    pub fn drain(&mut self) {
+        self.draining = true;
     }
 
     /// Records held: queued plus in flight.
@@ -112,7 +123,8 @@ impl Outbox {
         if self.in_flight.len() >= MAX_IN_FLIGHT || now < self.retry_at {
             return false;
         }
-        self.queue.len() >= self.limits.batch_max_records
+        self.draining
+            || self.queue.len() >= self.limits.batch_max_records
             || self.queued_bytes >= self.limits.batch_max_bytes
             || now.saturating_sub(oldest.enqueued_at) >= self.limits.flush_interval_ms * 1_000_000
     }
@@ -249,6 +261,19 @@ mod tests {
         let b = o.take_batch(0).unwrap();
         assert_eq!(ids(&b), ["r1"], "a batch never exceeds batch_max_bytes");
         assert!(b.payload.len() <= 1024);
+    }
+
+    #[test]
+    fn a_draining_outbox_sends_at_once() {
+        let mut o = Outbox::new(limits());
+        o.push(rec(1), 0).unwrap();
+        assert!(o.take_batch(MS).is_none(), "neither full nor old");
+        o.drain();
+        let b = o.take_batch(MS).expect("due at once");
+        assert_eq!(b.records, 1);
+        o.fail(b.id, MS);
+        assert!(o.take_batch(2 * MS).is_none(), "the backoff still applies");
+        assert!(o.take_batch(200 * MS).is_some());
     }
 
     #[test]

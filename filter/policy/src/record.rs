@@ -403,7 +403,9 @@ impl ExchangeRecorder {
             answered_by: self.answered_by.to_proto() as i32,
             status_detail: self.status_detail,
             request_headers: headers_proto(self.info.headers),
-            // Filled by the usage reader (not yet on the exchange path).
+            // Stamped by the exchange, which knows its gateway's policy.
+            policy: None,
+            // Filled by the exchange from the usage reader.
             usage: None,
         }
     }

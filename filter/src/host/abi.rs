@@ -70,6 +70,7 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_done() -> u32;
 }
 
 fn check(status: u32) -> Result<(), Status> {
@@ -102,6 +103,11 @@ pub fn now_nanos() -> Result<u64, Status> {
     let mut t = 0u64;
     check(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
     Ok(t)
+}
+
+/// Tells the host a root context that answered `on_done` with false is done.
+pub fn done() -> Result<(), Status> {
+    check(unsafe { proxy_done() })
 }
 
 pub fn set_tick_period(ms: u32) -> Result<(), Status> {

@@ -81,6 +81,11 @@ pub fn grpc_response(len: usize) -> Option<Vec<u8>> {
     buffer(BufferType::GrpcReceiveBuffer, len)
 }
 
+/// This root context, retiring (`on_done` answered false), may go now.
+pub fn done() {
+    let _ = abi::done();
+}
+
 pub fn set_tick_period(period: Duration) {
     let _ = abi::set_tick_period(millis(period));
 }

@@ -103,7 +103,10 @@ impl Exchange {
         {
             recorder.inspection = Some(self.inspection.to_proto());
         }
-        let record = recorder.finish(new_record_id(host), gw.source.clone(), host.now_nanos());
+        let mut record = recorder.finish(new_record_id(host), gw.source.clone(), host.now_nanos());
+        // The policy this exchange was decided under: this gateway's, which
+        // a reload never changes under a request in flight.
+        record.policy = Some(gw.policy.reference.clone());
         out.push(Effect::Enqueue {
             record: Box::new(record),
             reserved: self.reserved,

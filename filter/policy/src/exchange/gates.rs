@@ -149,8 +149,9 @@ impl Exchange {
         if config.recording.mode == RecordingMode::WriteAhead {
             let inspection = (self.body == BodyMode::Inspected).then(|| self.inspection.to_proto());
             let id = new_record_id(host);
-            let record =
+            let mut record =
                 recorder.request_record(id, gw.source.clone(), None, inspection, self.upstream);
+            record.policy = Some(gw.policy.reference.clone());
             self.ahead = AheadGate::Todo(Box::new(record));
         }
         if config.approval.is_some() {

@@ -307,6 +307,26 @@ fn approval_then_write_ahead() {
     assert_eq!(verdict(&r), "forwarded");
     assert_eq!(r.request_record_id, ahead.record_id);
     assert_eq!(r.approval.unwrap().state, "APPROVED");
+    // Both records name the policy they were decided under.
+    let policy = s.gw.policy.reference.clone();
+    assert_eq!(policy.sha256.len(), 64);
+    assert_eq!(ahead.policy.as_ref(), Some(&policy));
+    assert_eq!(r.policy.as_ref(), Some(&policy));
+}
+
+#[test]
+fn every_record_names_the_policy_even_a_refused_request() {
+    let mut s = Scenario::new(json!({
+        "policy": {"name": "egress", "version": "3"},
+        "rules": [{"id": "no", "keywords": ["forbidden"], "action": "block"}],
+    }));
+    s.headers(&[], false);
+    s.body("this is forbidden");
+    let r = s.end();
+    assert_eq!(verdict(&r), "blocked");
+    let p = r.policy.expect("policy stated");
+    assert_eq!((p.name.as_str(), p.version.as_str()), ("egress", "3"));
+    assert_eq!(p.sha256, s.gw.policy.reference.sha256);
 }
 
 #[test]
