@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use std::fmt;
 
+use crate::access::AccessConfig;
 use crate::approval::ApprovalConfig;
 use crate::inspect::config::{InspectionConfig, MaskingConfig, RuleConfig};
 use crate::jwt::JwtConfig;
@@ -30,6 +31,9 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Human approval of risky requests. Without it, `approve` rules block.
     pub approval: Option<ApprovalConfig>,
+    /// Access rules: who may use which models, APIs, paths and tools.
+    /// Without it every caller may use everything.
+    pub access: Option<AccessConfig>,
 }
 
 /// Where records go: an Envoy cluster speaking HTTP/2 to `tracegate serve`.
