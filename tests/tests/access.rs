@@ -136,7 +136,10 @@ fn access_rules_through_envoy_and_the_sdks() {
     let seen = stack.upstream.received().unwrap();
     for r in &seen {
         let body = r["body"].as_str().unwrap_or_default();
-        assert!(!body.contains("exec_shell") && !body.contains("gpt-4o\""), "{r}");
+        assert!(
+            !body.contains("exec_shell") && !body.contains("gpt-4o\""),
+            "{r}"
+        );
     }
 
     // Records name the rule and why.
@@ -152,13 +155,22 @@ fn access_rules_through_envoy_and_the_sdks() {
         assert_eq!(r["upstream_saw"], "nothing", "{r}");
     }
     let anon = records(&mut stack, "access-anon", 2);
-    assert!(anon.iter().all(|r| access(r)["check"] == "no_rule"), "{anon:#?}");
+    assert!(
+        anon.iter().all(|r| access(r)["check"] == "no_rule"),
+        "{anon:#?}"
+    );
     let sdk = records(&mut stack, "access-sdk", 23);
     let checks: Vec<String> = sdk
         .iter()
         .map(|r| access(r)["check"].as_str().unwrap_or_default().to_string())
         .collect();
-    for check in ["model", "tool", "max_output_tokens", "stream", "answer_tool"] {
+    for check in [
+        "model",
+        "tool",
+        "max_output_tokens",
+        "stream",
+        "answer_tool",
+    ] {
         assert!(checks.iter().any(|c| c == check), "{check}: {checks:?}");
     }
     let withheld: Vec<&Value> = sdk
@@ -167,13 +179,25 @@ fn access_rules_through_envoy_and_the_sdks() {
         .collect();
     assert_eq!(withheld.len(), 3, "chat, anthropic, streamed");
     for r in &withheld {
-        assert_eq!(access(r)["answer_tools_denied"], json!(["exec_shell"]), "{r}");
+        assert_eq!(
+            access(r)["answer_tools_denied"],
+            json!(["exec_shell"]),
+            "{r}"
+        );
         let body = r["response_body"]["text"].as_str().unwrap_or_default();
-        assert!(!body.contains("call_test_1") && !body.contains("toolu_test_1"), "{body}");
+        assert!(
+            !body.contains("call_test_1") && !body.contains("toolu_test_1"),
+            "{body}"
+        );
     }
 
     // Envoy's stats, per rule.
-    let stat = |name: &str| stack.envoy.stat(&format!("wasmcustom.tracegate.access.{name}")).unwrap();
+    let stat = |name: &str| {
+        stack
+            .envoy
+            .stat(&format!("wasmcustom.tracegate.access.{name}"))
+            .unwrap()
+    };
     assert_eq!(stat("analysts.denied"), 21);
     assert_eq!(stat("default.denied"), 2);
     assert_eq!(stat("analysts.answers_denied"), 2);

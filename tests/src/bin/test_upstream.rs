@@ -396,8 +396,10 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
         .map(str::to_string);
     if request["stream"] != true {
         if let Some(name) = &tool {
-            blocks.push(json!({"type": "tool_use", "id": "toolu_test_1", "name": name,
-                "input": {"cmd": "cat /etc/passwd"}}));
+            blocks.push(
+                json!({"type": "tool_use", "id": "toolu_test_1", "name": name,
+                "input": {"cmd": "cat /etc/passwd"}}),
+            );
         }
         return json_answer(
             &headers,

@@ -160,7 +160,11 @@ impl Facts {
     }
 
     fn tool(&mut self, name: String, place: Place) {
-        if !self.tools.iter().any(|t| t.name == name && t.place == place) {
+        if !self
+            .tools
+            .iter()
+            .any(|t| t.name == name && t.place == place)
+        {
             self.tools.push(ToolUse { name, place });
         }
     }

@@ -236,7 +236,9 @@ impl Access {
                 }
             };
             let globs = |name: &str, list: &Option<Vec<String>>| {
-                list.as_ref().map(|l| Globs::new(&field(name), l)).transpose()
+                list.as_ref()
+                    .map(|l| Globs::new(&field(name), l))
+                    .transpose()
             };
             if let Some(paths) = &r.paths {
                 for (j, p) in paths.iter().enumerate() {
@@ -390,16 +392,25 @@ impl Access {
         if let Some(models) = &rule.models {
             match &facts.model {
                 Model::Name(m) if models.matches(m) => {}
-                Model::Name(m) => return deny(Check::Model, format!("model {} is not allowed", quoted(m))),
+                Model::Name(m) => {
+                    return deny(Check::Model, format!("model {} is not allowed", quoted(m)))
+                }
                 Model::Absent => {
-                    return deny(Check::Model, "the request names no model; this rule allows only some".into())
+                    return deny(
+                        Check::Model,
+                        "the request names no model; this rule allows only some".into(),
+                    )
                 }
                 Model::NotString => return deny(Check::Model, "`model` is not a string".into()),
             }
         }
         if let Some(tools) = &rule.tools {
             if let Some(t) = facts.tools.iter().find(|t| !tools.matches(&t.name)) {
-                let message = format!("tool {} ({}) is not allowed", quoted(&t.name), t.place.as_str());
+                let message = format!(
+                    "tool {} ({}) is not allowed",
+                    quoted(&t.name),
+                    t.place.as_str()
+                );
                 return deny(Check::Tool, message);
             }
         }
@@ -415,7 +426,8 @@ impl Access {
                         return deny(Check::MaxOutputTokens, format!("{field} {n} > {max}"))
                     }
                     Limit::Unreadable => {
-                        let message = format!("{field} is not a non-negative integer (at most {max})");
+                        let message =
+                            format!("{field} is not a non-negative integer (at most {max})");
                         return deny(Check::MaxOutputTokens, message);
                     }
                 }
@@ -505,12 +517,18 @@ fn plain_path(path: &str) -> bool {
         return false;
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
         return false;
     }
     // A trailing slash is one empty segment that every server ignores.
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    rest.is_empty() || rest.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+    rest.is_empty()
+        || rest
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// Caller-given text in a message: quoted, escaped, cut.

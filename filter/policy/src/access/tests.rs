@@ -155,8 +155,8 @@ fn config_errors_name_the_field() {
         assert_eq!(e.field, field, "{access}: {e}");
     }
     // Claims need a verified token.
-    let c = Config::parse(br#"{"access":{"rules":[{"id":"a","when":{"claims":{"g":"x"}}}]}}"#)
-        .unwrap();
+    let c =
+        Config::parse(br#"{"access":{"rules":[{"id":"a","when":{"claims":{"g":"x"}}}]}}"#).unwrap();
     let e = Access::new(c.access.as_ref().unwrap(), false).unwrap_err();
     assert_eq!(e.field, "access.rules[0].when.claims");
     // Tools restricted: answers must be inspected.
@@ -172,7 +172,10 @@ fn without_an_access_section_nothing_changes() {
     let p = crate::Policy::compile(b"{}").unwrap();
     assert!(p.access.is_none());
     let p = crate::Policy::compile(br#"{"masking":{"enabled":false}}"#).unwrap();
-    assert!(p.inspector.is_none(), "bodies are not held without access rules");
+    assert!(
+        p.inspector.is_none(),
+        "bodies are not held without access rules"
+    );
     let p = crate::Policy::compile(
         br#"{"masking":{"enabled":false},"access":{"default":"allow","rules":[]}}"#,
     )
@@ -190,7 +193,11 @@ fn the_first_rule_whose_when_matches_decides() {
     ]}))
     .unwrap();
     let mut c = claims(&["analysts", "ops-east"]);
-    assert_eq!(a.select(Caller::Verified(&c)), Selected::Rule(1), "tier missing");
+    assert_eq!(
+        a.select(Caller::Verified(&c)),
+        Selected::Rule(1),
+        "tier missing"
+    );
     c.push(("tier".into(), vec!["2".into()]));
     assert_eq!(a.select(Caller::Verified(&c)), Selected::Rule(0));
     assert_eq!(a.select(Caller::Anonymous), Selected::Rule(2));
@@ -208,14 +215,19 @@ fn the_first_rule_whose_when_matches_decides() {
     let d = b
         .head(Selected::Default, Api::OpenAiChat, "/v1/chat/completions")
         .unwrap_err();
-    assert_eq!((d.rule.as_str(), d.check, d.index), ("default", Check::NoRule, 2));
+    assert_eq!(
+        (d.rule.as_str(), d.check, d.index),
+        ("default", Check::NoRule, 2)
+    );
 }
 
 #[test]
 fn head_checks_api_and_plain_paths() {
     let a = analysts();
     let r = Selected::Rule(0);
-    assert!(a.head(r, Api::OpenAiChat, "/v1/chat/completions?x=1").is_ok());
+    assert!(a
+        .head(r, Api::OpenAiChat, "/v1/chat/completions?x=1")
+        .is_ok());
     assert!(a.head(r, Api::Anthropic, "/v1/messages").is_ok());
     let d = a.head(r, Api::Other, "/v1/embeddings").unwrap_err();
     assert_eq!(d.check, Check::Api);
@@ -234,7 +246,10 @@ fn head_checks_api_and_plain_paths() {
     }
     let g = Selected::Rule(1);
     assert!(a.head(g, Api::Other, "/v1/models").is_ok());
-    assert!(a.head(g, Api::Other, "/v1/models/").is_err(), "another path");
+    assert!(
+        a.head(g, Api::Other, "/v1/models/").is_err(),
+        "another path"
+    );
     assert!(a.head(g, Api::Other, "/v1/models/gpt-4o").is_err());
 }
 
@@ -246,24 +261,92 @@ fn body_checks_model_tools_limits_and_streaming() {
                     "tools": [{"type": "function", "function": {"name": "search_web"}}]});
     assert!(a.body(r, &facts(ok)).is_ok());
     let cases = [
-        (json!({"model": "gpt-4o", "max_tokens": 1}), Check::Model, "model \"gpt-4o\""),
-        (json!({"model": "GPT-4o-mini", "max_tokens": 1}), Check::Model, "GPT"),
-        (json!({"model": "gpt-4о-mini", "max_tokens": 1}), Check::Model, "model"),
+        (
+            json!({"model": "gpt-4o", "max_tokens": 1}),
+            Check::Model,
+            "model \"gpt-4o\"",
+        ),
+        (
+            json!({"model": "GPT-4o-mini", "max_tokens": 1}),
+            Check::Model,
+            "GPT",
+        ),
+        (
+            json!({"model": "gpt-4о-mini", "max_tokens": 1}),
+            Check::Model,
+            "model",
+        ),
         (json!({"max_tokens": 1}), Check::Model, "names no model"),
-        (json!({"model": ["gpt-4o-mini"], "max_tokens": 1}), Check::Model, "not a string"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 4096}), Check::MaxOutputTokens, "max_tokens 4096 > 1024"),
-        (json!({"model": "gpt-4o-mini", "max_completion_tokens": 2000}), Check::MaxOutputTokens, "max_completion_tokens 2000 > 1024"),
-        (json!({"model": "gpt-4o-mini", "max_output_tokens": 1025}), Check::MaxOutputTokens, "1025 > 1024"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 10, "max_completion_tokens": 5000}), Check::MaxOutputTokens, "5000"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 1e9}), Check::MaxOutputTokens, "not a non-negative integer"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": "100"}), Check::MaxOutputTokens, "integer"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": -1}), Check::MaxOutputTokens, "integer"),
-        (json!({"model": "gpt-4o-mini"}), Check::MaxOutputTokens, "no output limit"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": null}), Check::MaxOutputTokens, "no output limit"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": true}), Check::Stream, "streaming"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": "true"}), Check::Stream, "streaming"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": 1}), Check::Stream, "streaming"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 5, "tools": [{"type": "function", "function": {"name": "exec"}}]}), Check::Tool, "tool \"exec\" (declared)"),
+        (
+            json!({"model": ["gpt-4o-mini"], "max_tokens": 1}),
+            Check::Model,
+            "not a string",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 4096}),
+            Check::MaxOutputTokens,
+            "max_tokens 4096 > 1024",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_completion_tokens": 2000}),
+            Check::MaxOutputTokens,
+            "max_completion_tokens 2000 > 1024",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_output_tokens": 1025}),
+            Check::MaxOutputTokens,
+            "1025 > 1024",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 10, "max_completion_tokens": 5000}),
+            Check::MaxOutputTokens,
+            "5000",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 1e9}),
+            Check::MaxOutputTokens,
+            "not a non-negative integer",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": "100"}),
+            Check::MaxOutputTokens,
+            "integer",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": -1}),
+            Check::MaxOutputTokens,
+            "integer",
+        ),
+        (
+            json!({"model": "gpt-4o-mini"}),
+            Check::MaxOutputTokens,
+            "no output limit",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": null}),
+            Check::MaxOutputTokens,
+            "no output limit",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": true}),
+            Check::Stream,
+            "streaming",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": "true"}),
+            Check::Stream,
+            "streaming",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": 1}),
+            Check::Stream,
+            "streaming",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "tools": [{"type": "function", "function": {"name": "exec"}}]}),
+            Check::Tool,
+            "tool \"exec\" (declared)",
+        ),
     ];
     for (body, check, says) in cases {
         let d = a.body(r, &facts(body.clone())).unwrap_err();
@@ -280,7 +363,9 @@ fn body_checks_model_tools_limits_and_streaming() {
     let d = a.body(r, &Facts::text()).unwrap_err();
     assert_eq!(d.check, Check::Model);
     // Default allow: no rule, no body checks.
-    assert!(a.body(Selected::Default, &facts(json!({"model": "x"}))).is_ok());
+    assert!(a
+        .body(Selected::Default, &facts(json!({"model": "x"})))
+        .is_ok());
 }
 
 #[test]
@@ -328,10 +413,7 @@ fn tools_are_found_wherever_an_upstream_reads_them() {
         ["a", "b", "c"]
     );
     // Strings are judged decoded, as the upstream reads them.
-    assert_eq!(
-        tools(json!({"tools": [{"name": "\u{65}xec"}]})),
-        ["exec"]
-    );
+    assert_eq!(tools(json!({"tools": [{"name": "\u{65}xec"}]})), ["exec"]);
     let src = r#"{"model":"\u0067pt-4o","tools":[{"name":"\u0065xec"}]}"#;
     let mut tape = Tape::default();
     tape.parse(src).unwrap();
@@ -340,8 +422,10 @@ fn tools_are_found_wherever_an_upstream_reads_them() {
     assert_eq!(f.tools[0].name, "exec");
     // A tool's parameters are not tools.
     assert_eq!(
-        tools(json!({"tools": [{"type": "function", "function": {"name": "a",
-            "parameters": {"properties": {"tools": {"type": "array"}, "name": {"type": "string"}}}}}]})),
+        tools(
+            json!({"tools": [{"type": "function", "function": {"name": "a",
+            "parameters": {"properties": {"tools": {"type": "array"}, "name": {"type": "string"}}}}}]})
+        ),
         ["a"]
     );
 }
@@ -349,9 +433,11 @@ fn tools_are_found_wherever_an_upstream_reads_them() {
 #[test]
 fn tool_calls_are_found_in_answers_and_events() {
     assert_eq!(
-        answer(json!({"choices": [{"message": {"role": "assistant", "tool_calls": [
+        answer(
+            json!({"choices": [{"message": {"role": "assistant", "tool_calls": [
             {"id": "1", "type": "function", "function": {"name": "a", "arguments": "{}"}}],
-            "function_call": {"name": "b"}}}]})),
+            "function_call": {"name": "b"}}}]})
+        ),
         ["a", "b"]
     );
     assert_eq!(
@@ -368,24 +454,35 @@ fn tool_calls_are_found_in_answers_and_events() {
     // Stream events: a chat delta naming its call (later deltas do not),
     // a Responses item, an Anthropic block, the completed response.
     assert_eq!(
-        answer(json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "a", "arguments": ""}}]}}]})),
+        answer(
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "a", "arguments": ""}}]}}]})
+        ),
         ["a"]
     );
     assert!(answer(json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]})).is_empty());
     assert_eq!(
-        answer(json!({"type": "response.output_item.added", "item": {"type": "function_call", "name": "a"}})),
+        answer(
+            json!({"type": "response.output_item.added", "item": {"type": "function_call", "name": "a"}})
+        ),
         ["a"]
     );
     assert_eq!(
-        answer(json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "name": "a", "input": {}}})),
+        answer(
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "name": "a", "input": {}}})
+        ),
         ["a"]
     );
     assert_eq!(
-        answer(json!({"type": "response.completed", "response": {"output": [{"type": "function_call", "name": "a"}]}})),
+        answer(
+            json!({"type": "response.completed", "response": {"output": [{"type": "function_call", "name": "a"}]}})
+        ),
         ["a"]
     );
     let g = analysts().answer_guard(Selected::Rule(0)).unwrap();
     assert_eq!(g.check(&["search_a".into(), "exec".into()]), Some("exec"));
     assert_eq!(g.check(&["search_a".into()]), None);
-    assert!(analysts().answer_guard(Selected::Rule(1)).is_none(), "no tools list");
+    assert!(
+        analysts().answer_guard(Selected::Rule(1)).is_none(),
+        "no tools list"
+    );
 }

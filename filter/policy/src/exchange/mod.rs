@@ -244,7 +244,10 @@ impl Stat {
     pub fn all_for(policy: &crate::Policy) -> Vec<(Stat, String)> {
         let mut all: Vec<(Stat, String)> = Stat::all().map(|s| (s, s.name())).collect();
         for (i, id) in policy.access.iter().flat_map(|a| a.ids()).enumerate() {
-            all.push((Stat::AccessDenied(i), format!("tracegate.access.{id}.denied")));
+            all.push((
+                Stat::AccessDenied(i),
+                format!("tracegate.access.{id}.denied"),
+            ));
             all.push((
                 Stat::AccessAnswerDenied(i),
                 format!("tracegate.access.{id}.answers_denied"),

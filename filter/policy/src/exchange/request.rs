@@ -7,10 +7,10 @@ use super::{
     count, Action, BodyMode, Effect, Exchange, Gateway, Host, Level, LocalReply, Phase, Refusal,
     Stat,
 };
+use crate::access::Caller;
 use crate::approval::GRANT_HEADER;
 use crate::config::RecordingMode;
 use crate::inspect::{media_type, Head, RequestVerdict};
-use crate::access::Caller;
 use crate::jwt::{identity_record, Decision, Extracted, Reason, Rejection};
 use crate::llm::Api;
 use crate::record::{ExchangeRecorder, RequestInfo, UpstreamSaw};
@@ -237,7 +237,9 @@ impl Exchange {
                     out.push(Effect::SetRequestHeader(name, Some(value)));
                 }
                 let caller = match decision {
-                    Decision::Verified { identity, .. } => Caller::Verified(&identity.access_claims),
+                    Decision::Verified { identity, .. } => {
+                        Caller::Verified(&identity.access_claims)
+                    }
                     _ => Caller::Anonymous,
                 };
                 return match self.access_caller(caller, gw, out) {

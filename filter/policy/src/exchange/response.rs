@@ -165,7 +165,10 @@ impl Exchange {
                 let refusal = super::Refusal::Denied { rule: denial.rule };
                 let reply = super::LocalReply::new(self.api, &refusal, &denial.message);
                 if inspector.config.hold_headers {
-                    out.push(Effect::SetResponseHeader(":status", Some(reply.status.to_string())));
+                    out.push(Effect::SetResponseHeader(
+                        ":status",
+                        Some(reply.status.to_string()),
+                    ));
                 }
                 replacement = Some(reply.body);
             }

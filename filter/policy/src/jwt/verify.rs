@@ -515,7 +515,11 @@ fn claim_values(v: &Value, split_words: bool) -> Vec<String> {
         Value::Array(items) => items.iter().filter_map(scalar).collect(),
         Value::String(s) if split_words => {
             let mut out = vec![s.clone()];
-            out.extend(s.split(' ').filter(|w| !w.is_empty() && *w != s).map(str::to_string));
+            out.extend(
+                s.split(' ')
+                    .filter(|w| !w.is_empty() && *w != s)
+                    .map(str::to_string),
+            );
             out
         }
         other => scalar(other).into_iter().collect(),

@@ -58,7 +58,10 @@ fn send(s: &mut Scenario, body: Value) -> Action {
 }
 
 fn access(r: &Record) -> tracegate_proto::v1::AccessDecision {
-    r.inspection.as_ref().and_then(|i| i.access.clone()).unwrap_or_default()
+    r.inspection
+        .as_ref()
+        .and_then(|i| i.access.clone())
+        .unwrap_or_default()
 }
 
 fn counted(s: &Scenario, stat: Stat) -> bool {
@@ -90,7 +93,10 @@ fn answer(s: &mut Scenario, content_type: &str, body: &str) -> Vec<u8> {
 fn an_allowed_request_goes_on_and_its_record_names_the_rule() {
     let mut s = Scenario::new(config());
     let token = bearer("es256");
-    assert_eq!(s.headers(&[("authorization", &token)], false), Action::Pause);
+    assert_eq!(
+        s.headers(&[("authorization", &token)], false),
+        Action::Pause
+    );
     let body = json!({"model": "gpt-4o-mini", "max_tokens": 50,
                       "tools": [{"type": "function", "function": {"name": "search_docs"}}],
                       "messages": [{"role": "user", "content": "hi"}]});
@@ -99,16 +105,35 @@ fn an_allowed_request_goes_on_and_its_record_names_the_rule() {
     let r = s.end();
     assert_eq!(verdict(&r), "forwarded");
     let a = access(&r);
-    assert_eq!((a.rule.as_str(), a.decision.as_str()), ("invokers", "allowed"));
+    assert_eq!(
+        (a.rule.as_str(), a.decision.as_str()),
+        ("invokers", "allowed")
+    );
 }
 
 #[test]
 fn a_denied_body_is_answered_403_in_the_api_shape_and_never_forwarded() {
     let cases = [
-        (json!({"model": "gpt-4o", "max_tokens": 5}), "model", "model \"gpt-4o\" is not allowed"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 4096}), "max_output_tokens", "max_tokens 4096 > 100"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": true}), "stream", "streaming"),
-        (json!({"model": "gpt-4o-mini", "max_tokens": 5, "functions": [{"name": "exec"}]}), "tool", "tool \"exec\""),
+        (
+            json!({"model": "gpt-4o", "max_tokens": 5}),
+            "model",
+            "model \"gpt-4o\" is not allowed",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 4096}),
+            "max_output_tokens",
+            "max_tokens 4096 > 100",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "stream": true}),
+            "stream",
+            "streaming",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "functions": [{"name": "exec"}]}),
+            "tool",
+            "tool \"exec\"",
+        ),
     ];
     for (body, check, says) in cases {
         for (path, anthropic) in [("/v1/chat/completions", false), ("/v1/messages", true)] {
@@ -121,15 +146,25 @@ fn a_denied_body_is_answered_403_in_the_api_shape_and_never_forwarded() {
             let v: Value = serde_json::from_slice(&reply.body).unwrap();
             assert_eq!(v["error"]["rule"], "invokers", "{v}");
             let message = v["error"]["message"].as_str().unwrap();
-            assert!(message.contains(says) && message.contains("invokers"), "{message}");
-            let kind = if anthropic { "permission_error" } else { "permission_denied" };
+            assert!(
+                message.contains(says) && message.contains("invokers"),
+                "{message}"
+            );
+            let kind = if anthropic {
+                "permission_error"
+            } else {
+                "permission_denied"
+            };
             assert_eq!(v["error"]["type"], kind);
             assert!(counted(&s, Stat::AccessDenied(0)));
             let r = s.end();
             assert_eq!(verdict(&r), "access_denied");
             assert_eq!(r.upstream_saw(), Saw::Nothing);
             let a = access(&r);
-            assert_eq!((a.rule.as_str(), a.decision.as_str(), a.check.as_str()), ("invokers", "denied", check));
+            assert_eq!(
+                (a.rule.as_str(), a.decision.as_str(), a.check.as_str()),
+                ("invokers", "denied", check)
+            );
             assert!(a.detail.contains(says), "{}", a.detail);
         }
     }
@@ -142,7 +177,11 @@ fn the_head_is_judged_before_the_body_is_waited_for() {
     assert_eq!(s.headers(&[], false), Action::Pause);
     assert_eq!(s.reply().map(|r| r.status), Some(403));
     assert!(counted(&s, Stat::AccessDenied(1)));
-    assert_eq!(send(&mut s, json!({"model": "x"})), Action::Pause, "the body is not judged");
+    assert_eq!(
+        send(&mut s, json!({"model": "x"})),
+        Action::Pause,
+        "the body is not judged"
+    );
     let r = s.end();
     assert_eq!(access(&r).check, "path");
     assert_eq!(r.upstream_saw(), Saw::Nothing);
@@ -161,11 +200,21 @@ fn the_head_is_judged_before_the_body_is_waited_for() {
     let a = access(&r);
     assert_eq!((a.rule.as_str(), a.check.as_str()), ("default", "no_rule"));
     // The stat names: one pair per rule and the default.
-    let names: Vec<String> = Stat::all_for(&s.gw.policy).into_iter().map(|(_, n)| n).collect();
-    for n in ["tracegate.access.invokers.denied", "tracegate.access.guests.answers_denied", "tracegate.access.default.denied"] {
+    let names: Vec<String> = Stat::all_for(&s.gw.policy)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    for n in [
+        "tracegate.access.invokers.denied",
+        "tracegate.access.guests.answers_denied",
+        "tracegate.access.default.denied",
+    ] {
         assert!(names.contains(&n.to_string()), "{n}");
     }
-    let mut idx: Vec<usize> = Stat::all_for(&s.gw.policy).into_iter().map(|(s, _)| s.index()).collect();
+    let mut idx: Vec<usize> = Stat::all_for(&s.gw.policy)
+        .into_iter()
+        .map(|(s, _)| s.index())
+        .collect();
     let n = idx.len();
     idx.sort();
     idx.dedup();
@@ -179,14 +228,20 @@ fn a_duplicate_model_key_is_refused_before_access_rules_read_it() {
     s.headers(&[("authorization", &token)], false);
     let body = r#"{"model":"gpt-4o-mini","max_tokens":5,"model":"gpt-4o"}"#;
     *s.host.request.borrow_mut() = body.as_bytes().to_vec();
-    s.on(Event::RequestBody { size: body.len(), end_of_stream: true });
+    s.on(Event::RequestBody {
+        size: body.len(),
+        end_of_stream: true,
+    });
     assert_eq!(s.reply().map(|r| r.status), Some(400));
     // JSON escapes are read as the upstream reads them.
     let mut s = Scenario::new(config());
     s.headers(&[("authorization", &token)], false);
     let body = r#"{"model":"\u0067pt-4o","max_tokens":5}"#;
     *s.host.request.borrow_mut() = body.as_bytes().to_vec();
-    s.on(Event::RequestBody { size: body.len(), end_of_stream: true });
+    s.on(Event::RequestBody {
+        size: body.len(),
+        end_of_stream: true,
+    });
     assert_eq!(s.reply().map(|r| r.status), Some(403));
 }
 
@@ -209,14 +264,24 @@ fn an_answer_calling_a_denied_tool_is_withheld() {
     let sent = answer(&mut s, "application/json", &body);
     let text = String::from_utf8_lossy(&sent).to_string();
     assert!(!text.contains("call_1"), "{text}");
-    assert!(text.contains("exec_shell") && text.contains("invokers"), "{text}");
+    assert!(
+        text.contains("exec_shell") && text.contains("invokers"),
+        "{text}"
+    );
     assert!(s.has(|e| matches!(e, Effect::SetResponseHeader(":status", Some(v)) if v == "403")));
     assert!(counted(&s, Stat::AccessAnswerDenied(0)));
     let r = s.end();
     let a = access(&r);
-    assert_eq!((a.decision.as_str(), a.check.as_str()), ("allowed", "answer_tool"));
+    assert_eq!(
+        (a.decision.as_str(), a.check.as_str()),
+        ("allowed", "answer_tool")
+    );
     assert_eq!(a.answer_tools_denied, ["exec_shell"]);
-    assert_eq!(r.response_body.unwrap().data, sent, "the record holds what the client got");
+    assert_eq!(
+        r.response_body.unwrap().data,
+        sent,
+        "the record holds what the client got"
+    );
 
     // An allowed call passes untouched.
     let mut s = Scenario::new(config());
@@ -229,30 +294,46 @@ fn an_answer_calling_a_denied_tool_is_withheld() {
 #[test]
 fn a_stream_calling_a_denied_tool_ends_with_an_error_before_the_call() {
     for (api_path, events) in [
-        ("/v1/chat/completions", vec![
-            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Let me"}}]}),
-            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+        (
+            "/v1/chat/completions",
+            vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Let me"}}]}),
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                    "function": {"name": "exec_shell", "arguments": ""}}]}}]}),
-            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"cmd\":\"rm\"}"}}]}}]}),
-        ]),
-        ("/v1/responses", vec![
-            json!({"type": "response.output_item.added", "output_index": 0,
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"cmd\":\"rm\"}"}}]}}]}),
+            ],
+        ),
+        (
+            "/v1/responses",
+            vec![
+                json!({"type": "response.output_item.added", "output_index": 0,
                    "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "exec_shell", "arguments": ""}}),
-            json!({"type": "response.function_call_arguments.delta", "output_index": 0, "item_id": "fc_1", "delta": "{}"}),
-        ]),
-        ("/v1/messages", vec![
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "call_1", "name": "exec_shell", "input": {}}}),
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
-        ]),
+                json!({"type": "response.function_call_arguments.delta", "output_index": 0, "item_id": "fc_1", "delta": "{}"}),
+            ],
+        ),
+        (
+            "/v1/messages",
+            vec![
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "call_1", "name": "exec_shell", "input": {}}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+            ],
+        ),
     ] {
         let mut s = Scenario::new(config());
         let token = bearer("es256");
         head(&mut s, api_path, Some(&token));
         send(&mut s, json!({"model": "gpt-4o-mini", "max_tokens": 50}));
         let stream: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-        let sent = String::from_utf8_lossy(&answer(&mut s, "text/event-stream", &stream)).to_string();
-        assert!(!sent.contains("call_1") && !sent.contains("cmd"), "{api_path}: {sent}");
-        assert!(sent.contains("event: error") && sent.contains(r#""rule":"invokers""#), "{sent}");
+        let sent =
+            String::from_utf8_lossy(&answer(&mut s, "text/event-stream", &stream)).to_string();
+        assert!(
+            !sent.contains("call_1") && !sent.contains("cmd"),
+            "{api_path}: {sent}"
+        );
+        assert!(
+            sent.contains("event: error") && sent.contains(r#""rule":"invokers""#),
+            "{sent}"
+        );
         assert!(counted(&s, Stat::AccessAnswerDenied(0)));
         let a = access(&s.end());
         assert_eq!(a.answer_tools_denied, ["exec_shell"], "{api_path}");
@@ -265,5 +346,5 @@ fn without_access_rules_records_carry_no_access_decision() {
     s.headers(&[], false);
     s.body("hi");
     let r = s.end();
-    assert!(r.inspection.map_or(true, |i| i.access.is_none()));
+    assert!(r.inspection.is_none_or(|i| i.access.is_none()));
 }

@@ -85,7 +85,9 @@ impl std::fmt::Display for Broken {
                 f,
                 "an event of the stream exceeds {max} bytes (inspection.stream_max_event_bytes)"
             ),
-            Broken::ToolDenied(tool) => write!(f, "the answer calls tool {tool:?}, which is not allowed"),
+            Broken::ToolDenied(tool) => {
+                write!(f, "the answer calls tool {tool:?}, which is not allowed")
+            }
         }
     }
 }
