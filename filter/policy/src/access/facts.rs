@@ -159,6 +159,18 @@ impl Facts {
         f
     }
 
+    /// The strings read (the model, tool names), for telling whether
+    /// masking changed any of them.
+    pub fn strings(&self) -> impl Iterator<Item = &str> {
+        let model = match &self.model {
+            Model::Name(m) => Some(m.as_str()),
+            _ => None,
+        };
+        model
+            .into_iter()
+            .chain(self.tools.iter().map(|t| t.name.as_str()))
+    }
+
     fn tool(&mut self, name: String, place: Place) {
         if !self
             .tools

@@ -357,19 +357,25 @@ impl Inspector {
         match judged {
             Ok(j) => {
                 let facts = self.facts.then(|| {
-                    Box::new(if !json {
-                        Facts::text()
-                    } else if let Some(sent) = &j.body {
-                        // Masking changed it: judged as the upstream reads it.
-                        let sent = std::str::from_utf8(sent).unwrap_or_default();
-                        let mut masked = Tape::default();
-                        match masked.parse(sent) {
-                            Ok(()) => Facts::read(&masked, sent),
-                            Err(_) => Facts::text(),
+                    if !json {
+                        return Box::new(Facts::text());
+                    }
+                    let facts = Facts::read(&tape, text);
+                    match &j.body {
+                        // Masking changed a string the facts read: read
+                        // again from the body as the upstream reads it.
+                        // (Strings are masked one by one, so a string that
+                        // masks differently alone is one that changed.)
+                        Some(sent) if self.changes_any(facts.strings()) => {
+                            let sent = std::str::from_utf8(sent).unwrap_or_default();
+                            let mut masked = Tape::default();
+                            Box::new(match masked.parse(sent) {
+                                Ok(()) => Facts::read(&masked, sent),
+                                Err(_) => Facts::text(),
+                            })
                         }
-                    } else {
-                        Facts::read(&tape, text)
-                    })
+                        _ => Box::new(facts),
+                    }
                 });
                 RequestVerdict::Forward {
                     body: j.body,
@@ -381,6 +387,17 @@ impl Inspector {
             }
             Err(hit) => self.blocked(hit),
         }
+    }
+
+    /// Whether masking would change any of these strings.
+    fn changes_any<'s>(&self, mut strings: impl Iterator<Item = &'s str>) -> bool {
+        let Some(m) = self.masker() else {
+            return false;
+        };
+        strings.any(|s| {
+            m.mask(s, &mut Tokens::default(), &mut Hits::default())
+                .is_some()
+        })
     }
 
     /// Masks a whole (non-streamed) response body. `Err` when it cannot be

@@ -348,3 +348,25 @@ fn without_access_rules_records_carry_no_access_decision() {
     let r = s.end();
     assert!(r.inspection.is_none_or(|i| i.access.is_none()));
 }
+
+#[test]
+fn facts_are_read_from_the_body_as_it_goes_upstream() {
+    // The model names an e-mail address: masking changes it, and what the
+    // upstream would read ("[EMAIL]") is what is judged.
+    let mut c = config();
+    c["access"]["rules"][0]["models"] = json!(["*@example.com"]);
+    let mut s = Scenario::new(c);
+    let token = bearer("es256");
+    head(&mut s, "/v1/chat/completions", Some(&token));
+    send(&mut s, json!({"model": "bob@example.com", "max_tokens": 5}));
+    let reply = s.reply().cloned().expect("refused");
+    assert_eq!(reply.status, 403);
+    assert!(String::from_utf8_lossy(&reply.body).contains("[EMAIL]"));
+    // A masked body whose facts did not change keeps them.
+    let mut s = Scenario::new(config());
+    head(&mut s, "/v1/chat/completions", Some(&token));
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "mail bob@example.com"}]});
+    assert_eq!(send(&mut s, body), Action::Continue);
+    assert!(s.has(|e| matches!(e, Effect::ReplaceRequestBody { .. })));
+}
