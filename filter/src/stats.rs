@@ -2,6 +2,7 @@
 //! once per configuration.
 
 use tracegate_policy::exchange::Stat;
+use tracegate_policy::Policy;
 
 use crate::host::{Counter, Gauge};
 
@@ -14,9 +15,11 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn define() -> Stats {
-        let mut counters: Vec<(usize, Counter)> = Stat::all()
-            .map(|s| (s.index(), Counter::define(&s.name())))
+    /// The policy's stats (its access rules name some).
+    pub fn define(policy: &Policy) -> Stats {
+        let mut counters: Vec<(usize, Counter)> = Stat::all_for(policy)
+            .into_iter()
+            .map(|(s, name)| (s.index(), Counter::define(&name)))
             .collect();
         counters.sort_by_key(|(i, _)| *i);
         Stats {

@@ -93,11 +93,12 @@ fn now_ms() -> u64 {
 
 impl Worker {
     pub fn new(gateway: Gateway) -> Worker {
+        let stats = Stats::define(&gateway.policy);
         Worker {
             gateway,
             exchanges: HashMap::new(),
             calls: HashMap::new(),
-            stats: Stats::define(),
+            stats,
             effects: Vec::new(),
             serving: false,
         }

@@ -129,6 +129,21 @@ struct InspectionJson<'a> {
     reason: &'a str,
     #[serde(skip_serializing_if = "is_zero")]
     stream_holds_exceeded: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access: Option<AccessJson<'a>>,
+}
+
+/// The access rules' decision (`Inspection.access`).
+#[derive(Serialize)]
+struct AccessJson<'a> {
+    rule: &'a str,
+    decision: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    check: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    answer_tools_denied: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -159,6 +174,13 @@ fn inspection_json(i: &Inspection) -> InspectionJson<'_> {
         blocked_rule: &i.blocked_rule,
         reason: &i.reason,
         stream_holds_exceeded: i.stream_holds_exceeded,
+        access: i.access.as_ref().map(|a| AccessJson {
+            rule: &a.rule,
+            decision: &a.decision,
+            check: &a.check,
+            detail: &a.detail,
+            answer_tools_denied: &a.answer_tools_denied,
+        }),
     }
 }
 

@@ -5,6 +5,7 @@
 //! records batched): request headers, the whole request body, a 600-byte
 //! JSON answer, the end and its record encoded into a batch. Microseconds
 //! per exchange, split by step, for chat requests of 1, 4, 16 and 64 KB.
+//! `ACCESS=1` adds access rules the caller passes (the cost of judging them).
 //! Runs natively and, built for wasm32-wasip1, inside V8 (`make bench`):
 //! the Envoy tables show the same work plus the proxy's own.
 
@@ -94,6 +95,18 @@ fn policy(v: &Value) -> Policy {
         "rules": [{"id": "prompt-injection", "scope": "prompt", "action": "block",
                    "keywords": ["ignore previous instructions"]}]
     });
+    let mut config = config;
+    if std::env::var("ACCESS").is_ok() {
+        // ACCESS=1: access rules the bench's caller passes (every check
+        // but the output ceiling, which its body does not set; tools
+        // restricted, so the answer is read for calls too).
+        config["access"] = json!({"default": "deny", "rules": [
+            {"id": "ops", "when": {"claims": {"groups": "ops"}}, "models": ["o1*"]},
+            {"id": "invokers", "when": {"claims": {"scope": "llm:invoke"}},
+             "models": ["gpt-4o*"], "apis": ["openai_chat"], "paths": ["/v1/*"],
+             "tools": ["search_*"], "stream": false}
+        ]});
+    }
     Policy::compile(config.to_string().as_bytes()).expect("policy")
 }
 

@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use std::fmt;
 
+use crate::access::AccessConfig;
 use crate::approval::ApprovalConfig;
 use crate::inspect::config::{InspectionConfig, MaskingConfig, RuleConfig};
 use crate::jwt::JwtConfig;
@@ -33,6 +34,9 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Human approval of risky requests. Without it, `approve` rules block.
     pub approval: Option<ApprovalConfig>,
+    /// Access rules: who may use which models, APIs, paths and tools.
+    /// Without it every caller may use everything.
+    pub access: Option<AccessConfig>,
 }
 
 /// The `policy` section: a name and version for people; the hash of the

@@ -8,6 +8,7 @@
 //! Nothing here may panic on any input: a panic in the filter traps the VM and
 //! fails every later request on that worker.
 
+pub mod access;
 pub mod approval;
 pub mod config;
 pub mod detect;

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use tracegate_proto::v1::PolicyRef;
 
+use crate::access::Access;
 use crate::config::{err, Config, ConfigError};
 use crate::inspect::Inspector;
 use crate::jwt::Authenticator;
@@ -26,6 +27,8 @@ pub struct Policy {
     /// Headers that carry the callers' JWTs: tracegate's own, not judged as
     /// a leak, recorded as `[credential]`.
     pub token_headers: Vec<String>,
+    /// The compiled `access` section; `None`: everyone may use everything.
+    pub access: Option<Access>,
 }
 
 impl Policy {
@@ -51,10 +54,33 @@ impl Policy {
     }
 
     fn from_config(config: Config, reference: PolicyRef) -> Result<Policy, ConfigError> {
-        let auth = config.jwt.as_ref().map(Authenticator::new).transpose()?;
+        let mut auth = config.jwt.as_ref().map(Authenticator::new).transpose()?;
+        let access = config
+            .access
+            .as_ref()
+            .map(|a| Access::new(a, config.jwt.is_some()))
+            .transpose()?;
+        if let (Some(access), Some(auth)) = (&access, auth.as_mut()) {
+            auth.read_claims(&access.claims);
+        }
+        if let Some(i) = access.as_ref().and_then(|a| a.tool_rules().next()) {
+            // Tool calls in answers are read where answers are inspected.
+            if !config.masking.enabled || !config.inspection.responses {
+                return Err(err(
+                    &format!("access.rules[{i}].tools"),
+                    "restricting tools needs answers inspected (tool calls in answers are withheld): keep `masking.enabled` and `inspection.responses` on",
+                ));
+            }
+        }
         let inspector = Inspector::new(&config.inspection, &config.masking, &config.rules)?;
-        let inspector = (config.masking.enabled || !config.rules.is_empty())
-            .then_some(inspector.with_approvals(config.approval.is_some()));
+        // Access rules read the request body, so it is held and parsed
+        // (strictly: duplicate keys refused) even without masking or rules.
+        let inspector = (config.masking.enabled || !config.rules.is_empty() || access.is_some())
+            .then_some(
+                inspector
+                    .with_approvals(config.approval.is_some())
+                    .with_facts(access.is_some()),
+            );
         let token_headers = config
             .jwt
             .iter()
@@ -66,6 +92,7 @@ impl Policy {
             inspector,
             auth,
             token_headers,
+            access,
         })
     }
 }

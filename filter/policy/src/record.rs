@@ -85,6 +85,8 @@ pub enum Verdict {
     Forwarded,
     /// A block rule matched (403).
     Blocked,
+    /// An access rule (or the access default) does not allow it (403).
+    AccessDenied,
     /// It could not be inspected (400, 413, 415), or its answer was replaced (502).
     Refused,
     /// Its caller was not authenticated (401).
@@ -109,6 +111,7 @@ impl Verdict {
         match self {
             Verdict::Forwarded => "forwarded",
             Verdict::Blocked => "blocked",
+            Verdict::AccessDenied => "access_denied",
             Verdict::Refused => "refused",
             Verdict::Unauthenticated => "unauthenticated",
             Verdict::AwaitingApproval => "awaiting_approval",

@@ -390,7 +390,17 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
         blocks.push(json!({"type": "thinking", "thinking": t, "signature": "c2lnbmF0dXJl"}));
     }
     blocks.push(json!({"type": "text", "text": reply}));
+    let tool = headers
+        .get("x-test-tool-call")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if request["stream"] != true {
+        if let Some(name) = &tool {
+            blocks.push(
+                json!({"type": "tool_use", "id": "toolu_test_1", "name": name,
+                "input": {"cmd": "cat /etc/passwd"}}),
+            );
+        }
         return json_answer(
             &headers,
             json!({
@@ -616,7 +626,17 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
         "total_tokens": messages.len() * 8 + reply.split_whitespace().count(),
     });
 
+    // `x-test-tool-call: NAME`: the model also calls tool NAME.
+    let tool = headers
+        .get("x-test-tool-call")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if request["stream"] != true {
+        let mut message = json!({"role": "assistant", "content": reply});
+        if let Some(name) = &tool {
+            message["tool_calls"] = json!([{"id": "call_test_1", "type": "function",
+                "function": {"name": name, "arguments": "{\"cmd\":\"cat /etc/passwd\"}"}}]);
+        }
         return json_answer(
             &headers,
             json!({
@@ -626,8 +646,8 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
                 "model": model,
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": if tool.is_some() { "tool_calls" } else { "stop" },
                 }],
                 "usage": usage,
             }),
@@ -655,6 +675,17 @@ async fn chat_completions(State(seen): State<Seen>, headers: HeaderMap, body: By
     }
     for word in shape.pieces(&reply) {
         events.push(chunk(json!({"content": word}), Value::Null));
+    }
+    if let Some(name) = &tool {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_test_1", "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"cmd\":\"cat /etc/passwd\"}"}}]}),
+            Value::Null,
+        ));
     }
     events.push(chunk(json!({}), json!("stop")));
     if request["stream_options"]["include_usage"] == true {

@@ -73,6 +73,7 @@ impl Exchange {
             upstream: self.upstream,
         };
         self.inspection.verdict = final_verdict(self.inspection.verdict, &ending);
+        self.inspection.access = self.access_record(gw);
         if self.inspection.reason.is_empty() {
             self.inspection.reason = match self.inspection.verdict {
                 Verdict::Unrecorded => "its record could not be made durable before forwarding (write_ahead, fail_closed): answered 503".into(),
@@ -100,6 +101,7 @@ impl Exchange {
             || !self.inspection.request.is_empty()
             || !self.inspection.response.is_empty()
             || self.inspection.verdict != Verdict::Forwarded
+            || self.inspection.access.is_some()
         {
             recorder.inspection = Some(self.inspection.to_proto());
         }

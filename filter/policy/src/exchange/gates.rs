@@ -215,6 +215,11 @@ impl Exchange {
         ) {
             return Action::Pause;
         }
+        // Access rules first: a request its caller may not make is never
+        // shown to an approver or written ahead.
+        if !self.access_gate(gw, out) {
+            return Action::Pause;
+        }
         for gate in [Exchange::approval_gate, Exchange::ahead_gate] {
             match gate(self, gw, host, out) {
                 Gate::Pass => {}

@@ -12,6 +12,7 @@
 //! - `reply`: tracegate's own answers, in each API's error shape.
 //! - `gateway`: what one worker knows across exchanges.
 
+mod access;
 mod finish;
 mod gates;
 pub mod gateway;
@@ -26,12 +27,14 @@ pub use reply::{LocalReply, Refusal};
 
 use tracegate_proto::v1::{Identity, Record};
 
+use crate::access::{AnswerGuard, Facts};
 use crate::inspect::{ExchangeInspection, Mark};
 use crate::jwt::{Extracted, Reason};
 use crate::llm::sse::SseMasker;
 use crate::llm::Api;
 use crate::mask::Tokens;
 use crate::record::{ExchangeRecorder, UpstreamSaw};
+use access::AccessState;
 use gates::{AheadGate, ApprovalGate};
 
 /// What the exchange reads from its surroundings. The filter answers from
@@ -199,6 +202,11 @@ pub enum Stat {
     JwtRejected(Reason),
     JwksFetched,
     JwksFetchFailed,
+    /// Requests an access rule refused, by the rule's index (the rules'
+    /// count: the default).
+    AccessDenied(usize),
+    /// Answers withheld because they called a tool the rule does not allow.
+    AccessAnswerDenied(usize),
 }
 
 impl Stat {
@@ -231,11 +239,31 @@ impl Stat {
             .chain(Reason::ALL.into_iter().map(Stat::JwtRejected))
     }
 
+    /// Every stat of a policy: the fixed ones, then two per access rule
+    /// and the default, named after them.
+    pub fn all_for(policy: &crate::Policy) -> Vec<(Stat, String)> {
+        let mut all: Vec<(Stat, String)> = Stat::all().map(|s| (s, s.name())).collect();
+        for (i, id) in policy.access.iter().flat_map(|a| a.ids()).enumerate() {
+            all.push((
+                Stat::AccessDenied(i),
+                format!("tracegate.access.{id}.denied"),
+            ));
+            all.push((
+                Stat::AccessAnswerDenied(i),
+                format!("tracegate.access.{id}.answers_denied"),
+            ));
+        }
+        all
+    }
+
     pub fn index(self) -> usize {
+        let fixed = Stat::PLAIN.len() + Reason::ALL.len();
         match self {
             Stat::JwtRejected(r) => {
                 Stat::PLAIN.len() + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)
             }
+            Stat::AccessDenied(i) => fixed + 2 * i,
+            Stat::AccessAnswerDenied(i) => fixed + 2 * i + 1,
             s => Stat::PLAIN.iter().position(|x| *x == s).unwrap_or(0),
         }
     }
@@ -261,6 +289,9 @@ impl Stat {
             Stat::JwtNegativeCacheHits => "jwt.negative_cache_hits",
             Stat::JwtAnonymous => "jwt.anonymous",
             Stat::JwtRejected(r) => return format!("tracegate.jwt.rejected.{}", r.as_str()),
+            // Named after the rule's id by `all_for`.
+            Stat::AccessDenied(i) => return format!("tracegate.access.{i}.denied"),
+            Stat::AccessAnswerDenied(i) => return format!("tracegate.access.{i}.answers_denied"),
             Stat::JwksFetched => "jwks.fetched",
             Stat::JwksFetchFailed => "jwks.fetch_failed",
         };
@@ -357,6 +388,14 @@ pub struct Exchange {
     ahead: AheadGate,
     /// How much of the request went upstream (for the record).
     upstream: UpstreamSaw,
+    access: AccessState,
+    /// The path as it goes upstream, for access rules (kept only with them).
+    access_path: String,
+    /// What the body asks for, read by the inspector, until the access gate.
+    access_facts: Option<Box<Facts>>,
+    /// The tools the answer may call (the allowing rule restricts tools).
+    guard: Option<AnswerGuard>,
+    answer_tools_denied: Vec<String>,
 }
 
 impl Exchange {
@@ -380,6 +419,11 @@ impl Exchange {
             approval: ApprovalGate::Off,
             ahead: AheadGate::Off,
             upstream: UpstreamSaw::Nothing,
+            access: AccessState::Off,
+            access_path: String::new(),
+            access_facts: None,
+            guard: None,
+            answer_tools_denied: Vec::new(),
         }
     }
 

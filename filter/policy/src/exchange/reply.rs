@@ -21,6 +21,8 @@ pub enum Refusal {
     Unauthenticated(Rejection),
     /// A block rule matched (403).
     Blocked { rule: String },
+    /// An access rule (or the access default) does not allow it (403).
+    Denied { rule: String },
     /// It cannot be inspected: 400, 413, 415 or 502, with the error type
     /// inspection chose.
     Uninspectable { status: u32, kind: &'static str },
@@ -50,7 +52,7 @@ impl LocalReply {
                 ],
                 body: r.body().into_bytes(),
             },
-            Refusal::Blocked { rule } => {
+            Refusal::Blocked { rule } | Refusal::Denied { rule } => {
                 let kind = if anthropic {
                     "permission_error"
                 } else {

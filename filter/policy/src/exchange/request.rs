@@ -7,6 +7,7 @@ use super::{
     count, Action, BodyMode, Effect, Exchange, Gateway, Host, Level, LocalReply, Phase, Refusal,
     Stat,
 };
+use crate::access::Caller;
 use crate::approval::GRANT_HEADER;
 use crate::config::RecordingMode;
 use crate::inspect::{media_type, Head, RequestVerdict};
@@ -20,7 +21,7 @@ enum Auth {
     Passed,
     /// Parked until the provider's keys arrive.
     Parked,
-    /// Answered 401.
+    /// Answered: 401, or 403 by access rules.
     Refused,
 }
 
@@ -90,6 +91,10 @@ impl Exchange {
             let found = head.hits.counts.values().map(|&n| u64::from(n)).sum();
             out.push(Effect::Add(Stat::Findings, found));
             self.inspection.request.merge(&head.hits);
+        }
+        if policy.access.is_some() {
+            self.access = super::AccessState::Pending;
+            self.access_path = head.path.clone().unwrap_or_else(|| path.clone());
         }
         self.request_content_type = info.content_type.clone();
         self.recorder = Some(ExchangeRecorder::new(
@@ -179,7 +184,10 @@ impl Exchange {
         out: &mut Vec<Effect>,
     ) -> Auth {
         let Some(auth) = gw.policy.auth.as_mut() else {
-            return Auth::Passed;
+            return match self.access_caller(Caller::Anonymous, gw, out) {
+                true => Auth::Passed,
+                false => Auth::Refused,
+            };
         };
         let token = auth.extract(|name| first(headers, name).map(str::to_string));
         let decision = auth.decide(token.as_ref(), now_ms(host), true);
@@ -228,7 +236,16 @@ impl Exchange {
                 for (name, value) in changes.set {
                     out.push(Effect::SetRequestHeader(name, Some(value)));
                 }
-                return Auth::Passed;
+                let caller = match decision {
+                    Decision::Verified { identity, .. } => {
+                        Caller::Verified(&identity.access_claims)
+                    }
+                    _ => Caller::Anonymous,
+                };
+                return match self.access_caller(caller, gw, out) {
+                    true => Auth::Passed,
+                    false => Auth::Refused,
+                };
             }
         };
         out.push(Effect::Log(
@@ -351,8 +368,10 @@ impl Exchange {
                 hits,
                 rules,
                 marks,
+                facts,
             } => {
                 self.marks = marks;
+                self.access_facts = facts;
                 out.push(Effect::Add(
                     Stat::Findings,
                     hits.counts.values().map(|&n| u64::from(n)).sum(),

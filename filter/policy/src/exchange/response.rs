@@ -4,7 +4,8 @@
 
 use super::{Action, Effect, Exchange, Gateway, Host, Level, ResponseMode};
 use crate::inspect::media_type;
-use crate::llm::sse::{error_event, looks_like_sse};
+use crate::llm::sse::reader::Broken;
+use crate::llm::sse::{error_event, looks_like_sse, typed_error_event};
 
 /// A stream's chunk is read this many bytes at a time: a chunk of a stream
 /// being cut is not copied in whole (linear memory never shrinks).
@@ -47,7 +48,9 @@ impl Exchange {
             return Action::Pause;
         }
         self.response = if media == "text/event-stream" {
-            ResponseMode::Stream(Box::new(inspector.stream(self.api)))
+            ResponseMode::Stream(Box::new(
+                inspector.stream(self.api).with_guard(self.guard.clone()),
+            ))
         } else if media.is_empty() {
             ResponseMode::Sniff
         } else if textual {
@@ -91,9 +94,9 @@ impl Exchange {
                 return Action::Pause;
             }
             self.response = match gw.policy.inspector.as_ref() {
-                Some(i) if looks_like_sse(&first) => {
-                    ResponseMode::Stream(Box::new(i.stream(self.api)))
-                }
+                Some(i) if looks_like_sse(&first) => ResponseMode::Stream(Box::new(
+                    i.stream(self.api).with_guard(self.guard.clone()),
+                )),
                 _ => ResponseMode::Whole,
             };
         }
@@ -145,7 +148,7 @@ impl Exchange {
             &mut self.tokens,
             &mut self.inspection.response,
         );
-        let replacement = match result {
+        let mut replacement = match result {
             Ok(Some(masked)) => Some(masked),
             Ok(None) => None,
             Err(e) => {
@@ -154,6 +157,22 @@ impl Exchange {
                 Some(error)
             }
         };
+        if let Some(tool) = self.denied_call(replacement.as_deref().unwrap_or(&body)) {
+            // The answer calls a tool the caller may not use: it is withheld,
+            // replaced by a 403 in the API's shape (the status too, while the
+            // headers are still held).
+            if let Some(denial) = self.answer_denied(&tool, out) {
+                let refusal = super::Refusal::Denied { rule: denial.rule };
+                let reply = super::LocalReply::new(self.api, &refusal, &denial.message);
+                if inspector.config.hold_headers {
+                    out.push(Effect::SetResponseHeader(
+                        ":status",
+                        Some(reply.status.to_string()),
+                    ));
+                }
+                replacement = Some(reply.body);
+            }
+        }
         let sent = replacement.as_deref().unwrap_or(&body);
         if inspector.config.hold_headers {
             out.push(Effect::SetResponseHeader(
@@ -167,6 +186,18 @@ impl Exchange {
         if let Some(bytes) = replacement {
             out.push(Effect::ReplaceResponseBody { len: size, bytes });
         }
+    }
+
+    /// The first tool the answer (a whole JSON body, as it goes to the
+    /// client) calls that the exchange's guard does not allow.
+    fn denied_call(&self, body: &[u8]) -> Option<String> {
+        let guard = self.guard.as_ref()?;
+        let text = std::str::from_utf8(body).ok()?;
+        let mut tape = crate::json::Tape::default();
+        tape.parse(text).ok()?;
+        let mut calls = Vec::new();
+        crate::access::answer_calls(&tape, text, &mut calls);
+        guard.check(&calls).map(str::to_string)
     }
 
     /// A chunk of an event stream: masked event by event; what could still
@@ -207,15 +238,35 @@ impl Exchange {
         if end_of_stream && sse.broken.is_none() {
             sent.extend(sse.finish(masker, &mut self.tokens, hits));
         }
-        if let Some(why) = &sse.broken {
-            // Nothing more of this stream is sent: it can no longer be
-            // inspected. The client's SDK raises the error event.
-            out.push(Effect::Log(
-                Level::Warn,
-                format!("response stream cut: {why}"),
-            ));
-            self.inspection.reason = format!("response stream cut: {why}");
-            sent.extend(error_event(&why.to_string()));
+        match sse.broken.clone() {
+            Some(Broken::ToolDenied(tool)) => {
+                // The event calling it was not sent; the stream ends with a
+                // permission error the SDKs raise.
+                if let Some(denial) = self.answer_denied(&tool, out) {
+                    let kind = if self.api == crate::llm::Api::Anthropic {
+                        "permission_error"
+                    } else {
+                        "permission_denied"
+                    };
+                    sent.extend(typed_error_event(
+                        kind,
+                        "permission_denied",
+                        &denial.message,
+                        Some(&denial.rule),
+                    ));
+                }
+            }
+            Some(why) => {
+                // Nothing more of this stream is sent: it can no longer be
+                // inspected. The client's SDK raises the error event.
+                out.push(Effect::Log(
+                    Level::Warn,
+                    format!("response stream cut: {why}"),
+                ));
+                self.inspection.reason = format!("response stream cut: {why}");
+                sent.extend(error_event(&why.to_string()));
+            }
+            None => {}
         }
         if let Some(r) = &mut self.recorder {
             r.response_body.push(sent.len(), &sent);

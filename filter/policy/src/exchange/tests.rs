@@ -545,3 +545,5 @@ fn every_stat_has_its_own_index_and_name() {
     names.dedup();
     assert_eq!(names.len(), all.len());
 }
+
+mod access;

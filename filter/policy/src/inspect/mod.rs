@@ -22,6 +22,7 @@ use base64::Engine;
 use regex::Regex;
 use serde_json::json;
 
+use crate::access::Facts;
 use crate::config::{err, ConfigError};
 use crate::detect::{builtin::BUILTINS, Catalogue, Custom};
 use crate::json::Tape;
@@ -129,6 +130,9 @@ pub enum RequestVerdict {
         hits: Hits,
         rules: Vec<RuleHit>,
         marks: Vec<Mark>,
+        /// What access rules judge, read from the body as it goes on; `None`
+        /// when no access rules are configured.
+        facts: Option<Box<Facts>>,
     },
     /// A rule with action `block` (or `approve`, when no approval service is
     /// configured) matched: answer 403.
@@ -154,6 +158,8 @@ pub struct Inspector {
     /// An approval service is configured: `approve` rules add risk instead
     /// of blocking.
     approvals: bool,
+    /// Access rules are configured: requests' `Facts` are read.
+    facts: bool,
 }
 
 impl Inspector {
@@ -161,6 +167,12 @@ impl Inspector {
     /// `approval.threshold`) instead of blocking them.
     pub fn with_approvals(mut self, on: bool) -> Self {
         self.approvals = on;
+        self
+    }
+
+    /// Reads what access rules judge from each request body.
+    pub fn with_facts(mut self, on: bool) -> Self {
+        self.facts = on;
         self
     }
 
@@ -263,6 +275,7 @@ impl Inspector {
             masker,
             rules: compiled,
             approvals: false,
+            facts: false,
         })
     }
 
@@ -295,6 +308,7 @@ impl Inspector {
                 hits: Hits::default(),
                 rules: Vec::new(),
                 marks: Vec::new(),
+                facts: self.facts.then(Box::default),
             };
         }
         if body.len() > self.config.max_body_bytes {
@@ -324,6 +338,7 @@ impl Inspector {
         let mut tape = Tape::default();
         let parsed = tape.parse(text);
         let declared_json = media_type(content_type).ends_with("json");
+        let json = parsed.is_ok();
         let judged = match parsed {
             // Text that is JSON is read by the API as JSON: judged as such.
             Ok(()) => {
@@ -340,14 +355,49 @@ impl Inspector {
             Err(_) => self.judge_text(text, tokens, false, true),
         };
         match judged {
-            Ok(j) => RequestVerdict::Forward {
-                body: j.body,
-                hits: j.hits,
-                rules: j.rules,
-                marks: j.marks,
-            },
+            Ok(j) => {
+                let facts = self.facts.then(|| {
+                    if !json {
+                        return Box::new(Facts::text());
+                    }
+                    let facts = Facts::read(&tape, text);
+                    match &j.body {
+                        // Masking changed a string the facts read: read
+                        // again from the body as the upstream reads it.
+                        // (Strings are masked one by one, so a string that
+                        // masks differently alone is one that changed.)
+                        Some(sent) if self.changes_any(facts.strings()) => {
+                            let sent = std::str::from_utf8(sent).unwrap_or_default();
+                            let mut masked = Tape::default();
+                            Box::new(match masked.parse(sent) {
+                                Ok(()) => Facts::read(&masked, sent),
+                                Err(_) => Facts::text(),
+                            })
+                        }
+                        _ => Box::new(facts),
+                    }
+                });
+                RequestVerdict::Forward {
+                    body: j.body,
+                    hits: j.hits,
+                    rules: j.rules,
+                    marks: j.marks,
+                    facts,
+                }
+            }
             Err(hit) => self.blocked(hit),
         }
+    }
+
+    /// Whether masking would change any of these strings.
+    fn changes_any<'s>(&self, mut strings: impl Iterator<Item = &'s str>) -> bool {
+        let Some(m) = self.masker() else {
+            return false;
+        };
+        strings.any(|s| {
+            m.mask(s, &mut Tokens::default(), &mut Hits::default())
+                .is_some()
+        })
     }
 
     /// Masks a whole (non-streamed) response body. `Err` when it cannot be
@@ -563,6 +613,8 @@ pub struct ExchangeInspection {
     pub verdict: crate::record::Verdict,
     pub blocked_rule: String,
     pub reason: String,
+    /// The access rules' decision (with an `access` section).
+    pub access: Option<tracegate_proto::v1::AccessDecision>,
 }
 
 impl ExchangeInspection {
@@ -591,6 +643,7 @@ impl ExchangeInspection {
             blocked_rule: self.blocked_rule.clone(),
             reason: self.reason.clone(),
             stream_holds_exceeded: self.response.stream_holds_exceeded,
+            access: self.access.clone(),
         }
     }
 }

@@ -43,6 +43,8 @@ pub(super) struct Provider {
     pub(super) forward: bool,
     pub(super) claim_headers: Vec<(String, String)>,
     pub(super) record_claims: Vec<String>,
+    /// Claims access rules read (`Authenticator::read_claims`).
+    pub(super) access_claims: Vec<String>,
     pub(super) max_token_bytes: usize,
     /// Inline JWKS keys and HMAC keys.
     pub(super) local_keys: KeySet,
@@ -117,6 +119,7 @@ impl Authenticator {
             forward: p.forward,
             claim_headers,
             record_claims: p.record_claims.clone(),
+            access_claims: Vec::new(),
             max_token_bytes: p.max_token_bytes,
             local_keys,
             remote,

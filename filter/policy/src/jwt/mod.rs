@@ -37,6 +37,9 @@ pub struct Identity {
     pub claims: Vec<(String, String)>,
     /// `claim_to_headers`: header name → claim value.
     pub headers: Vec<(String, String)>,
+    /// The claims access rules read: name → values as text (array claims
+    /// element by element, `scope`/`scp` also word by word).
+    pub access_claims: Vec<(String, Vec<String>)>,
 }
 
 /// Why a request was refused. `as_str` names the stat

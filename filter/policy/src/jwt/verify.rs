@@ -81,6 +81,14 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Keeps these claims of verified tokens in `Identity::access_claims`
+    /// (what access rules' `when` read).
+    pub fn read_claims(&mut self, names: &[String]) {
+        for p in &mut self.providers {
+            p.access_claims = names.to_vec();
+        }
+    }
+
     /// Finds the token: the first configured source whose header is present
     /// and starts with its prefix. `header` gives a request header's value.
     pub fn extract(&self, header: impl Fn(&str) -> Option<String>) -> Option<Extracted> {
@@ -367,6 +375,14 @@ impl Provider {
                     header_value_ok(&v).then(|| (h.clone(), v))
                 })
                 .collect(),
+            access_claims: self
+                .access_claims
+                .iter()
+                .filter_map(|c| {
+                    let split = c == "scope" || c == "scp";
+                    claim(payload, c).map(|v| (c.clone(), claim_values(v, split)))
+                })
+                .collect(),
         }
     }
 }
@@ -486,6 +502,30 @@ fn claim_matches(actual: &Value, allowed: &[Value], split_words: bool) -> bool {
     }
 }
 
+/// A claim's values as text, for access rules: a string (and, with
+/// `split_words`, each of its space-separated words), each element of an
+/// array, numbers and booleans as JSON; objects and null have none.
+fn claim_values(v: &Value, split_words: bool) -> Vec<String> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    };
+    match v {
+        Value::Array(items) => items.iter().filter_map(scalar).collect(),
+        Value::String(s) if split_words => {
+            let mut out = vec![s.clone()];
+            out.extend(
+                s.split(' ')
+                    .filter(|w| !w.is_empty() && *w != s)
+                    .map(str::to_string),
+            );
+            out
+        }
+        other => scalar(other).into_iter().collect(),
+    }
+}
+
 /// A claim as text: strings as they are, anything else as JSON.
 fn claim_text(v: &Value) -> String {
     match v {
@@ -503,7 +543,7 @@ fn header_value_ok(v: &str) -> bool {
 }
 
 /// Unverified text for a message: quoted, control characters escaped, cut.
-pub(super) fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     let cut: String = s.chars().take(80).collect();
     let mut q = format!("{cut:?}");
     if s.chars().count() > 80 {

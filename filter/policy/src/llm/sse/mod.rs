@@ -20,6 +20,7 @@ mod template;
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::access::AnswerGuard;
 use crate::json::{self, Edits, Kind, Tape};
 use crate::mask::stream::{StreamMasker, StreamRestorer};
 use crate::mask::{Hits, Masker, Tokens};
@@ -227,6 +228,12 @@ pub struct SseMasker {
     /// The stream can no longer be passed on; the caller ends it (with
     /// `error_event`).
     pub broken: Option<Broken>,
+    /// The tools the answer may call (access rules); an event calling
+    /// another ends the stream before it is sent.
+    guard: Option<AnswerGuard>,
+    /// Set by the event that called a denied tool; later events are dropped.
+    denied: Option<Broken>,
+    calls: Vec<String>,
 }
 
 /// What reading one JSON event did.
@@ -267,7 +274,17 @@ impl SseMasker {
             fit: Fit::default(),
             shape: Shape::default(),
             broken: None,
+            guard: None,
+            denied: None,
+            calls: Vec::new(),
         }
+    }
+
+    /// Ends the stream before any event that calls a tool `guard` does not
+    /// allow (`broken` says which).
+    pub fn with_guard(mut self, guard: Option<AnswerGuard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Bytes of the event being read.
@@ -299,10 +316,17 @@ impl SseMasker {
             self.broken = Some(e);
         }
         for ev in events.drain(..) {
+            if self.denied.is_some() {
+                self.reader.recycle(ev);
+                continue;
+            }
             let ev = self.event(m, ev, tokens, hits, &mut out);
             self.reader.recycle(ev);
         }
         self.events = events;
+        if let Some(d) = self.denied.take() {
+            self.broken = Some(d);
+        }
         out
     }
 
@@ -319,9 +343,15 @@ impl SseMasker {
             return out;
         }
         for ev in events.drain(..) {
-            self.event(m, ev, tokens, hits, &mut out);
+            if self.denied.is_none() {
+                self.event(m, ev, tokens, hits, &mut out);
+            }
         }
         self.events = events;
+        if let Some(d) = self.denied.take() {
+            self.broken = Some(d);
+            return out;
+        }
         self.flush_all(m, tokens, hits, &mut out);
         out
     }
@@ -370,6 +400,14 @@ impl SseMasker {
         }
         let mut tape = std::mem::take(&mut self.tape);
         let new = match tape.parse(&data) {
+            // An event calling a tool the caller may not use is not sent.
+            // (A templated event is never one: its bytes outside the text
+            // are those of an event read here and let through.)
+            Ok(()) if self.denies(&tape, &data) => {
+                self.tape = tape;
+                ev.data = Some(data);
+                return ev;
+            }
             Ok(()) => {
                 self.edits.clear();
                 self.shape = Shape::default();
@@ -387,6 +425,23 @@ impl SseMasker {
         ev.write(Some(new.as_deref().unwrap_or(&data)), out);
         ev.data = Some(data);
         ev
+    }
+
+    /// Whether the event calls a tool the guard does not allow (noted in
+    /// `denied`).
+    fn denies(&mut self, tape: &Tape, src: &str) -> bool {
+        let Some(guard) = &self.guard else {
+            return false;
+        };
+        self.calls.clear();
+        crate::access::answer_calls(tape, src, &mut self.calls);
+        match guard.check(&self.calls) {
+            Some(tool) => {
+                self.denied = Some(Broken::ToolDenied(tool.to_string()));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Masks one JSON event into `self.edits`; held text of a channel that
@@ -935,10 +990,23 @@ impl SseMasker {
 /// An event that ends a stream cut by tracegate, in a shape both SDKs raise
 /// as an error (OpenAI: an `error` member; Anthropic: an `error` event).
 pub fn error_event(message: &str) -> Vec<u8> {
+    typed_error_event("api_error", "stream_cut", message, None)
+}
+
+/// `error_event` with its error type and code, and the rule that ended it.
+pub fn typed_error_event(kind: &str, code: &str, message: &str, rule: Option<&str>) -> Vec<u8> {
     let mut text = String::new();
     json::write_str(&mut text, &format!("tracegate: {message}"));
+    let (mut kind_json, mut code_json) = (String::new(), String::new());
+    json::write_str(&mut kind_json, kind);
+    json::write_str(&mut code_json, code);
+    let rule = rule.map_or(String::new(), |r| {
+        let mut s = String::from(r#","rule":"#);
+        json::write_str(&mut s, r);
+        s
+    });
     let data = format!(
-        r#"{{"type":"error","error":{{"type":"api_error","code":"stream_cut","message":{text}}}}}"#
+        r#"{{"type":"error","error":{{"type":{kind_json},"code":{code_json},"message":{text}{rule}}}}}"#
     );
     let mut out = Vec::new();
     Event {

@@ -73,6 +73,8 @@ impl Event {
 pub enum Broken {
     NotUtf8,
     EventTooLarge(usize),
+    /// An event calls a tool the caller's access rule does not allow.
+    ToolDenied(String),
 }
 
 impl std::fmt::Display for Broken {
@@ -83,6 +85,9 @@ impl std::fmt::Display for Broken {
                 f,
                 "an event of the stream exceeds {max} bytes (inspection.stream_max_event_bytes)"
             ),
+            Broken::ToolDenied(tool) => {
+                write!(f, "the answer calls tool {tool:?}, which is not allowed")
+            }
         }
     }
 }
