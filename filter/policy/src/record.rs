@@ -288,6 +288,8 @@ pub struct ExchangeRecorder {
     /// Who answered the client, and the proxy's reason when it did.
     pub answered_by: AnsweredBy,
     pub status_detail: String,
+    /// Models and tokens of an LLM API call.
+    pub usage: Option<tracegate_proto::v1::Usage>,
 }
 
 impl ExchangeRecorder {
@@ -310,6 +312,7 @@ impl ExchangeRecorder {
             upstream: UpstreamSaw::Nothing,
             answered_by: AnsweredBy::Unknown,
             status_detail: String::new(),
+            usage: None,
         }
     }
 
@@ -408,8 +411,7 @@ impl ExchangeRecorder {
             request_headers: headers_proto(self.info.headers),
             // Stamped by the exchange, which knows its gateway's policy.
             policy: None,
-            // Filled by the exchange from the usage reader.
-            usage: None,
+            usage: self.usage,
         }
     }
 }

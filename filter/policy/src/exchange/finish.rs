@@ -36,6 +36,7 @@ impl Exchange {
             recorder.request_record_id = id.to_string();
         }
         recorder.approval = self.approval.record();
+        recorder.usage = self.take_usage();
         // The approval gate's verdict, unless it let the request go.
         let approval_refused = match &self.approval {
             ApprovalGate::Off | ApprovalGate::Todo(_) | ApprovalGate::Passed(_) => None,

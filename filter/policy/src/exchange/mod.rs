@@ -31,6 +31,7 @@ use crate::access::{AnswerGuard, Facts};
 use crate::inspect::{ExchangeInspection, Mark};
 use crate::jwt::{Extracted, Reason};
 use crate::llm::sse::SseMasker;
+use crate::llm::usage::{Asked, UsageReader};
 use crate::llm::Api;
 use crate::mask::Tokens;
 use crate::record::{ExchangeRecorder, UpstreamSaw};
@@ -396,6 +397,13 @@ pub struct Exchange {
     /// The tools the answer may call (the allowing rule restricts tools).
     guard: Option<AnswerGuard>,
     answer_tools_denied: Vec<String>,
+    /// What the body asks for that usage depends on (model, streaming).
+    asked: Asked,
+    /// The answer's usage as read so far (an LLM API call); a stream's
+    /// masker holds it while the stream runs.
+    usage: Option<UsageReader>,
+    /// tracegate asked upstream for usage the client did not ask for.
+    hide_usage_chunk: bool,
 }
 
 impl Exchange {
@@ -424,6 +432,9 @@ impl Exchange {
             access_facts: None,
             guard: None,
             answer_tools_denied: Vec::new(),
+            asked: Asked::default(),
+            usage: None,
+            hide_usage_chunk: false,
         }
     }
 

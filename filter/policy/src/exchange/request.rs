@@ -10,8 +10,9 @@ use super::{
 use crate::access::Caller;
 use crate::approval::GRANT_HEADER;
 use crate::config::RecordingMode;
-use crate::inspect::{media_type, Head, RequestVerdict};
+use crate::inspect::{media_type, Head, Inspector, RequestVerdict};
 use crate::jwt::{identity_record, Decision, Extracted, Reason, Rejection};
+use crate::llm::usage::{self, Asked, StreamOptions, UsageReader};
 use crate::llm::Api;
 use crate::record::{ExchangeRecorder, RequestInfo, UpstreamSaw};
 
@@ -369,9 +370,11 @@ impl Exchange {
                 rules,
                 marks,
                 facts,
+                asked,
             } => {
                 self.marks = marks;
                 self.access_facts = facts;
+                self.read_usage(asked);
                 out.push(Effect::Add(
                     Stat::Findings,
                     hits.counts.values().map(|&n| u64::from(n)).sum(),
@@ -386,7 +389,9 @@ impl Exchange {
                 message,
                 hits,
                 rules,
+                asked,
             } => {
+                self.read_usage(asked);
                 out.push(count(Stat::Blocked));
                 self.inspection.rules_risk = inspector.rules_risk(&rules);
                 self.inspection.request.merge(&hits);
@@ -408,6 +413,7 @@ impl Exchange {
                 return Action::Pause;
             }
         };
+        let masked = self.ask_for_usage(masked, &body, inspector);
         let sent = masked.as_deref().unwrap_or(&body);
         if self.headers_held(gw) {
             // Headers are still here: give them the length of what is sent.
@@ -424,6 +430,43 @@ impl Exchange {
             out.push(Effect::ReplaceRequestBody { len: size, bytes });
         }
         self.gates_or_keys(gw, host, out)
+    }
+
+    /// An LLM API call's usage is read from its answer; the request says
+    /// its model.
+    fn read_usage(&mut self, asked: Asked) {
+        if self.api != Api::Other {
+            self.usage = Some(UsageReader::new(self.api, &asked.model));
+        }
+        self.asked = asked;
+    }
+
+    /// A streamed OpenAI chat request states usage only if asked: ask
+    /// upstream for a client that did not (its stream then drops the extra
+    /// chunk). Only where answers are read, so the chunk can be dropped.
+    /// Returns the body to send instead, if any.
+    fn ask_for_usage(
+        &mut self,
+        masked: Option<Vec<u8>>,
+        body: &[u8],
+        inspector: &Inspector,
+    ) -> Option<Vec<u8>> {
+        let asked = &self.asked;
+        if self.api != Api::OpenAiChat
+            || !asked.stream
+            || asked.options == StreamOptions::IncludeUsage
+            || !inspector.reads_answers()
+        {
+            return masked;
+        }
+        let sent = masked.as_deref().unwrap_or(body);
+        match usage::ask_for_usage(sent, asked.options) {
+            Some(with_usage) => {
+                self.hide_usage_chunk = true;
+                Some(with_usage)
+            }
+            None => masked,
+        }
     }
 
     /// The request is complete and cleared by inspection: the gates

@@ -3,9 +3,11 @@
 //! passes otherwise. What the client gets is what the record holds.
 
 use super::{Action, Effect, Exchange, Gateway, Host, Level, ResponseMode};
-use crate::inspect::media_type;
+use crate::inspect::{media_type, Inspector};
 use crate::llm::sse::reader::Broken;
+use crate::llm::sse::SseMasker;
 use crate::llm::sse::{error_event, looks_like_sse, typed_error_event};
+use crate::llm::usage::UsageReader;
 
 /// A stream's chunk is read this many bytes at a time: a chunk of a stream
 /// being cut is not copied in whole (linear memory never shrinks).
@@ -48,9 +50,7 @@ impl Exchange {
             return Action::Pause;
         }
         self.response = if media == "text/event-stream" {
-            ResponseMode::Stream(Box::new(
-                inspector.stream(self.api).with_guard(self.guard.clone()),
-            ))
+            ResponseMode::Stream(Box::new(self.stream_masker(inspector)))
         } else if media.is_empty() {
             ResponseMode::Sniff
         } else if textual {
@@ -94,9 +94,9 @@ impl Exchange {
                 return Action::Pause;
             }
             self.response = match gw.policy.inspector.as_ref() {
-                Some(i) if looks_like_sse(&first) => ResponseMode::Stream(Box::new(
-                    i.stream(self.api).with_guard(self.guard.clone()),
-                )),
+                Some(i) if looks_like_sse(&first) => {
+                    ResponseMode::Stream(Box::new(self.stream_masker(i)))
+                }
                 _ => ResponseMode::Whole,
             };
         }
@@ -116,6 +116,24 @@ impl Exchange {
                 Action::Continue
             }
         }
+    }
+
+    /// The stream's masker; it reads the usage while the stream runs.
+    fn stream_masker(&mut self, inspector: &Inspector) -> SseMasker {
+        let mut sse = inspector.stream(self.api).with_guard(self.guard.clone());
+        sse.usage = self.usage.take();
+        sse.hide_usage_chunk = self.hide_usage_chunk;
+        sse
+    }
+
+    /// The usage read from the answer (from the stream's masker, if it
+    /// streamed).
+    pub(super) fn take_usage(&mut self) -> Option<tracegate_proto::v1::Usage> {
+        let reader = match &mut self.response {
+            ResponseMode::Stream(sse) => sse.usage.take().or(self.usage.take()),
+            _ => self.usage.take(),
+        };
+        reader.map(UsageReader::into_usage)
     }
 
     fn capture_response(&mut self, size: usize, host: &dyn Host) {
@@ -147,6 +165,7 @@ impl Exchange {
             &body,
             &mut self.tokens,
             &mut self.inspection.response,
+            self.usage.as_mut(),
         );
         let mut replacement = match result {
             Ok(Some(masked)) => Some(masked),

@@ -547,3 +547,4 @@ fn every_stat_has_its_own_index_and_name() {
 }
 
 mod access;
+mod usage;

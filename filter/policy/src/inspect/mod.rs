@@ -27,6 +27,7 @@ use crate::config::{err, ConfigError};
 use crate::detect::{builtin::BUILTINS, Catalogue, Custom};
 use crate::json::Tape;
 use crate::llm::sse::SseMasker;
+use crate::llm::usage::{Asked, UsageReader};
 use crate::llm::{Api, Direction};
 use crate::mask::{Hits, Masker, Operator, Tokens};
 use config::{InspectionConfig, MaskingConfig, OperatorName, RuleAction, RuleConfig, RuleScope};
@@ -133,6 +134,9 @@ pub enum RequestVerdict {
         /// What access rules judge, read from the body as it goes on; `None`
         /// when no access rules are configured.
         facts: Option<Box<Facts>>,
+        /// The model, streaming and usage options the body asks for (usage
+        /// on the record); default for a body that is not JSON.
+        asked: Asked,
     },
     /// A rule with action `block` (or `approve`, when no approval service is
     /// configured) matched: answer 403.
@@ -141,6 +145,8 @@ pub enum RequestVerdict {
         message: String,
         hits: Hits,
         rules: Vec<RuleHit>,
+        /// As in `Forward`: the record names the model refused.
+        asked: Asked,
     },
     /// The body cannot be inspected: answer `status`.
     Refused {
@@ -309,6 +315,7 @@ impl Inspector {
                 rules: Vec::new(),
                 marks: Vec::new(),
                 facts: self.facts.then(Box::default),
+                asked: Asked::default(),
             };
         }
         if body.len() > self.config.max_body_bytes {
@@ -354,6 +361,11 @@ impl Inspector {
             }
             Err(_) => self.judge_text(text, tokens, false, true),
         };
+        let asked = if json {
+            Asked::read(&tape, text)
+        } else {
+            Asked::default()
+        };
         match judged {
             Ok(j) => {
                 let facts = self.facts.then(|| {
@@ -383,9 +395,10 @@ impl Inspector {
                     rules: j.rules,
                     marks: j.marks,
                     facts,
+                    asked,
                 }
             }
-            Err(hit) => self.blocked(hit),
+            Err(hit) => self.blocked(hit, asked),
         }
     }
 
@@ -402,12 +415,15 @@ impl Inspector {
 
     /// Masks a whole (non-streamed) response body. `Err` when it cannot be
     /// inspected (not UTF-8): it must not reach the client.
+    /// Masks a whole answer; `usage` reads its token counts from the same
+    /// parse.
     pub fn response(
         &self,
         content_type: &str,
         body: &[u8],
         tokens: &mut Tokens,
         hits: &mut Hits,
+        usage: Option<&mut UsageReader>,
     ) -> Result<Option<Vec<u8>>, String> {
         // Whatever happened to the request, the answer's own values are
         // never restored.
@@ -421,6 +437,9 @@ impl Inspector {
         let mut tape = Tape::default();
         // An answer without a content type is read as JSON if it is JSON.
         let judged = if (media.ends_with("json") || media.is_empty()) && tape.parse(text).is_ok() {
+            if let Some(u) = usage {
+                u.answer(&tape, text);
+            }
             self.judge_json(&tape, text, Direction::Response, tokens, true)
         } else {
             // Not JSON (or malformed JSON): masked as text.
@@ -429,6 +448,12 @@ impl Inspector {
         let j = judged.unwrap_or_default();
         hits.merge(&j.hits);
         Ok(j.body)
+    }
+
+    /// Answers are masked (streams event by event): only then are they
+    /// parsed, so only then can their usage be read.
+    pub fn reads_answers(&self) -> bool {
+        self.config.responses && self.masker.is_some()
     }
 
     /// A masker for an SSE response stream.
@@ -442,7 +467,7 @@ impl Inspector {
 
     /// The verdict when a `block` (or `approve`) rule matched: the first one
     /// names the refusal; masking has not run, so there are no findings yet.
-    fn blocked(&self, stop: body::Stop) -> RequestVerdict {
+    fn blocked(&self, stop: body::Stop, asked: Asked) -> RequestVerdict {
         let body::Stop { hit, rules } = stop;
         let rule = self.rules.iter().find(|r| r.id == hit.id);
         let mut message = rule.map(|r| r.message.clone()).unwrap_or_default();
@@ -454,6 +479,7 @@ impl Inspector {
             message,
             hits: Hits::default(),
             rules,
+            asked,
         }
     }
 

@@ -206,6 +206,7 @@ fn responses_are_masked_and_tokens_restored() {
             answer.to_string().as_bytes(),
             &mut t,
             &mut hits,
+            None,
         )
         .unwrap()
         .unwrap();

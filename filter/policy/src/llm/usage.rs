@@ -17,15 +17,109 @@
 //!   count wins, never a sum.
 //!
 //! A count the answer does not state stays `None`: missing is not zero.
+//!
+//! OpenAI chat streams state usage only when the request asks for it
+//! (`stream_options.include_usage`): `ask_for_usage` asks upstream for a
+//! client that did not, and the stream masker then keeps the extra
+//! usage-only chunk from that client.
 
-use crate::json::{Kind, Tape};
+use crate::json::{Edits, Kind, Tape};
 use tracegate_proto::v1::Usage;
 
 use super::Api;
 
+/// What a request says that usage depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// The top-level `model`, if a string.
+    pub model: String,
+    /// `stream` is present and not `false` or `null`.
+    pub stream: bool,
+    pub options: StreamOptions,
+}
+
+/// OpenAI chat's `stream_options`, as far as usage goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamOptions {
+    #[default]
+    Absent,
+    /// `include_usage: true`: the client wants the usage chunk.
+    IncludeUsage,
+    /// Present without `include_usage: true`.
+    Other,
+}
+
+impl Asked {
+    /// From a request body's tape (top-level members only).
+    pub fn read(tape: &Tape, src: &str) -> Asked {
+        let model = tape
+            .get(src, 0, "model")
+            .and_then(|i| tape.str(src, i))
+            .map(|m| m.into_owned())
+            .unwrap_or_default();
+        let stream = tape
+            .get(src, 0, "stream")
+            .is_some_and(|i| !matches!(tape.raw(src, i), "false" | "null"));
+        let options = match tape.get(src, 0, "stream_options") {
+            None => StreamOptions::Absent,
+            Some(o) => match tape.get(src, o, "include_usage").map(|i| tape.raw(src, i)) {
+                Some("true") => StreamOptions::IncludeUsage,
+                _ => StreamOptions::Other,
+            },
+        };
+        Asked {
+            model,
+            stream,
+            options,
+        }
+    }
+}
+
+/// `body` (a JSON object, as it goes upstream) with
+/// `stream_options.include_usage` set to true; `None` if it is not a JSON
+/// object. Only what is added changes: the rest stays byte for byte.
+pub fn ask_for_usage(body: &[u8], options: StreamOptions) -> Option<Vec<u8>> {
+    const MEMBER: &str = r#""stream_options":{"include_usage":true}"#;
+    let text = std::str::from_utf8(body).ok()?;
+    if options == StreamOptions::Absent {
+        // The common case needs no parse: the member goes first.
+        let open = text.find(|c: char| !c.is_ascii_whitespace())?;
+        if text.as_bytes()[open] != b'{' {
+            return None;
+        }
+        let rest = text[open + 1..].trim_start();
+        let comma = if rest.starts_with('}') { "" } else { "," };
+        let mut out = String::with_capacity(text.len() + MEMBER.len() + 1);
+        out.push_str(&text[..=open]);
+        out.push_str(MEMBER);
+        out.push_str(comma);
+        out.push_str(&text[open + 1..]);
+        return Some(out.into_bytes());
+    }
+    let mut tape = Tape::default();
+    tape.parse(text).ok()?;
+    let options = tape.get(text, 0, "stream_options")?;
+    let node = *tape.node(options)?;
+    let mut edits = Edits::default();
+    match tape.get(text, options, "include_usage") {
+        Some(v) => {
+            let v = tape.node(v)?;
+            edits.replace(v.start, v.end, "true".into());
+        }
+        None if node.kind == Kind::Object => {
+            let empty = tape.members(options).next().is_none();
+            let member = format!(r#""include_usage":true{}"#, if empty { "" } else { "," });
+            edits.replace(node.start + 1, node.start + 1, member);
+        }
+        None => edits.replace(node.start, node.end, r#"{"include_usage":true}"#.into()),
+    }
+    Some(edits.apply(text).into_bytes())
+}
+
 /// Usage being gathered for one exchange.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UsageReader {
+    api: Api,
     usage: Usage,
 }
 
@@ -39,6 +133,7 @@ impl UsageReader {
             Api::Other => ("", ""),
         };
         UsageReader {
+            api,
             usage: Usage {
                 provider: provider.into(),
                 operation: operation.into(),
@@ -57,8 +152,8 @@ impl UsageReader {
     }
 
     /// A whole answer (node 0 of `tape`).
-    pub fn answer(&mut self, api: Api, tape: &Tape, src: &str) {
-        match api {
+    pub fn answer(&mut self, tape: &Tape, src: &str) {
+        match self.api {
             Api::OpenAiChat => self.openai(tape, src, 0, "prompt_tokens", "completion_tokens"),
             Api::OpenAiResponses => self.openai(tape, src, 0, "input_tokens", "output_tokens"),
             Api::Anthropic => self.anthropic(tape, src, 0),
@@ -69,8 +164,8 @@ impl UsageReader {
     /// One event of a streamed answer. Returns whether it is OpenAI chat's
     /// usage-only chunk (no choices, usage set), which a client that did
     /// not ask for usage must not get.
-    pub fn event(&mut self, api: Api, tape: &Tape, src: &str) -> bool {
-        match api {
+    pub fn event(&mut self, tape: &Tape, src: &str) -> bool {
+        match self.api {
             Api::OpenAiChat => {
                 self.openai(tape, src, 0, "prompt_tokens", "completion_tokens");
                 let no_choices = tape
@@ -190,7 +285,7 @@ mod tests {
         let mut tape = Tape::default();
         tape.parse(body).unwrap();
         let mut r = UsageReader::new(api, "asked");
-        r.answer(api, &tape, body);
+        r.answer(&tape, body);
         r.into_usage()
     }
 
@@ -200,9 +295,69 @@ mod tests {
         for e in events {
             let mut tape = Tape::default();
             tape.parse(e).unwrap();
-            usage_only.push(r.event(api, &tape, e));
+            usage_only.push(r.event(&tape, e));
         }
         (r.into_usage(), usage_only)
+    }
+
+    fn asked(body: &str) -> Asked {
+        let mut tape = Tape::default();
+        tape.parse(body).unwrap();
+        Asked::read(&tape, body)
+    }
+
+    #[test]
+    fn usage_is_asked_for_without_touching_the_rest() {
+        for (body, options, expect) in [
+            (
+                r#"{"model":"m","stream":true}"#,
+                StreamOptions::Absent,
+                r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#,
+            ),
+            (
+                " \n{ }",
+                StreamOptions::Absent,
+                " \n{\"stream_options\":{\"include_usage\":true} }",
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":false}}"#,
+                StreamOptions::Other,
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream_options":{"include_obfuscation":false}}"#,
+                StreamOptions::Other,
+                r#"{"stream_options":{"include_usage":true,"include_obfuscation":false}}"#,
+            ),
+            (
+                r#"{"stream_options":{}}"#,
+                StreamOptions::Other,
+                r#"{"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream_options":null}"#,
+                StreamOptions::Other,
+                r#"{"stream_options":{"include_usage":true}}"#,
+            ),
+        ] {
+            assert_eq!(asked(body).options, options, "{body}");
+            let out = ask_for_usage(body.as_bytes(), options).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out, expect);
+            // What the upstream reads: a JSON object that asks for usage.
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{out}");
+            assert_eq!(asked(&out).options, StreamOptions::IncludeUsage);
+        }
+        assert_eq!(ask_for_usage(b"[1]", StreamOptions::Absent), None);
+        let a =
+            asked(r#"{"model":"gpt-\u0034o","stream":1,"stream_options":{"include_usage":true}}"#);
+        assert_eq!(
+            (a.model.as_str(), a.stream, a.options),
+            ("gpt-4o", true, StreamOptions::IncludeUsage)
+        );
+        assert!(!asked(r#"{"stream":false}"#).stream);
+        assert!(!asked(r#"{"stream":null}"#).stream);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::mask::{Hits, Masker, Tokens};
 use reader::{Broken, Event, Reader};
 use template::{Fit, Template};
 
+use super::usage::UsageReader;
 use super::Api;
 
 /// One text stream within the event stream.
@@ -234,6 +235,11 @@ pub struct SseMasker {
     /// Set by the event that called a denied tool; later events are dropped.
     denied: Option<Broken>,
     calls: Vec<String>,
+    /// Reads the answer's token usage from the events it parses.
+    pub usage: Option<UsageReader>,
+    /// OpenAI chat: tracegate asked for usage the client did not ask for,
+    /// so the usage-only chunk is not passed on.
+    pub hide_usage_chunk: bool,
 }
 
 /// What reading one JSON event did.
@@ -277,6 +283,8 @@ impl SseMasker {
             guard: None,
             denied: None,
             calls: Vec::new(),
+            usage: None,
+            hide_usage_chunk: false,
         }
     }
 
@@ -408,6 +416,13 @@ impl SseMasker {
                 ev.data = Some(data);
                 return ev;
             }
+            // OpenAI chat's usage chunk that only tracegate asked for: read,
+            // not sent (so not judged either: none of it leaves).
+            Ok(()) if self.usage_hidden(&tape, &data) => {
+                self.tape = tape;
+                ev.data = Some(data);
+                return ev;
+            }
             Ok(()) => {
                 self.edits.clear();
                 self.shape = Shape::default();
@@ -442,6 +457,13 @@ impl SseMasker {
             }
             None => false,
         }
+    }
+
+    /// Reads the event's usage; whether it is a usage chunk to keep from
+    /// the client.
+    fn usage_hidden(&mut self, tape: &Tape, src: &str) -> bool {
+        let usage_only = self.usage.as_mut().is_some_and(|u| u.event(tape, src));
+        usage_only && self.hide_usage_chunk
     }
 
     /// Masks one JSON event into `self.edits`; held text of a channel that
