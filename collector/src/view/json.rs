@@ -65,6 +65,27 @@ struct RecordJson<'a> {
     /// filters that do not state it.
     #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<PolicyJson<'a>>,
+    /// Models and tokens of an LLM API call; a count the answer did not
+    /// state is absent (never 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct UsageJson<'a> {
+    provider: &'a str,
+    operation: &'a str,
+    request_model: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    response_model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached_input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -292,6 +313,16 @@ fn record_json(r: &Record) -> RecordJson<'_> {
         inspection: r.inspection.as_ref().map(inspection_json),
         approval: r.approval.as_ref().map(approval_json),
         policy: r.policy.as_ref().map(policy_json),
+        usage: r.usage.as_ref().map(|u| UsageJson {
+            provider: &u.provider,
+            operation: &u.operation,
+            request_model: &u.request_model,
+            response_model: &u.response_model,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }),
     }
 }
 

@@ -3,7 +3,9 @@
 use std::io::{self, Write};
 use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::{AnsweredBy, Phase, UpstreamSaw};
-use tracegate_proto::v1::{Approval, ApprovalEvent, Body, Identity, Inspection, PolicyRef, Record};
+use tracegate_proto::v1::{
+    Approval, ApprovalEvent, Body, Identity, Inspection, PolicyRef, Record, Usage,
+};
 
 use super::{answered_by, answered_by_name, caller, millis, time, upstream_saw};
 use crate::ledger::caller::Caller;
@@ -54,6 +56,9 @@ fn write_exchange(
     }
     if let Some(i) = &r.inspection {
         writeln!(out, "   inspection: {}", inspection_line(i))?;
+    }
+    if let Some(u) = &r.usage {
+        writeln!(out, "   usage: {}", usage_line(u))?;
     }
     if let Some(a) = &r.approval {
         write_approval(out, a, events)?;
@@ -322,4 +327,32 @@ fn policy_line(p: &PolicyRef) -> String {
         line += &format!("version {} ", Safe(&p.version));
     }
     line + &format!("sha256 {}", Safe(&p.sha256))
+}
+
+/// `openai chat gpt-4o (answered by gpt-4o-2024-08-06): 19 in (3 cached), 10
+/// out (4 reasoning)`; a count not stated is `?`.
+fn usage_line(u: &Usage) -> String {
+    let n = |v: Option<u64>| v.map_or("?".to_string(), |n| n.to_string());
+    let mut line = format!(
+        "{} {} {}",
+        Safe(&u.provider),
+        Safe(&u.operation),
+        Safe(if u.request_model.is_empty() {
+            "(no model)"
+        } else {
+            &u.request_model
+        })
+    );
+    if !u.response_model.is_empty() && u.response_model != u.request_model {
+        line.push_str(&format!(" (answered by {})", Safe(&u.response_model)));
+    }
+    line.push_str(&format!(": {} in", n(u.input_tokens)));
+    if let Some(c) = u.cached_input_tokens {
+        line.push_str(&format!(" ({c} cached)"));
+    }
+    line.push_str(&format!(", {} out", n(u.output_tokens)));
+    if let Some(r) = u.reasoning_tokens {
+        line.push_str(&format!(" ({r} reasoning)"));
+    }
+    line
 }
