@@ -77,37 +77,66 @@ fn checked_sha(file: &Path) -> Result<String, String> {
 
 #[test]
 fn shipped_policy_is_what_envoy_loads_through_ecds() {
-    let root = workspace_root();
-    // The resource file holds exactly envoy/policy.json (re-run `tracegate
-    // policy apply envoy/policy.json --dir envoy/ecds` after editing it).
-    let sha = checked_sha(&root.join("envoy/policy.json")).unwrap();
-    assert_eq!(
-        checked_sha(&root.join("envoy/ecds/tracegate.json")).unwrap(),
-        sha,
-        "envoy/ecds/tracegate.json is out of date"
+    loads_through_ecds(
+        "envoy/tracegate.yaml",
+        "envoy/ecds",
+        "envoy/policy.json",
+        "llm-egress",
+        |y| y.to_string(),
     );
-    // A real Envoy started with the shipped configuration (free ports,
-    // the ECDS directory and certificates in a temporary copy) loads it.
+}
+
+#[test]
+fn shipped_oidc_policy_is_what_envoy_loads_through_ecds() {
     let dir = tempfile::tempdir().unwrap();
-    let ecds = dir.path().join("ecds");
-    std::fs::create_dir(&ecds).unwrap();
-    let resource = std::fs::read_to_string(root.join("envoy/ecds/tracegate.json"))
-        .unwrap()
-        .replace(
-            "\"target/tracegate_filter.wasm\"",
-            &format!("{:?}", filter_wasm().to_string_lossy()),
-        );
-    std::fs::write(ecds.join("tracegate.json"), resource).unwrap();
+    let secret = sds_secret(dir.path());
+    loads_through_ecds(
+        "envoy/tracegate-oidc.yaml",
+        "envoy/ecds-oidc",
+        "envoy/policy-oidc.json",
+        "llm-gateway-oidc",
+        |y| y.replace("/etc/tracegate/openai-key.yaml", &secret),
+    );
+}
+
+/// The shipped ECDS resource in `ecds` holds exactly `policy` (re-run
+/// `tracegate policy apply POLICY --dir ECDS` after editing it), and a real
+/// Envoy started with the shipped `yaml` (free ports, the ECDS directory and
+/// certificates in a temporary copy, then `edit`) loads it.
+fn loads_through_ecds(
+    yaml: &str,
+    ecds: &str,
+    policy: &str,
+    name: &str,
+    edit: impl Fn(&str) -> String,
+) {
+    let root = workspace_root();
+    let sha = checked_sha(&root.join(policy)).unwrap();
+    let resource_file = root.join(ecds).join("tracegate.json");
+    assert_eq!(
+        checked_sha(&resource_file).unwrap(),
+        sha,
+        "{} is out of date",
+        resource_file.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("ecds");
+    std::fs::create_dir(&copy).unwrap();
+    let resource = std::fs::read_to_string(&resource_file).unwrap().replace(
+        "\"target/tracegate_filter.wasm\"",
+        &format!("{:?}", filter_wasm().to_string_lossy()),
+    );
+    std::fs::write(copy.join("tracegate.json"), resource).unwrap();
     let tls = dir.path().join("tls");
     make_certs(&tls).unwrap();
-    let yaml = std::fs::read_to_string(root.join("envoy/tracegate.yaml"))
+    let yaml = std::fs::read_to_string(root.join(yaml))
         .unwrap()
-        .replace("envoy/ecds", &ecds.to_string_lossy())
+        .replace(ecds, &copy.to_string_lossy())
         .replace("target/tls/", &format!("{}/", tls.display()))
         .replace("port_value: 9901", "port_value: 0")
         .replace("port_value: 10000", "port_value: 0");
     let file = dir.path().join("shipped.yaml");
-    std::fs::write(&file, yaml).unwrap();
+    std::fs::write(&file, edit(&yaml)).unwrap();
     let script = "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
     let out = Command::new(python_bin())
         .args(["-c", script])
@@ -118,10 +147,22 @@ fn shipped_policy_is_what_envoy_loads_through_ecds() {
     let envoy = Envoy::start(dir.path(), &bootstrap).unwrap();
     let log = envoy.process.log();
     assert!(
-        log.contains(&format!("policy \"llm-egress\" version \"1\" sha256 {sha}")),
+        log.contains(&format!("policy \"{name}\" version \"1\" sha256 {sha}")),
         "{log}"
     );
 }
+
+/// The SDS file of the provider key Envoy insists exists; returns its path.
+fn sds_secret(dir: &Path) -> String {
+    let secret = dir.join("openai-key.yaml");
+    std::fs::write(
+        &secret,
+        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: openai-api-key\n  generic_secret: { secret: { inline_string: sk-test } }\n",
+    )
+    .unwrap();
+    secret.to_string_lossy().into_owned()
+}
+
 /// `envoy --mode validate` output and success for a copy of the shipped file
 /// changed by `edit`, with the client certificate and CA it names (under
 /// `target/tls/`) made by `tracegate certs` in a temporary directory.
@@ -183,28 +224,25 @@ fn validation_runs_the_filter_configuration() {
 
 #[test]
 fn shipped_oidc_gateway_configuration_validates() {
-    // Envoy insists the injected key's SDS file exists; give it one.
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("openai-key.yaml");
-    std::fs::write(
-        &secret,
-        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: openai-api-key\n  generic_secret: { secret: { inline_string: sk-test } }\n",
-    )
-    .unwrap();
-    let with_secret =
-        |y: &str| y.replace("/etc/tracegate/openai-key.yaml", &secret.to_string_lossy());
+    let secret = sds_secret(dir.path());
+    let with_secret = |y: &str| y.replace("/etc/tracegate/openai-key.yaml", &secret);
     let (ok, log) = validate_edited_file("envoy/tracegate-oidc.yaml", with_secret);
     assert!(ok, "{log}");
-    assert!(log.contains("tracegate: configured"), "{log}");
 
-    // The jwt section is checked too.
-    let (ok, log) = validate_edited_file("envoy/tracegate-oidc.yaml", |y| {
-        with_secret(y).replace(r#""audiences": ["llm-gateway"]"#, r#""audiences": []"#)
-    });
-    assert!(!ok);
+    // Its policy's jwt section is checked before it reaches Envoy.
+    let policy = std::fs::read_to_string(workspace_root().join("envoy/policy-oidc.json")).unwrap();
+    let broken = policy.replace(
+        "\"audiences\": [\n          \"llm-gateway\"\n        ]",
+        "\"audiences\": []",
+    );
+    assert_ne!(broken, policy, "the audiences to break are there");
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, broken).unwrap();
+    let err = checked_sha(&file).unwrap_err();
     assert!(
-        log.contains("field `jwt.providers[0].audiences`: list the accepted `aud` values"),
-        "{log}"
+        err.contains("field `jwt.providers[0].audiences`: list the accepted `aud` values"),
+        "{err}"
     );
 }
 
