@@ -27,7 +27,7 @@ use crate::config::{err, ConfigError};
 use crate::detect::{builtin::BUILTINS, Catalogue, Custom};
 use crate::json::Tape;
 use crate::llm::sse::SseMasker;
-use crate::llm::usage::{Asked, UsageReader};
+use crate::llm::usage::{self, Asked, UsageReader};
 use crate::llm::{Api, Direction};
 use crate::mask::{Hits, Masker, Operator, Tokens};
 use config::{InspectionConfig, MaskingConfig, OperatorName, RuleAction, RuleConfig, RuleScope};
@@ -362,7 +362,10 @@ impl Inspector {
             Err(_) => self.judge_text(text, tokens, false, true),
         };
         let asked = if json {
-            Asked::read(&tape, text)
+            let mut asked = Asked::read(&tape, text);
+            // The record holds the model as it went upstream: judged.
+            asked.model = usage::judged(self.masker(), &asked.model);
+            asked
         } else {
             Asked::default()
         };
@@ -438,7 +441,7 @@ impl Inspector {
         // An answer without a content type is read as JSON if it is JSON.
         let judged = if (media.ends_with("json") || media.is_empty()) && tape.parse(text).is_ok() {
             if let Some(u) = usage {
-                u.answer(&tape, text);
+                u.answer(&tape, text, self.masker());
             }
             self.judge_json(&tape, text, Direction::Response, tokens, true)
         } else {

@@ -17,6 +17,8 @@
 //!   count wins, never a sum.
 //!
 //! A count the answer does not state stays `None`: missing is not zero.
+//! Model names are judged like any text (a secret in `model` is masked on
+//! the record too).
 //!
 //! OpenAI chat streams state usage only when the request asks for it
 //! (`stream_options.include_usage`): `ask_for_usage` asks upstream for a
@@ -24,6 +26,7 @@
 //! usage-only chunk from that client.
 
 use crate::json::{Edits, Kind, Tape};
+use crate::mask::{Hits, Masker, Tokens};
 use tracegate_proto::v1::Usage;
 
 use super::Api;
@@ -116,15 +119,25 @@ pub fn ask_for_usage(body: &[u8], options: StreamOptions) -> Option<Vec<u8>> {
     Some(edits.apply(text).into_bytes())
 }
 
+/// A model name as the record may hold it: masked when a detector finds
+/// something in it (fresh placeholders: the record's copy is not restored).
+pub fn judged(m: Option<&Masker>, model: &str) -> String {
+    m.and_then(|m| m.mask(model, &mut Tokens::default(), &mut Hits::default()))
+        .unwrap_or_else(|| model.to_string())
+}
+
 /// Usage being gathered for one exchange.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UsageReader {
     api: Api,
     usage: Usage,
+    /// The answer's model as last read, before judging (a stream repeats
+    /// it in every event: judged once).
+    raw_model: String,
 }
 
 impl UsageReader {
-    /// Starts with what the request says (its API and model).
+    /// Starts with what the request says (its API and model, judged).
     pub fn new(api: Api, request_model: &str) -> UsageReader {
         let (provider, operation) = match api {
             Api::OpenAiChat => ("openai", "chat"),
@@ -140,6 +153,7 @@ impl UsageReader {
                 request_model: request_model.into(),
                 ..Usage::default()
             },
+            raw_model: String::new(),
         }
     }
 
@@ -151,12 +165,12 @@ impl UsageReader {
         self.usage
     }
 
-    /// A whole answer (node 0 of `tape`).
-    pub fn answer(&mut self, tape: &Tape, src: &str) {
+    /// A whole answer (node 0 of `tape`); `m` judges the model name.
+    pub fn answer(&mut self, tape: &Tape, src: &str, m: Option<&Masker>) {
         match self.api {
-            Api::OpenAiChat => self.openai(tape, src, 0, "prompt_tokens", "completion_tokens"),
-            Api::OpenAiResponses => self.openai(tape, src, 0, "input_tokens", "output_tokens"),
-            Api::Anthropic => self.anthropic(tape, src, 0),
+            Api::OpenAiChat => self.openai(tape, src, 0, "prompt_tokens", "completion_tokens", m),
+            Api::OpenAiResponses => self.openai(tape, src, 0, "input_tokens", "output_tokens", m),
+            Api::Anthropic => self.anthropic(tape, src, 0, m),
             Api::Other => {}
         }
     }
@@ -164,10 +178,10 @@ impl UsageReader {
     /// One event of a streamed answer. Returns whether it is OpenAI chat's
     /// usage-only chunk (no choices, usage set), which a client that did
     /// not ask for usage must not get.
-    pub fn event(&mut self, tape: &Tape, src: &str) -> bool {
+    pub fn event(&mut self, tape: &Tape, src: &str, m: Option<&Masker>) -> bool {
         match self.api {
             Api::OpenAiChat => {
-                self.openai(tape, src, 0, "prompt_tokens", "completion_tokens");
+                self.openai(tape, src, 0, "prompt_tokens", "completion_tokens", m);
                 let no_choices = tape
                     .get(src, 0, "choices")
                     .is_some_and(|c| tape.elements(c).next().is_none());
@@ -183,7 +197,7 @@ impl UsageReader {
                     Some("response.completed" | "response.incomplete" | "response.failed")
                 ) {
                     if let Some(r) = tape.get(src, 0, "response") {
-                        self.openai(tape, src, r, "input_tokens", "output_tokens");
+                        self.openai(tape, src, r, "input_tokens", "output_tokens", m);
                     }
                 }
                 false
@@ -192,11 +206,11 @@ impl UsageReader {
                 let kind = tape.get(src, 0, "type").and_then(|i| tape.str(src, i));
                 match kind.as_deref() {
                     Some("message_start") => {
-                        if let Some(m) = tape.get(src, 0, "message") {
-                            self.anthropic(tape, src, m);
+                        if let Some(msg) = tape.get(src, 0, "message") {
+                            self.anthropic(tape, src, msg, m);
                         }
                     }
-                    Some("message_delta") => self.anthropic(tape, src, 0),
+                    Some("message_delta") => self.anthropic(tape, src, 0, m),
                     _ => {}
                 }
                 false
@@ -206,8 +220,16 @@ impl UsageReader {
     }
 
     /// OpenAI chat and Responses: `model` and `usage` of object `at`.
-    fn openai(&mut self, tape: &Tape, src: &str, at: usize, input: &str, output: &str) {
-        self.model(tape, src, at);
+    fn openai(
+        &mut self,
+        tape: &Tape,
+        src: &str,
+        at: usize,
+        input: &str,
+        output: &str,
+        m: Option<&Masker>,
+    ) {
+        self.model(tape, src, at, m);
         let Some(u) = tape
             .get(src, at, "usage")
             .filter(|&u| tape.kind(u) == Some(Kind::Object))
@@ -231,8 +253,8 @@ impl UsageReader {
 
     /// Anthropic: `model` and `usage` of object `at` (a message, or a
     /// `message_delta` event, whose counts are cumulative).
-    fn anthropic(&mut self, tape: &Tape, src: &str, at: usize) {
-        self.model(tape, src, at);
+    fn anthropic(&mut self, tape: &Tape, src: &str, at: usize, m: Option<&Masker>) {
+        self.model(tape, src, at, m);
         let Some(u) = tape
             .get(src, at, "usage")
             .filter(|&u| tape.kind(u) == Some(Kind::Object))
@@ -259,10 +281,11 @@ impl UsageReader {
         set(&mut usage.output_tokens, n("output_tokens"));
     }
 
-    fn model(&mut self, tape: &Tape, src: &str, at: usize) {
-        if let Some(m) = tape.get(src, at, "model").and_then(|i| tape.str(src, i)) {
-            if !m.is_empty() && m != self.usage.response_model {
-                self.usage.response_model = m.into_owned();
+    fn model(&mut self, tape: &Tape, src: &str, at: usize, m: Option<&Masker>) {
+        if let Some(model) = tape.get(src, at, "model").and_then(|i| tape.str(src, i)) {
+            if !model.is_empty() && model != self.raw_model {
+                self.usage.response_model = judged(m, &model);
+                self.raw_model = model.into_owned();
             }
         }
     }
@@ -285,7 +308,7 @@ mod tests {
         let mut tape = Tape::default();
         tape.parse(body).unwrap();
         let mut r = UsageReader::new(api, "asked");
-        r.answer(&tape, body);
+        r.answer(&tape, body, None);
         r.into_usage()
     }
 
@@ -295,7 +318,7 @@ mod tests {
         for e in events {
             let mut tape = Tape::default();
             tape.parse(e).unwrap();
-            usage_only.push(r.event(&tape, e));
+            usage_only.push(r.event(&tape, e, None));
         }
         (r.into_usage(), usage_only)
     }

@@ -167,3 +167,29 @@ fn whole_answers_and_unanswered_requests() {
     assert_eq!(u.request_model, "gpt-4o");
     assert_eq!(u.input_tokens, None);
 }
+
+#[test]
+fn a_secret_in_a_model_name_is_masked_on_the_record_too() {
+    const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    let mut s = Scenario::new(json!({}));
+    request(
+        &mut s,
+        json!({"model": format!("gpt-{KEY}"), "stream": true, "messages": []}),
+    );
+    let events = [
+        json!({"model": format!("m-{KEY}"), "choices": [{"index": 0, "delta": {"content": "a"}}]}),
+        json!({"model": format!("m-{KEY}"), "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+    ];
+    let got = stream(&mut s, &events);
+    assert!(!got.contains(KEY), "{got}");
+    let record = s.end();
+    let u = record.usage.clone().unwrap();
+    assert_eq!(u.request_model, "gpt-[AWS_ACCESS_KEY_ID]");
+    assert_eq!(u.response_model, "m-[AWS_ACCESS_KEY_ID]");
+    use prost::Message;
+    let bytes = record.encode_to_vec();
+    assert!(
+        !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+        "nothing raw in the record"
+    );
+}

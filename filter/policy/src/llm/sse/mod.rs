@@ -418,7 +418,7 @@ impl SseMasker {
             }
             // OpenAI chat's usage chunk that only tracegate asked for: read,
             // not sent (so not judged either: none of it leaves).
-            Ok(()) if self.usage_hidden(&tape, &data) => {
+            Ok(()) if self.usage_hidden(m, &tape, &data) => {
                 self.tape = tape;
                 ev.data = Some(data);
                 return ev;
@@ -461,8 +461,11 @@ impl SseMasker {
 
     /// Reads the event's usage; whether it is a usage chunk to keep from
     /// the client.
-    fn usage_hidden(&mut self, tape: &Tape, src: &str) -> bool {
-        let usage_only = self.usage.as_mut().is_some_and(|u| u.event(tape, src));
+    fn usage_hidden(&mut self, m: &Masker, tape: &Tape, src: &str) -> bool {
+        let usage_only = self
+            .usage
+            .as_mut()
+            .is_some_and(|u| u.event(tape, src, Some(m)));
         usage_only && self.hide_usage_chunk
     }
 
