@@ -57,6 +57,8 @@ enum Command {
     /// Print records as they are stored, like `tail -f` (follows segment
     /// rolls); readable lines or --json, optionally filtered.
     Tail(TailArgs),
+    /// Tokens used, by caller, model or session, summed from the records.
+    Usage(UsageArgs),
     /// Check a filter configuration offline with the filter's own code, or
     /// swap one into the directory Envoy watches (ECDS); exit 1 if invalid.
     Policy(PolicyArgs),
@@ -226,6 +228,28 @@ struct ExportArgs {
 }
 
 #[derive(Args)]
+struct UsageArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value_t = By::Identity)]
+    by: By,
+    /// Records whose request started at or after this: RFC 3339 time or a
+    /// duration ago (24h).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// One JSON object per group and line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum By {
+    Identity,
+    Model,
+    Session,
+}
+
+#[derive(Args)]
 struct TailArgs {
     #[arg(long)]
     data: PathBuf,
@@ -301,6 +325,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Sessions(args) => cmd_sessions(args)?,
         Command::Export(args) => cmd_export(args)?,
         Command::Tail(args) => cmd_tail(args)?,
+        Command::Usage(args) => cmd_usage(args)?,
         Command::Policy(args) => return cmd_policy(args),
     }
     Ok(0)
@@ -426,6 +451,28 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
     out.flush()?;
     warn(&reader);
     eprintln!("tracegate: exported {n} records");
+    Ok(())
+}
+
+fn cmd_usage(args: UsageArgs) -> Result<()> {
+    let by = match args.by {
+        By::Identity => view::UsageBy::Identity,
+        By::Model => view::UsageBy::Model,
+        By::Session => view::UsageBy::Session,
+    };
+    let mut reader = Reader::open(Layout::new(&args.data))?;
+    let mut report = view::UsageReport::new(by);
+    reader.export(args.since, None, |r| {
+        report.add(r);
+        Ok(())
+    })?;
+    warn(&reader);
+    let out = &mut std::io::stdout().lock();
+    if args.json {
+        report.write_json(out)?;
+    } else {
+        report.write_table(out)?;
+    }
     Ok(())
 }
 

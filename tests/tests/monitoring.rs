@@ -84,6 +84,20 @@ fn usage_metrics_and_tail_through_envoy() {
         "asked upstream for the client that did not: {asked}"
     );
 
+    // `tracegate usage` sums the same from the store.
+    let totals = stack
+        .collector
+        .cli(&["usage", "--by", "session", "--json"])
+        .unwrap();
+    let row: Value = totals
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["key"] == session)
+        .unwrap_or_else(|| panic!("{totals}"));
+    assert_eq!(row["exchanges"], EXCHANGES, "{row}");
+    assert_eq!(row["input_tokens"], input, "{row}");
+    assert_eq!(row["output_tokens"], output, "{row}");
+
     // Prometheus scraped the collector: the session's tokens by caller.
     let query = |token_type: &str| {
         format!(

@@ -16,11 +16,13 @@ pub mod report;
 mod sessions;
 mod tail;
 mod timeline;
+mod usage;
 
 pub use json::write_json_lines;
 pub use replay::{approvals_named, fold_written_ahead, write_replay};
 pub use sessions::write_sessions;
 pub use tail::{write_tail_line, TailFilter};
+pub use usage::{UsageBy, UsageReport, UsageTotals};
 
 fn time(unix_nanos: i64) -> String {
     if unix_nanos <= 0 {
