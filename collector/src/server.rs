@@ -142,6 +142,9 @@ type AlertParts = (
 
 fn setup_alerts(ledger: &mut Ledger, config: &ServeConfig) -> Result<Option<AlertParts>> {
     let Some(alerts) = &config.alerts else {
+        // Without rules, stored alerts are not sent (nor kept in memory).
+        ledger.alerts = Vec::new();
+        ledger.alerts_delivered = Default::default();
         return Ok(None);
     };
     let rules = alerts.rules().map_err(|e| anyhow::anyhow!(e))?;
