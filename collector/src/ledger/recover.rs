@@ -5,8 +5,7 @@
 //! interrupted append, never acknowledged) is cut; corruption is reported
 //! and quarantined, never cut, and its segment is no longer written. The
 //! record ids, the approval events, the alerts and their deliveries, and
-//! the indexes of sealed segments are
-//! rebuilt from the frames.
+//! the indexes of sealed segments are rebuilt from the frames.
 
 use anyhow::{Context, Result};
 use prost::Message;
