@@ -297,8 +297,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn alerts_queued(&self, n: usize) {
-        self.alerts_queued.set(n as i64);
+    /// Deliveries waiting: `+1` queued, `-1` delivered.
+    pub fn alerts_queued(&self, change: i64) {
+        self.alerts_queued.inc_by(change);
     }
 
     /// The OpenMetrics text of every metric.

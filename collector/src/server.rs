@@ -19,8 +19,9 @@ use tokio_rustls::rustls::ServerConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracegate_proto::v1::Alert;
 
-use crate::alerts::deliver::{self, Deliverer};
+use crate::alerts::deliver;
 use crate::alerts::eval::Evaluator;
+use crate::alerts::WebhookConfig;
 use crate::approvals::access::Access;
 use crate::approvals::auth::{self, ApproverAuth};
 use crate::approvals::service::{self, Service};
@@ -63,10 +64,11 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
     let (store, writer) = commit::spawn(ledger)?;
     let stop_alerts = Arc::new(AtomicBool::new(false));
     let delivery = match alerts_in {
-        Some((deliverer, recovered, incoming)) => {
+        Some((webhooks, recovered, incoming)) => {
             let marks = store.clone();
             Some(deliver::spawn(
-                deliverer,
+                webhooks,
+                metrics.clone(),
                 recovered,
                 incoming,
                 move |m| marks.delivered_blocking(m).is_ok(),
@@ -135,7 +137,7 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
 /// writer, the webhooks and the alerts left undelivered to the delivery
 /// thread.
 type AlertParts = (
-    Deliverer,
+    Vec<WebhookConfig>,
     Vec<(Arc<Alert>, String)>,
     std::sync::mpsc::Receiver<Alert>,
 );
@@ -157,14 +159,7 @@ fn setup_alerts(ledger: &mut Ledger, config: &ServeConfig) -> Result<Option<Aler
         evaluator: Evaluator::new(rules, seen),
         out,
     });
-    let metrics = ledger
-        .metrics()
-        .unwrap_or_else(|| Arc::new(Metrics::new(&config.metrics)));
-    Ok(Some((
-        Deliverer::new(alerts.webhooks.clone(), metrics),
-        recovered,
-        incoming,
-    )))
+    Ok(Some((alerts.webhooks.clone(), recovered, incoming)))
 }
 
 /// Who may decide what (`Access`) and how approvers' tokens are checked.

@@ -210,11 +210,6 @@ impl Ledger {
         self.report_store();
     }
 
-    /// Where this ledger counts, if it does.
-    pub fn metrics(&self) -> Option<Arc<Metrics>> {
-        self.metrics.clone()
-    }
-
     fn report_store(&self) {
         if let Some(m) = &self.metrics {
             let bytes = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
