@@ -10,7 +10,7 @@ use anyhow::Result;
 use std::sync::mpsc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tracegate_proto::v1::{ApprovalEvent, Record};
+use tracegate_proto::v1::{AlertDelivered, ApprovalEvent, Record};
 
 use crate::ledger::writer::{Appended, Ledger};
 
@@ -28,6 +28,9 @@ enum Job {
         events: Vec<ApprovalEvent>,
         reply: oneshot::Sender<()>,
     },
+    /// Webhooks acknowledged these alerts (no answer: a lost marker only
+    /// means one more delivery after a restart).
+    Delivered(Vec<AlertDelivered>),
 }
 
 /// A handle to the writer: cheap to clone, one per service.
@@ -68,6 +71,14 @@ impl Committer {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Events { events, reply }).await?;
         answer.await.map_err(|_| Stopped)
+    }
+}
+
+impl Committer {
+    /// Stores delivery markers, from a plain thread (blocks while the
+    /// queue is full).
+    pub fn delivered_blocking(&self, marks: Vec<AlertDelivered>) -> Result<(), Stopped> {
+        self.jobs.send(Job::Delivered(marks)).map_err(|_| Stopped)
     }
 }
 
@@ -116,6 +127,7 @@ fn write_loop(mut ledger: Ledger, jobs: mpsc::Receiver<Job>) -> Result<()> {
         let mut record_replies = Vec::new();
         let mut events = Vec::new();
         let mut event_replies = Vec::new();
+        let mut delivered = Vec::new();
         for job in group {
             match job {
                 Job::Records { records, reply } => {
@@ -129,6 +141,7 @@ fn write_loop(mut ledger: Ledger, jobs: mpsc::Receiver<Job>) -> Result<()> {
                     events.append(&mut e);
                     event_replies.push(reply);
                 }
+                Job::Delivered(mut marks) => delivered.append(&mut marks),
             }
         }
         // An error here is a failed write or fdatasync: nothing of this
@@ -145,6 +158,7 @@ fn write_loop(mut ledger: Ledger, jobs: mpsc::Receiver<Job>) -> Result<()> {
                 let _ = reply.send(());
             }
         }
+        ledger.append_delivered(&delivered)?;
     }
     ledger.close()
 }

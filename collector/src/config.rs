@@ -39,6 +39,10 @@ pub struct ServeConfig {
     /// Label caps of the Prometheus metrics (`serve --metrics`).
     #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
+    /// Alert rules over stored records and approval events, and the
+    /// webhooks they go to (README "Alerts").
+    #[serde(default)]
+    pub alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +166,9 @@ impl ServeConfig {
                     "field `{field}`: {n} is out of range, expected 1..=100000"
                 ));
             }
+        }
+        if let Some(alerts) = &self.alerts {
+            alerts.rules()?;
         }
         let Some(a) = &self.approvers else {
             return Ok(());
@@ -306,6 +313,12 @@ mod tests {
         assert!(check(json!({"tls": {"cert": "a", "key": "b"}}))
             .unwrap_err()
             .contains("client_ca"));
+        assert!(check(
+            json!({"alerts": {"webhooks": [{"name": "a", "url": "http://x"}],
+            "rules": [{"id": "r", "when": {"risk_at_least": 5}, "webhooks": ["b"]}]}})
+        )
+        .unwrap_err()
+        .contains("alerts.rules[0].webhooks[0]"));
         assert!(check(json!({"approver": {}}))
             .unwrap_err()
             .contains("unknown field"));

@@ -2,11 +2,13 @@
 //! thread (`commit`), the gRPC ingest service (`grpc`), the reference
 //! approval service (`approvals`), `serve` tying them together (`server`)
 //! with its configuration file (`config`), TLS (`tls`, `certs`) and
-//! Prometheus metrics (`metrics`), `tracegate policy` (`policy_cli`), and the
+//! Prometheus metrics (`metrics`), real-time alerts to webhooks
+//! (`alerts`), `tracegate policy` (`policy_cli`), and the
 //! readable views the CLI prints (`view`, every text made terminal-safe by
 //! `term`; sessions kept per `ledger::caller`). The `tracegate` binary
 //! (main.rs) is the command line over these.
 
+pub mod alerts;
 pub mod approvals;
 pub mod approvals_cli;
 pub mod certs;

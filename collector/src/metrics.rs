@@ -1,9 +1,10 @@
 //! Prometheus metrics of `tracegate serve` (`--metrics ADDR`, `GET /metrics`,
 //! OpenMetrics text).
 //!
-//! Four groups: the ingest (export calls, records, bytes, group commits and
+//! Five groups: the ingest (export calls, records, bytes, group commits and
 //! fdatasync latency), the store (segments, bytes, the last seal), approvals
-//! (pending, decided by outcome, time to a decision), and the LLM traffic the
+//! (pending, decided by outcome, time to a decision), alerts (sent and
+//! failed by webhook, queued), and the LLM traffic the
 //! records describe (requests by identity, model and verdict; token usage
 //! named after the OpenTelemetry GenAI conventions). Traffic is counted when
 //! a record becomes durable, once per record id (a resent batch adds
@@ -62,6 +63,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     identity: String,
     gen_ai_request_model: String,
@@ -111,6 +117,9 @@ pub struct Metrics {
     approval_decision: Histogram,
     requests: Family<RequestLabels, Counter>,
     tokens: TokenFamily,
+    alerts_sent: Family<WebhookLabels, Counter>,
+    alerts_failed: Family<WebhookLabels, Counter>,
+    alerts_queued: Gauge,
     identities: Capped,
     models: Capped,
 }
@@ -167,6 +176,9 @@ impl Metrics {
             approval_decision: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             requests: Family::default(),
             tokens: Family::new_with_constructor(token_histogram),
+            alerts_sent: Family::default(),
+            alerts_failed: Family::default(),
+            alerts_queued: Gauge::default(),
             identities: Capped::new(config.max_identities),
             models: Capped::new(config.max_models),
         };
@@ -251,7 +263,43 @@ impl Metrics {
             "Tokens used per exchange (OpenTelemetry gen_ai.client.token.usage), by token type",
             m.tokens.clone(),
         );
+        r.register(
+            "tracegate_alerts_sent",
+            "Alerts a webhook acknowledged (2xx), by webhook",
+            m.alerts_sent.clone(),
+        );
+        r.register(
+            "tracegate_alerts_failed",
+            "Alert deliveries that failed (retried later), by webhook",
+            m.alerts_failed.clone(),
+        );
+        r.register(
+            "tracegate_alerts_queued",
+            "Alert deliveries waiting (alert and webhook pairs)",
+            m.alerts_queued.clone(),
+        );
         m
+    }
+
+    pub fn alert_sent(&self, webhook: &str) {
+        self.alerts_sent
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.into(),
+            })
+            .inc();
+    }
+
+    pub fn alert_failed(&self, webhook: &str) {
+        self.alerts_failed
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.into(),
+            })
+            .inc();
+    }
+
+    /// Deliveries waiting: `+1` queued, `-1` delivered.
+    pub fn alerts_queued(&self, change: i64) {
+        self.alerts_queued.inc_by(change);
     }
 
     /// The OpenMetrics text of every metric.

@@ -16,11 +16,17 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls::ServerConfig;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracegate_proto::v1::Alert;
+
+use crate::alerts::deliver;
+use crate::alerts::eval::Evaluator;
+use crate::alerts::WebhookConfig;
 use crate::approvals::access::Access;
 use crate::approvals::auth::{self, ApproverAuth};
 use crate::approvals::service::{self, Service};
 use crate::config::{ApproversConfig, ServeConfig};
-use crate::ledger::writer::Ledger;
+use crate::ledger::writer::{Alerting, Ledger};
 use crate::metrics::Metrics;
 use crate::tls::{self, ClientAuth};
 use crate::{commit, grpc};
@@ -54,7 +60,23 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
     let held = ledger.len();
     let last_seq = ledger.last_seq();
     let events = std::mem::take(&mut ledger.approval_events);
+    let alerts_in = setup_alerts(&mut ledger, config)?;
     let (store, writer) = commit::spawn(ledger)?;
+    let stop_alerts = Arc::new(AtomicBool::new(false));
+    let delivery = match alerts_in {
+        Some((webhooks, recovered, incoming)) => {
+            let marks = store.clone();
+            Some(deliver::spawn(
+                webhooks,
+                metrics.clone(),
+                recovered,
+                incoming,
+                move |m| marks.delivered_blocking(m).is_ok(),
+                stop_alerts.clone(),
+            )?)
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen.grpc)
@@ -97,11 +119,47 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
     // Dropping the runtime drops every service and with them the writer's
     // last handles: the writer drains its queue and closes.
     drop(runtime);
+    // The delivery thread holds a handle to the writer: stop it first (what
+    // it has not sent stays in the store for the next start).
+    stop_alerts.store(true, Ordering::Relaxed);
+    if let Some(d) = delivery {
+        d.join()
+            .map_err(|_| anyhow::anyhow!("the alert delivery thread panicked"))?;
+    }
     writer
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     println!("tracegate: stopped");
     Ok(())
+}
+
+/// Alert delivery's parts, if `alerts` is configured: the rules go to the
+/// writer, the webhooks and the alerts left undelivered to the delivery
+/// thread.
+type AlertParts = (
+    Vec<WebhookConfig>,
+    Vec<(Arc<Alert>, String)>,
+    std::sync::mpsc::Receiver<Alert>,
+);
+
+fn setup_alerts(ledger: &mut Ledger, config: &ServeConfig) -> Result<Option<AlertParts>> {
+    let Some(alerts) = &config.alerts else {
+        // Without rules, stored alerts are not sent (nor kept in memory).
+        ledger.alerts = Vec::new();
+        ledger.alerts_delivered = Default::default();
+        return Ok(None);
+    };
+    let rules = alerts.rules().map_err(|e| anyhow::anyhow!(e))?;
+    let held = std::mem::take(&mut ledger.alerts);
+    let delivered = std::mem::take(&mut ledger.alerts_delivered);
+    let seen = held.iter().map(|a| a.alert_id.clone()).collect::<Vec<_>>();
+    let recovered = deliver::undelivered(held, &delivered);
+    let (out, incoming) = std::sync::mpsc::channel();
+    ledger.alert(Alerting {
+        evaluator: Evaluator::new(rules, seen),
+        out,
+    });
+    Ok(Some((alerts.webhooks.clone(), recovered, incoming)))
 }
 
 /// Who may decide what (`Access`) and how approvers' tokens are checked.

@@ -266,6 +266,8 @@ pub struct CollectorOptions {
     /// The `approvers` section of `serve --config`; with it, the approval
     /// service is served (`--approvals`).
     pub approvers: Option<Value>,
+    /// The `alerts` section of `serve --config` (rules and webhooks).
+    pub alerts: Option<Value>,
 }
 
 /// The real collector: `tracegate serve` on a free port.
@@ -316,6 +318,9 @@ impl Collector {
         }
         if let Some(a) = &options.approvers {
             config["approvers"] = a.clone();
+        }
+        if let Some(a) = &options.alerts {
+            config["alerts"] = a.clone();
         }
         std::fs::write(dir.join("serve.json"), serde_json::to_vec_pretty(&config)?)?;
         Self::start_on(dir, 0)
@@ -726,6 +731,8 @@ pub struct StackOptions {
     /// written by `tracegate policy apply` (as an operator would) and
     /// reloaded by Envoy whenever `Stack::apply_policy` swaps it.
     pub ecds: bool,
+    /// The collector's `alerts` configuration.
+    pub alerts: Option<Value>,
 }
 
 /// Collector, upstream and Envoy with the tracegate filter, wired together.
@@ -891,6 +898,7 @@ impl Stack {
             tls: !options.plain_collector,
             tls_dir: options.tls_dir.clone(),
             approvers: options.approvers.as_ref().map(|f| f(upstream.port)),
+            alerts: options.alerts.clone(),
         };
         let collector = Collector::start_configured(dir, &collector_options)?;
         let mut ports = envoy_config::Ports {

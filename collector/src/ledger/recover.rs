@@ -4,8 +4,8 @@
 //! Every segment is scanned. A torn tail of the last, unsealed segment (an
 //! interrupted append, never acknowledged) is cut; corruption is reported
 //! and quarantined, never cut, and its segment is no longer written. The
-//! record ids, the approval events and the indexes of sealed segments are
-//! rebuilt from the frames.
+//! record ids, the approval events, the alerts and their deliveries, and
+//! the indexes of sealed segments are rebuilt from the frames.
 
 use anyhow::{Context, Result};
 use prost::Message;
@@ -14,7 +14,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::Path;
 use tracegate_proto::v1::ledger_entry::Entry;
-use tracegate_proto::v1::{ApprovalEvent, LedgerEntry};
+use tracegate_proto::v1::{Alert, ApprovalEvent, LedgerEntry};
+
+use crate::alerts::deliver::Delivered;
 
 use super::frame::{self, Ending, Scan};
 use super::index::SegmentIndex;
@@ -50,6 +52,9 @@ pub struct Recovered {
     pub ids: HashSet<String>,
     /// Every approval event held, in stored order.
     pub approval_events: Vec<ApprovalEvent>,
+    /// Every alert held, and the (alert, webhook) pairs delivered.
+    pub alerts: Vec<Alert>,
+    pub alerts_delivered: Delivered,
     pub sealed: VecDeque<Sealed>,
     /// The sequence number and chain hash the next entry continues from.
     pub next_seq: u64,
@@ -71,6 +76,8 @@ pub fn recover(layout: &Layout) -> Result<Recovered> {
         findings: Vec::new(),
         ids: HashSet::new(),
         approval_events: Vec::new(),
+        alerts: Vec::new(),
+        alerts_delivered: Delivered::new(),
         sealed: VecDeque::new(),
         next_seq: 1,
         chain: [0; 32],
@@ -151,6 +158,10 @@ impl Recovered {
                 Some(Entry::Approval(ev)) => {
                     index.add_approval(&ev.approval_id, f.offset as u64);
                     self.approval_events.push(ev);
+                }
+                Some(Entry::Alert(a)) => self.alerts.push(a),
+                Some(Entry::AlertDelivered(d)) => {
+                    self.alerts_delivered.insert((d.alert_id, d.webhook));
                 }
                 _ => {}
             }

@@ -611,3 +611,71 @@ fn follower_waits_for_a_frame_being_written() {
     assert!(follower.poll().unwrap().is_empty(), "shown once");
     assert!(follower.warnings.is_empty());
 }
+
+#[test]
+fn alerts_are_stored_with_their_record_and_resume_after_a_restart() {
+    use super::writer::Alerting;
+    use crate::alerts::deliver::undelivered;
+    use crate::alerts::eval::Evaluator;
+    use crate::alerts::{Condition, Rule, Verdict};
+    use tracegate_proto::v1::{AlertDelivered, Inspection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = || {
+        vec![Rule {
+            id: "blocked".into(),
+            condition: Condition::Verdict(vec![Verdict::Blocked]),
+            webhooks: vec!["sec".into(), "chat".into()],
+        }]
+    };
+    let blocked = |i: u32| {
+        let mut r = rec(i, "s");
+        r.inspection = Some(Inspection {
+            verdict: "blocked".into(),
+            ..Inspection::default()
+        });
+        r
+    };
+    let mut l = open(dir.path(), small());
+    let (out, incoming) = std::sync::mpsc::channel();
+    l.alert(Alerting {
+        evaluator: Evaluator::new(rules(), []),
+        out,
+    });
+    let seq = l.last_seq();
+    l.append(&[vec![blocked(1), rec(2, "s"), blocked(3)]])
+        .unwrap();
+    // Three records and two alerts, in one write.
+    assert_eq!(l.last_seq(), seq + 5);
+    let sent: Vec<_> = incoming.try_iter().collect();
+    assert_eq!(sent.len(), 2);
+    // A resent record raises nothing again.
+    l.append(&[vec![blocked(1)]]).unwrap();
+    assert_eq!(incoming.try_iter().count(), 0);
+    l.append_delivered(&[AlertDelivered {
+        alert_id: sent[0].alert_id.clone(),
+        webhook: "sec".into(),
+        unix_nanos: 1,
+    }])
+    .unwrap();
+    drop(l);
+
+    let l = open(dir.path(), small());
+    assert_eq!(l.alerts.len(), 2);
+    let left: Vec<(String, String)> = undelivered(l.alerts.clone(), &l.alerts_delivered)
+        .into_iter()
+        .map(|(a, w)| (a.alert_id.clone(), w))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (sent[0].alert_id.clone(), "chat".to_string()),
+            (sent[1].alert_id.clone(), "sec".to_string()),
+            (sent[1].alert_id.clone(), "chat".to_string()),
+        ]
+    );
+    drop(l);
+    let report = check(dir.path());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(ids(dir.path()).len(), 3, "readers skip alert entries");
+}

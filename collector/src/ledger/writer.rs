@@ -16,7 +16,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracegate_proto::v1::ledger_entry::Entry;
-use tracegate_proto::v1::{ApprovalEvent, LedgerEntry, Record, RejectedRecord, Retention};
+use tracegate_proto::v1::{
+    Alert, AlertDelivered, ApprovalEvent, LedgerEntry, Record, RejectedRecord, Retention,
+};
 
 use super::frame::{self, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::index::SegmentIndex;
@@ -25,6 +27,8 @@ use super::merkle::{self, leaf_hash};
 use super::recover::{self, Resumable, Sealed};
 use super::seal::{self, Head, Seal};
 use super::Hash;
+use crate::alerts::deliver::Delivered;
+use crate::alerts::eval::Evaluator;
 use crate::metrics::Metrics;
 
 /// A record larger than this is refused (the filter's limits keep records far below).
@@ -100,7 +104,30 @@ pub struct Ledger {
     metrics: Option<Arc<Metrics>>,
     /// When the last seal was written (Unix nanoseconds; 0: none known).
     last_seal_unix_nanos: i64,
+    /// Every alert held, and which webhooks acknowledged which (delivery
+    /// resumes from them at start-up).
+    pub alerts: Vec<Alert>,
+    pub alerts_delivered: Delivered,
+    /// The alert rules and where raised alerts go once durable.
+    alerting: Option<Alerting>,
     _lock: File,
+}
+
+/// Alert rules evaluated on what the writer stores for the first time.
+pub struct Alerting {
+    pub evaluator: Evaluator,
+    /// To the delivery thread (unbounded: the writer never waits on it).
+    pub out: std::sync::mpsc::Sender<Alert>,
+}
+
+fn alert_entry<'a>(a: &Alert) -> Pending<'a> {
+    Pending {
+        payload: LedgerEntry {
+            entry: Some(Entry::Alert(a.clone())),
+        }
+        .encode_to_vec(),
+        indexed: Indexed::Nothing,
+    }
 }
 
 pub fn now_nanos() -> i64 {
@@ -162,6 +189,9 @@ impl Ledger {
             approval_events: found.approval_events,
             metrics: None,
             last_seal_unix_nanos: 0,
+            alerts: found.alerts,
+            alerts_delivered: found.alerts_delivered,
+            alerting: None,
             _lock: lock,
         })
     }
@@ -188,6 +218,42 @@ impl Ledger {
                 bytes,
                 self.last_seal_unix_nanos,
             );
+        }
+    }
+
+    /// Evaluates `alerting`'s rules on every record and approval event
+    /// stored from now on; alerts are stored with what raised them.
+    pub fn alert(&mut self, alerting: Alerting) {
+        self.alerting = Some(alerting);
+    }
+
+    /// The alerts `records` raise, as entries to store in the same write.
+    fn raise(&mut self, records: &[&Record], events: &[ApprovalEvent]) -> Vec<Alert> {
+        let Some(a) = &mut self.alerting else {
+            return Vec::new();
+        };
+        if a.evaluator.is_empty() {
+            return Vec::new();
+        }
+        let now = now_nanos();
+        let mut out = Vec::new();
+        for r in records {
+            out.extend(a.evaluator.record(r, now));
+        }
+        for ev in events {
+            out.extend(a.evaluator.event(ev));
+        }
+        out
+    }
+
+    /// Hands durable alerts to delivery.
+    fn deliver(&mut self, alerts: Vec<Alert>) {
+        if let Some(a) = &self.alerting {
+            for alert in alerts {
+                // The delivery thread gone (shutting down): the alert is
+                // stored and goes out at the next start.
+                let _ = a.out.send(alert);
+            }
         }
     }
 
@@ -256,9 +322,21 @@ impl Ledger {
                 .collect(),
             None => Vec::new(),
         };
+        let new: Vec<&Record> = pending
+            .iter()
+            .filter_map(|p| match p.indexed {
+                Indexed::Record(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        // Alerts go in the same write as the records that raised them: an
+        // acknowledged record's alert is never lost.
+        let alerts = self.raise(&new, &[]);
+        pending.extend(alerts.iter().map(alert_entry));
         if !pending.is_empty() {
             self.write(pending)?;
         }
+        self.deliver(alerts);
         if let Some(m) = &self.metrics {
             m.duplicates(results.iter().map(|r| u64::from(r.duplicates)).sum());
             m.rejected(results.iter().map(|r| r.rejected.len() as u64).sum());
@@ -362,9 +440,11 @@ impl Ledger {
         self.chain = batch.chain;
     }
 
-    /// Appends approval events durably (one write, one fdatasync).
+    /// Appends approval events durably (one write, one fdatasync), with the
+    /// alerts they raise.
     pub fn append_events(&mut self, events: &[ApprovalEvent]) -> Result<()> {
-        let pending = events
+        let alerts = self.raise(&[], events);
+        let mut pending = events
             .iter()
             .map(|ev| Pending {
                 payload: LedgerEntry {
@@ -374,9 +454,30 @@ impl Ledger {
                 indexed: Indexed::Approval(&ev.approval_id),
             })
             .collect::<Vec<_>>();
+        pending.extend(alerts.iter().map(alert_entry));
         if pending.is_empty() {
             return Ok(());
         }
+        self.write(pending)?;
+        self.deliver(alerts);
+        Ok(())
+    }
+
+    /// Stores that webhooks acknowledged alerts (one write, one fdatasync).
+    pub fn append_delivered(&mut self, marks: &[AlertDelivered]) -> Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let pending = marks
+            .iter()
+            .map(|m| Pending {
+                payload: LedgerEntry {
+                    entry: Some(Entry::AlertDelivered(m.clone())),
+                }
+                .encode_to_vec(),
+                indexed: Indexed::Nothing,
+            })
+            .collect();
         self.write(pending)
     }
 
