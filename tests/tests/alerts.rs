@@ -274,6 +274,16 @@ fn alerts_reach_webhooks_and_survive_a_collector_killed_while_the_receiver_was_d
     })
     .unwrap();
 
+    // What was delivered before is marked durably before the kill ("sent"
+    // counts an alert once its marker is stored): blocked + burst to `sec`,
+    // blocked to `chat`.
+    poll("delivery markers stored", Duration::from_secs(10), || {
+        Ok((metric(&stack, "tracegate_alerts_sent_total{webhook=\"sec\"}") == Some(2.0)
+            && metric(&stack, "tracegate_alerts_sent_total{webhook=\"chat\"}") == Some(1.0))
+        .then_some(()))
+    })
+    .unwrap();
+
     // SIGKILL, receiver back on the same port, collector back on the same
     // data: the alert arrives with the id derived from its rule and record.
     let grpc = stack.collector.grpc_port;

@@ -80,7 +80,7 @@ impl Worker {
             let job = &mut self.jobs[i];
             match post(&self.agent, &self.hook, &job.alert) {
                 Ok(()) => {
-                    self.metrics.alert_sent(&self.hook.name);
+                    // Counted as sent once its marker is stored (`run`).
                     self.metrics.alerts_queued(-1);
                     done.push(AlertDelivered {
                         alert_id: job.alert.alert_id.clone(),
@@ -137,8 +137,17 @@ impl Worker {
                 }
             }
             let done = self.attempt_due();
-            if !done.is_empty() && !mark(done) {
+            let delivered = done.len();
+            if delivered == 0 {
+                continue;
+            }
+            if !mark(done) {
                 break;
+            }
+            // Sent means delivered and durably marked: a restart will not
+            // send it again.
+            for _ in 0..delivered {
+                self.metrics.alert_sent(&self.hook.name);
             }
         }
     }
