@@ -278,9 +278,11 @@ fn alerts_reach_webhooks_and_survive_a_collector_killed_while_the_receiver_was_d
     // counts an alert once its marker is stored): blocked + burst to `sec`,
     // blocked to `chat`.
     poll("delivery markers stored", Duration::from_secs(10), || {
-        Ok((metric(&stack, "tracegate_alerts_sent_total{webhook=\"sec\"}") == Some(2.0)
-            && metric(&stack, "tracegate_alerts_sent_total{webhook=\"chat\"}") == Some(1.0))
-        .then_some(()))
+        Ok(
+            (metric(&stack, "tracegate_alerts_sent_total{webhook=\"sec\"}") == Some(2.0)
+                && metric(&stack, "tracegate_alerts_sent_total{webhook=\"chat\"}") == Some(1.0))
+            .then_some(()),
+        )
     })
     .unwrap();
 

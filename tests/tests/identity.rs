@@ -259,10 +259,17 @@ fn tokens_are_verified_and_refused_with_their_reason() {
         assert_eq!(r["identity"]["status"], "rejected", "{name}");
         assert_eq!(r["identity"]["rejection_reason"], *reason, "{name}");
     }
-    // Nothing unverified is recorded: no subject on refused records.
+    // Nothing unverified is recorded as an identity: no subject on refused
+    // records; the sub a refused JWT claims is kept apart, for alerts.
     assert!(refused
         .iter()
         .all(|r| r["identity"].get("subject").is_none()));
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["identity"]["claimed_subject"] == "alice"),
+        "{refused:?}"
+    );
 
     let timeline = stack.collector.cli(&["replay", "identity-ok"]).unwrap();
     assert!(

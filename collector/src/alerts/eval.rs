@@ -123,7 +123,7 @@ impl Evaluator {
             return None;
         }
         let key = match by {
-            RateKey::Subject => id.subject.clone(),
+            RateKey::Subject => id.claimed_subject.clone(),
             RateKey::Source => r.source.clone(),
         };
         // The record's own time: records held by a filter while the
@@ -482,5 +482,33 @@ mod tests {
             ..Identity::default()
         });
         assert!(e.record(&ok, 0).is_empty());
+    }
+
+    #[test]
+    fn rejection_rate_by_the_subject_the_refused_token_claims() {
+        let mut e = Evaluator::new(
+            vec![rule(
+                "jwt",
+                Condition::JwtRejections {
+                    per_minute: 2,
+                    by: RateKey::Subject,
+                },
+            )],
+            [],
+        );
+        let claiming = |id: &str, sub: &str, s: i64| {
+            let mut r = rejected(id, s, "gw");
+            if let Some(i) = r.identity.as_mut() {
+                i.claimed_subject = sub.into();
+            }
+            r
+        };
+        let mut fired = Vec::new();
+        for s in 0..3 {
+            fired.extend(e.record(&claiming(&format!("m{s}"), "mallory", 100 + s), 0));
+            fired.extend(e.record(&claiming(&format!("a{s}"), &format!("user{s}"), 100 + s), 0));
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].rate_key, "subject=mallory");
     }
 }

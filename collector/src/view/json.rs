@@ -226,6 +226,9 @@ struct IdentityJson<'a> {
     rejection_reason: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     rejection_detail: &'a str,
+    /// A refused token's `sub`, unverified.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    claimed_subject: &'a str,
 }
 
 fn identity_json(id: &Identity) -> IdentityJson<'_> {
@@ -249,6 +252,7 @@ fn identity_json(id: &Identity) -> IdentityJson<'_> {
         expires: (id.expires_unix > 0).then(|| time(id.expires_unix.saturating_mul(1_000_000_000))),
         rejection_reason: &id.rejection_reason,
         rejection_detail: &id.rejection_detail,
+        claimed_subject: &id.claimed_subject,
     }
 }
 

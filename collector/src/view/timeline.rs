@@ -241,6 +241,12 @@ fn identity_line(id: &Identity) -> String {
             line
         }
         Status::Anonymous => "anonymous".into(),
+        Status::Rejected if !id.claimed_subject.is_empty() => format!(
+            "rejected: {} ({}); the token claims sub {} (unverified)",
+            Safe(&id.rejection_reason),
+            Safe(&id.rejection_detail),
+            Safe(&id.claimed_subject)
+        ),
         Status::Rejected => format!(
             "rejected: {} ({})",
             Safe(&id.rejection_reason),

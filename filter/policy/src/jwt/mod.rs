@@ -100,6 +100,9 @@ pub struct Rejection {
     pub detail: String,
     /// Answered from the cache of refused tokens, without a signature check.
     pub cached: bool,
+    /// The `sub` the refused token claims, unverified: on the record so
+    /// refusals can be counted per claimed subject (alerts), never trusted.
+    pub claimed_subject: Option<String>,
 }
 
 impl Rejection {
@@ -108,6 +111,7 @@ impl Rejection {
             reason,
             detail: detail.into(),
             cached: false,
+            claimed_subject: None,
         }
     }
 
@@ -178,6 +182,7 @@ pub fn identity_record(decision: &Decision) -> Option<proto::Identity> {
             status: Status::Rejected as i32,
             rejection_reason: r.reason.as_str().into(),
             rejection_detail: r.detail.clone(),
+            claimed_subject: r.claimed_subject.clone().unwrap_or_default(),
             ..Default::default()
         },
         Decision::NeedKeys { .. } => return None,

@@ -260,10 +260,17 @@ fn refused_tokens_are_remembered_so_a_repeat_costs_no_signature_check() {
         other => panic!("{other:?}"),
     };
     assert_eq!((first.reason, first.cached), (Reason::BadSignature, false));
+    // The sub it claims is kept, unverified, for counting refusals.
+    assert_eq!(first.claimed_subject.as_deref(), Some("alice"));
+    let record = super::identity_record(&Decision::Rejected(first.clone())).unwrap();
+    assert_eq!(record.claimed_subject, "alice");
+    assert_eq!(record.subject, "", "no subject: nothing verified");
+    assert!(record.claims.is_empty(), "nothing else of it");
     match a.decide(Some(&token("bad_signature")), now_ms(), true) {
         Decision::Rejected(r) => {
             assert!(r.cached, "answered from the negative cache");
             assert_eq!((r.reason, &r.detail), (first.reason, &first.detail));
+            assert_eq!(r.claimed_subject, first.claimed_subject);
         }
         other => panic!("{other:?}"),
     }

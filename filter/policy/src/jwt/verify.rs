@@ -28,6 +28,12 @@ const MAX_CACHE_SECONDS: u64 = 300;
 /// Longest claim value copied into a request header.
 const MAX_HEADER_VALUE: usize = 4096;
 
+/// The `sub` a token claims (unverified), shortened for the record.
+fn claimed_subject(payload: &JsonObject) -> Option<String> {
+    let sub = payload.get("sub").and_then(Value::as_str)?;
+    Some(sub.chars().take(256).collect())
+}
+
 /// A token found on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
@@ -186,10 +192,29 @@ impl Authenticator {
         now_ms: u64,
         allow_fetch: bool,
     ) -> Result<(Identity, u64), Step> {
-        let now = now_ms / 1000;
         let (header, payload) = parse_compact(&t.token)?;
-        let (alg, kid) = alg_and_kid(&header)?;
-        let index = self.provider_for(t.source, &payload, alg)?;
+        self.verify_parsed(t, now_ms, allow_fetch, &header, &payload)
+            .map_err(|step| match step {
+                Step::Reject(mut r) => {
+                    r.claimed_subject = claimed_subject(&payload);
+                    Step::Reject(r)
+                }
+                keys => keys,
+            })
+    }
+
+    /// The checks after the token's parts are parsed.
+    fn verify_parsed(
+        &mut self,
+        t: &Extracted,
+        now_ms: u64,
+        allow_fetch: bool,
+        header: &JsonObject,
+        payload: &JsonObject,
+    ) -> Result<(Identity, u64), Step> {
+        let now = now_ms / 1000;
+        let (alg, kid) = alg_and_kid(header)?;
+        let index = self.provider_for(t.source, payload, alg)?;
         let p = &self.providers[index];
         let candidates = p.candidates(alg, kid);
         if candidates.is_empty() {
@@ -198,8 +223,8 @@ impl Authenticator {
         let (claims, key_id) = p.check_signature(&t.token, alg, &candidates, now)?;
         // From here the payload is verified: the bytes parsed above are the
         // signed bytes.
-        let exp = p.check_claims(&claims, &payload)?;
-        let identity = p.identity(index, alg, key_id, exp, &claims, &payload);
+        let exp = p.check_claims(&claims, payload)?;
+        let identity = p.identity(index, alg, key_id, exp, &claims, payload);
         // jwt-simple accepts a token until `exp + skew`; so does the cache.
         let valid_until = match exp {
             Some(exp) => exp.saturating_add(p.clock_skew_s),
