@@ -412,7 +412,7 @@ impl Metrics {
 /// would make long labels; the subject is what dashboards show),
 /// `anonymous`, or `rejected` (a token that failed verification is not an
 /// identity).
-fn identity_label(r: &Record) -> String {
+pub fn identity_label(r: &Record) -> String {
     match r.identity.as_ref() {
         Some(i) if i.status() == Status::Verified => i.subject.clone(),
         Some(i) if i.status() == Status::Rejected => "rejected".into(),

@@ -70,38 +70,9 @@ pub struct When {
     pub by: Option<RateKey>,
 }
 
-/// The verdicts a filter writes (records.proto `Inspection.verdict`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Forwarded,
-    Blocked,
-    AccessDenied,
-    Refused,
-    Unauthenticated,
-    AwaitingApproval,
-    Denied,
-    Unrecorded,
-    Abandoned,
-    NotForwarded,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Forwarded => "forwarded",
-            Verdict::Blocked => "blocked",
-            Verdict::AccessDenied => "access_denied",
-            Verdict::Refused => "refused",
-            Verdict::Unauthenticated => "unauthenticated",
-            Verdict::AwaitingApproval => "awaiting_approval",
-            Verdict::Denied => "denied",
-            Verdict::Unrecorded => "unrecorded",
-            Verdict::Abandoned => "abandoned",
-            Verdict::NotForwarded => "not_forwarded",
-        }
-    }
-}
+/// The verdicts a filter writes (records.proto `Inspection.verdict`): the
+/// filter's own type, so the words cannot drift apart.
+pub use tracegate_policy::record::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

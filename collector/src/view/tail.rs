@@ -1,11 +1,11 @@
 //! `tracegate tail`: which records to show, and one line per record.
 
 use std::io::{self, Write};
-use tracegate_proto::v1::identity::Status;
 use tracegate_proto::v1::record::Phase;
 use tracegate_proto::v1::Record;
 
 use super::{millis, time};
+use crate::metrics::identity_label as identity;
 use crate::term::Safe;
 
 /// What `tail` shows; every condition set must hold.
@@ -31,14 +31,6 @@ impl TailFilter {
                     i.request_findings.contains_key(d) || i.response_findings.contains_key(d)
                 })
             })
-    }
-}
-
-fn identity(r: &Record) -> String {
-    match r.identity.as_ref() {
-        Some(i) if i.status() == Status::Verified => i.subject.clone(),
-        Some(i) if i.status() == Status::Rejected => "rejected".into(),
-        _ => "anonymous".into(),
     }
 }
 

@@ -77,8 +77,10 @@ impl AnsweredBy {
     }
 }
 
-/// What the filter did with a request, as its record states it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the filter did with a request, as its record states it (the
+/// collector's alert rules name these, in the same words).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// It went upstream whole.
     #[default]
