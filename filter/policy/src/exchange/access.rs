@@ -54,12 +54,25 @@ impl Exchange {
     /// The complete request's body against the caller's rule. `false` when
     /// refused (answered 403).
     pub(super) fn access_gate(&mut self, gw: &mut Gateway, out: &mut Vec<Effect>) -> bool {
+        if gw.policy.access.is_none() {
+            return true;
+        }
         let selected = match &self.access {
             AccessState::Off | AccessState::Allowed(_) => return true,
             AccessState::Denied(_) => return false,
             AccessState::Selected(s) => *s,
-            // The gates never run before the caller is decided.
-            AccessState::Pending => return true,
+            // The gates run only once the caller is decided; were they ever
+            // to run before, the request is judged as an anonymous caller's
+            // (least privilege), never let through unjudged.
+            AccessState::Pending => {
+                if !self.access_caller(Caller::Anonymous, gw, out) {
+                    return false;
+                }
+                match &self.access {
+                    AccessState::Selected(s) => *s,
+                    _ => return false,
+                }
+            }
         };
         let Some(access) = gw.policy.access.as_ref() else {
             return true;

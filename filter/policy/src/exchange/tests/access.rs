@@ -370,3 +370,21 @@ fn facts_are_read_from_the_body_as_it_goes_upstream() {
     assert_eq!(send(&mut s, body), Action::Continue);
     assert!(s.has(|e| matches!(e, Effect::ReplaceRequestBody { .. })));
 }
+
+#[test]
+fn gates_reached_with_the_caller_undecided_judge_it_as_anonymous() {
+    // Not a path the proxy takes (the gates wait for the caller); should
+    // one ever lead there, the request is judged, never let through.
+    let mut s = Scenario::new(json!({
+        "inspection": {"hold_headers": true},
+        "access": {"default": "deny", "rules": [
+            {"id": "guests", "when": {"anonymous": true}, "models": ["gpt-4o-mini"]}]}
+    }));
+    head(&mut s, "/v1/chat/completions", None);
+    s.ex.access = AccessState::Pending;
+    send(&mut s, json!({"model": "gpt-4o", "messages": []}));
+    let reply = s.reply().expect("refused");
+    assert_eq!(reply.status, 403);
+    assert!(!s.has(|e| matches!(e, Effect::Resume)));
+    assert_eq!(access(&s.end()).rule, "guests");
+}
