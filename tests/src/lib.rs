@@ -695,7 +695,9 @@ impl Envoy {
         Envoy::stat_at(self.admin_port, name)
     }
 
-    fn stat_at(admin_port: u16, name: &str) -> Result<u64> {
+    /// A stat of the Envoy whose admin listens on `admin_port` (for a
+    /// closure that cannot borrow the `Envoy`); 0 if not (yet) defined.
+    pub fn stat_at(admin_port: u16, name: &str) -> Result<u64> {
         let url = format!("http://127.0.0.1:{admin_port}/stats?filter=^{name}$");
         let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
         Ok(text

@@ -78,16 +78,19 @@ fn record_policy(r: &Value) -> (&str, &str) {
     )
 }
 
-#[test]
-fn a_reload_decides_the_next_request_and_never_one_in_flight() {
+/// A stack whose Envoy takes the policy through ECDS, starting with `first`.
+fn ecds_stack(dir: &std::path::Path, first: &serde_json::Value) -> Stack {
     let options = StackOptions {
         ecds: true,
         ..StackOptions::default()
     };
+    Stack::start_with_options(dir, first, &options, |_, _| Ok(())).unwrap()
+}
+
+#[test]
+fn a_reload_decides_the_next_request_and_never_one_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let mut stack =
-        Stack::start_with_options(dir.path(), &policy("1", "alpha"), &options, |_, _| Ok(()))
-            .unwrap();
+    let mut stack = ecds_stack(dir.path(), &policy("1", "alpha"));
     let (code, out, err) = check_deployed(&stack);
     assert_eq!(code, 0, "{err}");
     let sha1 = sha_in(&out);
@@ -129,7 +132,7 @@ fn a_reload_decides_the_next_request_and_never_one_in_flight() {
         assert_ne!(sha1, sha2);
         let admin = stack.envoy.admin_port;
         tracegate_e2e::poll("the reload", Duration::from_secs(20), || {
-            Ok((stat(admin, RELOADS)? >= 2).then_some(()))
+            Ok((Envoy::stat_at(admin, RELOADS)? >= 2).then_some(()))
         })
         .unwrap();
         let (status, body) = ask(&stack, "after", "one more bravo please");
@@ -217,21 +220,6 @@ fn a_reload_decides_the_next_request_and_never_one_in_flight() {
     );
 }
 
-fn stat(admin: u16, name: &str) -> anyhow::Result<u64> {
-    let url = format!("http://127.0.0.1:{admin}/stats?filter=^{name}$");
-    let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
-    Ok(text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(": ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0))
-}
-
 /// Envoy's resident memory, in bytes.
 fn rss(envoy: &Envoy) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", envoy.process.pid())).unwrap();
@@ -247,14 +235,8 @@ fn rss(envoy: &Envoy) -> u64 {
 fn a_hundred_reloads_leave_no_vm_and_little_memory_behind() {
     const VMS: &str = "wasm.envoy.wasm.runtime.v8.active";
     const WASM_MEMORY: &str = "wasmcustom.tracegate.wasm_memory_bytes";
-    let options = StackOptions {
-        ecds: true,
-        ..StackOptions::default()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let mut stack =
-        Stack::start_with_options(dir.path(), &policy("0", "alpha"), &options, |_, _| Ok(()))
-            .unwrap();
+    let mut stack = ecds_stack(dir.path(), &policy("0", "alpha"));
     // Each round: a new policy (block rule alternating), then a request
     // judged by it, whose record the retiring root must deliver.
     let round = |stack: &mut Stack, i: u64| {

@@ -90,6 +90,8 @@ pub struct Ledger {
     last_seal: Hash,
     ids: HashSet<String>,
     sealed: VecDeque<Sealed>,
+    /// Bytes of the sealed segments held (kept with `sealed`).
+    sealed_bytes: u64,
     head_written: Option<Instant>,
     /// Sequence HEAD names.
     head_seq: u64,
@@ -181,6 +183,7 @@ impl Ledger {
             chain: found.chain,
             last_seal: found.last_seal,
             ids: found.ids,
+            sealed_bytes: found.sealed.iter().map(|s| s.bytes).sum(),
             sealed: found.sealed,
             head_written: None,
             head_seq: 0,
@@ -212,7 +215,7 @@ impl Ledger {
 
     fn report_store(&self) {
         if let Some(m) = &self.metrics {
-            let bytes = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
+            let bytes = self.sealed_bytes + self.open.len;
             m.store(
                 self.sealed.len() as u64 + 1,
                 bytes,
@@ -528,6 +531,7 @@ impl Ledger {
             bytes: o.len,
             last_time: o.last_time,
         });
+        self.sealed_bytes += o.len;
         let next_number = o.number + 1;
         self.write_head(true)?;
         let next = OpenSegment::create(&self.layout, next_number, self.next_seq, self.chain)?;
@@ -558,7 +562,7 @@ impl Ledger {
     /// The oldest sealed segments the policy no longer keeps, and the
     /// policy that ends the first of them.
     fn retention_victims(&self, now: i64) -> (Vec<Sealed>, String) {
-        let mut total: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.open.len;
+        let mut total: u64 = self.sealed_bytes + self.open.len;
         let mut victims = Vec::new();
         let mut policy = String::new();
         for s in &self.sealed {
@@ -628,7 +632,8 @@ impl Ledger {
         // idle tick), deleting and untracking these already; popping once
         // per victim would then untrack segments that are still on disk.
         let last = victims.last().map_or(0, |v| v.number);
-        while self.sealed.front().is_some_and(|s| s.number <= last) {
+        while let Some(s) = self.sealed.front().filter(|s| s.number <= last) {
+            self.sealed_bytes -= s.bytes;
             self.sealed.pop_front();
         }
         self.report_store();

@@ -361,14 +361,17 @@ impl Inspector {
             }
             Err(_) => self.judge_text(text, tokens, false, true),
         };
-        let asked = if json {
-            let mut asked = Asked::read(&tape, text);
-            // The record holds the model as it went upstream: judged.
-            asked.model = usage::judged(self.masker(), &asked.model);
-            asked
+        let mut asked = if json {
+            Asked::read(&tape, text)
         } else {
             Asked::default()
         };
+        // The record holds the model as it goes upstream: judged. It is part
+        // of the body, so a body masking left alone holds it unchanged.
+        let body_changed = !matches!(&judged, Ok(j) if j.body.is_none());
+        if body_changed && !asked.model.is_empty() {
+            asked.model = usage::judged(self.masker(), &asked.model);
+        }
         match judged {
             Ok(j) => {
                 let facts = self.facts.then(|| {

@@ -157,10 +157,6 @@ impl UsageReader {
         }
     }
 
-    pub fn usage(&self) -> &Usage {
-        &self.usage
-    }
-
     pub fn into_usage(self) -> Usage {
         self.usage
     }
@@ -168,8 +164,12 @@ impl UsageReader {
     /// A whole answer (node 0 of `tape`); `m` judges the model name.
     pub fn answer(&mut self, tape: &Tape, src: &str, m: Option<&Masker>) {
         match self.api {
-            Api::OpenAiChat => self.openai(tape, src, 0, "prompt_tokens", "completion_tokens", m),
-            Api::OpenAiResponses => self.openai(tape, src, 0, "input_tokens", "output_tokens", m),
+            Api::OpenAiChat => {
+                self.openai(tape, src, 0, &CHAT, m);
+            }
+            Api::OpenAiResponses => {
+                self.openai(tape, src, 0, &RESPONSES, m);
+            }
             Api::Anthropic => self.anthropic(tape, src, 0, m),
             Api::Other => {}
         }
@@ -181,14 +181,11 @@ impl UsageReader {
     pub fn event(&mut self, tape: &Tape, src: &str, m: Option<&Masker>) -> bool {
         match self.api {
             Api::OpenAiChat => {
-                self.openai(tape, src, 0, "prompt_tokens", "completion_tokens", m);
-                let no_choices = tape
-                    .get(src, 0, "choices")
-                    .is_some_and(|c| tape.elements(c).next().is_none());
-                let usage = tape
-                    .get(src, 0, "usage")
-                    .is_some_and(|u| tape.kind(u) == Some(Kind::Object));
-                no_choices && usage
+                let usage = self.openai(tape, src, 0, &CHAT, m).is_some();
+                usage
+                    && tape
+                        .get(src, 0, "choices")
+                        .is_some_and(|c| tape.elements(c).next().is_none())
             }
             Api::OpenAiResponses => {
                 let kind = tape.get(src, 0, "type").and_then(|i| tape.str(src, i));
@@ -197,7 +194,7 @@ impl UsageReader {
                     Some("response.completed" | "response.incomplete" | "response.failed")
                 ) {
                     if let Some(r) = tape.get(src, 0, "response") {
-                        self.openai(tape, src, r, "input_tokens", "output_tokens", m);
+                        self.openai(tape, src, r, &RESPONSES, m);
                     }
                 }
                 false
@@ -219,46 +216,38 @@ impl UsageReader {
         }
     }
 
-    /// OpenAI chat and Responses: `model` and `usage` of object `at`.
+    /// OpenAI chat and Responses: `model` and `usage` of object `at`;
+    /// the usage object's node, if there is one.
     fn openai(
         &mut self,
         tape: &Tape,
         src: &str,
         at: usize,
-        input: &str,
-        output: &str,
+        keys: &OpenAiKeys,
         m: Option<&Masker>,
-    ) {
+    ) -> Option<usize> {
         self.model(tape, src, at, m);
-        let Some(u) = tape
-            .get(src, at, "usage")
-            .filter(|&u| tape.kind(u) == Some(Kind::Object))
-        else {
-            return;
-        };
+        let u = usage_object(tape, src, at)?;
         let n = |path: &[&str]| tape.path(src, u, path).and_then(|i| tape.u64(src, i));
         let usage = &mut self.usage;
-        set(&mut usage.input_tokens, n(&[input]));
-        set(&mut usage.output_tokens, n(&[output]));
-        let details = |side: &str| format!("{side}_details");
+        set(&mut usage.input_tokens, n(&[keys.input]));
+        set(&mut usage.output_tokens, n(&[keys.output]));
         set(
             &mut usage.cached_input_tokens,
-            n(&[&details(input), "cached_tokens"]),
+            n(&[keys.input_details, "cached_tokens"]),
         );
         set(
             &mut usage.reasoning_tokens,
-            n(&[&details(output), "reasoning_tokens"]),
+            n(&[keys.output_details, "reasoning_tokens"]),
         );
+        Some(u)
     }
 
     /// Anthropic: `model` and `usage` of object `at` (a message, or a
     /// `message_delta` event, whose counts are cumulative).
     fn anthropic(&mut self, tape: &Tape, src: &str, at: usize, m: Option<&Masker>) {
         self.model(tape, src, at, m);
-        let Some(u) = tape
-            .get(src, at, "usage")
-            .filter(|&u| tape.kind(u) == Some(Kind::Object))
-        else {
+        let Some(u) = usage_object(tape, src, at) else {
             return;
         };
         let n = |key: &str| tape.get(src, u, key).and_then(|i| tape.u64(src, i));
@@ -289,6 +278,34 @@ impl UsageReader {
             }
         }
     }
+}
+
+/// Where the two OpenAI APIs put their counts.
+struct OpenAiKeys {
+    input: &'static str,
+    output: &'static str,
+    input_details: &'static str,
+    output_details: &'static str,
+}
+
+const CHAT: OpenAiKeys = OpenAiKeys {
+    input: "prompt_tokens",
+    output: "completion_tokens",
+    input_details: "prompt_tokens_details",
+    output_details: "completion_tokens_details",
+};
+
+const RESPONSES: OpenAiKeys = OpenAiKeys {
+    input: "input_tokens",
+    output: "output_tokens",
+    input_details: "input_tokens_details",
+    output_details: "output_tokens_details",
+};
+
+/// The `usage` object of object `at`, if it is one.
+fn usage_object(tape: &Tape, src: &str, at: usize) -> Option<usize> {
+    tape.get(src, at, "usage")
+        .filter(|&u| tape.kind(u) == Some(Kind::Object))
 }
 
 /// The latest stated value wins; an unstated one changes nothing.

@@ -113,7 +113,11 @@ fn assembled(stream: &[u8]) -> String {
 }
 
 fn run_with(m: &Masker, api: Api, chunks: &[&[u8]]) -> (Vec<u8>, Hits) {
-    let mut s = SseMasker::new(api, HOLD, MAX_EVENT);
+    drive(&mut SseMasker::new(api, HOLD, MAX_EVENT), m, chunks)
+}
+
+/// `chunks` through `s`, then its end; what it sent and found.
+fn drive(s: &mut SseMasker, m: &Masker, chunks: &[&[u8]]) -> (Vec<u8>, Hits) {
     let mut t = Tokens::default();
     let mut h = Hits::default();
     let mut out = Vec::new();
@@ -500,14 +504,7 @@ fn same_with_templates(m: &Masker, api: Api, chunks: &[&[u8]]) -> Vec<u8> {
     for learning in [false, true] {
         let mut s = SseMasker::new(api, HOLD, MAX_EVENT);
         s.learning = learning;
-        let mut t = Tokens::default();
-        let mut h = Hits::default();
-        let mut out = Vec::new();
-        for c in chunks {
-            out.extend(s.push(m, c, &mut t, &mut h));
-        }
-        out.extend(s.finish(m, &mut t, &mut h));
-        assert!(s.broken.is_none(), "{:?}", s.broken);
+        let (out, h) = drive(&mut s, m, chunks);
         if learning {
             assert!(!s.templates.is_empty(), "no event was learnt");
         }
