@@ -79,6 +79,8 @@ pub struct Liveness {
     /// anchored DFA survives `byte` as its first byte after a look-behind of
     /// `class`.
     starts: Vec<u64>,
+    /// `[class * 256 + byte]`: whether any detector can start there.
+    any_starts: Vec<bool>,
     caches: Pool<CacheSet, MakeCaches>,
 }
 
@@ -100,6 +102,9 @@ pub struct Tracks {
     /// Starts, not yet released, from which a match was found complete:
     /// text containing them needs the finding regexes.
     pub matched: Vec<usize>,
+    /// The detector that held last time: tried first at the gate's
+    /// frontier (in prose, the word in progress keeps the same one live).
+    hint: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -212,11 +217,16 @@ impl Liveness {
             caches: for_caches.iter().map(DFA::create_cache).collect(),
             any: any_for_cache.create_cache(),
         });
+        let any_starts = starts
+            .chunks(words)
+            .map(|row| row.iter().any(|&w| w != 0))
+            .collect();
         Ok(Liveness {
             dfas,
             any,
             words,
             starts,
+            any_starts,
             caches: Pool::new(make),
         })
     }
@@ -245,6 +255,10 @@ impl Liveness {
                 from: end,
                 detector: None,
             };
+        }
+
+        if let Some(hold) = self.hint_holds(tracks, frontier, hay, base, caches, cache_id) {
+            return hold;
         }
 
         let mut waiting = 0usize; // detectors without a live candidate
@@ -345,7 +359,72 @@ impl Liveness {
                 }
             }
         }
+        tracks.hint = hold.detector;
         hold
+    }
+
+    /// The hold when the hinted detector is live at the gate's frontier:
+    /// no start before it is live for anyone (the gate), so it is the
+    /// earliest, and the other detectors need not be walked now. Their
+    /// tracks stay as they were: a later full pass drops their candidates
+    /// from before its frontier and starts the rest from there, and nothing
+    /// past this hold is released meanwhile. `None` otherwise (the hint's
+    /// walk is kept, so the full pass does not repeat it).
+    fn hint_holds(
+        &self,
+        tracks: &mut Tracks,
+        frontier: usize,
+        hay: &[u8],
+        base: usize,
+        caches: &mut [Cache],
+        cache_id: u64,
+    ) -> Option<Hold> {
+        let d = tracks.hint?;
+        let (Some(track), Some(cache), Some(dfa)) =
+            (tracks.per.get_mut(d), caches.get_mut(d), self.dfas.get(d))
+        else {
+            return None;
+        };
+        let step = match track.live {
+            Some(c) if c.start == frontier => self.resume(dfa, c, hay, base, cache, cache_id),
+            // Starts before the frontier are dead; one after it means this
+            // detector has decided the frontier already (dead there).
+            Some(c) if c.start > frontier => return None,
+            _ if track.next > frontier => return None,
+            _ => {
+                let i = frontier.checked_sub(base)?;
+                let prev = if frontier == 0 {
+                    None
+                } else {
+                    i.checked_sub(1).and_then(|j| hay.get(j)).copied()
+                };
+                let byte = usize::from(*hay.get(i)?);
+                let row = (class_of(prev) * 256 + byte) * self.words + d / 64;
+                if self.starts.get(row).is_some_and(|w| w & (1 << (d % 64)) == 0) {
+                    // Cannot start here at all.
+                    return None;
+                }
+                self.begin(dfa, frontier, prev, hay, base, cache, cache_id)
+            }
+        };
+        match step {
+            Step::Live(c) => {
+                track.live = Some(c);
+                track.next = frontier + 1;
+                Some(Hold {
+                    from: frontier,
+                    detector: Some(d),
+                })
+            }
+            Step::Dead { match_end } => {
+                if match_end.is_some() {
+                    tracks.matched.push(frontier);
+                }
+                track.live = None;
+                track.next = frontier + 1;
+                None
+            }
+        }
     }
 
     /// Whether some detector's pattern matches somewhere in `text` taken on
@@ -439,33 +518,58 @@ impl Liveness {
                 }
             }
         }
+        // Most positions of prose start a candidate (an e-mail's local part
+        // may begin mid-word) that dies a few bytes on: this loop is the
+        // stream masker's hottest, so it walks inline, without building a
+        // candidate unless one lives.
         let mut s = t.next.max(base);
         while let Some(&byte) = s.checked_sub(base).and_then(|i| hay.get(i)) {
+            let i = s - base;
             let prev = if s == 0 {
                 None
             } else {
-                (s - 1).checked_sub(base).and_then(|j| hay.get(j)).copied()
+                i.checked_sub(1).and_then(|j| hay.get(j)).copied()
             };
-            let row = (class_of(prev) * 256 + usize::from(byte)) * self.words;
-            let can_start = self
-                .starts
-                .get(row..row + self.words)
-                .is_none_or(|r| r.iter().any(|&w| w != 0));
-            if can_start {
-                match self.begin(&self.any, s, prev, hay, base, cache, cache_id) {
-                    Step::Live(c) => {
+            let class = class_of(prev);
+            let can_start = self.any_starts.get(class * 256 + usize::from(byte));
+            if can_start == Some(&false) {
+                s += 1;
+                continue;
+            }
+            let config = start::Config::new()
+                .anchored(Anchored::Yes)
+                .look_behind(prev);
+            let run = match self.any.start_state(cache, &config) {
+                Ok(sid) => run(&self.any, cache, sid, hay.get(i..).unwrap_or_default()),
+                Err(_) => Run::Stuck,
+            };
+            match run {
+                Run::Dead { matched } => {
+                    if matched.is_some() {
+                        tracks.matched.push(s);
+                    }
+                    s += 1;
+                }
+                Run::Live { sid, matched } => {
+                    t.live = Some(Candidate {
+                        start: s,
+                        at: end,
+                        sid: Some(sid),
+                        cache: cache_id,
+                        generation: cache.clear_count(),
+                        match_end: matched.map(|m| s + m),
+                    });
+                    t.next = s + 1;
+                    return s;
+                }
+                Run::Stuck => {
+                    if let Step::Live(c) = stuck(s, cache_id) {
                         t.live = Some(c);
-                        t.next = s + 1;
-                        return s;
                     }
-                    Step::Dead { match_end } => {
-                        if match_end.is_some() {
-                            tracks.matched.push(s);
-                        }
-                    }
+                    t.next = s + 1;
+                    return s;
                 }
             }
-            s += 1;
         }
         t.next = end.max(t.next);
         end
@@ -532,33 +636,68 @@ impl Liveness {
         base: usize,
         cache: &mut Cache,
     ) -> Step {
-        let Some(mut sid) = c.sid else {
+        let Some(sid) = c.sid else {
             return stuck(c.start, c.cache);
         };
-        let end = base + hay.len();
-        while c.at < end {
-            let byte = hay[c.at - base];
-            // A cache cleared while computing this step keeps `sid` and the
-            // returned state valid (the lazy DFA saves the current state).
-            let Ok(next) = dfa.next_state(cache, sid, byte) else {
-                return stuck(c.start, c.cache);
-            };
-            sid = next;
-            if sid.is_match() {
-                // Matches show one byte late: one ended before this byte.
-                c.match_end = Some(c.at);
+        let Some(bytes) = c.at.checked_sub(base).and_then(|i| hay.get(i..)) else {
+            return stuck(c.start, c.cache);
+        };
+        match run(dfa, cache, sid, bytes) {
+            Run::Dead { matched } => Step::Dead {
+                match_end: matched.map(|m| c.at + m).or(c.match_end),
+            },
+            Run::Live { sid, matched } => {
+                if let Some(m) = matched {
+                    c.match_end = Some(c.at + m);
+                }
+                c.at += bytes.len();
+                c.sid = Some(sid);
+                c.generation = cache.clear_count();
+                Step::Live(c)
             }
-            if sid.is_dead() {
-                return Step::Dead {
-                    match_end: c.match_end,
-                };
-            }
-            c.at += 1;
+            Run::Stuck => stuck(c.start, c.cache),
         }
-        c.sid = Some(sid);
-        c.generation = cache.clear_count();
-        Step::Live(c)
     }
+}
+
+/// How a walk over some bytes ended. `matched`: where the last match seen
+/// on it ended, relative to the bytes' start.
+enum Run {
+    Dead { matched: Option<usize> },
+    Live { sid: LazyStateID, matched: Option<usize> },
+    Stuck,
+}
+
+/// Walks `dfa` from state `sid` over `bytes`.
+#[inline(always)]
+fn run(dfa: &DFA, cache: &mut Cache, mut sid: LazyStateID, bytes: &[u8]) -> Run {
+    let mut matched = None;
+    for (i, &byte) in bytes.iter().enumerate() {
+        // Most steps follow a transition already computed from an ordinary
+        // state: one table lookup. Special states (match, dead, not yet
+        // computed) take the full step.
+        if !sid.is_tagged() {
+            let next = dfa.next_state_untagged(cache, sid, byte);
+            if !next.is_tagged() {
+                sid = next;
+                continue;
+            }
+        }
+        // A cache cleared while computing this step keeps `sid` and the
+        // returned state valid (the lazy DFA saves the current state).
+        let Ok(next) = dfa.next_state(cache, sid, byte) else {
+            return Run::Stuck;
+        };
+        sid = next;
+        if sid.is_match() {
+            // Matches show one byte late: one ended before this byte.
+            matched = Some(i);
+        }
+        if sid.is_dead() {
+            return Run::Dead { matched };
+        }
+    }
+    Run::Live { sid, matched }
 }
 
 /// The DFA could not go on (as configured it never gives up, so this is
