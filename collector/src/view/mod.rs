@@ -10,6 +10,7 @@ use tracegate_proto::v1::record::{AnsweredBy, UpstreamSaw};
 use tracegate_proto::v1::Record;
 
 pub mod caller;
+pub mod conversation;
 mod json;
 mod replay;
 pub mod report;
