@@ -46,8 +46,10 @@ enum Command {
     /// Check every CRC, chain link, seal, signature and retention entry of a
     /// data directory; exit 1 on any problem.
     Verify(VerifyArgs),
-    /// Print one session's exchanges in order, caller by caller: callers
-    /// who sent the same session id are never mixed.
+    /// Print one session's exchanges in order, caller by caller (callers
+    /// who sent the same session id are never mixed), each as the
+    /// conversation it carried: messages, tool calls and results,
+    /// reasoning, streamed answers reassembled (--raw: bodies as sent).
     Replay(ReplayArgs),
     /// List sessions per caller: session, caller, first and last time,
     /// exchange count.
@@ -202,8 +204,12 @@ struct ReplayArgs {
     #[arg(long, value_parser = parse_caller)]
     caller: Option<Caller>,
     /// One JSON object per exchange instead of the readable timeline.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     json: bool,
+    /// The bodies as sent (the timeline without reading them as the
+    /// conversation).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -428,7 +434,18 @@ fn cmd_replay(args: ReplayArgs) -> Result<()> {
         );
     }
     let out = &mut std::io::stdout().lock();
-    view::write_replay(out, &args.session, records, &events, args.json)?;
+    let format = if args.json {
+        view::ReplayFormat::Json
+    } else if args.raw {
+        view::ReplayFormat::Raw
+    } else {
+        // Placeholders in reverse video on a terminal; plain text (they
+        // keep their brackets) in a pipe or with NO_COLOR.
+        use std::io::IsTerminal;
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        view::ReplayFormat::Conversation { color }
+    };
+    view::write_replay(out, &args.session, records, &events, format)?;
     Ok(())
 }
 
