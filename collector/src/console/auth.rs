@@ -912,3 +912,348 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use tracegate_policy::approval::Approver;
+
+    fn settings(public_url: &str) -> OidcSettings {
+        OidcSettings {
+            issuer: "http://127.0.0.1:9/issuer".into(),
+            client_id: "console".into(),
+            client_secret: None,
+            public_url: public_url.into(),
+            scopes: OidcSettings::default_scopes(),
+        }
+    }
+
+    fn auth(public_url: &str) -> ConsoleAuth {
+        ConsoleAuth::new(settings(public_url), None).unwrap()
+    }
+
+    fn caller(sub: &str) -> Caller {
+        Caller {
+            approver: Approver {
+                issuer: "http://127.0.0.1:9/issuer".into(),
+                subject: sub.into(),
+                display: format!("{sub}@example.com"),
+            },
+            claims: vec![("groups".into(), "[\"approvers\"]".into())],
+        }
+    }
+
+    /// A page behind the extractor, as helper pages are.
+    fn app(auth: &ConsoleAuth) -> Router {
+        Router::new()
+            .route("/sessions", get(|u: User| async move { u.display }))
+            .route("/inbox/{id}", post(|u: User| async move { u.display }))
+            .with_state(auth.clone())
+            .merge(auth.router())
+    }
+
+    async fn send(app: &Router, req: Request<Body>) -> Response {
+        app.clone().oneshot(req).await.unwrap()
+    }
+
+    fn location(r: &Response) -> &str {
+        r.headers().get(header::LOCATION).unwrap().to_str().unwrap()
+    }
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_appendix_b() {
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        let v = random_token().unwrap();
+        // 32 bytes: 43 characters, within RFC 7636's 43..=128 unreserved.
+        assert_eq!(v.len(), 43);
+        assert_ne!(v, random_token().unwrap());
+    }
+
+    #[test]
+    fn next_is_only_a_relative_path_on_this_site() {
+        assert_eq!(
+            safe_next("/sessions?caller=a%40b").as_deref(),
+            Some("/sessions?caller=a%40b")
+        );
+        assert_eq!(safe_next("/").as_deref(), Some("/"));
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "evil.example",
+            "",
+            "/x\r\nSet-Cookie: a=b",
+            "/ x",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_httponly_lax_and_secure_only_over_tls() {
+        let plain = auth("http://127.0.0.1:8080");
+        let c = plain.session_cookie("abc", 60);
+        assert_eq!(
+            c,
+            "tracegate_console=abc; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"
+        );
+        let tls = auth("https://console.example.com/");
+        let c = tls.session_cookie("abc", 60);
+        assert!(c.ends_with("; HttpOnly; SameSite=Lax; Secure"), "{c}");
+        assert_eq!(
+            tls.inner.redirect_uri,
+            "https://console.example.com/auth/callback"
+        );
+    }
+
+    #[test]
+    fn csrf_compares_whole_tokens() {
+        let a = auth("http://127.0.0.1:8080");
+        let (_, user) = a.sign_in_for_tests(caller("alice"));
+        assert!(csrf_ok(&user, &user.csrf));
+        assert!(!csrf_ok(&user, ""));
+        assert!(!csrf_ok(&user, &user.csrf[..10]));
+        assert!(!csrf_ok(&user, &format!("{}x", user.csrf)));
+        let mut other = user.clone();
+        other.csrf = String::new();
+        assert!(!csrf_ok(&other, ""));
+    }
+
+    #[test]
+    fn state_must_match_the_browsers_prelogin_cookie_and_is_used_once() {
+        let a = auth("http://127.0.0.1:8080");
+        let p = || Pending {
+            verifier: "v".into(),
+            nonce: "n".into(),
+            next: "/inbox".into(),
+            expires: std::time::Instant::now() + LOGIN_TTL,
+        };
+        a.add_pending("good".into(), p()).unwrap();
+        let mut h = HeaderMap::new();
+        // Another browser's (the attacker's) state, or none.
+        assert!(a.take_pending("good", &h).is_err());
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("tracegate_console_login=other"),
+        );
+        assert!(a.take_pending("good", &h).is_err());
+        assert!(a.take_pending("other", &h).is_err(), "unknown state");
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; tracegate_console_login=good"),
+        );
+        assert_eq!(a.take_pending("good", &h).ok().unwrap().next, "/inbox");
+        assert!(a.take_pending("good", &h).is_err(), "replayed");
+        // Expired.
+        let mut old = p();
+        old.expires = std::time::Instant::now();
+        a.add_pending("good".into(), old).unwrap();
+        assert!(a.take_pending("good", &h).is_err());
+    }
+
+    #[test]
+    fn id_token_claims_nonce_audience_issuer_expiry() {
+        let now = 1_000_000;
+        let ok = serde_json::json!({
+            "iss": "https://idp", "aud": "console", "nonce": "n1", "exp": now + 60, "sub": "a"
+        });
+        assert_eq!(
+            check_id_token_claims(&ok, "https://idp", "console", "n1", now),
+            Ok(now + 60)
+        );
+        let wrong_nonce = check_id_token_claims(&ok, "https://idp", "console", "n2", now);
+        assert!(wrong_nonce.unwrap_err().contains("nonce"));
+        let mut no_nonce = ok.clone();
+        no_nonce.as_object_mut().unwrap().remove("nonce");
+        assert!(check_id_token_claims(&no_nonce, "https://idp", "console", "n1", now).is_err());
+        assert!(check_id_token_claims(&ok, "https://other", "console", "n1", now).is_err());
+        assert!(check_id_token_claims(&ok, "https://idp", "api", "n1", now).is_err());
+        assert!(check_id_token_claims(&ok, "https://idp", "console", "n1", now + 60).is_err());
+        let mut multi = ok.clone();
+        multi["aud"] = serde_json::json!(["api", "console"]);
+        assert!(check_id_token_claims(&multi, "https://idp", "console", "n1", now).is_err());
+        multi["azp"] = serde_json::json!("console");
+        assert!(check_id_token_claims(&multi, "https://idp", "console", "n1", now).is_ok());
+        multi["azp"] = serde_json::json!("api");
+        assert!(check_id_token_claims(&multi, "https://idp", "console", "n1", now).is_err());
+    }
+
+    #[test]
+    fn settings_errors_name_the_field() {
+        let err = |s: OidcSettings| ConsoleAuth::new(s, None).err().unwrap().to_string();
+        let mut s = settings("http://127.0.0.1:1");
+        s.issuer = "http://idp.example.com".into();
+        assert!(err(s).contains("`console.issuer`"));
+        assert!(
+            err(settings("https://console.example.com/console")).contains("`console.public_url`")
+        );
+        assert!(err(settings("console.example.com")).contains("`console.public_url`"));
+        let mut s = settings("http://localhost:1");
+        s.scopes = vec!["email".into()];
+        assert!(err(s).contains("`console.scopes`"));
+        let mut s = settings("http://[::1]:1");
+        s.client_id = " ".into();
+        assert!(err(s).contains("`console.client_id`"));
+    }
+
+    #[tokio::test]
+    async fn signed_out_pages_redirect_to_sign_in_and_other_methods_get_401() {
+        let a = auth("http://127.0.0.1:8080");
+        let app = app(&a);
+        let r = send(
+            &app,
+            Request::get("/sessions?caller=x")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(location(&r), "/auth/login?next=%2Fsessions%3Fcaller%3Dx");
+        let r = send(&app, Request::post("/inbox/1").body(Body::empty()).unwrap()).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        // A forged or stale cookie is nobody.
+        let forged = Request::get("/sessions")
+            .header(
+                header::COOKIE,
+                format!("{SESSION_COOKIE}={}", random_token().unwrap()),
+            )
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&app, forged).await.status(), StatusCode::SEE_OTHER);
+        let (cookie, _) = a.sign_in_for_tests(caller("alice"));
+        let r = send(
+            &app,
+            Request::get("/sessions")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        // A callback without the pre-login cookie is refused.
+        let r = send(
+            &app,
+            Request::get("/auth/callback?code=c&state=s")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn logout_needs_the_csrf_token_and_ends_the_session() {
+        let a = auth("http://127.0.0.1:8080");
+        let app = app(&a);
+        let (cookie, user) = a.sign_in_for_tests(caller("alice"));
+        let post = |body: String| {
+            Request::post("/auth/logout")
+                .header(header::COOKIE, &cookie)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        assert_eq!(
+            send(&app, post("csrf=wrong".into())).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            send(&app, post(String::new())).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(a.session_count(), 1);
+        let r = send(&app, post(format!("csrf={}", user.csrf))).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let set = r
+            .headers()
+            .get(header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(
+            set.starts_with("tracegate_console=; Path=/; Max-Age=0; HttpOnly"),
+            "{set}"
+        );
+        assert_eq!(a.session_count(), 0);
+        let r = send(
+            &app,
+            Request::get("/sessions")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    }
+
+    /// The redirect to the issuer carries PKCE S256, state and nonce, and
+    /// binds the state to a cookie only the callback path receives.
+    #[tokio::test]
+    async fn login_redirects_to_the_discovered_issuer_with_pkce() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let doc = serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/auth"),
+            "token_endpoint": format!("{issuer}/token"),
+            "code_challenge_methods_supported": ["S256"],
+        });
+        let idp = Router::new().route(
+            "/.well-known/openid-configuration",
+            get(move || async move { axum::Json(doc) }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, idp).await });
+        let mut s = settings("http://127.0.0.1:8080");
+        s.issuer = issuer.clone();
+        let a = ConsoleAuth::new(s, None).unwrap();
+        let app = app(&a);
+        let r = send(
+            &app,
+            Request::get("/auth/login?next=//evil.example")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let loc = location(&r).to_string();
+        assert!(loc.starts_with(&format!("{issuer}/auth?response_type=code&client_id=console&redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Fauth%2Fcallback&scope=openid%20profile%20email&state=")), "{loc}");
+        assert!(loc.contains("&code_challenge_method=S256"));
+        let param = |name: &str| {
+            loc.split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .to_string()
+        };
+        let state = param("state");
+        assert_eq!(param("nonce").len(), 43);
+        let set = r
+            .headers()
+            .get(header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            set,
+            format!(
+                "{LOGIN_COOKIE}={state}; Path=/auth/callback; Max-Age=600; HttpOnly; SameSite=Lax"
+            )
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{LOGIN_COOKIE}={state}")).unwrap(),
+        );
+        let p = a.take_pending(&state, &h).ok().unwrap();
+        assert_eq!(param("code_challenge"), pkce_challenge(&p.verifier));
+        assert_eq!(p.next, "/", "the absolute next was dropped");
+        server.abort();
+    }
+}
