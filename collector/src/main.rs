@@ -138,6 +138,11 @@ struct ServeArgs {
     /// --config.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Serve the web console here (e.g. 127.0.0.1:8443; port 0 picks a
+    /// free one): sessions, the approval inbox, store integrity. Needs
+    /// --approvals and a `console` section (OIDC sign-in) in --config.
+    #[arg(long, requires = "approvals")]
+    console: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -344,6 +349,7 @@ fn cmd_serve(args: ServeArgs) -> Result<()> {
     };
     let layout = Layout::new(&args.data);
     let key = seal_key(&layout, args.key.as_deref())?;
+    let seal_public = key.verifying_key();
     let opts = Options {
         segment_bytes: args.segment_size,
         segment_age: args.segment_age,
@@ -359,6 +365,8 @@ fn cmd_serve(args: ServeArgs) -> Result<()> {
         approvals: args.approvals,
         webhook: args.approval_webhook,
         metrics: args.metrics,
+        console: args.console,
+        seal_public: Some(seal_public),
     };
     server::serve(ledger, listen, &config, &args.data)
 }
