@@ -403,7 +403,7 @@ fn exchange_html(s: &mut String, n: usize, r: &Record, x: &Exchange) {
     if x.earlier_messages > 0 {
         let _ = write!(
             s,
-            "<p class=\"earlier\">{} earlier message{} as in the exchange before</p>",
+            "<p class=\"earlier\">The first {} message{} repeat the previous exchange's request; not shown again.</p>",
             x.earlier_messages,
             if x.earlier_messages == 1 { "" } else { "s" }
         );
@@ -413,7 +413,11 @@ fn exchange_html(s: &mut String, n: usize, r: &Record, x: &Exchange) {
     s.push_str("<details class=\"raw\"><summary>Record as JSON</summary><pre>");
     let mut json = Vec::new();
     if view::write_json_lines(&mut json, std::slice::from_ref(r)).is_ok() {
-        let _ = write!(s, "{}", esc(String::from_utf8_lossy(&json).trim_end()));
+        let _ = write!(
+            s,
+            "{}",
+            html::esc_text(String::from_utf8_lossy(&json).trim_end())
+        );
     }
     s.push_str("</pre></details></article>");
 }

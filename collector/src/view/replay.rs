@@ -69,7 +69,7 @@ pub(super) fn write_conversation(
     if x.earlier_messages > 0 {
         writeln!(
             out,
-            "   ({} earlier messages, as in the exchange before)",
+            "   (the first {} messages repeat the previous exchange's request; not shown again)",
             x.earlier_messages
         )?;
     }
