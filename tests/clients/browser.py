@@ -30,6 +30,23 @@ from selenium.webdriver.common.keys import Keys
 CHROMIUM = sys.argv[1] if len(sys.argv) > 1 else "/usr/bin/chromium"
 CHROMEDRIVER = sys.argv[2] if len(sys.argv) > 2 else "/usr/bin/chromedriver"
 LOG = sys.argv[3] if len(sys.argv) > 3 else None
+# A server certificate (PEM) to accept although no system root signs it (the
+# collector's private CA): pinned by its public key, not "any certificate".
+TRUST = sys.argv[4] if len(sys.argv) > 4 else None
+
+
+def spki_sha256(pem_path):
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(open(pem_path, "rb").read())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
 
 options = webdriver.ChromeOptions()
 options.binary_location = CHROMIUM
@@ -38,6 +55,9 @@ for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-sh
             "--disable-background-networking", "--disable-sync", "--disable-component-update",
             "--disable-default-apps", "--lang=en-US"):
     options.add_argument(arg)
+if TRUST:
+    # Takes effect with a --user-data-dir, which chromedriver always gives.
+    options.add_argument(f"--ignore-certificate-errors-spki-list={spki_sha256(TRUST)}")
 service = Service(executable_path=CHROMEDRIVER, log_output=LOG)
 driver = webdriver.Chrome(service=service, options=options)
 driver.set_page_load_timeout(30)
