@@ -10,7 +10,7 @@
 // "groups": [...]}}}. The issuer is http://127.0.0.1:N; once it listens, the
 // line "issuer http://127.0.0.1:N" is printed. Bound to loopback only.
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -34,6 +34,8 @@ const provider = new Provider(issuer, {
     token_endpoint_auth_method: 'client_secret_basic',
   }],
   jwks: { keys: [signingKey] },
+  // Signs the provider's own cookies (a tampered one is ignored).
+  cookies: { keys: [randomBytes(32).toString('hex')] },
   pkce: { methods: ['S256'], required: () => true },
   claims: {
     openid: ['sub'],

@@ -417,11 +417,25 @@ fn console_sign_in_sessions_masked_inbox_approval_and_integrity() {
         "held, not forwarded"
     );
 
+    // A callback this browser did not start (login CSRF) is refused.
+    let p = b
+        .get(&format!("{c}/auth/callback?code=stolen&state=forged"))
+        .unwrap();
+    assert!(p.source.contains("Sign-in refused"), "{}", p.source);
+
     // Approve from the inbox with a reason; the held request completes.
     let p = b.get(&format!("{c}/inbox")).unwrap();
     assert_no_secret(&p, "inbox");
-    shot(&mut b, "05-inbox");
     let row = format!("tr[data-approval=\"{id}\"]");
+    let presses = b
+        .tab_presses_to(&format!("{row} button[value=\"approve\"]"))
+        .unwrap();
+    eprintln!("keyboard: the approve button after {presses:?} Tab presses");
+    assert!(
+        presses.is_some(),
+        "the approve button is keyboard reachable"
+    );
+    shot(&mut b, "05-inbox");
     b.fill(
         &format!("{row} textarea[name=\"reason\"]"),
         "change ticket 42",

@@ -327,6 +327,8 @@ struct LoginQuery {
 struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
+    /// RFC 9207: the issuer that answered (a mix-up defence when present).
+    iss: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
 }
@@ -787,6 +789,12 @@ async fn callback(
         Ok(p) => p,
         Err(e) => return refused(e),
     };
+    if q.iss
+        .as_deref()
+        .is_some_and(|i| i != auth.inner.settings.issuer)
+    {
+        return refused("The answer names another issuer than the one this sign-in went to.");
+    }
     if let Some(error) = q.error {
         let more = q.error_description.unwrap_or_default();
         return refused(&format!("The identity provider refused: {error} {more}"));
