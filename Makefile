@@ -70,7 +70,7 @@ WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/
 WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 
 .PHONY: build filter collector test check unit-test wasm-test e2e-test demo clean \
-        offline-toolchain node python-env bench bench-tools wrk prometheus
+        offline-toolchain node python-env bench bench-tools wrk prometheus chromium oidc-provider
 
 build: filter collector
 
@@ -129,7 +129,7 @@ wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
 # The collector under test is the debug build: `unit-test` has already built it
 # for its own tests (a release build would cost CI five more minutes of compiling
 # for no faster test). `make demo` and `make bench` use the release build.
-e2e-test: filter python-env wrk prometheus
+e2e-test: filter python-env wrk prometheus chromium oidc-provider
 	cargo build -p tracegate-collector --bin tracegate
 	PYTHON=$(PYTHON) TRACEGATE_BIN=$(ROOT)/target/debug/tracegate cargo test -p tracegate-e2e
 
@@ -158,6 +158,20 @@ wrk:
 prometheus:
 	@command -v prometheus >/dev/null || { $(APT_GET) update -q && \
 	  $(APT_GET) install -y -q --no-install-recommends prometheus; }
+
+# The console's test drives Debian's headless Chromium through its chromedriver
+# (Selenium from .venv, given the driver's path: nothing is downloaded).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(APT_GET) update -q && \
+	  $(APT_GET) install -y -q --no-install-recommends chromium chromium-driver fonts-liberation; }
+
+# A real OpenID provider for the console's sign-in test: npm oidc-provider,
+# pinned by tests/oidc/package-lock.json, installed into tests/oidc/node_modules.
+oidc-provider: tests/oidc/node_modules/.installed
+tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-lock.json | node
+	@command -v npm >/dev/null || { $(APT_GET) update -q && $(APT_GET) install -y -q npm; }
+	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench: $(FILTER_DEPS) node filter bench-tools
 	mkdir -p target/bench

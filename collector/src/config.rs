@@ -14,7 +14,9 @@
 //!     "policies": [{"rule": "production-change",
 //!                   "allow": [{"claim": "groups", "equals": "sre-leads"}],
 //!                   "approvals_required": 2}]
-//!   }
+//!   },
+//!   "console": {"issuer": "https://login.example.com", "client_id": "tracegate-console",
+//!               "public_url": "https://tracegate.example.com:8443"}
 //! }
 //! ```
 //! Paths are relative to the file's directory. Unknown fields and values out
@@ -43,6 +45,73 @@ pub struct ServeConfig {
     /// webhooks they go to (README "Alerts").
     #[serde(default)]
     pub alerts: Option<crate::alerts::AlertsConfig>,
+    /// The web console's sign-in (`serve --console`): the organisation's
+    /// OIDC issuer and the console's client there.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `{"issuer": "https://login.example.com", "client_id": "tracegate-console",
+/// "client_secret": "...", "public_url": "https://tracegate.example.com:8443",
+/// "scopes": ["openid", "profile", "email"]}`. The id_tokens are verified
+/// with the `approvers` providers: `client_id` must be among a provider's
+/// `audiences`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub issuer: String,
+    pub client_id: String,
+    /// For a confidential client; without it the console signs in as a
+    /// public client (PKCE only).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// The console's origin as browsers reach it (the redirect URI is
+    /// {public_url}/auth/callback; cookies are Secure when it is https).
+    pub public_url: String,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+impl ConsoleConfig {
+    pub fn settings(&self) -> crate::console::auth::OidcSettings {
+        crate::console::auth::OidcSettings {
+            issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            public_url: self.public_url.trim_end_matches('/').to_string(),
+            scopes: self
+                .scopes
+                .clone()
+                .unwrap_or_else(crate::console::auth::OidcSettings::default_scopes),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let field_err = |field: &str, msg: &str| Err(format!("field `console.{field}`: {msg}"));
+        for (field, value) in [
+            ("issuer", &self.issuer),
+            ("client_id", &self.client_id),
+            ("public_url", &self.public_url),
+        ] {
+            if value.trim().is_empty() {
+                return field_err(field, "must not be empty");
+            }
+        }
+        for (field, value) in [("issuer", &self.issuer), ("public_url", &self.public_url)] {
+            if !(value.starts_with("https://") || value.starts_with("http://")) {
+                return field_err(field, "must be an http(s) URL");
+            }
+        }
+        if self.client_secret.as_deref().is_some_and(str::is_empty) {
+            return field_err("client_secret", "must not be empty (leave it out)");
+        }
+        if let Some(scopes) = &self.scopes {
+            if !scopes.iter().any(|s| s == "openid") {
+                return field_err("scopes", "must hold \"openid\"");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +238,9 @@ impl ServeConfig {
         }
         if let Some(alerts) = &self.alerts {
             alerts.rules()?;
+        }
+        if let Some(console) = &self.console {
+            console.check()?;
         }
         let Some(a) = &self.approvers else {
             return Ok(());
@@ -319,6 +391,24 @@ mod tests {
         )
         .unwrap_err()
         .contains("alerts.rules[0].webhooks[0]"));
+        let console = |extra: serde_json::Value| {
+            let mut c = json!({"issuer": "https://idp", "client_id": "tracegate-console",
+                               "public_url": "https://console.example"});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            check(json!({ "console": c }))
+        };
+        console(json!({})).unwrap();
+        assert!(console(json!({"issuer": ""}))
+            .unwrap_err()
+            .contains("console.issuer"));
+        assert!(console(json!({"scopes": ["email"]}))
+            .unwrap_err()
+            .contains("console.scopes"));
+        assert!(console(json!({"client": "x"}))
+            .unwrap_err()
+            .contains("unknown field"));
         assert!(check(json!({"approver": {}}))
             .unwrap_err()
             .contains("unknown field"));

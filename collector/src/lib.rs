@@ -3,7 +3,7 @@
 //! approval service (`approvals`), `serve` tying them together (`server`)
 //! with its configuration file (`config`), TLS (`tls`, `certs`) and
 //! Prometheus metrics (`metrics`), real-time alerts to webhooks
-//! (`alerts`), `tracegate policy` (`policy_cli`), and the
+//! (`alerts`), the web console (`console`), `tracegate policy` (`policy_cli`), and the
 //! readable views the CLI prints (`view`, every text made terminal-safe by
 //! `term`; sessions kept per `ledger::caller`). The `tracegate` binary
 //! (main.rs) is the command line over these.
@@ -14,6 +14,7 @@ pub mod approvals_cli;
 pub mod certs;
 pub mod commit;
 pub mod config;
+pub mod console;
 pub mod grpc;
 pub mod ledger;
 pub mod metrics;

@@ -46,8 +46,10 @@ enum Command {
     /// Check every CRC, chain link, seal, signature and retention entry of a
     /// data directory; exit 1 on any problem.
     Verify(VerifyArgs),
-    /// Print one session's exchanges in order, caller by caller: callers
-    /// who sent the same session id are never mixed.
+    /// Print one session's exchanges in order, caller by caller (callers
+    /// who sent the same session id are never mixed), each as the
+    /// conversation it carried: messages, tool calls and results,
+    /// reasoning, streamed answers reassembled (--raw: bodies as sent).
     Replay(ReplayArgs),
     /// List sessions per caller: session, caller, first and last time,
     /// exchange count.
@@ -136,6 +138,11 @@ struct ServeArgs {
     /// --config.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Serve the web console here (e.g. 127.0.0.1:8443; port 0 picks a
+    /// free one): sessions, the approval inbox, store integrity. Needs
+    /// --approvals and a `console` section (OIDC sign-in) in --config.
+    #[arg(long, requires = "approvals")]
+    console: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -202,8 +209,12 @@ struct ReplayArgs {
     #[arg(long, value_parser = parse_caller)]
     caller: Option<Caller>,
     /// One JSON object per exchange instead of the readable timeline.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     json: bool,
+    /// The bodies as sent (the timeline without reading them as the
+    /// conversation).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -338,6 +349,7 @@ fn cmd_serve(args: ServeArgs) -> Result<()> {
     };
     let layout = Layout::new(&args.data);
     let key = seal_key(&layout, args.key.as_deref())?;
+    let seal_public = key.verifying_key();
     let opts = Options {
         segment_bytes: args.segment_size,
         segment_age: args.segment_age,
@@ -353,6 +365,8 @@ fn cmd_serve(args: ServeArgs) -> Result<()> {
         approvals: args.approvals,
         webhook: args.approval_webhook,
         metrics: args.metrics,
+        console: args.console,
+        seal_public: Some(seal_public),
     };
     server::serve(ledger, listen, &config, &args.data)
 }
@@ -428,7 +442,18 @@ fn cmd_replay(args: ReplayArgs) -> Result<()> {
         );
     }
     let out = &mut std::io::stdout().lock();
-    view::write_replay(out, &args.session, records, &events, args.json)?;
+    let format = if args.json {
+        view::ReplayFormat::Json
+    } else if args.raw {
+        view::ReplayFormat::Raw
+    } else {
+        // Placeholders in reverse video on a terminal; plain text (they
+        // keep their brackets) in a pipe or with NO_COLOR.
+        use std::io::IsTerminal;
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        view::ReplayFormat::Conversation { color }
+    };
+    view::write_replay(out, &args.session, records, &events, format)?;
     Ok(())
 }
 

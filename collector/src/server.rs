@@ -7,6 +7,9 @@
 //! - The approvers' side (`--approvals ADDR`): list, show, approve, deny,
 //!   each request with an approver's JWT (TLS too when configured, without
 //!   client certificates).
+//! - The web console (`--console ADDR`, with `--approvals`): sessions,
+//!   the approval inbox and store integrity for signed-in approvers (TLS
+//!   like the approvers' side).
 //! - Prometheus metrics (`--metrics ADDR`): `GET /metrics`, read-only, no
 //!   record content (counts, and caller and model names as labels).
 
@@ -26,6 +29,7 @@ use crate::approvals::access::Access;
 use crate::approvals::auth::{self, ApproverAuth};
 use crate::approvals::service::{self, Service};
 use crate::config::{ApproversConfig, ServeConfig};
+use crate::console::{Console, Settings as ConsoleSettings};
 use crate::ledger::writer::{Alerting, Ledger};
 use crate::metrics::Metrics;
 use crate::tls::{self, ClientAuth};
@@ -39,6 +43,10 @@ pub struct Listen {
     pub webhook: Option<String>,
     /// Where Prometheus scrapes `/metrics`; `None`: not served.
     pub metrics: Option<SocketAddr>,
+    /// The web console's address; `None`: not served.
+    pub console: Option<SocketAddr>,
+    /// The seal key's public half (the console's verification).
+    pub seal_public: Option<ed25519_dalek::VerifyingKey>,
 }
 
 pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Path) -> Result<()> {
@@ -48,11 +56,33 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
              approvers authenticate with tokens from your OIDC issuer"
         );
     }
+    if listen.console.is_some() {
+        if config.console.is_none() {
+            bail!(
+                "--console needs a `console` section in --config (issuer, client_id, public_url): \
+                 the console signs users in with your OIDC issuer"
+            );
+        }
+        if listen.approvals.is_none() || config.approvers.is_none() {
+            bail!(
+                "--console needs --approvals and an `approvers` section in --config: the console's \
+                 id_tokens are verified by the approvers' providers (the console's client_id must be \
+                 among a provider's `audiences`), and its inbox decides through the approval service"
+            );
+        }
+    }
     // TLS files are read before anything listens: a mistake stops here.
     let machine_tls = tls_config(config, ClientAuth::Required)?;
     let human_tls = tls_config(config, ClientAuth::None)?;
     let approvers = match (&config.approvers, listen.approvals) {
         (Some(a), Some(_)) => Some(approvers(a)?),
+        _ => None,
+    };
+    let console_auth = match (&config.console, listen.console, &approvers) {
+        (Some(c), Some(_), Some((_, auth))) => Some(
+            crate::console::auth::ConsoleAuth::new(c.settings(), Some(auth.clone()))
+                .context("the `console` section")?,
+        ),
         _ => None,
     };
     let metrics = Arc::new(Metrics::new(&config.metrics));
@@ -97,9 +127,22 @@ pub fn serve(mut ledger: Ledger, listen: Listen, config: &ServeConfig, data: &Pa
                     auth.clone(),
                     metrics.clone(),
                 );
-                let url = start_approvals(addr, svc.clone(), auth, human_tls).await?;
+                let url = start_approvals(addr, svc.clone(), auth, human_tls.clone()).await?;
+                let mut line = format!(" approvals={url}");
+                if let (Some(addr), Some(auth), Some(key)) =
+                    (listen.console, console_auth, listen.seal_public)
+                {
+                    let console = Console::new(ConsoleSettings {
+                        data: data.to_path_buf(),
+                        approvals: svc.clone(),
+                        auth,
+                        seal_public: key,
+                    });
+                    let url = crate::console::serve(addr, console, human_tls).await?;
+                    line.push_str(&format!(" console={url}"));
+                }
                 let routes = tonic::service::Routes::from(service::machine_router(svc));
-                (routes, format!(" approvals={url}"))
+                (routes, line)
             }
             _ => (tonic::service::Routes::default(), String::new()),
         };

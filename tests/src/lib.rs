@@ -10,8 +10,10 @@
 //! Binaries are found at their build locations; override with
 //! `ENVOY`, `TRACEGATE_BIN`, `TRACEGATE_WASM`, `TEST_UPSTREAM_BIN`, `PROMETHEUS`.
 
+pub mod browser;
 pub mod envoy_config;
 pub mod jwt;
+pub mod oidc;
 pub mod prometheus;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -268,6 +270,9 @@ pub struct CollectorOptions {
     pub approvers: Option<Value>,
     /// The `alerts` section of `serve --config` (rules and webhooks).
     pub alerts: Option<Value>,
+    /// The `console` section of `serve --config` (OIDC sign-in); with it the
+    /// console is served (`--console`) on the port of its `public_url`.
+    pub console: Option<Value>,
 }
 
 /// The real collector: `tracegate serve` on a free port.
@@ -322,6 +327,9 @@ impl Collector {
         if let Some(a) = &options.alerts {
             config["alerts"] = a.clone();
         }
+        if let Some(c) = &options.console {
+            config["console"] = c.clone();
+        }
         std::fs::write(dir.join("serve.json"), serde_json::to_vec_pretty(&config)?)?;
         Self::start_on(dir, 0)
     }
@@ -348,6 +356,11 @@ impl Collector {
         }
         if config.get("approvers").is_some() {
             command.args(["--approvals", "127.0.0.1:0"]);
+        }
+        if let Some(url) = config["console"]["public_url"].as_str() {
+            // The browser's URL names the port, so it is chosen beforehand.
+            let port = url.rsplit(':').next().unwrap_or_default();
+            command.args(["--console", &format!("127.0.0.1:{port}")]);
         }
         let mut process = Process::spawn("collector", &mut command, dir)?;
         let line = process.wait_for_line("listening grpc=", START_TIMEOUT);
@@ -735,6 +748,8 @@ pub struct StackOptions {
     pub ecds: bool,
     /// The collector's `alerts` configuration.
     pub alerts: Option<Value>,
+    /// The collector's `console` configuration (see `CollectorOptions`).
+    pub console: Option<Value>,
 }
 
 /// Collector, upstream and Envoy with the tracegate filter, wired together.
@@ -901,6 +916,7 @@ impl Stack {
             tls_dir: options.tls_dir.clone(),
             approvers: options.approvers.as_ref().map(|f| f(upstream.port)),
             alerts: options.alerts.clone(),
+            console: options.console.clone(),
         };
         let collector = Collector::start_configured(dir, &collector_options)?;
         let mut ports = envoy_config::Ports {

@@ -38,7 +38,7 @@ use tracegate_proto::v1::ApprovalEvent;
 
 use super::access::Access;
 use super::auth::{ApproverAuth, Caller};
-use super::book::{ApiError, Book, Refused};
+use super::book::{ApiError, Approval, Book, Refused};
 use crate::commit::Committer;
 use crate::ledger::writer::now_nanos;
 use crate::metrics::Metrics;
@@ -119,6 +119,66 @@ impl Service {
             return Ok(());
         }
         self.commit(book, due).await
+    }
+}
+
+/// The approvers' view and decisions for other front ends in the same
+/// process (the web console): the same book, checks and store as the
+/// approvers' API.
+impl Service {
+    /// Whether a verified caller is an approver of anything (may list).
+    pub fn is_approver(&self, caller: &Caller) -> bool {
+        self.access.is_approver(&caller.claims)
+    }
+
+    /// Who is an approver, for a refusal.
+    pub fn approvers_are(&self) -> String {
+        self.access.who()
+    }
+
+    /// Pending approvals, newest first (what is due expired first).
+    pub async fn pending(&self) -> Result<Vec<Approval>, ApiError> {
+        let mut book = self.book.lock().await;
+        self.expire_due(&mut book).await?;
+        Ok(book
+            .list()
+            .into_iter()
+            .filter(|a| a.state == State::Pending)
+            .cloned()
+            .collect())
+    }
+
+    /// A verified approver's decision, exactly as `POST
+    /// /v1/approvals/ID/approve|deny` makes it: the approver rules
+    /// (`Access::may_decide`), no self-approval, the quorum, durable before
+    /// it is answered.
+    pub async fn decide_as(
+        &self,
+        caller: &Caller,
+        id: &str,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Approval, ApiError> {
+        let mut book = self.book.lock().await;
+        self.expire_due(&mut book).await?;
+        let Some(a) = book.get(id) else {
+            return Err(ApiError {
+                status: 404,
+                message: format!("no approval {id}"),
+            });
+        };
+        if let Err(why) = self.access.may_decide(&a.request, &caller.claims) {
+            return Err(ApiError {
+                status: 403,
+                message: format!("{} may not decide {id}: {why}", caller.approver.display),
+            });
+        }
+        let ev = book.decide(id, approve, &caller.approver, reason, now_nanos())?;
+        self.commit(&mut book, vec![ev]).await?;
+        book.get(id).cloned().ok_or_else(|| ApiError {
+            status: 404,
+            message: format!("no approval {id}"),
+        })
     }
 }
 
@@ -347,23 +407,8 @@ async fn decide(
             bad_json(e)
         }
     })?;
-    let mut book = s.book.lock().await;
-    s.expire_due(&mut book).await?;
-    let Some(a) = book.get(&id) else {
-        return Err(ApiError {
-            status: 404,
-            message: format!("no approval {id}"),
-        });
-    };
-    if let Err(why) = s.access.may_decide(&a.request, &caller.claims) {
-        return Err(ApiError {
-            status: 403,
-            message: format!("{} may not decide {id}: {why}", caller.approver.display),
-        });
-    }
-    let ev = book.decide(&id, approve, &caller.approver, &d.reason, now_nanos())?;
-    s.commit(&mut book, vec![ev]).await?;
-    Ok(Json(book.get(&id)).into_response())
+    let decided = s.decide_as(&caller, &id, approve, &d.reason).await?;
+    Ok(Json(decided).into_response())
 }
 
 async fn approve(

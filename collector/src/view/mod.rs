@@ -1,5 +1,6 @@
 //! What the CLI prints: a session replayed (`replay`: a readable timeline
-//! per caller, `timeline`, or JSON lines, `json`), the session list
+//! per caller, `timeline`, its bodies read as messages by `conversation`
+//! or as sent, or JSON lines, `json`), the session list
 //! (`sessions`), new records as they come (`tail`), a caller as text
 //! (`caller`), and the reports of `verify`,
 //! `certs` and `keygen` (`report`). Every text that comes from a record is
@@ -10,6 +11,7 @@ use tracegate_proto::v1::record::{AnsweredBy, UpstreamSaw};
 use tracegate_proto::v1::Record;
 
 pub mod caller;
+pub mod conversation;
 mod json;
 mod replay;
 pub mod report;
@@ -19,7 +21,7 @@ mod timeline;
 mod usage;
 
 pub use json::write_json_lines;
-pub use replay::{approvals_named, fold_written_ahead, write_replay};
+pub use replay::{approvals_named, fold_written_ahead, write_replay, ReplayFormat};
 pub use sessions::write_sessions;
 pub use tail::{write_tail_line, TailFilter};
 pub use usage::{UsageBy, UsageReport, UsageTotals};

@@ -130,6 +130,49 @@ fn the_timeline_prints_nothing_a_terminal_would_act_on() {
 }
 
 #[test]
+fn the_conversation_prints_nothing_a_terminal_would_act_on() {
+    let mut chat = hostile();
+    chat.path = "/v1/chat/completions".into();
+    chat.request_body = Some(Body {
+        data: serde_json::json!({"messages": [
+            {"role": "user", "content": format!("{EVIL} mail [EMAIL_1]\nsecond line")}]})
+        .to_string()
+        .into_bytes(),
+        size: 10,
+        truncated: false,
+        content_type: "application/json".into(),
+    });
+    chat.response_body = Some(Body {
+        data: format!(
+            "data: {}\r\n\r\ndata: {}\r\n\r\ndata: [DONE]\r\n\r\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": format!("lo {EVIL}")}}]})
+        )
+        .into_bytes(),
+        size: 10,
+        truncated: false,
+        content_type: "text/event-stream".into(),
+    });
+    for color in [false, true] {
+        let mut out = Vec::new();
+        let format = ReplayFormat::Conversation { color };
+        write_replay(&mut out, EVIL, vec![chat.clone(), hostile()], &[], format).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // Only the highlight's own escape reaches the terminal.
+        let shown = text.replace("\x1b[7m", "").replace("\x1b[27m", "");
+        assert_inert(shown.as_bytes());
+        assert!(text.contains("[user] x\\x1b[2K"), "{text}");
+        assert!(text.contains("       second line"), "{text}");
+        assert!(text.contains("answer (streamed, reassembled):"), "{text}");
+        assert!(text.contains("[assistant] Hello x\\x1b"), "{text}");
+        // The hostile record's bodies are no API's: shown as sent, inert.
+        assert!(text.contains("not read as messages"), "{text}");
+        assert_eq!(text.contains("\x1b[7m[EMAIL_1]\x1b[27m"), color, "{text}");
+        assert!(text.contains("[EMAIL_1]"));
+    }
+}
+
+#[test]
 fn json_lines_stay_json_and_inert() {
     let mut out = Vec::new();
     write_json_lines(&mut out, &[hostile()]).unwrap();

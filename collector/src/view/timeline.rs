@@ -7,6 +7,8 @@ use tracegate_proto::v1::{
     Approval, ApprovalEvent, Body, Identity, Inspection, PolicyRef, Record, Usage,
 };
 
+use super::conversation::Exchange;
+use super::replay::write_conversation;
 use super::{answered_by, answered_by_name, caller, millis, time, upstream_saw};
 use crate::ledger::caller::Caller;
 use crate::term::Safe;
@@ -14,14 +16,41 @@ use crate::term::Safe;
 /// Bodies longer than this are cut in the readable timeline (never in --json).
 const TIMELINE_BODY_CHARS: usize = 4000;
 
-/// The readable timeline of one caller's session; `events` are the stored
-/// events of the approvals its records name.
+/// How the timeline shows bodies.
+pub enum Bodies<'a> {
+    /// As sent: the body text, line by line (`replay --raw`).
+    Raw,
+    /// Read as the conversation: `exchanges[i]` is `records[i]` read
+    /// (`conversation::conversation`); placeholders highlighted with
+    /// `color`.
+    Conversation {
+        exchanges: &'a [Exchange],
+        color: bool,
+    },
+}
+
+/// The readable timeline of one caller's session with the bodies as sent;
+/// `events` are the stored events of the approvals its records name.
+#[cfg(test)]
 pub fn write_timeline(
     out: &mut impl Write,
     session: &str,
     caller: &Caller,
     records: &[Record],
     events: &[ApprovalEvent],
+) -> io::Result<()> {
+    write_timeline_with(out, session, caller, records, events, &Bodies::Raw)
+}
+
+/// The readable timeline of one caller's session, bodies shown as
+/// `bodies` says.
+pub fn write_timeline_with(
+    out: &mut impl Write,
+    session: &str,
+    caller: &Caller,
+    records: &[Record],
+    events: &[ApprovalEvent],
+    bodies: &Bodies,
 ) -> io::Result<()> {
     writeln!(
         out,
@@ -33,12 +62,23 @@ pub fn write_timeline(
     for (i, r) in records.iter().enumerate() {
         writeln!(out)?;
         write_exchange(out, i + 1, r, events)?;
+        match bodies {
+            Bodies::Raw => {
+                write_body(out, "request", r.request_body.as_ref())?;
+                write_body(out, "response", r.response_body.as_ref())?;
+            }
+            Bodies::Conversation { exchanges, color } => {
+                if let Some(x) = exchanges.get(i) {
+                    write_conversation(out, x, *color)?;
+                }
+            }
+        }
     }
     Ok(())
 }
 
 /// Exchange `number` of the timeline: what was asked and answered, how it
-/// was recorded, who asked, what was found and decided, and the bodies.
+/// was recorded, who asked, what was found and decided (the bodies follow).
 fn write_exchange(
     out: &mut impl Write,
     number: usize,
@@ -63,9 +103,7 @@ fn write_exchange(
     if let Some(a) = &r.approval {
         write_approval(out, a, events)?;
     }
-    write_headers(out, r)?;
-    write_body(out, "request", r.request_body.as_ref())?;
-    write_body(out, "response", r.response_body.as_ref())
+    write_headers(out, r)
 }
 
 /// `#1 TIME  POST /path  -> 200  12.0 ms`, then the exchange's ids.

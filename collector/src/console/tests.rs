@@ -1,0 +1,350 @@
+//! The console over a real store and approval service, through HTTP:
+//! sign-in required, record text escaped, masked values marked, search,
+//! the inbox deciding through the approval service's rules, integrity.
+
+use super::*;
+use crate::approvals::access::Access;
+use crate::approvals::auth::{ApproverAuth, Caller};
+use crate::config::ApproversConfig;
+use crate::ledger::layout::Layout;
+use crate::ledger::writer::{Ledger, Options};
+use crate::metrics::Metrics;
+use serde_json::json;
+use tracegate_policy::approval::Approver;
+use tracegate_proto::v1::{Body, Inspection, Record, Usage};
+
+fn body(data: String, content_type: &str) -> Option<Body> {
+    Some(Body {
+        size: data.len() as u64,
+        data: data.into_bytes(),
+        truncated: false,
+        content_type: content_type.into(),
+    })
+}
+
+fn records() -> Vec<Record> {
+    let chat = json!({"model": "gpt-4o", "messages": [
+        {"role": "system", "content": "<script>alert(1)</script>"},
+        {"role": "user", "content": "mail [EMAIL_1] now"}]});
+    let sse = [
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "Sent to "}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "[EMAIL_1]."}}]}),
+    ]
+    .iter()
+    .map(|e| format!("data: {e}\n\n"))
+    .collect::<String>()
+        + "data: [DONE]\n\n";
+    let now = now_nanos();
+    let masked = Record {
+        record_id: "rec-1".into(),
+        session_id: "s1".into(),
+        request_id: "q1".into(),
+        request_start_unix_nanos: now - 5_000_000_000,
+        end_unix_nanos: now - 4_000_000_000,
+        duration_micros: 1_000_000,
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        status: 200,
+        request_body: body(chat.to_string(), "application/json"),
+        response_body: body(sse, "text/event-stream"),
+        inspection: Some(Inspection {
+            verdict: "masked".into(),
+            request_findings: [("email".to_string(), 1)].into_iter().collect(),
+            risk: 30,
+            ..Inspection::default()
+        }),
+        usage: Some(Usage {
+            provider: "openai".into(),
+            operation: "chat".into(),
+            request_model: "gpt-4o".into(),
+            ..Usage::default()
+        }),
+        ..Record::default()
+    };
+    let mut other = masked.clone();
+    other.record_id = "rec-2".into();
+    other.session_id = "s2<b>".into();
+    other.inspection = None;
+    other.usage = None;
+    vec![masked, other]
+}
+
+fn approvers() -> ApproversConfig {
+    serde_json::from_value(json!({
+        "providers": [{"name": "corp", "issuer": "https://idp.test", "audiences": ["console"],
+                       "remote_jwks": {"uri": "http://127.0.0.1:9/jwks"}}],
+        "display_claim": "email",
+        "allow": [{"claim": "groups", "equals": "llm-approvers"}]
+    }))
+    .unwrap()
+}
+
+fn caller(sub: &str, groups: &str) -> Caller {
+    Caller {
+        approver: Approver {
+            issuer: "https://idp.test".into(),
+            subject: sub.into(),
+            display: format!("{sub}@corp.test"),
+        },
+        claims: vec![("groups".into(), groups.into())],
+    }
+}
+
+struct Answer {
+    status: u16,
+    location: String,
+    csp: String,
+    body: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut r = r.unwrap();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (status, location, csp) = (
+        r.status().as_u16(),
+        header("location"),
+        header("content-security-policy"),
+    );
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    Answer {
+        status,
+        location,
+        csp,
+        body,
+    }
+}
+
+fn get(base: &str, path: &str, cookie: Option<&str>) -> Answer {
+    let mut req = agent().get(&format!("{base}{path}"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    answer(req.call())
+}
+
+fn post(base: &str, path: &str, cookie: &str, form: &[(&str, &str)]) -> Answer {
+    let body: Vec<String> = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", html::url(v)))
+        .collect();
+    answer(
+        agent()
+            .post(&format!("{base}{path}"))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send(body.join("&")),
+    )
+}
+
+#[test]
+fn pages_through_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::ledger::keys::generate().unwrap();
+    let public = key.verifying_key();
+    let mut ledger = Ledger::open(Layout::new(dir.path()), key, Options::default()).unwrap();
+    ledger.append(&[records()]).unwrap();
+    let (store, _writer) = crate::commit::spawn(ledger).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = approvers();
+    let access = Access::new(&config);
+    let auth = Arc::new(ApproverAuth::new(&config, &access.claims_read()).unwrap());
+    let metrics = Arc::new(Metrics::new(&Default::default()));
+    let (base, machine, console_auth) = rt.block_on(async {
+        let svc = Service::new(store, &[], None, access, auth.clone(), metrics);
+        let console_auth = ConsoleAuth::new(
+            auth::OidcSettings {
+                issuer: "http://127.0.0.1:9/issuer".into(),
+                client_id: "console".into(),
+                client_secret: None,
+                public_url: "http://127.0.0.1:1".into(),
+                scopes: auth::OidcSettings::default_scopes(),
+            },
+            Some(auth),
+        )
+        .unwrap();
+        let console = Console::new(Settings {
+            data: dir.path().to_path_buf(),
+            approvals: svc.clone(),
+            auth: console_auth.clone(),
+            seal_public: public,
+        });
+        let base = serve("127.0.0.1:0".parse().unwrap(), console, None)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let machine = format!("http://{}", listener.local_addr().unwrap());
+        let app = crate::approvals::service::machine_router(svc);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, machine, console_auth)
+    });
+    let (bob, bob_user) = console_auth.sign_in_for_tests(caller("bob", r#"["llm-approvers"]"#));
+    let (alice, alice_user) =
+        console_auth.sign_in_for_tests(caller("alice", r#"["llm-approvers"]"#));
+    let (eve, _) = console_auth.sign_in_for_tests(caller("eve", r#"["staff"]"#));
+
+    // Signed out: only the way to sign in.
+    let a = get(&base, "/sessions", None);
+    assert_eq!(a.status, 303);
+    assert!(a.location.starts_with("/auth/login"), "{}", a.location);
+    assert!(!a.body.contains("s1"));
+    assert_eq!(post(&base, "/inbox/x", "", &[]).status, 401);
+    // Not an approver: nothing.
+    let a = get(&base, "/sessions", Some(&eve));
+    assert_eq!(a.status, 403);
+    assert!(!a.body.contains("data-session"));
+
+    let a = get(&base, "/sessions", Some(&bob));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.csp.contains("default-src 'self'"));
+    assert!(a.body.contains("<tr data-session=\"s1\">"), "{}", a.body);
+    assert!(
+        a.body.contains("data-session=\"s2&lt;b&gt;\""),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains("<span id=\"user\">bob@corp.test</span>"));
+    let a = get(
+        &base,
+        "/sessions?verdict=masked&detector=email&model=gpt",
+        Some(&bob),
+    );
+    assert!(a.body.contains("data-session=\"s1\"") && !a.body.contains("s2&lt;b"));
+    let a = get(&base, "/sessions?verdict=blocked", Some(&bob));
+    assert!(!a.body.contains("data-session="), "{}", a.body);
+    let a = get(&base, "/sessions?since=1h&caller=anon", Some(&bob));
+    assert!(a.body.contains("data-session=\"s1\""));
+    let a = get(&base, "/sessions?since=yesterday", Some(&bob));
+    assert!(a.body.contains("neither an RFC 3339 time"));
+
+    let a = get(&base, "/sessions/s1", Some(&bob));
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("<section id=\"conversation\">"));
+    assert!(a
+        .body
+        .contains("<article class=\"exchange\" data-record=\"rec-1\""));
+    assert!(a
+        .body
+        .contains("mail <mark class=\"masked\">[EMAIL_1]</mark> now"));
+    assert!(a
+        .body
+        .contains("Sent to <mark class=\"masked\">[EMAIL_1]</mark>."));
+    assert!(a.body.contains("<details class=\"raw\"><summary>"));
+    assert!(!a.body.contains("<script"), "record text is never markup");
+    assert!(a.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert_eq!(get(&base, "/sessions/none", Some(&bob)).status, 404);
+    assert_eq!(get(&base, "/sessions/s2%3Cb%3E", Some(&bob)).status, 200);
+
+    // The inbox: an approval alice asked for.
+    let req = json!({"mode": "hold",
+        "requester": {"key": "https://idp.test|alice", "subject": "alice", "provider": "corp", "issuer": "https://idp.test"},
+        "session_id": "s1", "request_id": "q9", "method": "POST", "path": "/v1/chat/completions",
+        "digest": "sha256:aa", "risk": 150, "threshold": 100,
+        "reasons": [{"kind": "rule", "name": "prod", "risk": 150, "count": 1}],
+        "excerpt": "deploy to [EMAIL_1]", "expires_in_s": 60, "grant_ttl_s": 60, "grant_uses": 1});
+    let mut created = agent()
+        .post(&format!("{machine}/v1/approvals"))
+        .send_json(&req)
+        .unwrap();
+    let created: serde_json::Value = created.body_mut().read_json().unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let a = get(&base, "/inbox", Some(&bob));
+    assert!(
+        a.body.contains(&format!("<tr data-approval=\"{id}\">")),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains("<mark class=\"masked\">[EMAIL_1]</mark>"));
+    let path = format!("/inbox/{id}");
+    // A wrong CSRF token, no reason, self-approval: refused, nothing decided.
+    let a = post(
+        &base,
+        &path,
+        &bob,
+        &[("decision", "approve"), ("reason", "ok"), ("csrf", "x")],
+    );
+    assert_eq!(a.status, 403);
+    let a = post(
+        &base,
+        &path,
+        &bob,
+        &[
+            ("decision", "approve"),
+            ("reason", " "),
+            ("csrf", &bob_user.csrf),
+        ],
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("a reason is required"), "{}", a.body);
+    let a = post(
+        &base,
+        &path,
+        &alice,
+        &[
+            ("decision", "approve"),
+            ("reason", "mine"),
+            ("csrf", &alice_user.csrf),
+        ],
+    );
+    assert_eq!(a.status, 403);
+    assert!(
+        a.body.contains("may not decide their own requests"),
+        "{}",
+        a.body
+    );
+    let a = post(
+        &base,
+        &path,
+        &bob,
+        &[
+            ("decision", "approve"),
+            ("reason", "ticket 42"),
+            ("csrf", &bob_user.csrf),
+        ],
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    let a = get(&base, &a.location, Some(&bob));
+    assert!(a.body.contains(&format!("You approved {id}.")));
+    assert!(!a.body.contains("data-approval="));
+    let mut shown = agent()
+        .get(&format!("{machine}/v1/approvals/{id}"))
+        .call()
+        .unwrap();
+    let shown: serde_json::Value = shown.body_mut().read_json().unwrap();
+    assert_eq!(shown["state"], "APPROVED");
+    assert_eq!(shown["approvers"][0]["subject"], "bob");
+
+    // Integrity: verified at start, and on demand.
+    let a = post(
+        &base,
+        "/integrity/verify",
+        &bob,
+        &[("csrf", &bob_user.csrf)],
+    );
+    assert_eq!(a.status, 303);
+    let a = get(&base, "/integrity", Some(&bob));
+    assert!(a.body.contains("<section id=\"verify\">"));
+    assert!(a.body.contains("<strong>OK</strong>"), "{}", a.body);
+    assert!(a
+        .body
+        .contains("<form id=\"verify-now\" method=\"post\" action=\"/integrity/verify\">"));
+    assert_eq!(
+        post(&base, "/integrity/verify", &bob, &[("csrf", "")]).status,
+        403
+    );
+    drop(rt);
+}
