@@ -522,6 +522,10 @@ impl Liveness {
         // may begin mid-word) that dies a few bytes on: this loop is the
         // stream masker's hottest, so it walks inline, without building a
         // candidate unless one lives.
+        // Start states by look-behind class, for this call (a cache clear
+        // invalidates them: `generation`).
+        let mut starts: [Option<LazyStateID>; CLASSES] = [None; CLASSES];
+        let mut generation = cache.clear_count();
         let mut s = t.next.max(base);
         while let Some(&byte) = s.checked_sub(base).and_then(|i| hay.get(i)) {
             let i = s - base;
@@ -536,10 +540,24 @@ impl Liveness {
                 s += 1;
                 continue;
             }
-            let config = start::Config::new()
-                .anchored(Anchored::Yes)
-                .look_behind(prev);
-            let run = match self.any.start_state(cache, &config) {
+            if generation != cache.clear_count() {
+                starts = [None; CLASSES];
+                generation = cache.clear_count();
+            }
+            let start = match starts.get(class).copied().flatten() {
+                Some(sid) => Ok(sid),
+                None => {
+                    let config = start::Config::new()
+                        .anchored(Anchored::Yes)
+                        .look_behind(prev);
+                    let sid = self.any.start_state(cache, &config);
+                    if let (Ok(sid), Some(slot)) = (&sid, starts.get_mut(class)) {
+                        *slot = Some(*sid);
+                    }
+                    sid
+                }
+            };
+            let run = match start {
                 Ok(sid) => run(&self.any, cache, sid, hay.get(i..).unwrap_or_default()),
                 Err(_) => Run::Stuck,
             };

@@ -319,6 +319,8 @@ impl SseMasker {
         if self.broken.is_some() {
             return out;
         }
+        // About what comes in goes out: one allocation, not a doubling chain.
+        out.reserve(chunk.len() + chunk.len() / 8);
         let mut events = std::mem::take(&mut self.events);
         if let Err(e) = self.reader.push(chunk, self.max_event, &mut events) {
             self.broken = Some(e);

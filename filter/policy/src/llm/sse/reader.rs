@@ -152,17 +152,23 @@ impl Reader {
                 return Ok(());
             };
             self.grow(at, max_event)?;
-            self.line.extend_from_slice(&rest[..at]);
-            let cr = rest[at] == b'\r';
-            rest = &rest[at + 1..];
+            let (line, tail) = rest.split_at(at);
+            let cr = tail.first() == Some(&b'\r');
+            rest = tail.get(1..).unwrap_or_default();
             if cr {
                 match rest.first() {
-                    Some(b'\n') => rest = &rest[1..],
+                    Some(b'\n') => rest = rest.get(1..).unwrap_or_default(),
                     Some(_) => {}
                     None => self.after_cr = true,
                 }
             }
-            self.line_done(events)?;
+            if self.line.is_empty() {
+                // The whole line is in this chunk: read in place.
+                self.line_str(line, events)?;
+            } else {
+                self.line.extend_from_slice(line);
+                self.line_done(events)?;
+            }
         }
         Ok(())
     }
