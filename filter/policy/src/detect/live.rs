@@ -400,7 +400,11 @@ impl Liveness {
                 };
                 let byte = usize::from(*hay.get(i)?);
                 let row = (class_of(prev) * 256 + byte) * self.words + d / 64;
-                if self.starts.get(row).is_some_and(|w| w & (1 << (d % 64)) == 0) {
+                if self
+                    .starts
+                    .get(row)
+                    .is_some_and(|w| w & (1 << (d % 64)) == 0)
+                {
                     // Cannot start here at all.
                     return None;
                 }
@@ -681,8 +685,13 @@ impl Liveness {
 /// How a walk over some bytes ended. `matched`: where the last match seen
 /// on it ended, relative to the bytes' start.
 enum Run {
-    Dead { matched: Option<usize> },
-    Live { sid: LazyStateID, matched: Option<usize> },
+    Dead {
+        matched: Option<usize>,
+    },
+    Live {
+        sid: LazyStateID,
+        matched: Option<usize>,
+    },
     Stuck,
 }
 
