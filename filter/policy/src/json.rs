@@ -506,6 +506,9 @@ pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
     let mut plain = 0;
     for (i, b) in s.bytes().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
         let esc: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",

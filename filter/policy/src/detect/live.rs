@@ -701,27 +701,29 @@ fn run(dfa: &DFA, cache: &mut Cache, mut sid: LazyStateID, bytes: &[u8]) -> Run 
     let mut matched = None;
     for (i, &byte) in bytes.iter().enumerate() {
         // Most steps follow a transition already computed from an ordinary
-        // state: one table lookup. Special states (match, dead, not yet
-        // computed) take the full step.
-        if !sid.is_tagged() {
-            let next = dfa.next_state_untagged(cache, sid, byte);
-            if !next.is_tagged() {
-                sid = next;
-                continue;
-            }
-        }
-        // A cache cleared while computing this step keeps `sid` and the
+        // state: one table lookup. A state not computed yet takes the full
+        // step; a cache cleared while computing it keeps `sid` and the
         // returned state valid (the lazy DFA saves the current state).
-        let Ok(next) = dfa.next_state(cache, sid, byte) else {
-            return Run::Stuck;
+        let known = if sid.is_tagged() {
+            None
+        } else {
+            Some(dfa.next_state_untagged(cache, sid, byte)).filter(|n| !n.is_unknown())
         };
-        sid = next;
-        if sid.is_match() {
-            // Matches show one byte late: one ended before this byte.
-            matched = Some(i);
-        }
-        if sid.is_dead() {
-            return Run::Dead { matched };
+        sid = match known {
+            Some(next) => next,
+            None => match dfa.next_state(cache, sid, byte) {
+                Ok(next) => next,
+                Err(_) => return Run::Stuck,
+            },
+        };
+        if sid.is_tagged() {
+            if sid.is_match() {
+                // Matches show one byte late: one ended before this byte.
+                matched = Some(i);
+            }
+            if sid.is_dead() {
+                return Run::Dead { matched };
+            }
         }
     }
     Run::Live { sid, matched }

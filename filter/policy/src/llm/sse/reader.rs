@@ -35,14 +35,14 @@ impl Event {
         self.write_fields(out);
         out.extend_from_slice(b"data: ");
         for part in parts {
-            let mut lines = part.split('\n');
-            if let Some(first) = lines.next() {
-                out.extend_from_slice(first.as_bytes());
-            }
-            for line in lines {
+            // Each line of the data is a `data:` line of its own.
+            let mut rest = part.as_bytes();
+            while let Some(at) = memchr::memchr(b'\n', rest) {
+                out.extend_from_slice(rest.get(..at).unwrap_or_default());
                 out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(line.as_bytes());
+                rest = rest.get(at + 1..).unwrap_or_default();
             }
+            out.extend_from_slice(rest);
         }
         out.extend_from_slice(b"\n\n");
     }
