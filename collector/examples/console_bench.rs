@@ -2,20 +2,21 @@
 //! (chat requests carrying a system prompt and the last 20 messages,
 //! streamed answers of 40 deltas, masked values in both), stored in real
 //! segments (sealed and indexed, the last one open); then the time to
-//! build the session page as `GET /sessions/{id}` does (read through the
-//! session index, reassemble, render HTML; the socket and the sign-in
-//! check are left out) and the time of `tracegate replay` (conversation,
+//! build the session page (its first page, and all on one) as
+//! `GET /sessions/{id}` does (read through the session index, reassemble,
+//! render HTML; the socket and the sign-in check are left out) and the time of `tracegate replay` (conversation,
 //! --raw and --json) as a process. A measurement, not an assertion.
 //!
 //! Usage: console_bench [PATH_TO_TRACEGATE_BINARY] [DIR] [EXCHANGES]
-//! (CONSOLE_BENCH_KEEP=1 keeps DIR to look at.)
+//! (CONSOLE_BENCH_KEEP=1 keeps DIR, with its seal key, for `serve` and
+//! bench/console_open.py, which times the page in a browser.)
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tracegate_collector::approvals::auth::Caller;
 use tracegate_collector::console::auth::User;
-use tracegate_collector::console::sessions::session_page;
+use tracegate_collector::console::sessions::{session_page, SessionQuery, SESSION_PAGE};
 use tracegate_collector::ledger::keys;
 use tracegate_collector::ledger::layout::Layout;
 use tracegate_collector::ledger::writer::{Ledger, Options};
@@ -120,7 +121,13 @@ fn main() -> anyhow::Result<()> {
         segment_bytes: 2 << 20,
         ..Options::default()
     };
-    let mut ledger = Ledger::open(Layout::new(&dir), keys::generate()?, opts)?;
+    let key = keys::generate()?;
+    // Where `serve --data DIR` finds its seal key, so that bench/console_open.py
+    // can serve this store to a browser (CONSOLE_BENCH_KEEP=1).
+    let (private, public) = Layout::new(&dir).default_key();
+    std::fs::create_dir_all(&dir)?;
+    keys::write_pair(&key, &private, &public)?;
+    let mut ledger = Ledger::open(Layout::new(&dir), key, opts)?;
     let records: Vec<Record> = (0..n).map(|i| exchange(i, t0)).collect();
     let stored: usize = records
         .iter()
@@ -147,14 +154,27 @@ fn main() -> anyhow::Result<()> {
         },
         csrf: "x".into(),
     };
-    let mut page_times = Vec::new();
-    let mut page_bytes = 0;
-    for _ in 0..7 {
-        let started = Instant::now();
-        let page = session_page(&dir, SESSION, None, &user)?
-            .ok_or_else(|| anyhow::anyhow!("the session was not found"))?;
-        page_times.push(started.elapsed());
-        page_bytes = page.len();
+    // The first page (as the session list links it) and the whole session
+    // on one page (`?limit=1000`).
+    let mut pages = Vec::new();
+    for (label, limit) in [
+        (format!("first page, {SESSION_PAGE} exchanges"), None),
+        (format!("`?limit={n}`, all {n} exchanges"), Some(n)),
+    ] {
+        let q = SessionQuery {
+            limit,
+            ..SessionQuery::default()
+        };
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..7 {
+            let started = Instant::now();
+            let page = session_page(&dir, SESSION, &q, &user)?
+                .ok_or_else(|| anyhow::anyhow!("the session was not found"))?;
+            times.push(started.elapsed());
+            bytes = page.len();
+        }
+        pages.push((label, bytes, times));
     }
     let mut replay = Vec::new();
     for (label, extra) in [
@@ -183,13 +203,15 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| what | median ms | min ms |");
     println!("|---|---:|---:|");
-    let min = page_times.iter().min().copied().unwrap_or_default();
-    println!(
-        "| GET /sessions/{{id}} page build ({:.1} MB of HTML) | {} | {} |",
-        page_bytes as f64 / 1e6,
-        ms(median(page_times.clone())),
-        ms(min)
-    );
+    for (label, bytes, times) in pages {
+        let min = times.iter().min().copied().unwrap_or_default();
+        println!(
+            "| GET /sessions/{{id}} page build: {label} ({:.2} MB of HTML) | {} | {} |",
+            bytes as f64 / 1e6,
+            ms(median(times)),
+            ms(min)
+        );
+    }
     for (label, t) in &replay {
         println!(
             "| `tracegate {label}` (process, output discarded) | {} | |",

@@ -262,7 +262,9 @@ fn console_sign_in_sessions_masked_inbox_approval_and_integrity() {
         .join()
         .unwrap();
     assert_eq!(masked.0, 200, "{}", masked.1);
-    w.stack.collector.wait_for_records(SESSION, 1).unwrap();
+    let stored = w.stack.collector.wait_for_records(SESSION, 1).unwrap();
+    let record = stored[0]["record_id"].as_str().unwrap().to_string();
+    let record_json = format!("/sessions/{SESSION}/records/{record}.json");
     // A request held for approval.
     let held = send_later(&w, HELD, RISKY);
 
@@ -274,6 +276,7 @@ fn console_sign_in_sessions_masked_inbox_approval_and_integrity() {
         "/inbox",
         "/integrity",
         &format!("/sessions/{SESSION}"),
+        &record_json,
     ] {
         let mut r = http.get(&format!("{c}{path}")).call().unwrap();
         assert_eq!(r.status(), 303, "{path}");
@@ -295,6 +298,7 @@ fn console_sign_in_sessions_masked_inbox_approval_and_integrity() {
         "/inbox",
         "/integrity",
         &format!("/sessions/{SESSION}"),
+        &record_json,
     ] {
         let p = b.get(&format!("{c}{path}")).unwrap();
         assert!(
@@ -379,6 +383,19 @@ fn console_sign_in_sessions_masked_inbox_approval_and_integrity() {
     assert!(p.source.contains("details class=\"raw\""), "raw record");
     assert_no_secret(&p, "session page");
     shot(&mut b, "04-session-conversation");
+    // The record as JSON is behind a link (not inlined): open it.
+    let links = b.attrs("details.raw a", "href").unwrap();
+    assert_eq!(
+        links,
+        vec![format!("{c}{record_json}")],
+        "the raw record's link"
+    );
+    let p = b.get(&links[0]).unwrap();
+    let shown: Value = serde_json::from_str(&b.texts("body").unwrap().join(""))
+        .unwrap_or_else(|e| panic!("{e}: {}", p.source));
+    assert_eq!(shown["record_id"], record.as_str(), "{shown}");
+    assert_eq!(shown["session_id"], SESSION);
+    assert_no_secret(&p, "record JSON");
 
     // Attacks on the decision form: no CSRF token, a wrong one, a forged
     // cookie. The held request stays pending.

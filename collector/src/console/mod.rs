@@ -5,7 +5,9 @@
 //! ```text
 //! GET  /                  → /sessions
 //! GET  /sessions          sessions, searchable (caller, since, until, verdict, detector, model)
-//! GET  /sessions/{id}     one session as its conversation (?caller=KEY: one caller's)
+//! GET  /sessions/{id}     one session as its conversation, 200 exchanges a page
+//!                         (?caller=KEY: one caller's; from=N, limit=M)
+//! GET  /sessions/{id}/records/{record}.json  one record as `replay --json` prints it
 //! GET  /inbox             pending approvals
 //! POST /inbox/{id}        decision=approve|deny, reason, csrf
 //! GET  /integrity         last verification, HEAD, seals, retention entries
@@ -95,6 +97,7 @@ impl Console {
             .route("/assets/console.css", get(css))
             .route("/sessions", get(sessions_list))
             .route("/sessions/{id}", get(session))
+            .route("/sessions/{id}/records/{file}", get(record_json))
             .route("/inbox", get(inbox))
             .route("/inbox/{id}", post(decide))
             .route("/integrity", get(integrity))
@@ -246,17 +249,11 @@ async fn sessions_list(
     }
 }
 
-#[derive(Deserialize)]
-struct SessionQuery {
-    #[serde(default)]
-    caller: Option<String>,
-}
-
 async fn session(
     State(c): State<Console>,
     user: User,
     Path(id): Path<String>,
-    Query(q): Query<SessionQuery>,
+    Query(q): Query<sessions::SessionQuery>,
 ) -> Response {
     if let Some(r) = c.refuse_non_approver(&user) {
         return r;
@@ -264,10 +261,8 @@ async fn session(
     let data = c.inner.settings.data.clone();
     let u = user.clone();
     let sid = id.clone();
-    let page = tokio::task::spawn_blocking(move || {
-        sessions::session_page(&data, &sid, q.caller.as_deref(), &u)
-    })
-    .await;
+    let page =
+        tokio::task::spawn_blocking(move || sessions::session_page(&data, &sid, &q, &u)).await;
     match page {
         Ok(Ok(Some(body))) => html::page(StatusCode::OK, body),
         Ok(Ok(None)) => html::message(
@@ -276,6 +271,44 @@ async fn session(
             Nav::Sessions,
             &user,
             &format!("No exchanges are recorded for session {id}."),
+        ),
+        Ok(Err(e)) => internal(&user, Nav::Sessions, format!("{e:#}")),
+        Err(e) => internal(&user, Nav::Sessions, e),
+    }
+}
+
+/// One record's JSON (the session page links it rather than inlining
+/// it), `application/json` and, as everything here, `nosniff`.
+async fn record_json(
+    State(c): State<Console>,
+    user: User,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = c.refuse_non_approver(&user) {
+        return r;
+    }
+    let Some(record) = file.strip_suffix(".json").map(str::to_string) else {
+        return not_found(user).await;
+    };
+    let data = c.inner.settings.data.clone();
+    let sid = id.clone();
+    let json =
+        tokio::task::spawn_blocking(move || sessions::record_json(&data, &sid, &record)).await;
+    match json {
+        Ok(Ok(Some(body))) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Ok(Ok(None)) => html::message(
+            StatusCode::NOT_FOUND,
+            "No such record",
+            Nav::Sessions,
+            &user,
+            &format!("Session {id} holds no record {file}."),
         ),
         Ok(Err(e)) => internal(&user, Nav::Sessions, format!("{e:#}")),
         Err(e) => internal(&user, Nav::Sessions, e),

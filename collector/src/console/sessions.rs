@@ -253,15 +253,33 @@ fn pager(s: &mut String, q: &Search, page: usize, limit: usize, total: usize) {
     s.push_str("</nav>");
 }
 
+/// Exchanges per session page unless `limit` says otherwise, and the most
+/// it may say: a page of 200 opens in a browser in a fraction of a second
+/// (`make bench`), a long session is paged.
+pub const SESSION_PAGE: usize = 200;
+const MAX_SESSION_PAGE: usize = 1000;
+
+/// Which exchanges of a session a page shows.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct SessionQuery {
+    /// Only this caller's exchanges (a key as the list links it).
+    #[serde(default)]
+    pub caller: Option<String>,
+    /// The number of the first exchange shown (1-based, as `#N`).
+    #[serde(default)]
+    pub from: Option<usize>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
 /// One session's page, or `None` when the store holds no exchange of it.
-/// `caller`: only that caller's exchanges (a key as the list links it).
 pub fn session_page(
     data: &Path,
     id: &str,
-    caller: Option<&str>,
+    q: &SessionQuery,
     user: &User,
 ) -> Result<Option<String>> {
-    let caller = match caller.filter(|c| !c.is_empty()) {
+    let caller = match q.caller.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(view::caller::parse(c)?),
         None => None,
     };
@@ -270,7 +288,11 @@ pub fn session_page(
     if records.is_empty() {
         return Ok(None);
     }
-    let events = reader.approval_events(&approvals_named(&records))?;
+    let total = records.len();
+    let limit = q.limit.unwrap_or(SESSION_PAGE).clamp(1, MAX_SESSION_PAGE);
+    // Exchanges first..last (0-based, last excluded) are shown.
+    let first = q.from.unwrap_or(1).clamp(1, total) - 1;
+    let last = (first + limit).min(total);
     // Callers kept apart, in the order of their first exchange (as replay).
     let mut groups: BTreeMap<usize, (Caller, Vec<Record>)> = BTreeMap::new();
     let mut order: Vec<Caller> = Vec::new();
@@ -290,25 +312,46 @@ pub fn session_page(
             .push(r);
     }
     let mut s = html::start(&format!("Session {id}"), Nav::Sessions, user);
-    s.reserve(groups.values().map(|(_, rs)| rs.len()).sum::<usize>() * 4096);
-    s.push_str("<section id=\"conversation\">");
-    let mut n = 0;
-    for (c, records) in groups.values() {
-        let key = caller_key(c);
-        let _ = write!(
-            s,
-            "<h2>Caller {} <small>({} exchange{})</small></h2>",
-            esc(&key),
-            records.len(),
-            if records.len() == 1 { "" } else { "s" }
-        );
-        let conv = conversation(id, records, &events);
-        for (r, x) in records.iter().zip(&conv.exchanges) {
-            n += 1;
-            exchange_html(&mut s, n, r, x);
+    // The approval events of the exchanges shown.
+    let mut named = Vec::new();
+    let mut start = 0;
+    for (_, records) in groups.values() {
+        let (from, to) = (first.max(start), last.min(start + records.len()));
+        if from < to {
+            named.extend(approvals_named(&records[from - start..to - start]));
         }
+        start += records.len();
+    }
+    let events = reader.approval_events(&named)?;
+    let pages = |s: &mut String| session_pager(s, id, q, first, last, limit, total);
+    pages(&mut s);
+    s.push_str("<section id=\"conversation\">");
+    // Exchanges are numbered across callers, group after group.
+    let mut start = 0;
+    for (c, records) in groups.values() {
+        let (from, to) = (first.max(start), last.min(start + records.len()));
+        if from < to {
+            let key = caller_key(c);
+            let _ = write!(
+                s,
+                "<h2>Caller {} <small>({} exchange{})</small></h2>",
+                esc(&key),
+                records.len(),
+                if records.len() == 1 { "" } else { "s" }
+            );
+            // The exchange before the page's first is read too: what its
+            // request repeats of it is not shown again.
+            let (lo, hi) = (from - start, to - start);
+            let with_previous = lo.saturating_sub(1);
+            let conv = conversation(id, &records[with_previous..hi], &events);
+            for (k, x) in conv.exchanges.iter().enumerate().skip(lo - with_previous) {
+                exchange_html(&mut s, id, start + with_previous + k + 1, x);
+            }
+        }
+        start += records.len();
     }
     s.push_str("</section>");
+    pages(&mut s);
     for w in &reader.warnings {
         let _ = write!(
             s,
@@ -319,7 +362,58 @@ pub fn session_page(
     Ok(Some(html::end(s)))
 }
 
-fn exchange_html(s: &mut String, n: usize, r: &Record, x: &Exchange) {
+/// "Exchanges 201–400 of 1000", links to the pages around and to the
+/// whole session on one page (when it may be).
+fn session_pager(
+    s: &mut String,
+    id: &str,
+    q: &SessionQuery,
+    first: usize,
+    last: usize,
+    limit: usize,
+    total: usize,
+) {
+    if first == 0 && last == total {
+        return;
+    }
+    let link = |from: usize, limit: usize| {
+        let mut href = format!("/sessions/{}?", url(id));
+        if let Some(c) = q.caller.as_deref().filter(|c| !c.is_empty()) {
+            let _ = write!(href, "caller={}&", url(c));
+        }
+        if limit != SESSION_PAGE {
+            let _ = write!(href, "limit={limit}&");
+        }
+        let _ = write!(href, "from={}", from + 1);
+        esc(&href).to_string()
+    };
+    let _ = write!(
+        s,
+        "<nav class=\"pager\" aria-label=\"Exchanges\"><span>Exchanges {}–{last} of {total}</span>",
+        first + 1
+    );
+    if first > 0 {
+        let _ = write!(s, "<a href=\"{}\">First</a>", link(0, limit));
+        let earlier = link(first.saturating_sub(limit), limit);
+        let _ = write!(s, "<a href=\"{earlier}\" rel=\"prev\">Earlier</a>");
+    }
+    if last < total {
+        let _ = write!(
+            s,
+            "<a href=\"{}\" rel=\"next\">Later</a>",
+            link(last, limit)
+        );
+        let end = link((total - 1) / limit * limit, limit);
+        let _ = write!(s, "<a href=\"{end}\">Last</a>");
+    }
+    if total <= MAX_SESSION_PAGE {
+        let all = link(0, MAX_SESSION_PAGE);
+        let _ = write!(s, "<a href=\"{all}\">All {total} on one page</a>");
+    }
+    s.push_str("</nav>");
+}
+
+fn exchange_html(s: &mut String, session: &str, n: usize, x: &Exchange) {
     let _ = write!(
         s,
         "<article class=\"exchange\" data-record=\"{}\" id=\"x{n}\"><h3><a href=\"#x{n}\">#{n}</a> \
@@ -410,16 +504,33 @@ fn exchange_html(s: &mut String, n: usize, r: &Record, x: &Exchange) {
     }
     side_html(s, "Request", &x.request);
     side_html(s, "Answer", &x.response);
-    s.push_str("<details class=\"raw\"><summary>Record as JSON</summary><pre>");
-    let mut json = Vec::new();
-    if view::write_json_lines(&mut json, std::slice::from_ref(r)).is_ok() {
-        let _ = write!(
-            s,
-            "{}",
-            html::esc_text(String::from_utf8_lossy(&json).trim_end())
-        );
+    // The record's JSON is a link, not inlined: it was most of a long
+    // session's page (14 MB of 1,000 exchanges' HTML).
+    let _ = write!(
+        s,
+        "<details class=\"raw\"><summary>Record as JSON</summary><p><a href=\"/sessions/{}/records/{}.json\" \
+         type=\"application/json\">{}.json</a> (the <code>tracegate replay --json</code> line)</p></details></article>",
+        url(session),
+        url(&x.record_id),
+        esc(&x.record_id)
+    );
+}
+
+/// The JSON of one record of a session as `tracegate replay --json` prints
+/// it (one line), or `None` when the session holds no such record.
+pub fn record_json(data: &Path, session: &str, record: &str) -> Result<Option<Vec<u8>>> {
+    let layout = Layout::new(data);
+    if !layout.exists() {
+        return Ok(None);
     }
-    s.push_str("</pre></details></article>");
+    let mut reader = Reader::open(layout)?;
+    let records = fold_written_ahead(reader.session(session, None)?);
+    let Some(r) = records.iter().find(|r| r.record_id == record) else {
+        return Ok(None);
+    };
+    let mut json = Vec::new();
+    view::write_json_lines(&mut json, std::slice::from_ref(r))?;
+    Ok(Some(json))
 }
 
 fn side_html(s: &mut String, label: &str, side: &Side) {

@@ -95,6 +95,8 @@ struct Answer {
     status: u16,
     location: String,
     csp: String,
+    content_type: String,
+    nosniff: String,
     body: String,
 }
 
@@ -115,16 +117,20 @@ fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
             .unwrap_or_default()
             .to_string()
     };
-    let (status, location, csp) = (
+    let (status, location, csp, content_type, nosniff) = (
         r.status().as_u16(),
         header("location"),
         header("content-security-policy"),
+        header("content-type"),
+        header("x-content-type-options"),
     );
     let body = r.body_mut().read_to_string().unwrap_or_default();
     Answer {
         status,
         location,
         csp,
+        content_type,
+        nosniff,
         body,
     }
 }
@@ -157,8 +163,9 @@ fn pages_through_http() {
     let key = crate::ledger::keys::generate().unwrap();
     let public = key.verifying_key();
     let mut ledger = Ledger::open(Layout::new(dir.path()), key, Options::default()).unwrap();
-    ledger.append(&[records()]).unwrap();
-    let (store, _writer) = crate::commit::spawn(ledger).unwrap();
+    let stored = records();
+    ledger.append(std::slice::from_ref(&stored)).unwrap();
+    let (store, writer) = crate::commit::spawn(ledger).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config = approvers();
     let access = Access::new(&config);
@@ -244,6 +251,37 @@ fn pages_through_http() {
         .body
         .contains("Sent to <mark class=\"masked\">[EMAIL_1]</mark>."));
     assert!(a.body.contains("<details class=\"raw\"><summary>"));
+    // The record's JSON is linked, not inlined; the link serves it.
+    let link = "/sessions/s1/records/rec-1.json";
+    assert!(
+        a.body.contains(&format!("<a href=\"{link}\"")),
+        "{}",
+        a.body
+    );
+    assert!(!a.body.contains("\"record_id\""), "no record JSON inlined");
+    assert!(!a.body.contains("class=\"pager\""), "one page: no pager");
+    let j = get(&base, link, Some(&bob));
+    assert_eq!(j.status, 200, "{}", j.body);
+    assert_eq!(j.content_type, "application/json");
+    assert_eq!(j.nosniff, "nosniff");
+    let mut line = Vec::new();
+    crate::view::write_json_lines(&mut line, &stored[..1]).unwrap();
+    assert_eq!(j.body.as_bytes(), line, "the replay --json line");
+    let v: serde_json::Value = serde_json::from_str(&j.body).unwrap();
+    assert_eq!(v["record_id"], "rec-1");
+    let signed_out = get(&base, link, None);
+    assert_eq!(signed_out.status, 303);
+    assert!(!signed_out.body.contains("rec-1"));
+    assert_eq!(get(&base, link, Some(&eve)).status, 403);
+    for missing in [
+        "/sessions/s1/records/rec-2.json",
+        "/sessions/s1/records/rec-1",
+        "/sessions/none/records/rec-1.json",
+    ] {
+        assert_eq!(get(&base, missing, Some(&bob)).status, 404, "{missing}");
+    }
+    let j = get(&base, "/sessions/s2%3Cb%3E/records/rec-2.json", Some(&bob));
+    assert_eq!(j.status, 200, "{}", j.body);
     assert!(!a.body.contains("<script"), "record text is never markup");
     assert!(a.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert_eq!(get(&base, "/sessions/none", Some(&bob)).status, 404);
@@ -346,5 +384,85 @@ fn pages_through_http() {
         post(&base, "/integrity/verify", &bob, &[("csrf", "")]).status,
         403
     );
+    // The store's writer ends with the service (dropped with the runtime)
+    // before the directory goes: a tick on a removed directory would end
+    // the whole test process (exit 70).
     drop(rt);
+    writer.join().unwrap();
+}
+
+/// A long session is paged (`from`, `limit`), numbered across pages, and
+/// an exchange at the top of a page still leaves out what its request
+/// repeats of the one before (on the previous page).
+#[test]
+fn a_long_session_is_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::ledger::keys::generate().unwrap();
+    let mut ledger = Ledger::open(Layout::new(dir.path()), key, Options::default()).unwrap();
+    let mut history = Vec::new();
+    let mut rs = Vec::new();
+    for i in 0..5 {
+        history.push(json!({"role": "user", "content": format!("question {i}")}));
+        let mut r = records().remove(0);
+        r.record_id = format!("rec-{i}");
+        r.request_start_unix_nanos += i;
+        r.request_body = body(
+            json!({"model": "gpt-4o", "messages": history}).to_string(),
+            "application/json",
+        );
+        rs.push(r);
+    }
+    ledger.append(&[rs]).unwrap();
+    ledger.close().unwrap();
+    let user = super::auth::User {
+        subject: "bob".into(),
+        display: "bob@corp.test".into(),
+        caller: caller("bob", "[]"),
+        csrf: "t".into(),
+    };
+    let page = |from: Option<usize>, limit: Option<usize>| {
+        let q = sessions::SessionQuery {
+            caller: None,
+            from,
+            limit,
+        };
+        sessions::session_page(dir.path(), "s1", &q, &user)
+            .unwrap()
+            .unwrap()
+    };
+    let all = page(None, None);
+    assert_eq!(all.matches("<article class=\"exchange\"").count(), 5);
+    assert!(!all.contains("class=\"pager\""));
+    let p = page(Some(3), Some(2));
+    assert_eq!(p.matches("<article class=\"exchange\"").count(), 2);
+    assert!(p.contains("data-record=\"rec-2\" id=\"x3\""), "{p}");
+    assert!(p.contains("data-record=\"rec-3\" id=\"x4\""), "{p}");
+    assert!(!p.contains("data-record=\"rec-1\""));
+    assert!(p.contains("Exchanges 3–4 of 5"), "{p}");
+    assert!(
+        p.contains("href=\"/sessions/s1?limit=2&amp;from=1\">First"),
+        "{p}"
+    );
+    assert!(
+        p.contains("href=\"/sessions/s1?limit=2&amp;from=1\" rel=\"prev\""),
+        "{p}"
+    );
+    assert!(
+        p.contains("href=\"/sessions/s1?limit=2&amp;from=5\" rel=\"next\""),
+        "{p}"
+    );
+    assert!(
+        p.contains("href=\"/sessions/s1?limit=1000&amp;from=1\">All 5"),
+        "{p}"
+    );
+    // rec-2 repeats rec-1's two messages: only its third is shown.
+    assert!(p.contains("The first 2 messages repeat"), "{p}");
+    assert!(!p.contains("question 1<"), "{p}");
+    assert!(p.contains("question 2<"), "{p}");
+    // Past the end is the last exchange.
+    let end = page(Some(99), Some(2));
+    assert!(
+        end.contains("id=\"x5\"") && end.contains("Exchanges 5–5 of 5"),
+        "{end}"
+    );
 }
