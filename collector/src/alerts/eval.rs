@@ -12,8 +12,11 @@ use tracegate_proto::v1::{identity::Status, record::Phase, Alert, ApprovalEvent,
 use super::{ApprovalOutcome, Condition, RateKey, Rule};
 
 const MINUTE_NANOS: i64 = 60_000_000_000;
-/// Rate windows kept at most; past it, quiet ones are forgotten first.
+/// Rate windows kept at most; past it, quiet ones are forgotten first, and
+/// when none is quiet, new keys count together under `OVERFLOW` (a caller
+/// inventing a new subject per token is still counted, in one window).
 const MAX_WINDOWS: usize = 10_000;
+const OVERFLOW: &str = "_other";
 
 pub struct Evaluator {
     rules: Vec<Rule>,
@@ -22,6 +25,9 @@ pub struct Evaluator {
     seen: HashSet<String>,
     /// JWT rejections per (rule, key) within the last minute.
     windows: HashMap<(usize, String), Window>,
+    /// When quiet windows were last forgotten (record time): at most once a
+    /// second, so a full map does not cost a pass per record.
+    swept_at: i64,
 }
 
 #[derive(Default)]
@@ -43,6 +49,7 @@ impl Evaluator {
             rules,
             seen: seen.into_iter().collect(),
             windows: HashMap::new(),
+            swept_at: i64::MIN,
         }
     }
 
@@ -122,7 +129,7 @@ impl Evaluator {
         if id.status() != Status::Rejected {
             return None;
         }
-        let key = match by {
+        let mut key = match by {
             RateKey::Subject => id.claimed_subject.clone(),
             RateKey::Source => r.source.clone(),
         };
@@ -134,8 +141,14 @@ impl Evaluator {
             now
         };
         if self.windows.len() >= MAX_WINDOWS && !self.windows.contains_key(&(i, key.clone())) {
-            self.windows
-                .retain(|_, w| w.times.back().is_some_and(|last| t - last < MINUTE_NANOS));
+            if t.saturating_sub(self.swept_at) >= MINUTE_NANOS / 60 {
+                self.swept_at = t;
+                self.windows
+                    .retain(|_, w| w.times.back().is_some_and(|last| t - last < MINUTE_NANOS));
+            }
+            if self.windows.len() >= MAX_WINDOWS {
+                key = OVERFLOW.to_string();
+            }
         }
         let w = self.windows.entry((i, key.clone())).or_default();
         while w
@@ -510,5 +523,33 @@ mod tests {
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
         assert_eq!(fired[0].rate_key, "subject=mallory");
+    }
+
+    /// A caller claiming a new subject in every token, within one minute,
+    /// fills the windows and is then counted in one shared window, which
+    /// fires; the windows kept stay bounded.
+    #[test]
+    fn subjects_invented_per_token_are_counted_together_past_the_cap() {
+        let mut e = Evaluator::new(
+            vec![rule(
+                "jwt",
+                Condition::JwtRejections {
+                    per_minute: 3,
+                    by: RateKey::Subject,
+                },
+            )],
+            [],
+        );
+        let mut fired = Vec::new();
+        for n in 0..MAX_WINDOWS + 10 {
+            let mut r = rejected(&format!("r{n}"), 100, "gw");
+            if let Some(i) = r.identity.as_mut() {
+                i.claimed_subject = format!("sub-{n}");
+            }
+            fired.extend(e.record(&r, 0));
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].rate_key, format!("subject={OVERFLOW}"));
+        assert!(e.windows.len() <= MAX_WINDOWS + 1);
     }
 }
