@@ -11,9 +11,8 @@ Reads one JSON command per line on stdin, answers one JSON line on stdout:
   {"cmd": "attrs", "css": S, "name": A}       -> {"values": [...]}
   {"cmd": "screenshot", "path": P}            full-page PNG
   {"cmd": "cookies"}                          -> {"cookies": [...]} of the current site
-  {"cmd": "set_cookie", "name", "value"}      on the current site
   {"cmd": "clear_cookies"}                    of the current site
-  {"cmd": "tab_focus", "css": S}              -> {"active": CSS-path} after tabbing to S
+  {"cmd": "tab_focus", "css": S}              -> {"presses": N}: Tab presses until S has the focus
 Errors answer {"error": "..."}. EOF or SIGTERM quits the browser.
 """
 
@@ -110,9 +109,6 @@ def run(c):
         return {"saved": ok}
     if cmd == "cookies":
         return {"cookies": driver.get_cookies()}
-    if cmd == "set_cookie":
-        driver.add_cookie({"name": c["name"], "value": c["value"], "path": "/"})
-        return {}
     if cmd == "clear_cookies":
         driver.delete_all_cookies()
         return {}

@@ -21,7 +21,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Page {
     pub url: String,
-    pub title: String,
     /// The DOM serialised (`page_source`).
     pub source: String,
 }
@@ -37,16 +36,11 @@ fn page(v: &Value) -> Page {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     Page {
         url: s("url"),
-        title: s("title"),
         source: s("source"),
     }
 }
 
 impl Browser {
-    pub fn start(dir: &Path) -> Result<Browser> {
-        Self::start_trusting(dir, None)
-    }
-
     /// A browser that accepts the server certificate in `cert` (PEM), pinned
     /// by its public key, although no system root signs it.
     pub fn start_trusting(dir: &Path, cert: Option<&Path>) -> Result<Browser> {
@@ -176,11 +170,6 @@ impl Browser {
     pub fn cookies(&mut self) -> Result<Vec<Value>> {
         let v = self.call(json!({"cmd": "cookies"}))?;
         Ok(v["cookies"].as_array().cloned().unwrap_or_default())
-    }
-
-    pub fn set_cookie(&mut self, name: &str, value: &str) -> Result<()> {
-        self.call(json!({"cmd": "set_cookie", "name": name, "value": value}))
-            .map(|_| ())
     }
 
     pub fn clear_cookies(&mut self) -> Result<()> {

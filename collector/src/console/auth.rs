@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::html::{esc, url};
 use crate::approvals::auth::{ApproverAuth, Caller};
 
 /// The session cookie (a random id; the session itself stays on the server).
@@ -195,33 +196,6 @@ pub fn safe_next(next: &str) -> Option<String> {
     ok.then(|| next.to_string())
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A page of the sign-in flow (no data of the store is ever on it).
 fn page(status: StatusCode, title: &str, text: &str, link: bool) -> Response {
     let link = if link {
@@ -234,8 +208,8 @@ fn page(status: StatusCode, title: &str, text: &str, link: bool) -> Response {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>tracegate — {t}</title></head><body><main><h1>{t}</h1><p>{x}</p>{link}</main>\
          </body></html>",
-        t = html_escape(title),
-        x = html_escape(text),
+        t = esc(title),
+        x = esc(text),
     );
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
@@ -247,12 +221,10 @@ fn page(status: StatusCode, title: &str, text: &str, link: bool) -> Response {
     r
 }
 
+/// Sign-in pages are never cached, and never send their URL (which may
+/// hold a code) on; the console's own layer adds the rest of its headers.
 fn no_store(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'"),
-    );
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -598,7 +570,7 @@ impl ConsoleAuth {
                     .any(|m| m == "client_secret_basic") =>
             {
                 // RFC 6749 2.3.1: both parts form-encoded before base64.
-                let basic = STANDARD.encode(format!("{}:{}", enc(&s.client_id), enc(secret)));
+                let basic = STANDARD.encode(format!("{}:{}", url(&s.client_id), url(secret)));
                 request = request.header("authorization", &format!("Basic {basic}"));
             }
             Some(secret) => {
@@ -748,12 +720,12 @@ async fn login(State(auth): State<ConsoleAuth>, Query(q): Query<LoginQuery>) -> 
         } else {
             '?'
         },
-        cid = enc(&s.client_id),
-        ru = enc(&auth.inner.redirect_uri),
-        sc = enc(&s.scopes.join(" ")),
-        st = enc(&state),
-        no = enc(&nonce),
-        ch = enc(&challenge),
+        cid = url(&s.client_id),
+        ru = url(&auth.inner.redirect_uri),
+        sc = url(&s.scopes.join(" ")),
+        st = url(&state),
+        no = url(&nonce),
+        ch = url(&challenge),
     );
     let pending = Pending {
         verifier,
@@ -824,8 +796,10 @@ async fn callback(
     let (user, exp) = match auth.verify_id_token(&id_token, &pending.nonce).await {
         Ok(v) => v,
         Err(e) => {
+            // Why goes to the log, not to the browser (it may name the
+            // provider's configuration).
             eprintln!("tracegate: console: sign-in refused: {e}");
-            return refused(&e);
+            return refused("The identity provider's answer could not be verified.");
         }
     };
     let now = now_s();
@@ -883,7 +857,7 @@ pub enum NotSignedIn {
 impl IntoResponse for NotSignedIn {
     fn into_response(self) -> Response {
         match self {
-            NotSignedIn::Redirect(next) => redirect(&format!("/auth/login?next={}", enc(&next))),
+            NotSignedIn::Redirect(next) => redirect(&format!("/auth/login?next={}", url(&next))),
             NotSignedIn::Unauthorized => page(
                 StatusCode::UNAUTHORIZED,
                 "Not signed in",

@@ -134,14 +134,8 @@ pub fn message(status: StatusCode, title: &str, nav: Nav, user: &User, text: &st
     page(status, end(s))
 }
 
-/// `2026-11-25T10:00:00.000Z`, or `-`.
-pub fn time(unix_nanos: i64) -> String {
-    if unix_nanos <= 0 {
-        return "-".into();
-    }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+/// `2026-11-25T10:00:00.000Z`, or `-` (as `replay` prints it).
+pub(crate) use crate::view::time;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,6 @@
 //! (`Service::decide_as`: approver rules, no self-approval, quorum).
 
 use std::fmt::Write;
-use tracegate_policy::approval::State;
 
 use super::auth::User;
 use super::html::{self, esc, url, Nav};
@@ -30,6 +29,7 @@ fn time_left(nanos: i64) -> String {
     }
 }
 
+/// `pending`: the approvals still undecided (`Service::pending`).
 pub fn inbox_page(pending: &[Approval], user: &User, now: i64, flash: Flash) -> String {
     let mut s = html::start("Approval inbox", Nav::Inbox, user);
     match flash {
@@ -41,10 +41,6 @@ pub fn inbox_page(pending: &[Approval], user: &User, now: i64, flash: Flash) -> 
             let _ = write!(s, "<p class=\"error\" role=\"alert\">{}</p>", esc(text));
         }
     }
-    let pending: Vec<&Approval> = pending
-        .iter()
-        .filter(|a| a.state == State::Pending)
-        .collect();
     let _ = write!(
         s,
         "<p class=\"count\">{} pending (reload to see new ones)</p>\

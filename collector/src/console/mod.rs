@@ -103,9 +103,11 @@ impl Console {
             .route("/integrity", get(integrity))
             .route("/integrity/verify", post(verify_now))
             .fallback(not_found)
-            .layer(axum::middleware::from_fn(security_headers))
             .with_state(self.clone());
-        pages.merge(self.inner.settings.auth.router())
+        // The sign-in pages get the same headers as every other page.
+        pages
+            .merge(self.inner.settings.auth.router())
+            .layer(axum::middleware::from_fn(security_headers))
     }
 
     /// Runs a verification now (one at a time) and keeps its result.
@@ -193,10 +195,9 @@ async fn security_headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
+    // The sign-in pages set a stricter one (their URLs may hold a code).
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }

@@ -26,7 +26,7 @@ pub use sessions::write_sessions;
 pub use tail::{write_tail_line, TailFilter};
 pub use usage::{UsageBy, UsageReport, UsageTotals};
 
-fn time(unix_nanos: i64) -> String {
+pub(crate) fn time(unix_nanos: i64) -> String {
     if unix_nanos <= 0 {
         return "-".into();
     }
