@@ -84,10 +84,15 @@ impl Prometheus {
     /// Polls `promql` until it returns one sample; that sample's value.
     pub fn wait_for_value(&self, promql: &str, timeout: Duration) -> Result<f64> {
         poll(&format!("Prometheus to answer {promql:?}"), timeout, || {
-            let result = self.query(promql)?;
-            Ok(result
-                .first()
-                .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok())))
+            self.value(promql)
         })
+    }
+
+    /// The first series' value of `promql` now, if it has one.
+    pub fn value(&self, promql: &str) -> Result<Option<f64>> {
+        let result = self.query(promql)?;
+        Ok(result
+            .first()
+            .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok())))
     }
 }

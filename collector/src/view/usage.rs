@@ -84,8 +84,8 @@ impl UsageReport {
     pub fn rows(&self) -> Vec<&UsageTotals> {
         let mut rows: Vec<_> = self.groups.values().collect();
         rows.sort_by(|a, b| {
-            (b.input_tokens + b.output_tokens)
-                .cmp(&(a.input_tokens + a.output_tokens))
+            (b.input_tokens.saturating_add(b.output_tokens))
+                .cmp(&a.input_tokens.saturating_add(a.output_tokens))
                 .then(a.key.cmp(&b.key))
         });
         rows

@@ -11,6 +11,7 @@
 //! duplicate keys, the last one counts.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// Deeper nesting is refused (and would only be an attack on a parser).
 pub const MAX_DEPTH: usize = 128;
@@ -515,12 +516,12 @@ pub fn write_str(out: &mut String, s: &str) {
             b'\n' => "\\n",
             b'\r' => "\\r",
             b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
+            // The other control characters.
+            _ => "",
         };
         out.push_str(&s[plain..i]);
         if esc.is_empty() {
-            out.push_str(&format!("\\u{b:04x}"));
+            let _ = write!(out, "\\u{b:04x}");
         } else {
             out.push_str(esc);
         }

@@ -32,11 +32,7 @@ impl Exchange {
         let Some(inspector) = gw.policy.inspector.as_ref() else {
             return Action::Continue;
         };
-        if self.answered_locally()
-            || end_of_stream
-            || !inspector.config.responses
-            || inspector.masker().is_none()
-        {
+        if self.answered_locally() || end_of_stream || !inspector.reads_answers() {
             return Action::Continue;
         }
         // An answer without a type is judged like text: its label cannot
@@ -130,7 +126,7 @@ impl Exchange {
     /// streamed).
     pub(super) fn take_usage(&mut self) -> Option<tracegate_proto::v1::Usage> {
         let reader = match &mut self.response {
-            ResponseMode::Stream(sse) => sse.usage.take().or(self.usage.take()),
+            ResponseMode::Stream(sse) => sse.usage.take(),
             _ => self.usage.take(),
         };
         reader.map(UsageReader::into_usage)
