@@ -6,7 +6,7 @@ Reads one JSON command per line on stdin, answers one JSON line on stdout:
   {"cmd": "get", "url": U}                    -> {"url", "title", "source"}
   {"cmd": "page"}                             -> {"url", "title", "source"}
   {"cmd": "fill", "css": S, "text": T}        clears the field, types T
-  {"cmd": "click", "css": S}                  -> the page after the click
+  {"cmd": "click", "css": S}                  -> the page the click navigates to, loaded
   {"cmd": "texts", "css": S}                  -> {"texts": [...]}, each match's text
   {"cmd": "attrs", "css": S, "name": A}       -> {"values": [...]}
   {"cmd": "screenshot", "path": P}            full-page PNG
@@ -25,6 +25,8 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = sys.argv[1] if len(sys.argv) > 1 else "/usr/bin/chromium"
 CHROMEDRIVER = sys.argv[2] if len(sys.argv) > 2 else "/usr/bin/chromedriver"
@@ -73,7 +75,19 @@ signal.signal(signal.SIGTERM, quit_and_exit)
 
 
 def page():
-    return {"url": driver.current_url, "title": driver.title, "source": driver.page_source}
+    # The URL and the source are read by separate calls: read until the URL
+    # is the same on both sides of the source, so the two are of one document.
+    for _ in range(50):
+        url = driver.current_url
+        source = driver.page_source
+        if driver.current_url == url:
+            break
+    return {"url": url, "title": driver.title, "source": source}
+
+
+def loaded():
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def one(css):
@@ -93,7 +107,13 @@ def run(c):
         e.send_keys(c["text"])
         return {}
     if cmd == "click":
+        # Every click in the test submits a form or follows a link: wait for
+        # the old document to go and the new one to load (chromedriver's own
+        # wait after a click can return while a redirect chain still runs).
+        old = driver.find_element(By.TAG_NAME, "html")
         one(c["css"]).click()
+        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+        loaded()
         return page()
     if cmd == "texts":
         return {"texts": [e.text for e in driver.find_elements(By.CSS_SELECTOR, c["css"])]}
