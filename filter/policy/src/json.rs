@@ -11,7 +11,6 @@
 //! duplicate keys, the last one counts.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 /// Deeper nesting is refused (and would only be an attack on a parser).
 pub const MAX_DEPTH: usize = 128;
@@ -503,32 +502,87 @@ fn hex(digits: &str) -> Option<u32> {
 
 /// Writes `s` as a JSON string (with its quotes).
 pub fn write_str(out: &mut String, s: &str) {
+    write_escaped(out, s);
+}
+
+/// `write_str` into bytes (an event being written out).
+pub fn write_str_bytes(out: &mut Vec<u8>, s: &str) {
+    write_escaped(out, s);
+}
+
+/// The bytes a JSON string escapes: `"`, `\` and control characters.
+const ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b < 0x20 || b == b'"' as usize || b == b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
+/// Where escaped JSON goes: a `String` or the bytes of an event.
+trait Sink {
+    fn put(&mut self, s: &str);
+    fn reserve(&mut self, n: usize);
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    fn reserve(&mut self, n: usize) {
+        String::reserve(self, n);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
+    }
+}
+
+fn write_escaped(out: &mut impl Sink, s: &str) {
     out.reserve(s.len() + 2);
-    out.push('"');
+    out.put("\"");
     let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+    let mut buf = [0; 6];
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if !ESCAPED[usize::from(b)] {
             continue;
         }
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            // The other control characters.
-            _ => "",
-        };
-        out.push_str(&s[plain..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(esc);
-        }
+        // `i` is at an ASCII byte: a character boundary.
+        out.put(s.get(plain..i).unwrap_or_default());
+        out.put(escape(b, &mut buf));
         plain = i + 1;
     }
-    out.push_str(&s[plain..]);
-    out.push('"');
+    out.put(s.get(plain..).unwrap_or_default());
+    out.put("\"");
+}
+
+/// How a byte that `ESCAPED` marks is written inside a JSON string.
+fn escape(b: u8, buf: &mut [u8; 6]) -> &str {
+    let hex = |n: u8| {
+        b"0123456789abcdef"
+            .get(usize::from(n & 0xf))
+            .copied()
+            .unwrap_or(b'0')
+    };
+    match b {
+        b'"' => "\\\"",
+        b'\\' => "\\\\",
+        b'\n' => "\\n",
+        b'\r' => "\\r",
+        b'\t' => "\\t",
+        // The other control characters.
+        _ => {
+            *buf = [b'\\', b'u', b'0', b'0', hex(b >> 4), hex(b)];
+            std::str::from_utf8(buf).unwrap_or_default()
+        }
+    }
 }
 
 /// Replacements of byte spans of one source, applied in order.

@@ -46,12 +46,26 @@ const CLASSES: usize = 5;
 fn class_of(prev: Option<u8>) -> usize {
     match prev {
         None => 0,
-        Some(b'\n') => 1,
-        Some(b'\r') => 2,
-        Some(b) if b.is_ascii_alphanumeric() || b == b'_' => 3,
-        Some(_) => 4,
+        Some(b) => usize::from(BYTE_CLASS[usize::from(b)]),
     }
 }
+
+/// The look-behind class after each byte.
+const BYTE_CLASS: [u8; 256] = {
+    let mut t = [4u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'\n' => 1,
+            b'\r' => 2,
+            _ if c.is_ascii_alphanumeric() || c == b'_' => 3,
+            _ => 4,
+        };
+        b += 1;
+    }
+    t
+};
 
 const REPRESENTATIVE: [Option<u8>; CLASSES] =
     [None, Some(b'\n'), Some(b'\r'), Some(b'a'), Some(b' ')];
@@ -530,32 +544,35 @@ impl Liveness {
         // invalidates them: `generation`).
         let mut starts: [Option<LazyStateID>; CLASSES] = [None; CLASSES];
         let mut generation = cache.clear_count();
-        let mut s = t.next.max(base);
-        while let Some(&byte) = s.checked_sub(base).and_then(|i| hay.get(i)) {
-            let i = s - base;
-            let prev = if s == 0 {
-                None
-            } else {
-                i.checked_sub(1).and_then(|j| hay.get(j)).copied()
-            };
-            let class = class_of(prev);
-            let can_start = self.any_starts.get(class * 256 + usize::from(byte));
-            if can_start == Some(&false) {
-                s += 1;
+        let first = t.next.max(base) - base;
+        // The look-behind class of each position, carried from the byte
+        // before it.
+        let mut class = class_of(first.checked_sub(1).and_then(|j| hay.get(j)).copied());
+        for (i, &byte) in hay.iter().enumerate().skip(first) {
+            let here = class;
+            class = usize::from(BYTE_CLASS[usize::from(byte)]);
+            if !self
+                .any_starts
+                .get(here * 256 + usize::from(byte))
+                .copied()
+                .unwrap_or(true)
+            {
                 continue;
             }
+            let s = base + i;
             if generation != cache.clear_count() {
                 starts = [None; CLASSES];
                 generation = cache.clear_count();
             }
-            let start = match starts.get(class).copied().flatten() {
+            let start = match starts.get(here).copied().flatten() {
                 Some(sid) => Ok(sid),
                 None => {
+                    let prev = i.checked_sub(1).and_then(|j| hay.get(j)).copied();
                     let config = start::Config::new()
                         .anchored(Anchored::Yes)
                         .look_behind(prev);
                     let sid = self.any.start_state(cache, &config);
-                    if let (Ok(sid), Some(slot)) = (&sid, starts.get_mut(class)) {
+                    if let (Ok(sid), Some(slot)) = (&sid, starts.get_mut(here)) {
                         *slot = Some(*sid);
                     }
                     sid
@@ -570,7 +587,6 @@ impl Liveness {
                     if matched.is_some() {
                         tracks.matched.push(s);
                     }
-                    s += 1;
                 }
                 Run::Live { sid, matched } => {
                     t.live = Some(Candidate {

@@ -86,6 +86,21 @@ impl StreamMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> String {
+        let mut out = String::new();
+        self.push_into(m, piece, tokens, hits, &mut out);
+        out
+    }
+
+    /// `push`, appending what can go out now to `out` (a stream reuses
+    /// one buffer instead of allocating one per piece).
+    pub fn push_into(
+        &mut self,
+        m: &Masker,
+        piece: &str,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        out: &mut String,
+    ) {
         self.append(piece);
         let live = m.catalogue().live();
         if let Some(detector) = self.cut_off {
@@ -94,7 +109,7 @@ impl StreamMasker {
             else {
                 // Still the same over-long candidate: dropped.
                 self.release_to(self.end());
-                return String::new();
+                return;
             };
             // It ended: what belonged to its match is dropped too, the rest
             // is judged afresh.
@@ -135,7 +150,7 @@ impl StreamMasker {
         }
         let cut_at = self.base + cut;
         let orig_cut = self.orig_at(cut_at);
-        let mut out = self.masked_original(m, orig_cut, tokens, hits);
+        self.masked_original(m, orig_cut, tokens, hits, out);
         self.tracks.matched.retain(|&s| s >= cut_at);
 
         if end - cut_at > self.hold_max {
@@ -157,7 +172,6 @@ impl StreamMasker {
         } else {
             self.release_to(cut_at);
         }
-        out
     }
 
     /// The end of the text: everything left, masked.
@@ -165,35 +179,36 @@ impl StreamMasker {
         let end = self.end();
         let from = self.index(self.released);
         self.findings.clear();
-        let out = if self.cut_off.is_some() || from >= self.buf.len() {
-            String::new()
-        } else {
+        let mut out = String::new();
+        if self.cut_off.is_none() && from < self.buf.len() {
             let catalogue = m.catalogue();
             catalogue.matches(&self.buf, from, &mut self.matches);
             self.findings
                 .extend(self.matches.iter().filter_map(|x| x.finding));
             catalogue.resolve(&mut self.findings);
             let orig_end = self.orig_released + self.orig.len();
-            self.masked_original(m, orig_end, tokens, hits)
-        };
+            self.masked_original(m, orig_end, tokens, hits, &mut out);
+        }
         self.cut_off = None;
         m.catalogue().live().restart(&mut self.tracks, end);
         self.release_to(end);
         out
     }
 
-    /// The original text from `orig_released` to `orig_cut`, masked with
-    /// `self.findings` (folded positions relative to `buf`).
+    /// Appends the original text from `orig_released` to `orig_cut`, masked
+    /// with `self.findings` (folded positions relative to `buf`).
     fn masked_original(
         &self,
         m: &Masker,
         orig_cut: usize,
         tokens: &mut Tokens,
         hits: &mut Hits,
-    ) -> String {
+        out: &mut String,
+    ) {
         let text = &self.orig[..orig_cut - self.orig_released];
         if self.findings.is_empty() {
-            return text.to_string();
+            out.push_str(text);
+            return;
         }
         let mapped: Vec<Finding> = self
             .findings
@@ -207,7 +222,7 @@ impl StreamMasker {
                 }
             })
             .collect();
-        m.apply(text, &mapped, tokens, hits)
+        out.push_str(&m.apply(text, &mapped, tokens, hits));
     }
 
     /// Appends a piece: the original as it is, the folded form character by
@@ -326,6 +341,16 @@ impl StreamRestorer {
         let held = self.pending.split_off(hold);
         let ready = std::mem::replace(&mut self.pending, held);
         tokens.restore(&ready).unwrap_or(ready)
+    }
+
+    /// `push_owned` on `text` in place (no copy when nothing is held or
+    /// restored, which is almost always).
+    pub fn push_in_place(&mut self, tokens: &Tokens, text: &mut String) {
+        if self.pending.is_empty() && !text.contains('[') {
+            return;
+        }
+        let piece = std::mem::take(text);
+        *text = self.push_owned(tokens, piece);
     }
 
     pub fn finish(&mut self, tokens: &Tokens) -> String {

@@ -221,8 +221,8 @@ pub struct SseMasker {
     templates: Vec<Template>,
     /// Whether events are learnt as templates (tests compare both ways).
     learning: bool,
-    /// A templated event's text, written as JSON.
-    scratch: String,
+    /// What a channel lets out of a piece (`through`), reused.
+    ready: String,
     fit: Fit,
     /// What the event being read did, to tell whether it can be a template.
     shape: Shape,
@@ -276,7 +276,7 @@ impl SseMasker {
             edits: Edits::default(),
             templates: Vec::new(),
             learning: true,
-            scratch: String::new(),
+            ready: String::new(),
             fit: Fit::default(),
             shape: Shape::default(),
             broken: None,
@@ -648,6 +648,7 @@ impl SseMasker {
                     self.shape.other = true;
                 }
                 self.rewrite(tape, node, &piece, &ready);
+                self.reuse(ready);
                 streamed.push(node);
                 self.shape.texts += 1;
                 self.shape.text = Some((ch, String::new(), node));
@@ -714,10 +715,6 @@ impl SseMasker {
         self.templates = templates;
         self.edits.clear();
         let changed = ready != piece;
-        if changed {
-            self.scratch.clear();
-            json::write_str(&mut self.scratch, &ready);
-        }
         let numbers = std::mem::take(&mut self.fit.numbers);
         for r in &numbers {
             let text = data.get(r.clone()).unwrap_or("");
@@ -740,16 +737,18 @@ impl SseMasker {
         if !self.edits.is_empty() {
             // An integer changed too (rare): every edit in one pass.
             if changed {
-                let s = self.scratch.clone();
+                let mut s = String::new();
+                json::write_str(&mut s, &ready);
                 self.edits.replace(token.start, token.end, s);
             }
             let new = self.edits.apply(data);
             ev.write(Some(&new), out);
         } else if changed {
-            ev.write_parts(&[before, &self.scratch, after], out);
+            ev.write_around(before, &ready, after, out);
         } else {
             ev.write(Some(data), out);
         }
+        self.reuse(ready);
         true
     }
 
@@ -798,6 +797,7 @@ impl SseMasker {
         };
         let ready = self.through(m, &ch, &piece, &extra, tokens, hits);
         self.rewrite(tape, node, &piece, &ready);
+        self.reuse(ready);
         self.shape.texts += 1;
         self.shape.text = Some((ch, extra, node));
     }
@@ -826,8 +826,17 @@ impl SseMasker {
         if state.extra != extra {
             extra.clone_into(&mut state.extra);
         }
-        let masked = state.masker.push(m, piece, tokens, hits);
-        state.restorer.push_owned(tokens, masked)
+        // The buffer of an earlier piece, given back with `reuse`.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        state.masker.push_into(m, piece, tokens, hits, &mut ready);
+        state.restorer.push_in_place(tokens, &mut ready);
+        ready
+    }
+
+    /// Takes back the buffer `through` returned, for the next piece.
+    fn reuse(&mut self, ready: String) {
+        self.ready = ready;
     }
 
     /// Puts `ready` in place of string node `node` (which held `piece`).

@@ -19,31 +19,35 @@ pub struct Event {
 }
 
 impl Event {
-    /// Writes the event in canonical form, with `data` in place of its own.
-    pub fn write(&self, data: Option<&str>, out: &mut Vec<u8>) {
-        match data {
-            Some(data) => self.write_parts(&[data], out),
-            None => {
-                self.write_fields(out);
-                out.push(b'\n');
-            }
-        }
+    /// No field at all (a blank line alone dispatches nothing).
+    fn is_empty(&self) -> bool {
+        self.comments.is_empty()
+            && self.event.is_none()
+            && self.id.is_none()
+            && self.retry.is_none()
+            && self.data.is_none()
     }
 
-    /// Writes the event with the concatenation of `parts` as its data.
-    pub fn write_parts(&self, parts: &[&str], out: &mut Vec<u8>) {
+    /// Writes the event in canonical form, with `data` in place of its own.
+    pub fn write(&self, data: Option<&str>, out: &mut Vec<u8>) {
+        self.write_fields(out);
+        if let Some(data) = data {
+            out.extend_from_slice(b"data: ");
+            data_lines(data, out);
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+
+    /// Writes the event with `before`, then `text` as a JSON string, then
+    /// `after` as its data (a templated event whose text changed).
+    pub fn write_around(&self, before: &str, text: &str, after: &str, out: &mut Vec<u8>) {
         self.write_fields(out);
         out.extend_from_slice(b"data: ");
-        for part in parts {
-            // Each line of the data is a `data:` line of its own.
-            let mut rest = part.as_bytes();
-            while let Some(at) = memchr::memchr(b'\n', rest) {
-                out.extend_from_slice(rest.get(..at).unwrap_or_default());
-                out.extend_from_slice(b"\ndata: ");
-                rest = rest.get(at + 1..).unwrap_or_default();
-            }
-            out.extend_from_slice(rest);
-        }
+        data_lines(before, out);
+        // Escaped, the text has no line break of its own.
+        crate::json::write_str_bytes(out, text);
+        data_lines(after, out);
         out.extend_from_slice(b"\n\n");
     }
 
@@ -66,6 +70,17 @@ impl Event {
             }
         }
     }
+}
+
+/// Each line of an event's data is a `data:` line of its own.
+fn data_lines(part: &str, out: &mut Vec<u8>) {
+    let mut rest = part.as_bytes();
+    while let Some(at) = memchr::memchr(b'\n', rest) {
+        out.extend_from_slice(rest.get(..at).unwrap_or_default());
+        out.extend_from_slice(b"\ndata: ");
+        rest = rest.get(at + 1..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
 }
 
 /// Why a stream can no longer be passed on.
@@ -92,15 +107,15 @@ impl std::fmt::Display for Broken {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct Spare {
-    data: Option<String>,
-    event: Option<String>,
-}
+/// Buffers kept for reuse: a chunk often completes several events before
+/// the first is written out and recycled, so one spare buffer is not enough.
+const SPARE: usize = 32;
+/// Larger buffers (an unusually big event) are not kept.
+const SPARE_BYTES: usize = 16 << 10;
 
-/// `value` in `spare`'s buffer, if there is one.
-fn reuse(spare: &mut Option<String>, value: &str) -> String {
-    match spare.take() {
+/// `value` in a spare buffer, if there is one.
+fn reuse(spare: &mut Vec<String>, value: &str) -> String {
+    match spare.pop() {
         Some(mut s) => {
             s.clear();
             s.push_str(value);
@@ -119,8 +134,8 @@ pub struct Reader {
     /// No line has been completed yet (a BOM may start the first).
     first: bool,
     pending: Event,
-    /// Buffers of events already written out, reused.
-    spare: Spare,
+    /// Buffers of events already written out, reused (at most `SPARE`).
+    spare: Vec<String>,
     /// Bytes of the event being read, its partial line included.
     size: usize,
     started: bool,
@@ -186,7 +201,7 @@ impl Reader {
         if !self.line.is_empty() {
             self.line_done(events)?;
         }
-        if self.pending != Event::default() {
+        if !self.pending.is_empty() {
             events.push(std::mem::take(&mut self.pending));
         }
         self.size = 0;
@@ -222,7 +237,7 @@ impl Reader {
             // A blank line: the event is complete.
             let event = std::mem::take(&mut self.pending);
             self.size = 0;
-            if event != Event::default() {
+            if !event.is_empty() {
                 events.push(event);
             }
             return Ok(());
@@ -245,9 +260,9 @@ impl Reader {
                     d.push('\n');
                     d.push_str(value);
                 }
-                None => e.data = Some(reuse(&mut self.spare.data, value)),
+                None => e.data = Some(reuse(&mut self.spare, value)),
             },
-            "event" => e.event = Some(reuse(&mut self.spare.event, value)),
+            "event" => e.event = Some(reuse(&mut self.spare, value)),
             "id" if !value.contains('\0') => e.id = Some(value.to_string()),
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 e.retry = Some(value.to_string());
@@ -261,11 +276,10 @@ impl Reader {
     /// Takes back an event's buffers once it has been written out, for the
     /// events still to come.
     pub fn recycle(&mut self, ev: Event) {
-        if let Some(d) = ev.data {
-            self.spare.data = Some(d);
-        }
-        if let Some(n) = ev.event {
-            self.spare.event = Some(n);
+        for s in [ev.data, ev.event].into_iter().flatten() {
+            if self.spare.len() < SPARE && s.capacity() <= SPARE_BYTES {
+                self.spare.push(s);
+            }
         }
     }
 }
