@@ -344,9 +344,10 @@ impl StreamRestorer {
     }
 
     /// `push_owned` on `text` in place (no copy when nothing is held or
-    /// restored, which is almost always).
+    /// restored, which is almost always; nothing is ever held when the
+    /// exchange has no placeholder to restore).
     pub fn push_in_place(&mut self, tokens: &Tokens, text: &mut String) {
-        if self.pending.is_empty() && !text.contains('[') {
+        if self.pending.is_empty() && (!tokens.restores() || !text.contains('[')) {
             return;
         }
         let piece = std::mem::take(text);

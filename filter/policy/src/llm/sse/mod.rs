@@ -18,7 +18,7 @@
 pub mod reader;
 mod template;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use crate::access::AnswerGuard;
 use crate::json::{self, Edits, Kind, Tape};
@@ -102,6 +102,52 @@ struct ChannelState {
     /// Members to repeat in an event of this channel's own (Responses
     /// `item_id`), judged.
     extra: String,
+}
+
+/// The open channels in `Channel` order (the order their held text is
+/// flushed in): a few at most, looked up once per delta, so a sorted list.
+#[derive(Debug, Default)]
+struct Channels(Vec<(Channel, ChannelState)>);
+
+impl Channels {
+    fn find(&self, ch: &Channel) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| c.cmp(ch))
+    }
+
+    /// The channel's state, opened with `new` when it is not open yet.
+    fn open(
+        &mut self,
+        ch: &Channel,
+        new: impl FnOnce() -> ChannelState,
+    ) -> Option<&mut ChannelState> {
+        let i = match self.find(ch) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (ch.clone(), new()));
+                i
+            }
+        };
+        self.0.get_mut(i).map(|(_, state)| state)
+    }
+
+    fn get(&self, ch: &Channel) -> Option<&ChannelState> {
+        self.find(ch)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, state)| state)
+    }
+
+    fn remove(&mut self, ch: &Channel) -> Option<ChannelState> {
+        self.find(ch).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Channel> {
+        self.0.iter().map(|(c, _)| c)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &ChannelState> {
+        self.0.iter().map(|(_, state)| state)
+    }
 }
 
 /// Strings already judged clean in this stream (ids, the model name and
@@ -210,7 +256,7 @@ pub struct SseMasker {
     max_event: usize,
     reader: Reader,
     events: Vec<Event>,
-    channels: BTreeMap<Channel, ChannelState>,
+    channels: Channels,
     /// OpenAI chat: the judged `id`, `object`, `created` and `model` members
     /// of the stream's first chunk, for chunks of held text of its own.
     chat_envelope: String,
@@ -269,7 +315,7 @@ impl SseMasker {
             max_event,
             reader: Reader::default(),
             events: Vec::new(),
-            channels: BTreeMap::new(),
+            channels: Channels::default(),
             chat_envelope: String::new(),
             clean: Clean::default(),
             tape: Tape::default(),
@@ -812,15 +858,12 @@ impl SseMasker {
         tokens: &mut Tokens,
         hits: &mut Hits,
     ) -> String {
-        if !self.channels.contains_key(ch) {
-            let state = ChannelState {
-                masker: StreamMasker::new(self.hold_max),
-                restorer: StreamRestorer::default(),
-                extra: String::new(),
-            };
-            self.channels.insert(ch.clone(), state);
-        }
-        let Some(state) = self.channels.get_mut(ch) else {
+        let hold_max = self.hold_max;
+        let Some(state) = self.channels.open(ch, || ChannelState {
+            masker: StreamMasker::new(hold_max),
+            restorer: StreamRestorer::default(),
+            extra: String::new(),
+        }) else {
             return String::new();
         };
         if state.extra != extra {

@@ -247,12 +247,16 @@ impl Reader {
             e.comments.push(comment.to_string());
             return Ok(());
         }
-        let (name, value) = match line.find(':') {
-            Some(i) => {
-                let value = &line[i + 1..];
-                (&line[..i], value.strip_prefix(' ').unwrap_or(value))
-            }
-            None => (line, ""),
+        let (name, value) = match line.strip_prefix("data:") {
+            // Most lines: no search for the colon.
+            Some(value) => ("data", value.strip_prefix(' ').unwrap_or(value)),
+            None => match line.find(':') {
+                Some(i) => {
+                    let value = &line[i + 1..];
+                    (&line[..i], value.strip_prefix(' ').unwrap_or(value))
+                }
+                None => (line, ""),
+            },
         };
         match name {
             "data" => match &mut e.data {
