@@ -109,9 +109,10 @@ impl std::fmt::Display for Broken {
 
 /// Buffers kept for reuse: a chunk often completes several events before
 /// the first is written out and recycled, so one spare buffer is not enough.
-const SPARE: usize = 32;
+/// At most 64 KiB per stream stay allocated this way.
+const SPARE: usize = 16;
 /// Larger buffers (an unusually big event) are not kept.
-const SPARE_BYTES: usize = 16 << 10;
+const SPARE_BYTES: usize = 4 << 10;
 
 /// `value` in a spare buffer, if there is one.
 fn reuse(spare: &mut Vec<String>, value: &str) -> String {
