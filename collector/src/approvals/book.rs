@@ -221,6 +221,16 @@ impl Book {
         Ok(ev)
     }
 
+    /// What `approver` decided on approval `id`, if they decided it:
+    /// `Some(true)` approved, `Some(false)` denied.
+    pub fn decision_of(&self, id: &str, approver: &Approver) -> Option<bool> {
+        let a = self.approvals.get(id)?;
+        if !a.approvers.iter().any(|d| same(&d.who, approver)) {
+            return None;
+        }
+        Some(a.state != State::Denied)
+    }
+
     /// Spends one use of an approved grant, if this caller may: `Ok` is the
     /// event to record; `Err` carries the refusal and its event (refused
     /// attempts are evidence too).

@@ -148,6 +148,13 @@ impl Service {
             .collect())
     }
 
+    /// What this approver decided on approval `id`, if they decided it
+    /// (`Some(true)` approved): the console confirms a decision from the
+    /// book, not from what a link says.
+    pub async fn decision_of(&self, caller: &Caller, id: &str) -> Option<bool> {
+        self.book.lock().await.decision_of(id, &caller.approver)
+    }
+
     /// A verified approver's decision, exactly as `POST
     /// /v1/approvals/ID/approve|deny` makes it: the approver rules
     /// (`Access::may_decide`), no self-approval, the quorum, durable before

@@ -318,20 +318,25 @@ async fn record_json(
 
 #[derive(Deserialize)]
 struct InboxQuery {
+    /// The approval just decided (after the decision's redirect).
     #[serde(default)]
     decided: Option<String>,
-    #[serde(default)]
-    outcome: Option<String>,
 }
 
 async fn inbox(State(c): State<Console>, user: User, Query(q): Query<InboxQuery>) -> Response {
     if let Some(r) = c.refuse_non_approver(&user) {
         return r;
     }
-    let done = match (&q.decided, q.outcome.as_deref()) {
-        (Some(id), Some("approved")) => Some(format!("You approved {id}.")),
-        (Some(id), Some("denied")) => Some(format!("You denied {id}.")),
-        _ => None,
+    // Said only when the book agrees: a link cannot make the inbox claim a
+    // decision its reader did not make.
+    let approvals = &c.inner.settings.approvals;
+    let done = match &q.decided {
+        Some(id) => match approvals.decision_of(&user.caller, id).await {
+            Some(true) => Some(format!("You approved {id}.")),
+            Some(false) => Some(format!("You denied {id}.")),
+            None => None,
+        },
+        None => None,
     };
     let flash = match &done {
         Some(t) => inbox::Flash::Done(t),
@@ -400,14 +405,7 @@ async fn decide(
     };
     let svc = c.inner.settings.approvals.clone();
     match svc.decide_as(&user.caller, &id, approve, &f.reason).await {
-        Ok(_) => {
-            let outcome = if approve { "approved" } else { "denied" };
-            Redirect::to(&format!(
-                "/inbox?decided={}&outcome={outcome}",
-                html::url(&id)
-            ))
-            .into_response()
-        }
+        Ok(_) => Redirect::to(&format!("/inbox?decided={}", html::url(&id))).into_response(),
         Err(e) => {
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
             let text = format!("Not recorded: {}", e.message);

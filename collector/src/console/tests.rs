@@ -357,6 +357,12 @@ fn pages_through_http() {
     assert_eq!(a.status, 303, "{}", a.body);
     let a = get(&base, &a.location, Some(&bob));
     assert!(a.body.contains(&format!("You approved {id}.")));
+    // A link cannot make the inbox claim a decision its reader did not make.
+    let a = get(&base, &format!("/inbox?decided={id}"), Some(&alice));
+    assert!(!a.body.contains("You approved"), "{}", a.body);
+    assert!(!a.body.contains("You denied"), "{}", a.body);
+    let a = get(&base, "/inbox?decided=apr_nothing", Some(&bob));
+    assert!(!a.body.contains("You approved apr_nothing"), "{}", a.body);
     assert!(!a.body.contains("data-approval="));
     let mut shown = agent()
         .get(&format!("{machine}/v1/approvals/{id}"))
