@@ -12,6 +12,8 @@ use tracegate_proto::v1::{identity::Status, record::Phase, Alert, ApprovalEvent,
 use super::{ApprovalOutcome, Condition, RateKey, Rule};
 
 const MINUTE_NANOS: i64 = 60_000_000_000;
+/// Quiet windows are forgotten at most this often (record time).
+const SWEEP_NANOS: i64 = 1_000_000_000;
 /// Rate windows kept at most; past it, quiet ones are forgotten first, and
 /// when none is quiet, new keys count together under `OVERFLOW` (a caller
 /// inventing a new subject per token is still counted, in one window).
@@ -141,7 +143,7 @@ impl Evaluator {
             now
         };
         if self.windows.len() >= MAX_WINDOWS && !self.windows.contains_key(&(i, key.clone())) {
-            if t.saturating_sub(self.swept_at) >= MINUTE_NANOS / 60 {
+            if t.saturating_sub(self.swept_at) >= SWEEP_NANOS {
                 self.swept_at = t;
                 self.windows
                     .retain(|_, w| w.times.back().is_some_and(|last| t - last < MINUTE_NANOS));

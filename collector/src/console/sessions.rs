@@ -312,43 +312,50 @@ pub fn session_page(
             .push(r);
     }
     let mut s = html::start(&format!("Session {id}"), Nav::Sessions, user);
-    // The approval events of the exchanges shown.
-    let mut named = Vec::new();
+    // Exchanges are numbered across callers, group after group: each
+    // group's first number (0-based) and the part of it this page shows.
     let mut start = 0;
-    for (_, records) in groups.values() {
-        let (from, to) = (first.max(start), last.min(start + records.len()));
-        if from < to {
-            named.extend(approvals_named(&records[from - start..to - start]));
-        }
-        start += records.len();
-    }
+    let shown: Vec<(&Caller, &[Record], usize, std::ops::Range<usize>)> = groups
+        .values()
+        .map(|(c, records)| {
+            let at = start;
+            start += records.len();
+            let range =
+                first.max(at).saturating_sub(at)..last.min(at + records.len()).saturating_sub(at);
+            (c, records.as_slice(), at, range)
+        })
+        .filter(|(_, _, _, range)| !range.is_empty())
+        .collect();
+    // The approval events of the exchanges shown.
+    let named: Vec<_> = shown
+        .iter()
+        .flat_map(|(_, records, _, range)| approvals_named(&records[range.clone()]))
+        .collect();
     let events = reader.approval_events(&named)?;
     let pages = |s: &mut String| session_pager(s, id, q, first, last, limit, total);
     pages(&mut s);
     s.push_str("<section id=\"conversation\">");
-    // Exchanges are numbered across callers, group after group.
-    let mut start = 0;
-    for (c, records) in groups.values() {
-        let (from, to) = (first.max(start), last.min(start + records.len()));
-        if from < to {
-            let key = caller_key(c);
-            let _ = write!(
-                s,
-                "<h2>Caller {} <small>({} exchange{})</small></h2>",
-                esc(&key),
-                records.len(),
-                if records.len() == 1 { "" } else { "s" }
-            );
-            // The exchange before the page's first is read too: what its
-            // request repeats of it is not shown again.
-            let (lo, hi) = (from - start, to - start);
-            let with_previous = lo.saturating_sub(1);
-            let conv = conversation(id, &records[with_previous..hi], &events);
-            for (k, x) in conv.exchanges.iter().enumerate().skip(lo - with_previous) {
-                exchange_html(&mut s, id, start + with_previous + k + 1, x);
-            }
+    for (c, records, start, range) in &shown {
+        let key = caller_key(c);
+        let _ = write!(
+            s,
+            "<h2>Caller {} <small>({} exchange{})</small></h2>",
+            esc(&key),
+            records.len(),
+            if records.len() == 1 { "" } else { "s" }
+        );
+        // The exchange before the page's first is read too: what its
+        // request repeats of it is not shown again.
+        let with_previous = range.start.saturating_sub(1);
+        let conv = conversation(id, &records[with_previous..range.end], &events);
+        for (k, x) in conv
+            .exchanges
+            .iter()
+            .enumerate()
+            .skip(range.start - with_previous)
+        {
+            exchange_html(&mut s, id, start + with_previous + k + 1, x);
         }
-        start += records.len();
     }
     s.push_str("</section>");
     pages(&mut s);
