@@ -25,7 +25,6 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = sys.argv[1] if len(sys.argv) > 1 else "/usr/bin/chromium"
@@ -112,7 +111,18 @@ def run(c):
         # wait after a click can return while a redirect chain still runs).
         old = driver.find_element(By.TAG_NAME, "html")
         one(c["css"]).click()
-        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
+        def gone(_):
+            # Chromedriver reports an element of a replaced document as
+            # stale or, sometimes, as "does not belong to the document":
+            # both mean the old page is gone.
+            try:
+                old.is_enabled()
+                return False
+            except WebDriverException:
+                return True
+
+        WebDriverWait(driver, 30).until(gone)
         loaded()
         return page()
     if cmd == "texts":
