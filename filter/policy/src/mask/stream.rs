@@ -123,7 +123,11 @@ impl StreamMasker {
         let from = self.index(self.released);
         let mut cut =
             floor_char_boundary(&self.buf, self.index(hold.from.clamp(self.released, end)));
-        let needs_regexes = self.tracks.matched.iter().any(|&s| s < self.base + cut);
+        // The gate does not walk starts that die: a match among them shows
+        // in the text that goes out (or in the held text after it).
+        let needs_regexes = cut > from
+            && (self.tracks.matched.iter().any(|&s| s < self.base + cut)
+                || live.any_match(self.buf.as_bytes(), from));
         self.findings.clear();
         if needs_regexes {
             let catalogue = m.catalogue();
