@@ -102,6 +102,31 @@ impl StreamMasker {
         out: &mut String,
     ) {
         self.append(piece);
+        self.release(m, tokens, hits, &[], std::slice::from_mut(out));
+    }
+
+    /// Takes a piece without deciding yet what can go out: `release`
+    /// decides once for every piece taken since (pieces that arrived
+    /// together need one walk, not one each). Returns where the piece ends
+    /// in the original text (a bound for `release`).
+    pub fn take(&mut self, piece: &str) -> usize {
+        self.append(piece);
+        self.orig_released + self.orig.len()
+    }
+
+    /// Decides what can go out of the text taken so far and appends it to
+    /// `outs`, split at `bounds` (where `take` said the pieces end, all but
+    /// the last): `outs[i]` gets what came in piece `i`, a masked value
+    /// whole in the piece where it ends. `outs` has one more entry than
+    /// `bounds`.
+    pub fn release(
+        &mut self,
+        m: &Masker,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        bounds: &[usize],
+        outs: &mut [String],
+    ) {
         let live = m.catalogue().live();
         if let Some(detector) = self.cut_off {
             let Some(ended) =
@@ -154,7 +179,7 @@ impl StreamMasker {
         }
         let cut_at = self.base + cut;
         let orig_cut = self.orig_at(cut_at);
-        self.masked_original(m, orig_cut, tokens, hits, out);
+        self.masked_original(m, orig_cut, tokens, hits, bounds, outs);
         self.tracks.matched.retain(|&s| s >= cut_at);
 
         if end - cut_at > self.hold_max {
@@ -166,7 +191,9 @@ impl StreamMasker {
                 end: rest.len(),
                 detector,
             };
-            out.push_str(&m.apply(rest, &[held], tokens, hits));
+            if let Some(out) = outs.last_mut() {
+                out.push_str(&m.apply(rest, &[held], tokens, hits));
+            }
             hits.stream_holds_exceeded += 1;
             match hold.detector {
                 Some(d) => self.cut_off = Some(d),
@@ -191,7 +218,14 @@ impl StreamMasker {
                 .extend(self.matches.iter().filter_map(|x| x.finding));
             catalogue.resolve(&mut self.findings);
             let orig_end = self.orig_released + self.orig.len();
-            self.masked_original(m, orig_end, tokens, hits, &mut out);
+            self.masked_original(
+                m,
+                orig_end,
+                tokens,
+                hits,
+                &[],
+                std::slice::from_mut(&mut out),
+            );
         }
         self.cut_off = None;
         m.catalogue().live().restart(&mut self.tracks, end);
@@ -200,33 +234,70 @@ impl StreamMasker {
     }
 
     /// Appends the original text from `orig_released` to `orig_cut`, masked
-    /// with `self.findings` (folded positions relative to `buf`).
+    /// with `self.findings` (folded positions relative to `buf`), to `outs`
+    /// split at `bounds` (absolute original positions; a bound inside a
+    /// finding moves to its start).
     fn masked_original(
         &self,
         m: &Masker,
         orig_cut: usize,
         tokens: &mut Tokens,
         hits: &mut Hits,
-        out: &mut String,
+        bounds: &[usize],
+        outs: &mut [String],
     ) {
         let text = &self.orig[..orig_cut - self.orig_released];
-        if self.findings.is_empty() {
-            out.push_str(text);
-            return;
-        }
-        let mapped: Vec<Finding> = self
-            .findings
-            .iter()
-            .map(|f| {
-                let (start, end) = self.orig_span(self.base + f.start, self.base + f.end);
-                Finding {
-                    start: start - self.orig_released,
-                    end: end - self.orig_released,
-                    detector: f.detector,
+        let mapped: Vec<Finding> = if self.findings.is_empty() {
+            Vec::new()
+        } else {
+            self.findings
+                .iter()
+                .map(|f| {
+                    let (start, end) = self.orig_span(self.base + f.start, self.base + f.end);
+                    Finding {
+                        start: start - self.orig_released,
+                        end: end - self.orig_released,
+                        detector: f.detector,
+                    }
+                })
+                .collect()
+        };
+        let last = outs.len().saturating_sub(1);
+        let mut at = 0;
+        let mut next = 0; // the first finding not written yet
+        for (i, out) in outs.iter_mut().enumerate() {
+            let mut to = match bounds.get(i) {
+                Some(&b) if i < last => b.saturating_sub(self.orig_released).clamp(at, text.len()),
+                _ => text.len(),
+            };
+            if let Some(f) = mapped.iter().find(|f| f.start < to && f.end > to) {
+                to = f.start.max(at);
+            }
+            let mut end = next;
+            while mapped.get(end).is_some_and(|f| f.end <= to) {
+                end += 1;
+            }
+            let piece = &text[at..to];
+            match mapped.get(next..end) {
+                Some(found) if !found.is_empty() && at == 0 => {
+                    out.push_str(&m.apply(piece, found, tokens, hits));
                 }
-            })
-            .collect();
-        out.push_str(&m.apply(text, &mapped, tokens, hits));
+                Some(found) if !found.is_empty() => {
+                    let shifted: Vec<Finding> = found
+                        .iter()
+                        .map(|f| Finding {
+                            start: f.start - at,
+                            end: f.end - at,
+                            detector: f.detector,
+                        })
+                        .collect();
+                    out.push_str(&m.apply(piece, &shifted, tokens, hits));
+                }
+                _ => out.push_str(piece),
+            }
+            next = end;
+            at = to;
+        }
     }
 
     /// Appends a piece: the original as it is, the folded form character by

@@ -112,6 +112,30 @@ fn streams_mask_values_split_across_pieces() {
     assert_eq!(stream(&m, &refs, 512).0, whole);
 }
 
+/// Pieces released together: each piece's share is its own text, a
+/// masked value whole in the piece where it ends, the word in progress
+/// held.
+#[test]
+fn pieces_released_together_keep_their_own_text() {
+    let m = masker(|_| Operator::Redact);
+    let mut s = StreamMasker::new(HOLD_MAX);
+    let (mut t, mut h) = (Tokens::default(), Hits::default());
+    let pieces = ["hello ", "wor", "ld ops@exa", "mple.com and", " more"];
+    let mut bounds: Vec<usize> = pieces.iter().map(|p| s.take(p)).collect();
+    bounds.pop();
+    let mut outs = vec![String::new(); pieces.len()];
+    s.release(&m, &mut t, &mut h, &bounds, &mut outs);
+    let email = m
+        .mask(
+            "ops@example.com",
+            &mut Tokens::default(),
+            &mut Hits::default(),
+        )
+        .unwrap();
+    assert_eq!(outs, ["hello ", "wor", "ld ", &format!("{email} and"), " "]);
+    assert_eq!(s.finish(&m, &mut t, &mut h), "more");
+}
+
 /// What each push releases, for a sequence of pieces.
 fn releases(m: &Masker, pieces: &[&str]) -> Vec<String> {
     let mut s = StreamMasker::new(HOLD_MAX);
@@ -383,6 +407,51 @@ mod properties {
             prop_assert_eq!(hits, h);
         }
 
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Pieces taken together and released at once (the pieces of one
+        /// network chunk) come out as masking the whole text.
+        #[test]
+        fn pieces_released_together_equal_masked_whole(
+            text in text(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            groups in prop::collection::vec(1..5usize, 1..12),
+            op in 0..4usize,
+        ) {
+            let m = masker_with(op);
+            let mut t = Tokens::default();
+            let mut h = Hits::default();
+            let whole = m.mask(&text, &mut t, &mut h).unwrap_or_else(|| text.clone());
+            let pieces = split(&text, &cuts);
+            let mut s = StreamMasker::new(HOLD_MAX);
+            let (mut t, mut h) = (Tokens::default(), Hits::default());
+            let mut out = String::new();
+            let mut rest = &pieces[..];
+            for &n in groups.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (batch, later) = rest.split_at(n.min(rest.len()));
+                rest = later;
+                let mut bounds: Vec<usize> = batch.iter().map(|p| s.take(p)).collect();
+                bounds.pop();
+                let mut outs = vec![String::new(); batch.len()];
+                s.release(m, &mut t, &mut h, &bounds, &mut outs);
+                for share in &outs {
+                    out += share;
+                }
+            }
+            out += &s.finish(m, &mut t, &mut h);
+            prop_assert_eq!(out, whole);
+            prop_assert_eq!(h, {
+                let mut h = Hits::default();
+                m.mask(&text, &mut Tokens::default(), &mut h);
+                h
+            });
+        }
     }
 
     proptest! {

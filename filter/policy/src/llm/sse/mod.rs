@@ -137,6 +137,13 @@ impl Channels {
             .map(|(_, state)| state)
     }
 
+    fn get_mut(&mut self, ch: &Channel) -> Option<&mut ChannelState> {
+        self.find(ch)
+            .ok()
+            .and_then(|i| self.0.get_mut(i))
+            .map(|(_, state)| state)
+    }
+
     fn remove(&mut self, ch: &Channel) -> Option<ChannelState> {
         self.find(ch).ok().map(|i| self.0.remove(i).1)
     }
@@ -269,6 +276,15 @@ pub struct SseMasker {
     learning: bool,
     /// What a channel lets out of a piece (`through`), reused.
     ready: String,
+    /// Templated events of one channel from the chunk being read, their
+    /// text taken by the channel's masker and not decided yet: written
+    /// together by `flush_run`, with one decision for all of them (the
+    /// liveness walk costs about the same for one piece as for several).
+    run: Vec<Deferred>,
+    run_channel: Option<Channel>,
+    /// Each deferred event's share of what the channel lets out, reused.
+    run_outs: Vec<String>,
+    run_bounds: Vec<usize>,
     fit: Fit,
     /// What the event being read did, to tell whether it can be a template.
     shape: Shape,
@@ -286,6 +302,29 @@ pub struct SseMasker {
     /// OpenAI chat: tracegate asked for usage the client did not ask for,
     /// so the usage-only chunk is not passed on.
     pub hide_usage_chunk: bool,
+}
+
+/// What became of an event offered as templated.
+enum Templated {
+    /// It waits in the run.
+    Deferred,
+    /// It was written (its integers judged).
+    Written(Event),
+    /// It fits no template: read it in full.
+    No(Event),
+}
+
+/// A templated event waiting for its channel's decision.
+#[derive(Debug)]
+struct Deferred {
+    ev: Event,
+    /// The text's JSON string in the event's data.
+    token: std::ops::Range<usize>,
+    /// The text, when it was written with escapes (else it is the token's
+    /// inside).
+    unescaped: Option<String>,
+    /// Where the text ends in the channel's original text.
+    bound: usize,
 }
 
 /// What reading one JSON event did.
@@ -323,6 +362,10 @@ impl SseMasker {
             templates: Vec::new(),
             learning: true,
             ready: String::new(),
+            run: Vec::new(),
+            run_channel: None,
+            run_outs: Vec::new(),
+            run_bounds: Vec::new(),
             fit: Fit::default(),
             shape: Shape::default(),
             broken: None,
@@ -376,9 +419,11 @@ impl SseMasker {
                 self.reader.recycle(ev);
                 continue;
             }
-            let ev = self.event(m, ev, tokens, hits, &mut out);
-            self.reader.recycle(ev);
+            if let Some(ev) = self.event(m, ev, tokens, hits, &mut out) {
+                self.reader.recycle(ev);
+            }
         }
+        self.flush_run(m, tokens, hits, &mut out);
         self.events = events;
         if let Some(d) = self.denied.take() {
             self.broken = Some(d);
@@ -403,6 +448,7 @@ impl SseMasker {
                 self.event(m, ev, tokens, hits, &mut out);
             }
         }
+        self.flush_run(m, tokens, hits, &mut out);
         self.events = events;
         if let Some(d) = self.denied.take() {
             self.broken = Some(d);
@@ -412,20 +458,35 @@ impl SseMasker {
         out
     }
 
-    /// Judges and writes one event; gives it back (its buffers are reused).
+    /// Judges and writes one event; gives it back (its buffers are reused),
+    /// unless it waits in the run of its channel (`flush_run`).
     fn event(
         &mut self,
         m: &Masker,
-        mut ev: Event,
+        ev: Event,
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
-    ) -> Event {
-        if let Some(data) = &ev.data {
-            if self.templated(m, &ev, data, tokens, hits, out) {
-                return ev;
-            }
-        }
+    ) -> Option<Event> {
+        let mut ev = match self.templated(m, ev, tokens, hits, out) {
+            Templated::Deferred => return None,
+            Templated::Written(ev) => return Some(ev),
+            Templated::No(ev) => ev,
+        };
+        self.flush_run(m, tokens, hits, out);
+        self.event_in_full(m, &mut ev, tokens, hits, out);
+        Some(ev)
+    }
+
+    /// Judges and writes an event that fits no template.
+    fn event_in_full(
+        &mut self,
+        m: &Masker,
+        ev: &mut Event,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        out: &mut Vec<u8>,
+    ) {
         let mut changed = false;
         for c in &mut ev.comments {
             if let Some(masked) = self.judge(m, c, tokens, hits) {
@@ -447,12 +508,12 @@ impl SseMasker {
         }
         let Some(data) = ev.data.take() else {
             ev.write(None, out);
-            return ev;
+            return;
         };
         if data.trim() == "[DONE]" {
             self.flush_all(m, tokens, hits, out);
             ev.write(Some(&data), out);
-            return ev;
+            return;
         }
         let mut tape = std::mem::take(&mut self.tape);
         let new = match tape.parse(&data) {
@@ -462,14 +523,14 @@ impl SseMasker {
             Ok(()) if self.denies(&tape, &data) => {
                 self.tape = tape;
                 ev.data = Some(data);
-                return ev;
+                return;
             }
             // OpenAI chat's usage chunk that only tracegate asked for: read,
             // not sent (so not judged either: none of it leaves).
             Ok(()) if self.usage_hidden(m, &tape, &data) => {
                 self.tape = tape;
                 ev.data = Some(data);
-                return ev;
+                return;
             }
             Ok(()) => {
                 self.edits.clear();
@@ -477,7 +538,7 @@ impl SseMasker {
                 let written = out.len();
                 self.json_event(m, &tape, &data, tokens, hits, out);
                 if !changed && out.len() == written {
-                    self.learn(&tape, &data, &ev);
+                    self.learn(&tape, &data, ev);
                 }
                 (!self.edits.is_empty()).then(|| self.edits.apply(&data))
             }
@@ -487,7 +548,6 @@ impl SseMasker {
         self.tape = tape;
         ev.write(Some(new.as_deref().unwrap_or(&data)), out);
         ev.data = Some(data);
-        ev
     }
 
     /// Whether the event calls a tool the guard does not allow (noted in
@@ -714,18 +774,21 @@ impl SseMasker {
         }
     }
 
-    /// An event of a known shape (`template`): its text through the
-    /// template's channel, its integers judged, nothing else read. `false`
-    /// when no template fits.
+    /// An event whose data fits a recent event's shape (`template`): only
+    /// its text (and integers) can differ, so it is not parsed. Its text
+    /// is taken by its channel's masker and the event waits in the run
+    /// (`flush_run`); one whose integers need judging is written now.
     fn templated(
         &mut self,
         m: &Masker,
-        ev: &Event,
-        data: &str,
+        ev: Event,
         tokens: &mut Tokens,
         hits: &mut Hits,
         out: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Templated {
+        let Some(data) = ev.data.as_deref() else {
+            return Templated::No(ev);
+        };
         let (comments, name, id, retry) = (
             &ev.comments,
             ev.event.as_deref(),
@@ -738,35 +801,76 @@ impl SseMasker {
             .iter()
             .position(|t| t.same_fields(comments, name, id, retry) && t.fit(data, fit))
         else {
-            return false;
+            return Templated::No(ev);
         };
         if k > 0 {
             self.templates[..=k].rotate_right(1);
         }
         let token = self.fit.token.clone();
         let inner = data.get(token.start + 1..token.end - 1).unwrap_or("");
-        let piece = if self.fit.escaped {
+        let unescaped = if self.fit.escaped {
             match json::unescape(inner) {
-                Some(p) => std::borrow::Cow::Owned(p),
-                None => return false,
+                Some(p) => Some(p),
+                None => return Templated::No(ev),
             }
         } else {
-            std::borrow::Cow::Borrowed(inner)
+            None
         };
-        let templates = std::mem::take(&mut self.templates);
-        let ready = match templates.first() {
-            Some(t) => self.through(m, &t.channel, &piece, &t.extra, tokens, hits),
-            None => String::new(),
+        // An integer (no character that folds, no placeholder) in which no
+        // detector matches passes as it is: almost always.
+        let live = m.catalogue().live();
+        let plain_numbers = self
+            .fit
+            .numbers
+            .iter()
+            .all(|r| !live.may_match(data.get(r.clone()).unwrap_or("")));
+        let Some(channel) = self.templates.first().map(|t| t.channel.clone()) else {
+            return Templated::No(ev);
         };
-        self.templates = templates;
-        self.edits.clear();
+        if self.run_channel.as_ref() != Some(&channel) || !plain_numbers {
+            self.flush_run(m, tokens, hits, out);
+        }
+        let piece = unescaped.as_deref().unwrap_or(inner);
+        if plain_numbers {
+            let extra = self
+                .templates
+                .first()
+                .map(|t| t.extra.as_str())
+                .unwrap_or("");
+            let hold_max = self.hold_max;
+            let Some(state) = self.channels.open(&channel, || ChannelState {
+                masker: StreamMasker::new(hold_max),
+                restorer: StreamRestorer::default(),
+                extra: String::new(),
+            }) else {
+                return Templated::No(ev);
+            };
+            if state.extra != extra {
+                extra.clone_into(&mut state.extra);
+            }
+            let bound = state.masker.take(piece);
+            self.run_channel = Some(channel);
+            self.run.push(Deferred {
+                ev,
+                token,
+                unescaped,
+                bound,
+            });
+            return Templated::Deferred;
+        }
+        // Written now, its integers judged.
+        let extra = self
+            .templates
+            .first()
+            .map(|t| t.extra.clone())
+            .unwrap_or_default();
+        let ready = self.through(m, &channel, piece, &extra, tokens, hits);
         let changed = ready != piece;
+        self.edits.clear();
         let numbers = std::mem::take(&mut self.fit.numbers);
         for r in &numbers {
             let text = data.get(r.clone()).unwrap_or("");
-            // An integer (no character that folds, no placeholder) in which
-            // no detector matches passes as it is.
-            if !m.catalogue().live().may_match(text) {
+            if !live.may_match(text) {
                 continue;
             }
             if let Some(masked) = self.judge(m, text, tokens, hits) {
@@ -776,12 +880,7 @@ impl SseMasker {
             }
         }
         self.fit.numbers = numbers;
-        let (before, after) = (
-            data.get(..token.start).unwrap_or(""),
-            data.get(token.end..).unwrap_or(""),
-        );
         if !self.edits.is_empty() {
-            // An integer changed too (rare): every edit in one pass.
             if changed {
                 let mut s = String::new();
                 json::write_str(&mut s, &ready);
@@ -790,12 +889,55 @@ impl SseMasker {
             let new = self.edits.apply(data);
             ev.write(Some(&new), out);
         } else if changed {
+            let (before, after) = (
+                data.get(..token.start).unwrap_or(""),
+                data.get(token.end..).unwrap_or(""),
+            );
             ev.write_around(before, &ready, after, out);
         } else {
             ev.write(Some(data), out);
         }
         self.reuse(ready);
-        true
+        Templated::Written(ev)
+    }
+
+    /// Decides for the text of the events waiting in the run and writes
+    /// them, each with its share.
+    fn flush_run(&mut self, m: &Masker, tokens: &mut Tokens, hits: &mut Hits, out: &mut Vec<u8>) {
+        let Some(channel) = self.run_channel.take() else {
+            return;
+        };
+        let mut run = std::mem::take(&mut self.run);
+        let mut outs = std::mem::take(&mut self.run_outs);
+        let mut bounds = std::mem::take(&mut self.run_bounds);
+        bounds.clear();
+        bounds.extend(run.iter().map(|d| d.bound));
+        bounds.pop();
+        outs.resize_with(run.len(), String::new);
+        outs.iter_mut().for_each(String::clear);
+        if let Some(state) = self.channels.get_mut(&channel) {
+            state.masker.release(m, tokens, hits, &bounds, &mut outs);
+            for text in outs.iter_mut() {
+                state.restorer.push_in_place(tokens, text);
+            }
+        }
+        for (d, text) in run.drain(..).zip(outs.iter()) {
+            let data = d.ev.data.as_deref().unwrap_or("");
+            let inner = data.get(d.token.start + 1..d.token.end - 1).unwrap_or("");
+            if text == d.unescaped.as_deref().unwrap_or(inner) {
+                d.ev.write(Some(data), out);
+            } else {
+                let (before, after) = (
+                    data.get(..d.token.start).unwrap_or(""),
+                    data.get(d.token.end..).unwrap_or(""),
+                );
+                d.ev.write_around(before, text, after, out);
+            }
+            self.reader.recycle(d.ev);
+        }
+        self.run = run;
+        self.run_outs = outs;
+        self.run_bounds = bounds;
     }
 
     /// Keeps the shape of an event read in full when it carried one channel
