@@ -16,7 +16,8 @@
 //! is not waited for: the held text is masked whole with that detector's
 //! operator, released, counted in `Hits::stream_holds_exceeded`, and the
 //! text that continues the same candidate is dropped until it ends. Memory
-//! per stream stays within `hold_max` plus one piece.
+//! per stream stays within `hold_max` plus the pieces taken since the last
+//! decision (one piece, or the text events of one network chunk).
 
 use super::{Hits, Masker, Tokens};
 use crate::detect::live::Tracks;
