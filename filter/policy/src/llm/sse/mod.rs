@@ -824,48 +824,64 @@ impl SseMasker {
             .numbers
             .iter()
             .all(|r| !live.may_match(data.get(r.clone()).unwrap_or("")));
-        let Some(channel) = self.templates.first().map(|t| t.channel.clone()) else {
+        let templates = std::mem::take(&mut self.templates);
+        let Some(t) = templates.first() else {
+            self.templates = templates;
             return Templated::No(ev);
         };
-        if self.run_channel.as_ref() != Some(&channel) || !plain_numbers {
+        if self.run_channel.as_ref() != Some(&t.channel) || !plain_numbers {
             self.flush_run(m, tokens, hits, out);
         }
         let piece = unescaped.as_deref().unwrap_or(inner);
-        if plain_numbers {
-            let extra = self
-                .templates
-                .first()
-                .map(|t| t.extra.as_str())
-                .unwrap_or("");
-            let hold_max = self.hold_max;
-            let Some(state) = self.channels.open(&channel, || ChannelState {
-                masker: StreamMasker::new(hold_max),
-                restorer: StreamRestorer::default(),
-                extra: String::new(),
-            }) else {
-                return Templated::No(ev);
-            };
-            if state.extra != extra {
-                extra.clone_into(&mut state.extra);
-            }
-            let bound = state.masker.take(piece);
-            self.run_channel = Some(channel);
-            self.run.push(Deferred {
-                ev,
-                token,
-                unescaped,
-                bound,
-            });
-            return Templated::Deferred;
+        if !plain_numbers {
+            // Written now, its integers judged.
+            let ready = self.through(m, &t.channel, piece, &t.extra, tokens, hits);
+            let changed = ready != piece;
+            self.templates = templates;
+            return self.write_templated(m, ev, &token, changed, ready, tokens, hits, out);
         }
-        // Written now, its integers judged.
-        let extra = self
-            .templates
-            .first()
-            .map(|t| t.extra.clone())
-            .unwrap_or_default();
-        let ready = self.through(m, &channel, piece, &extra, tokens, hits);
-        let changed = ready != piece;
+        let hold_max = self.hold_max;
+        let Some(state) = self.channels.open(&t.channel, || ChannelState {
+            masker: StreamMasker::new(hold_max),
+            restorer: StreamRestorer::default(),
+            extra: String::new(),
+        }) else {
+            self.templates = templates;
+            return Templated::No(ev);
+        };
+        if state.extra != t.extra {
+            t.extra.clone_into(&mut state.extra);
+        }
+        let bound = state.masker.take(piece);
+        if self.run_channel.is_none() {
+            self.run_channel = Some(t.channel.clone());
+        }
+        self.templates = templates;
+        self.run.push(Deferred {
+            ev,
+            token,
+            unescaped,
+            bound,
+        });
+        Templated::Deferred
+    }
+
+    /// Writes a templated event whose integers may need judging, with
+    /// `ready` (what its channel let out) as its text.
+    #[allow(clippy::too_many_arguments)]
+    fn write_templated(
+        &mut self,
+        m: &Masker,
+        ev: Event,
+        token: &std::ops::Range<usize>,
+        changed: bool,
+        ready: String,
+        tokens: &mut Tokens,
+        hits: &mut Hits,
+        out: &mut Vec<u8>,
+    ) -> Templated {
+        let data = ev.data.as_deref().unwrap_or("");
+        let live = m.catalogue().live();
         self.edits.clear();
         let numbers = std::mem::take(&mut self.fit.numbers);
         for r in &numbers {
