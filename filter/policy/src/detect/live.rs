@@ -175,63 +175,33 @@ enum Step {
 
 impl Liveness {
     pub fn new(hirs: &[Hir]) -> Result<Liveness, String> {
-        let mut dfas = Vec::with_capacity(hirs.len());
-        for hir in hirs {
-            let nfa = thompson::Compiler::new()
-                .configure(
-                    thompson::Config::new()
-                        .which_captures(thompson::WhichCaptures::None)
-                        .nfa_size_limit(Some(16 << 20)),
+        let dfas = hirs
+            .iter()
+            .map(|hir| {
+                lazy_dfa(
+                    std::slice::from_ref(hir),
+                    Direction::Forward,
+                    MatchKind::LeftmostFirst,
+                    16 << 20,
+                    CACHE_BYTES,
                 )
-                .build_from_hir(hir)
-                .map_err(|e| e.to_string())?;
-            let dfa = DFA::builder()
-                .configure(
-                    DFA::config()
-                        .match_kind(MatchKind::LeftmostFirst)
-                        .cache_capacity(CACHE_BYTES)
-                        .skip_cache_capacity_check(true),
-                )
-                .build_from_nfa(nfa)
-                .map_err(|e| e.to_string())?;
-            dfas.push(dfa);
-        }
-        let nfa = thompson::Compiler::new()
-            .configure(
-                thompson::Config::new()
-                    .which_captures(thompson::WhichCaptures::None)
-                    .nfa_size_limit(Some(64 << 20)),
-            )
-            .build_many_from_hir(hirs)
-            .map_err(|e| e.to_string())?;
-        let any = DFA::builder()
-            .configure(
-                DFA::config()
-                    .match_kind(MatchKind::All)
-                    .cache_capacity(ANY_CACHE_BYTES)
-                    .skip_cache_capacity_check(true),
-            )
-            .build_from_nfa(nfa)
-            .map_err(|e| e.to_string())?;
+            })
+            .collect::<Result<Vec<DFA>, String>>()?;
+        let any = lazy_dfa(
+            hirs,
+            Direction::Forward,
+            MatchKind::All,
+            64 << 20,
+            ANY_CACHE_BYTES,
+        )?;
         let prefix_hirs: Vec<Hir> = hirs.iter().map(prefixes).collect();
-        let nfa = thompson::Compiler::new()
-            .configure(
-                thompson::Config::new()
-                    .reverse(true)
-                    .which_captures(thompson::WhichCaptures::None)
-                    .nfa_size_limit(Some(64 << 20)),
-            )
-            .build_many_from_hir(&prefix_hirs)
-            .map_err(|e| e.to_string())?;
-        let prefixes = DFA::builder()
-            .configure(
-                DFA::config()
-                    .match_kind(MatchKind::All)
-                    .cache_capacity(ANY_CACHE_BYTES)
-                    .skip_cache_capacity_check(true),
-            )
-            .build_from_nfa(nfa)
-            .map_err(|e| e.to_string())?;
+        let prefixes = lazy_dfa(
+            &prefix_hirs,
+            Direction::Reverse,
+            MatchKind::All,
+            64 << 20,
+            ANY_CACHE_BYTES,
+        )?;
         let words = dfas.len().div_ceil(64).max(1);
         let mut starts = vec![0u64; CLASSES * 256 * words];
         for (d, dfa) in dfas.iter().enumerate() {
@@ -791,6 +761,41 @@ impl Liveness {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// One lazy DFA of `hirs` (anchored and unanchored starts), without
+/// capture states.
+fn lazy_dfa(
+    hirs: &[Hir],
+    direction: Direction,
+    kind: MatchKind,
+    nfa_limit: usize,
+    cache: usize,
+) -> Result<DFA, String> {
+    let nfa = thompson::Compiler::new()
+        .configure(
+            thompson::Config::new()
+                .reverse(direction == Direction::Reverse)
+                .which_captures(thompson::WhichCaptures::None)
+                .nfa_size_limit(Some(nfa_limit)),
+        )
+        .build_many_from_hir(hirs)
+        .map_err(|e| e.to_string())?;
+    DFA::builder()
+        .configure(
+            DFA::config()
+                .match_kind(kind)
+                .cache_capacity(cache)
+                .skip_cache_capacity_check(true),
+        )
+        .build_from_nfa(nfa)
+        .map_err(|e| e.to_string())
+}
+
 /// Every prefix of every match of `hir`: the text of a start that more
 /// text could still grow into a match. An assertion is also taken as
 /// passing where nothing follows it yet (more text may make it pass), so
@@ -1107,57 +1112,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        const PARTS: &[&str] = &[
-            "word ",
-            "x",
-            " ",
-            ", ",
-            "\n",
-            "\r",
-            "=",
-            ":",
-            "@",
-            ".",
-            "-",
-            "/",
-            "+",
-            "_",
-            "1",
-            "42",
-            "é",
-            "a@b.co",
-            "ops@example",
-            "4111 1111",
-            " 1111 1111",
-            "123-45-",
-            "10.1.",
-            "fe80::",
-            "1:2",
-            "+1 415 ",
-            "555 0132",
-            "sk-proj-",
-            "AbCdEfGhIjKlMnOp",
-            "AKIAIOSFODNN7",
-            "EXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG/",
-            "password",
-            "=Zx9!vT4#qL2m",
-            "Bearer ",
-            "ghp_",
-            "eyJhbGciOi",
-            ".eyJzdWIi",
-            "postgres://app:",
-            "pw@db",
-            "-----BEGIN ",
-            "PRIVATE KEY-----",
-            "\nMIIEvQ",
-            "-----END ",
-            "GB82 WEST ",
-            "TCK-12",
-            "34",
-            "[",
-            "]",
-        ];
+        use crate::mask::tests::properties::PARTS;
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(200))]

@@ -285,4 +285,4 @@ impl Masker {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

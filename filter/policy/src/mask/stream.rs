@@ -248,21 +248,18 @@ impl StreamMasker {
         outs: &mut [String],
     ) {
         let text = &self.orig[..orig_cut - self.orig_released];
-        let mapped: Vec<Finding> = if self.findings.is_empty() {
-            Vec::new()
-        } else {
-            self.findings
-                .iter()
-                .map(|f| {
-                    let (start, end) = self.orig_span(self.base + f.start, self.base + f.end);
-                    Finding {
-                        start: start - self.orig_released,
-                        end: end - self.orig_released,
-                        detector: f.detector,
-                    }
-                })
-                .collect()
-        };
+        let mut mapped: Vec<Finding> = self
+            .findings
+            .iter()
+            .map(|f| {
+                let (start, end) = self.orig_span(self.base + f.start, self.base + f.end);
+                Finding {
+                    start: start - self.orig_released,
+                    end: end - self.orig_released,
+                    detector: f.detector,
+                }
+            })
+            .collect();
         let last = outs.len().saturating_sub(1);
         let mut at = 0;
         let mut next = 0; // the first finding not written yet
@@ -271,32 +268,24 @@ impl StreamMasker {
                 Some(&b) if i < last => b.saturating_sub(self.orig_released).clamp(at, text.len()),
                 _ => text.len(),
             };
-            if let Some(f) = mapped.iter().find(|f| f.start < to && f.end > to) {
+            let rest = mapped.get_mut(next..).unwrap_or_default();
+            if let Some(f) = rest.iter().find(|f| f.start < to && f.end > to) {
                 to = f.start.max(at);
             }
-            let mut end = next;
-            while mapped.get(end).is_some_and(|f| f.end <= to) {
-                end += 1;
+            let n = rest.iter().take_while(|f| f.end <= to).count();
+            let found = rest.get_mut(..n).unwrap_or_default();
+            // Relative to this piece's text.
+            for f in found.iter_mut() {
+                f.start -= at;
+                f.end -= at;
             }
             let piece = &text[at..to];
-            match mapped.get(next..end) {
-                Some(found) if !found.is_empty() && at == 0 => {
-                    out.push_str(&m.apply(piece, found, tokens, hits));
-                }
-                Some(found) if !found.is_empty() => {
-                    let shifted: Vec<Finding> = found
-                        .iter()
-                        .map(|f| Finding {
-                            start: f.start - at,
-                            end: f.end - at,
-                            detector: f.detector,
-                        })
-                        .collect();
-                    out.push_str(&m.apply(piece, &shifted, tokens, hits));
-                }
-                _ => out.push_str(piece),
+            if found.is_empty() {
+                out.push_str(piece);
+            } else {
+                out.push_str(&m.apply(piece, found, tokens, hits));
             }
-            next = end;
+            next += n;
             at = to;
         }
     }

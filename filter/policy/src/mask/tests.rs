@@ -267,12 +267,13 @@ fn answers_own_tokens_are_never_restored() {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-mod properties {
+pub(crate) mod properties {
     use super::*;
     use proptest::prelude::*;
 
-    /// Pieces of text that start, continue or end findings of every kind.
-    const PARTS: &[&str] = &[
+    /// Pieces of text that start, continue or end findings of every kind
+    /// (also the liveness gate's random texts, `detect::live`).
+    pub(crate) const PARTS: &[&str] = &[
         "hello ",
         "world",
         " ",
