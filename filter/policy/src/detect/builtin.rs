@@ -28,6 +28,11 @@ pub struct Builtin {
     /// What may come right before the value (the byte before it is checked;
     /// it is always known, also in a stream).
     pub before: Before,
+    /// For the multi-pattern set that tells which detectors to run: a
+    /// pattern that matches in every text holding a finding of this
+    /// detector (not only a match of its regex), when the regex alone would
+    /// send the detector to run on much common text its check then refuses.
+    pub gate: Option<&'static str>,
 }
 
 // Long runs are written unbounded (`{20,}`, not `{20,250}`): a bounded
@@ -55,6 +60,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "aws_access_key_id",
@@ -64,6 +70,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "aws_secret_access_key",
@@ -73,6 +80,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         // The same key without its name near it (a model repeating one):
@@ -87,6 +95,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: Some(validate::aws_secret_key),
         before: Before::NotBase64ish,
+        gate: None,
     },
     Builtin {
         name: "github_token",
@@ -96,6 +105,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "gitlab_token",
@@ -105,6 +115,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "slack_token",
@@ -114,6 +125,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "stripe_key",
@@ -123,6 +135,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "anthropic_api_key",
@@ -132,6 +145,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "openai_api_key",
@@ -141,6 +155,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(not_anthropic),
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "google_api_key",
@@ -150,6 +165,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "azure_storage_key",
@@ -159,6 +175,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "jwt",
@@ -168,6 +185,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::NotAlnum,
+        gate: None,
     },
     Builtin {
         name: "bearer_token",
@@ -177,6 +195,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "url_password",
@@ -189,6 +208,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: None,
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "secret_assignment",
@@ -198,6 +218,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 1,
         check: Some(validate::high_entropy_secret),
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "payment_card",
@@ -207,6 +228,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::payment_card),
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "iban",
@@ -220,6 +242,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::iban),
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "us_ssn",
@@ -229,6 +252,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::us_ssn),
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "email",
@@ -238,6 +262,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: None,
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "phone",
@@ -256,6 +281,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::phone),
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "ipv4",
@@ -265,6 +291,7 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(validate::ipv4),
         before: Before::Any,
+        gate: None,
     },
     Builtin {
         name: "ipv6",
@@ -274,8 +301,23 @@ pub const BUILTINS: &[Builtin] = &[
         group: 0,
         check: Some(ipv6_with_content),
         before: Before::Any,
+        gate: Some(IPV6_GATE),
     },
 ];
+
+/// Where an address that passes `ipv6_with_content` can be. The pattern
+/// has no dots, so a finding is eight groups, or holds one `::` with three
+/// non-empty groups around it: two before and one after, one before and two
+/// after, or all three on one side. Times (`10:15:02`, in every log line)
+/// and paths (`std::fmt`) are none of these, so they do not run the detector.
+pub(super) const IPV6_GATE: &str = concat!(
+    "(?i:",
+    r"[0-9a-f]:[0-9a-f]{1,4}::[0-9a-f]",
+    r"|[0-9a-f]::[0-9a-f]{1,4}:[0-9a-f]",
+    r"|::[0-9a-f]{1,4}:[0-9a-f]{1,4}:[0-9a-f]",
+    r"|[0-9a-f]:[0-9a-f]{1,4}:[0-9a-f]{1,4}::",
+    r"|[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7})",
+);
 
 fn not_anthropic(s: &str) -> bool {
     !s.starts_with("sk-ant-")

@@ -88,7 +88,8 @@ pub struct Custom {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     detectors: Vec<Detector>,
-    /// Every detector's pattern, to learn in one pass which can match.
+    /// Every detector's pattern (or its gate), to learn in one pass which
+    /// can find something.
     set: Regex,
     live: Arc<live::Liveness>,
 }
@@ -106,8 +107,14 @@ impl Catalogue {
     pub fn new(enabled: impl Fn(&str) -> bool, custom: &[Custom]) -> Result<Catalogue, String> {
         let mut detectors = Vec::new();
         let mut hirs = Vec::new();
+        // What the multi-pattern set runs: each detector's pattern, or its gate.
+        let mut gates = Vec::new();
         for b in builtin::BUILTINS.iter().filter(|b| enabled(b.name)) {
             let hir = parse(b.pattern).map_err(|e| format!("built-in {}: {e}", b.name))?;
+            gates.push(match b.gate {
+                Some(gate) => parse(gate).map_err(|e| format!("built-in {} gate: {e}", b.name))?,
+                None => hir.clone(),
+            });
             detectors.push(Detector {
                 name: b.name.into(),
                 label: b.label.into(),
@@ -134,6 +141,7 @@ impl Catalogue {
                 check: None,
                 before: Before::Any,
             });
+            gates.push(hir.clone());
             hirs.push(hir);
         }
         let set = Regex::builder()
@@ -143,7 +151,7 @@ impl Catalogue {
                     .nfa_size_limit(Some(MAX_REGEX_SIZE * 8))
                     .hybrid_cache_capacity(REGEX_CACHE_BYTES * 4),
             )
-            .build_many_from_hir(&hirs)
+            .build_many_from_hir(&gates)
             .map_err(|e| e.to_string())?;
         let live = live::Liveness::new(&hirs)?;
         Ok(Catalogue {
@@ -175,10 +183,8 @@ impl Catalogue {
     /// the riskiest wins, then the earliest, then the longest, then the first
     /// listed (a password inside a URL is a password, not an e-mail).
     pub fn find(&self, text: &str, out: &mut Vec<Finding>) {
-        let mut matches = Vec::new();
-        self.matches(text, 0, &mut matches);
         out.clear();
-        out.extend(matches.iter().filter_map(|m| m.finding));
+        self.each_match(text, 0, |m| out.extend(m.finding));
         self.resolve(out);
     }
 
@@ -188,12 +194,25 @@ impl Catalogue {
     /// text's beginning and found nothing before `from`.
     pub fn matches(&self, hay: &str, from: usize, out: &mut Vec<Match>) {
         out.clear();
+        self.each_match(hay, from, |m| out.push(m));
+    }
+
+    /// `matches`, each handed to `found` (detector by detector).
+    fn each_match(&self, hay: &str, from: usize, mut found: impl FnMut(Match)) {
         if from >= hay.len() {
             return;
         }
         let input = Input::new(hay).span(from..hay.len());
+        // Most texts hold nothing: one scan that stops at the first match
+        // (none) costs less than learning which detectors match.
+        if !self.set.is_match(input.clone()) {
+            return;
+        }
         let mut which = PatternSet::new(self.detectors.len());
         self.set.which_overlapping_matches(&input, &mut which);
+        if which.is_empty() {
+            return;
+        }
         for i in which.iter() {
             let i = i.as_usize();
             let Some(d) = self.detectors.get(i) else {
@@ -213,7 +232,7 @@ impl Catalogue {
             if d.group == 0 {
                 // No capture slots: the regex engine can stay on its DFA.
                 for m in d.regex.find_iter(input.clone()) {
-                    out.push(Match {
+                    found(Match {
                         start: m.start(),
                         end: m.end(),
                         finding: finding(m.start(), m.end()),
@@ -231,7 +250,7 @@ impl Catalogue {
                     let value = (1..caps.group_len())
                         .find_map(|g| caps.get_group(g))
                         .unwrap_or(m.span());
-                    out.push(Match {
+                    found(Match {
                         start: m.start(),
                         end: m.end(),
                         finding: finding(value.start, value.end),

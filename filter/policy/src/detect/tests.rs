@@ -279,3 +279,40 @@ fn invisible_and_fullwidth_disguises_are_masked() {
         "mail [EMAIL]"
     );
 }
+
+/// The ipv6 detector's gate matches in every text where its regex and check
+/// find an address (else the set would skip a real finding), and not in
+/// times and paths.
+#[test]
+fn ipv6_gate_covers_every_address() {
+    let b = builtin::BUILTINS.iter().find(|b| b.name == "ipv6").unwrap();
+    let regex = Regex::new(b.pattern).unwrap();
+    let check = b.check.unwrap();
+    let gate = Regex::new(builtin::IPV6_GATE).unwrap();
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    let mut addresses = 0;
+    for i in 0..60_000 {
+        // Mostly hex and colons, so addresses of every shape come up.
+        let text = rng.string(b"0123456789abcdefABCDEF:::: .xg", 4 + i % 40);
+        let finds = regex
+            .find_iter(&text)
+            .any(|m| check(&text[m.start()..m.end()]));
+        if finds {
+            addresses += 1;
+            assert!(gate.is_match(&text), "gate misses the address in {text:?}");
+        }
+    }
+    assert!(addresses > 1_000, "only {addresses} texts held an address");
+    for text in [
+        "10:15:02",
+        "2026-11-24T10:15:02Z",
+        "std::fmt::Display",
+        "a::b",
+        "Config::load",
+    ] {
+        assert!(!gate.is_match(text), "{text:?}");
+    }
+    for text in ["fe80::1:2", "::1:2:3", "1:2:3::", "2001:db8:0:0:0:0:2:1"] {
+        assert!(gate.is_match(text), "{text:?}");
+    }
+}
