@@ -18,6 +18,9 @@
 //!   --smoke: one short round of one size (make test runs it so it keeps working).
 //!   --baseline WASM: only this build against another build of the filter,
 //!     interleaved (for before/after figures).
+//!   --hold: set everything up, warm it, print the listeners' ports, the
+//!     token and the body files, and wait for stdin to close (for profiling
+//!     Envoy with perf while driving it by hand).
 
 mod open_loop;
 
@@ -533,6 +536,27 @@ fn run() -> Result<()> {
         }
     }
 
+    if args.iter().any(|a| a == "--hold") {
+        for kb in [1, 4, 16, 64] {
+            std::fs::write(dir.join(format!("body-{kb}k.json")), body(kb))?;
+        }
+        std::fs::write(dir.join("token"), &token)?;
+        println!("envoy pid {}", envoy.process.pid());
+        println!("bodies and token (wrk.lua uses them) in {}", dir.display());
+        for name in [
+            "passthrough",
+            "tracegate",
+            "tg-record",
+            "tg-nowhere",
+            "tg-jwt",
+            "tg-ahead",
+        ] {
+            println!("{name} {}", envoy.listener_port(name)?);
+        }
+        println!("holding until stdin closes");
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        return Ok(());
+    }
     println!(
         "# Envoy with and without tracegate: one worker, wrk, {} connections, {} s per run, {} rounds interleaved, medians",
         plan.connections, plan.seconds, plan.rounds
