@@ -384,6 +384,23 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `--hold`: everything stays up, warmed, for profiling by hand; ends when
+/// stdin closes.
+fn hold_for_profiling(dir: &Path, envoy: &Envoy, token: &str, listeners: &[&str]) -> Result<()> {
+    for kb in [1, 4, 16, 64] {
+        std::fs::write(dir.join(format!("body-{kb}k.json")), body(kb))?;
+    }
+    std::fs::write(dir.join("token"), token)?;
+    println!("envoy pid {}", envoy.process.pid());
+    println!("bodies and token (wrk.lua uses them) in {}", dir.display());
+    for name in listeners {
+        println!("{name} {}", envoy.listener_port(name)?);
+    }
+    println!("holding until stdin closes");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    Ok(())
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("bench: {e:#}");
@@ -394,6 +411,7 @@ fn main() {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
+    let hold = args.iter().any(|a| a == "--hold");
     let out_dir = args
         .iter()
         .position(|a| a == "--out")
@@ -505,6 +523,14 @@ fn run() -> Result<()> {
         for port in [with, without, base_port] {
             wrk(&dir, port, &dir.join("warm.json"), &token, 1, 2)?;
         }
+        if hold {
+            return hold_for_profiling(
+                &dir,
+                &envoy,
+                &token,
+                &["passthrough", "tracegate", "tg-baseline"],
+            );
+        }
         return compare_builds(&dir, &plan, &token, without, base_port, with);
     }
     let with = envoy.listener_port("tracegate")?;
@@ -536,26 +562,20 @@ fn run() -> Result<()> {
         }
     }
 
-    if args.iter().any(|a| a == "--hold") {
-        for kb in [1, 4, 16, 64] {
-            std::fs::write(dir.join(format!("body-{kb}k.json")), body(kb))?;
-        }
-        std::fs::write(dir.join("token"), &token)?;
-        println!("envoy pid {}", envoy.process.pid());
-        println!("bodies and token (wrk.lua uses them) in {}", dir.display());
-        for name in [
-            "passthrough",
-            "tracegate",
-            "tg-record",
-            "tg-nowhere",
-            "tg-jwt",
-            "tg-ahead",
-        ] {
-            println!("{name} {}", envoy.listener_port(name)?);
-        }
-        println!("holding until stdin closes");
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
-        return Ok(());
+    if hold {
+        return hold_for_profiling(
+            &dir,
+            &envoy,
+            &token,
+            &[
+                "passthrough",
+                "tracegate",
+                "tg-record",
+                "tg-nowhere",
+                "tg-jwt",
+                "tg-ahead",
+            ],
+        );
     }
     println!(
         "# Envoy with and without tracegate: one worker, wrk, {} connections, {} s per run, {} rounds interleaved, medians",
