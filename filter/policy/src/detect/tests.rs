@@ -291,7 +291,7 @@ fn ipv6_gate_covers_every_address() {
     let gate = Regex::new(builtin::IPV6_GATE).unwrap();
     let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
     let mut addresses = 0;
-    for i in 0..60_000 {
+    for i in 0..20_000 {
         // Mostly hex and colons, so addresses of every shape come up.
         let text = rng.string(b"0123456789abcdefABCDEF:::: .xg", 4 + i % 40);
         let finds = regex
@@ -302,7 +302,7 @@ fn ipv6_gate_covers_every_address() {
             assert!(gate.is_match(&text), "gate misses the address in {text:?}");
         }
     }
-    assert!(addresses > 1_000, "only {addresses} texts held an address");
+    assert!(addresses > 500, "only {addresses} texts held an address");
     for text in [
         "10:15:02",
         "2026-11-24T10:15:02Z",
