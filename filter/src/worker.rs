@@ -300,22 +300,23 @@ impl Worker {
         while let Some(batch) = self.gateway.outbox.take_batch(now) {
             let c = &self.gateway.policy.config.collector;
             let timeout = Duration::from_millis(c.timeout_ms);
+            let id = batch.id;
             match host::grpc_call(
                 &c.cluster,
                 RECORD_SERVICE,
                 EXPORT_METHOD,
-                &batch.payload,
+                batch.payload,
                 timeout,
             ) {
                 Ok(token) => {
-                    self.calls.insert(token, Pending::Export(batch.id));
+                    self.calls.insert(token, Pending::Export(id));
                 }
                 Err(status) => {
                     let message = format!(
                         "cannot call collector cluster {:?}: {status}; will retry",
                         c.cluster
                     );
-                    self.gateway.outbox.fail(batch.id, now);
+                    self.gateway.outbox.fail(id, now);
                     self.stats.add(Stat::ExportFailures, 1);
                     host::log(LogLevel::Error, &message);
                     return;

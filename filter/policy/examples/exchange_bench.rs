@@ -222,8 +222,8 @@ fn main() {
                     gw.enqueue(*record, reserved, 0, &mut more);
                 }
             }
-            while let Some(batch) = gw.outbox.take_batch(u64::MAX / 2) {
-                gw.outbox.acknowledge(batch.id);
+            while let Some(id) = gw.outbox.take_batch(u64::MAX / 2).map(|b| b.id) {
+                gw.outbox.acknowledge(id);
             }
             let t4 = Instant::now();
             if id > 3 {

@@ -87,6 +87,11 @@ pub struct RecordingConfig {
     /// Records held per worker (queued, in flight, and reserved for requests
     /// under way). What happens when it is full: `failure_mode`.
     pub buffer_max_records: usize,
+    /// Encoded bytes of records held per worker (queued and in flight):
+    /// once reached, new requests are treated as with a full buffer. It
+    /// bounds the worker's memory when the collector falls behind; records
+    /// of requests already admitted are still taken.
+    pub buffer_max_bytes: usize,
     /// `async`: records are batched and sent after the exchange.
     /// `write_ahead`: a record of the request is acknowledged durable by the
     /// collector before the request is forwarded; the exchange's record
@@ -120,9 +125,10 @@ impl Default for RecordingConfig {
         Self {
             max_body_bytes: 256 * 1024,
             batch_max_records: 64,
-            batch_max_bytes: 4 * 1024 * 1024,
+            batch_max_bytes: 1024 * 1024,
             flush_interval_ms: 1_000,
             buffer_max_records: 10_000,
+            buffer_max_bytes: 16 * 1024 * 1024,
             mode: RecordingMode::Async,
             failure_mode: FailureMode::FailClosed,
         }
@@ -233,6 +239,12 @@ impl Config {
             r.buffer_max_records,
             r.batch_max_records,
             10_000_000,
+        )?;
+        in_range(
+            "recording.buffer_max_bytes",
+            r.buffer_max_bytes,
+            r.batch_max_bytes,
+            1 << 30,
         )?;
         // A record holds up to two bodies; it must fit in one gRPC message.
         if r.max_body_bytes.saturating_mul(2) + 64 * 1024 > MAX_BATCH_BYTES {

@@ -31,12 +31,23 @@ struct Queued {
     enqueued_at: u64,
 }
 
-/// A batch ready to send: its id and the encoded `ExportRequest`.
+/// A batch ready to send: its id and the encoded `ExportRequest` (held by
+/// the outbox until the batch is acknowledged or failed).
 #[derive(Debug)]
-pub struct Batch {
+pub struct Batch<'a> {
     pub id: BatchId,
     pub records: usize,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
+}
+
+/// A batch sent and not yet answered. Only its encoded payload is kept (a
+/// record's bytes are held once, not once queued and again as sent); a
+/// failed batch is split back into its records by their lengths.
+#[derive(Debug)]
+struct InFlight {
+    payload: Vec<u8>,
+    /// Each record's encoded length and enqueue time, in payload order.
+    records: Vec<(usize, u64)>,
 }
 
 /// The buffer is full; the record was not taken.
@@ -48,8 +59,9 @@ pub struct Outbox {
     limits: RecordingConfig,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
-    in_flight: BTreeMap<BatchId, Vec<Queued>>,
+    in_flight: BTreeMap<BatchId, InFlight>,
     in_flight_records: usize,
+    in_flight_bytes: usize,
     next_batch: BatchId,
     consecutive_failures: u32,
     retry_at: u64,
@@ -66,6 +78,7 @@ impl Outbox {
             queued_bytes: 0,
             in_flight: BTreeMap::new(),
             in_flight_records: 0,
+            in_flight_bytes: 0,
             next_batch: 1,
             consecutive_failures: 0,
             retry_at: 0,
@@ -89,13 +102,31 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Whether `reserved` more records (promised to requests under way) and
-    /// one more still fit.
-    pub fn has_room(&self, reserved: usize) -> bool {
-        self.len() + reserved < self.limits.buffer_max_records
+    /// Encoded bytes held: queued plus in flight.
+    pub fn held_bytes(&self) -> usize {
+        self.queued_bytes + self.in_flight_bytes
     }
 
+    /// Whether `reserved` more records (promised to requests under way) and
+    /// one more still fit, and the bytes held are under their bound.
+    pub fn has_room(&self, reserved: usize) -> bool {
+        self.len() + reserved < self.limits.buffer_max_records
+            && self.held_bytes() < self.limits.buffer_max_bytes
+    }
+
+    /// Takes a record with no place reserved for it (`fail_open`): refused
+    /// once either bound is reached.
     pub fn push(&mut self, record: Record, now: u64) -> Result<(), BufferFull> {
+        if self.held_bytes() >= self.limits.buffer_max_bytes {
+            return Err(BufferFull);
+        }
+        self.push_reserved(record, now)
+    }
+
+    /// Takes the record of a request admitted by `has_room`: only the count
+    /// can refuse it (a reservation keeps a place), the bytes may overshoot
+    /// their bound by the records of requests admitted under it.
+    pub fn push_reserved(&mut self, record: Record, now: u64) -> Result<(), BufferFull> {
         if self.len() >= self.limits.buffer_max_records {
             return Err(BufferFull);
         }
@@ -131,35 +162,51 @@ impl Outbox {
 
     /// Takes the next batch if one is due: up to `batch_max_records` records
     /// and `batch_max_bytes` bytes, and always at least one record.
-    pub fn take_batch(&mut self, now: u64) -> Option<Batch> {
+    pub fn take_batch(&mut self, now: u64) -> Option<Batch<'_>> {
         if !self.is_due(now) {
             return None;
         }
-        let mut taken = Vec::new();
-        let mut bytes = 0;
-        while let Some(next) = self.queue.front() {
-            let full = taken.len() >= self.limits.batch_max_records
-                || (!taken.is_empty() && bytes + next.encoded_len > self.limits.batch_max_bytes);
+        // Which records go: then the payload is allocated once, at its size
+        // (growing it record by record left a trail of freed smaller
+        // buffers in linear memory, which never shrinks).
+        let (mut n, mut bytes) = (0, 0);
+        for next in &self.queue {
+            let full = n >= self.limits.batch_max_records
+                || (n > 0 && bytes + next.encoded_len > self.limits.batch_max_bytes);
             if full {
                 break;
             }
+            n += 1;
             bytes += next.encoded_len;
-            taken.extend(self.queue.pop_front());
         }
-        self.queued_bytes -= bytes;
-        let mut payload = Vec::with_capacity(bytes);
-        for q in &taken {
-            payload.extend_from_slice(&q.entry);
+        let mut records = Vec::with_capacity(n);
+        let mut payload = Vec::new();
+        for q in self.queue.drain(..n) {
+            if n == 1 {
+                // A batch of one (a large record) sends its entry as it is.
+                payload = q.entry;
+            } else {
+                if payload.is_empty() {
+                    payload.reserve_exact(bytes);
+                }
+                payload.extend_from_slice(&q.entry);
+            }
+            records.push((q.encoded_len, q.enqueued_at));
         }
+        self.queued_bytes -= payload.len();
+        self.in_flight_bytes += payload.len();
         let id = self.next_batch;
         self.next_batch += 1;
-        let records = taken.len();
-        self.in_flight_records += records;
-        self.in_flight.insert(id, taken);
+        let n = records.len();
+        self.in_flight_records += n;
+        let sent = self
+            .in_flight
+            .entry(id)
+            .or_insert(InFlight { payload, records });
         Some(Batch {
             id,
-            records,
-            payload,
+            records: n,
+            payload: &sent.payload,
         })
     }
 
@@ -168,10 +215,12 @@ impl Outbox {
         let Some(batch) = self.in_flight.remove(&id) else {
             return 0;
         };
-        self.in_flight_records -= batch.len();
+        let n = batch.records.len();
+        self.in_flight_records -= n;
+        self.in_flight_bytes -= batch.payload.len();
         self.consecutive_failures = 0;
         self.retry_at = 0;
-        batch.len()
+        n
     }
 
     /// The export failed or was never answered: its records go back to the
@@ -181,11 +230,19 @@ impl Outbox {
         let Some(batch) = self.in_flight.remove(&id) else {
             return 0;
         };
-        let n = batch.len();
+        let n = batch.records.len();
         self.in_flight_records -= n;
-        for q in batch.into_iter().rev() {
-            self.queued_bytes += q.encoded_len;
-            self.queue.push_front(q);
+        self.in_flight_bytes -= batch.payload.len();
+        let mut end = batch.payload.len();
+        for &(encoded_len, enqueued_at) in batch.records.iter().rev() {
+            let start = end - encoded_len;
+            self.queued_bytes += encoded_len;
+            self.queue.push_front(Queued {
+                entry: batch.payload[start..end].to_vec(),
+                encoded_len,
+                enqueued_at,
+            });
+            end = start;
         }
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let shift = (self.consecutive_failures - 1).min(16);
@@ -220,13 +277,32 @@ mod tests {
         }
     }
 
-    fn ids(batch: &Batch) -> Vec<String> {
-        ExportRequest::decode(batch.payload.as_slice())
+    /// A taken batch, owned, so the test can go on using the outbox.
+    struct Taken {
+        id: BatchId,
+        records: usize,
+        ids: Vec<String>,
+        bytes: usize,
+    }
+
+    fn take(o: &mut Outbox, now: u64) -> Option<Taken> {
+        let b = o.take_batch(now)?;
+        let ids = ExportRequest::decode(b.payload)
             .unwrap()
             .records
             .into_iter()
             .map(|r| r.record_id)
-            .collect()
+            .collect();
+        Some(Taken {
+            id: b.id,
+            records: b.records,
+            ids,
+            bytes: b.payload.len(),
+        })
+    }
+
+    fn ids(batch: &Taken) -> Vec<String> {
+        batch.ids.clone()
     }
 
     #[test]
@@ -234,12 +310,12 @@ mod tests {
         let mut o = Outbox::new(limits());
         o.push(rec(1), 0).unwrap();
         o.push(rec(2), 0).unwrap();
-        assert!(o.take_batch(0).is_none(), "two records, no time passed");
+        assert!(take(&mut o, 0).is_none(), "two records, no time passed");
         o.push(rec(3), 0).unwrap();
         o.push(rec(4), 0).unwrap();
-        let b = o.take_batch(0).unwrap();
+        let b = take(&mut o, 0).unwrap();
         assert_eq!(ids(&b), ["r1", "r2", "r3"]);
-        assert!(o.take_batch(0).is_none(), "one record left, not yet due");
+        assert!(take(&mut o, 0).is_none(), "one record left, not yet due");
     }
 
     #[test]
@@ -256,32 +332,32 @@ mod tests {
             ..Record::default()
         };
         o.push(big(1), 0).unwrap();
-        assert!(o.take_batch(0).is_none());
+        assert!(take(&mut o, 0).is_none());
         o.push(big(2), 0).unwrap();
-        let b = o.take_batch(0).unwrap();
+        let b = take(&mut o, 0).unwrap();
         assert_eq!(ids(&b), ["r1"], "a batch never exceeds batch_max_bytes");
-        assert!(b.payload.len() <= 1024);
+        assert!(b.bytes <= 1024);
     }
 
     #[test]
     fn a_draining_outbox_sends_at_once() {
         let mut o = Outbox::new(limits());
         o.push(rec(1), 0).unwrap();
-        assert!(o.take_batch(MS).is_none(), "neither full nor old");
+        assert!(take(&mut o, MS).is_none(), "neither full nor old");
         o.drain();
-        let b = o.take_batch(MS).expect("due at once");
+        let b = take(&mut o, MS).expect("due at once");
         assert_eq!(b.records, 1);
         o.fail(b.id, MS);
-        assert!(o.take_batch(2 * MS).is_none(), "the backoff still applies");
-        assert!(o.take_batch(200 * MS).is_some());
+        assert!(take(&mut o, 2 * MS).is_none(), "the backoff still applies");
+        assert!(take(&mut o, 200 * MS).is_some());
     }
 
     #[test]
     fn flushes_by_age() {
         let mut o = Outbox::new(limits());
         o.push(rec(1), 10 * MS).unwrap();
-        assert!(o.take_batch(109 * MS).is_none());
-        assert_eq!(ids(&o.take_batch(110 * MS).unwrap()), ["r1"]);
+        assert!(take(&mut o, 109 * MS).is_none());
+        assert_eq!(ids(&take(&mut o, 110 * MS).unwrap()), ["r1"]);
     }
 
     #[test]
@@ -298,7 +374,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let b = o.take_batch(0).unwrap();
+        let b = take(&mut o, 0).unwrap();
         assert_eq!(b.records, 1);
     }
 
@@ -309,7 +385,7 @@ mod tests {
             o.push(rec(i), 0).unwrap();
         }
         assert_eq!(o.push(rec(9), 0), Err(BufferFull));
-        let b = o.take_batch(0).unwrap();
+        let b = take(&mut o, 0).unwrap();
         assert_eq!(
             o.push(rec(9), 0),
             Err(BufferFull),
@@ -336,20 +412,20 @@ mod tests {
         for i in 1..=4 {
             o.push(rec(i), 0).unwrap();
         }
-        let b = o.take_batch(0).unwrap();
+        let b = take(&mut o, 0).unwrap();
         assert_eq!(o.fail(b.id, 0), 3);
         assert!(
-            o.take_batch(99 * MS).is_none(),
+            take(&mut o, 99 * MS).is_none(),
             "backoff of 100 ms after the first failure"
         );
-        let b = o.take_batch(100 * MS).unwrap();
+        let b = take(&mut o, 100 * MS).unwrap();
         assert_eq!(ids(&b), ["r1", "r2", "r3"], "order kept");
         o.fail(b.id, 100 * MS);
-        assert!(o.take_batch(299 * MS).is_none(), "backoff doubled");
-        let b = o.take_batch(300 * MS).unwrap();
+        assert!(take(&mut o, 299 * MS).is_none(), "backoff doubled");
+        let b = take(&mut o, 300 * MS).unwrap();
         o.acknowledge(b.id);
         assert_eq!(
-            ids(&o.take_batch(300 * MS).unwrap()),
+            ids(&take(&mut o, 300 * MS).unwrap()),
             ["r4"],
             "backoff reset by success"
         );
@@ -365,10 +441,10 @@ mod tests {
         for i in 0..10 {
             o.push(rec(i), 0).unwrap();
         }
-        let batches: Vec<_> = std::iter::from_fn(|| o.take_batch(0)).collect();
+        let batches: Vec<_> = std::iter::from_fn(|| take(&mut o, 0)).collect();
         assert_eq!(batches.len(), MAX_IN_FLIGHT);
         o.acknowledge(batches[0].id);
-        assert!(o.take_batch(0).is_some());
+        assert!(take(&mut o, 0).is_some());
     }
 
     #[test]
@@ -422,7 +498,7 @@ mod tests {
                         }
                         Op::Tick(ms) => {
                             now += ms * MS;
-                            while let Some(b) = o.take_batch(now) {
+                            while let Some(b) = take(&mut o, now) {
                                 flying.push((b.id, ids(&b)));
                             }
                         }
@@ -445,11 +521,12 @@ mod tests {
                     acked.extend(batch);
                 }
                 now += 3_600_000 * MS;
-                while let Some(b) = o.take_batch(now) {
+                while let Some(b) = take(&mut o, now) {
                     acked.extend(ids(&b));
                     o.acknowledge(b.id);
                 }
                 prop_assert!(o.is_empty());
+                prop_assert_eq!(o.held_bytes(), 0, "every byte accounted for");
                 acked.sort();
                 accepted.sort();
                 prop_assert_eq!(acked, accepted);

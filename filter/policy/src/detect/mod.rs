@@ -3,9 +3,11 @@
 //!
 //! Each detector is compiled twice from the same syntax tree: a `meta::Regex`
 //! that finds and locates matches (one multi-pattern set in front of them
-//! tells in one pass which detectors can match a text at all), and an
-//! anchored lazy DFA (`live`) that tells, for text still arriving, whether a
-//! match starting at a position could still appear or change. The stream
+//! tells in one pass which detectors can find something in a text: their
+//! patterns, or a gate where a pattern matches much that its check
+//! refuses), and an anchored lazy DFA (`live`) that tells, for text still
+//! arriving, whether a match starting at a position could still appear or
+//! change. The stream
 //! masker holds back exactly the text from the earliest such position.
 //!
 //! Both compile from one syntax tree in which `\b` means an ASCII word

@@ -98,12 +98,15 @@ impl Gateway {
 
     /// Hands a record to the outbox, using the request's reservation if it
     /// has one; counts it if the buffer is full (fail_open only: a reserved
-    /// place is always there).
+    /// place is always there, even when the bytes held are over their bound).
     pub fn enqueue(&mut self, record: Record, reserved: bool, now: u64, out: &mut Vec<Effect>) {
-        if reserved {
+        let taken = if reserved {
             self.release();
-        }
-        if self.outbox.push(record, now).is_ok() {
+            self.outbox.push_reserved(record, now)
+        } else {
+            self.outbox.push(record, now)
+        };
+        if taken.is_ok() {
             return;
         }
         out.push(count(Stat::RecordsDropped));

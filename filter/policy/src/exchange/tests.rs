@@ -534,6 +534,65 @@ fn a_full_buffer_refuses_with_503_under_fail_closed() {
 }
 
 #[test]
+fn held_bytes_bound_refuses_new_requests_but_keeps_admitted_records() {
+    let s = Scenario::new(json!({"recording": {
+        "batch_max_bytes": 1024, "buffer_max_bytes": 2048, "flush_interval_ms": 600000}}));
+    let mut gw = s.gw;
+    let big = |i: u32| Record {
+        record_id: format!("r{i}"),
+        path: "x".repeat(1500),
+        ..Record::default()
+    };
+    let mut out = Vec::new();
+    // Three requests admitted while less than 2 KiB is held...
+    assert_eq!(gw.admit(&mut out), Admission::Reserved);
+    assert_eq!(gw.admit(&mut out), Admission::Reserved);
+    gw.enqueue(big(1), true, 0, &mut out);
+    assert_eq!(gw.admit(&mut out), Admission::Reserved);
+    // ...all keep their records, though the bytes go over the bound.
+    gw.enqueue(big(2), true, 0, &mut out);
+    gw.enqueue(big(3), true, 0, &mut out);
+    assert_eq!(gw.outbox.len(), 3);
+    assert!(gw.outbox.held_bytes() > 4500);
+    assert!(out.is_empty(), "nothing dropped or refused: {out:?}");
+    // A new request is refused (503), as with a full buffer.
+    assert_eq!(gw.admit(&mut out), Admission::Refused);
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Add(Stat::UnrecordedRefused, 1))));
+    // The bytes acknowledged by the collector make room again.
+    let mut ids = Vec::new();
+    while let Some(batch) = gw.outbox.take_batch(1) {
+        ids.push(batch.id);
+    }
+    assert_eq!(ids.len(), 3, "one record per batch of at most 1 KiB");
+    for id in ids {
+        gw.outbox.acknowledge(id);
+    }
+    assert_eq!(gw.outbox.held_bytes(), 0);
+    assert_eq!(gw.admit(&mut out), Admission::Reserved);
+}
+
+#[test]
+fn held_bytes_bound_drops_records_under_fail_open() {
+    let s = Scenario::new(json!({"recording": {"failure_mode": "fail_open",
+        "batch_max_bytes": 1024, "buffer_max_bytes": 1024, "flush_interval_ms": 600000}}));
+    let mut gw = s.gw;
+    let mut out = Vec::new();
+    let big = Record {
+        path: "x".repeat(1500),
+        ..Record::default()
+    };
+    assert_eq!(gw.admit(&mut out), Admission::Unreserved);
+    gw.enqueue(big.clone(), false, 0, &mut out);
+    gw.enqueue(big, false, 0, &mut out);
+    assert_eq!(gw.outbox.len(), 1, "the second is over the bound");
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Add(Stat::RecordsDropped, 1))));
+}
+
+#[test]
 fn every_stat_has_its_own_index_and_name() {
     let all: Vec<Stat> = Stat::all().collect();
     for (i, s) in all.iter().enumerate() {
