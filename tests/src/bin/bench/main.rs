@@ -18,6 +18,7 @@
 //!   --smoke: one short round of one size (make test runs it so it keeps working).
 //!   --baseline WASM: only this build against another build of the filter,
 //!     interleaved (for before/after figures).
+//!   --memory: only the memory table (one configuration against none).
 //!   --hold: set everything up, warm it, print the listeners' ports, the
 //!     token and the body files, and wait for stdin to close (for profiling
 //!     Envoy with perf while driving it by hand).
@@ -384,6 +385,104 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Envoy's memory with one tracegate configuration and without any, each
+/// after the same load: every body size of the plan, at the load tables'
+/// concurrency.
+struct Memory {
+    rss_without_kb: u64,
+    rss_with_kb: u64,
+    wasm_bytes: u64,
+    /// Linear memory after each body size's run.
+    wasm_after: Vec<(usize, u64)>,
+    refused: u64,
+    export_failures: u64,
+}
+
+fn memory_of_one_configuration(
+    dir: &Path,
+    ports: &envoy_config::Ports,
+    plan: &Plan,
+    token: &str,
+) -> Result<Memory> {
+    let start = |name: &str, filter: bool| -> Result<Envoy> {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        Envoy::start(
+            &d,
+            &envoy_config::bench_bootstrap(ports, &filter_wasm(), &policy(), filter),
+        )
+    };
+    let drive = |port: u16| -> Result<()> {
+        for &kb in &plan.sizes_kb {
+            let file = dir.join(format!("body-{kb}k.json"));
+            wrk(dir, port, &file, token, plan.seconds, plan.connections)?;
+        }
+        Ok(())
+    };
+    let with = start("envoy-one", true)?;
+    let port = with.listener_port("tracegate")?;
+    // Linear memory only grows: read after each size, it shows which load
+    // took it where.
+    let mut wasm_after = Vec::new();
+    for &kb in &plan.sizes_kb {
+        let file = dir.join(format!("body-{kb}k.json"));
+        wrk(dir, port, &file, token, plan.seconds, plan.connections)?;
+        wasm_after.push((kb, with.stat("wasmcustom.tracegate.wasm_memory_bytes")?));
+    }
+    let memory = Memory {
+        rss_with_kb: rss_kb(with.process.pid()),
+        wasm_bytes: with.stat("wasmcustom.tracegate.wasm_memory_bytes")?,
+        wasm_after,
+        refused: with.stat("wasmcustom.tracegate.recording.refused")?,
+        export_failures: with.stat("wasmcustom.tracegate.export_failures")?,
+        rss_without_kb: 0,
+    };
+    drop(with);
+    let plain = start("envoy-plain", false)?;
+    drive(plain.port)?;
+    Ok(Memory {
+        rss_without_kb: rss_kb(plain.process.pid()),
+        ..memory
+    })
+}
+
+fn print_memory(memory: &Memory, plan: &Plan) {
+    println!();
+    println!("Memory: one tracegate configuration against none, after the same load (every body size, {} s each, {} connections):", plan.seconds, plan.connections);
+    println!();
+    println!("| | without tracegate | with tracegate | added |");
+    println!("|---|---:|---:|---:|");
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let (plain, one) = (memory.rss_without_kb, memory.rss_with_kb);
+    println!(
+        "| Envoy RSS (one worker) | {:.1} MB | {:.1} MB | {:.1} MB |",
+        mb(plain),
+        mb(one),
+        mb(one.saturating_sub(plain))
+    );
+    println!(
+        "| wasm linear memory of the worker's VM | | {:.1} MB | |",
+        memory.wasm_bytes as f64 / 1048576.0
+    );
+    let steps: Vec<String> = memory
+        .wasm_after
+        .iter()
+        .map(|(kb, b)| format!("{kb} KB: {:.1} MB", *b as f64 / 1048576.0))
+        .collect();
+    println!(
+        "| wasm linear memory after each size's run | | {} | |",
+        steps.join(", ")
+    );
+    println!(
+        "| requests refused for want of record buffer | | {} | |",
+        memory.refused
+    );
+    println!(
+        "| export calls failed (retried) | | {} | |",
+        memory.export_failures
+    );
+}
+
 /// `--hold`: everything stays up, warmed, for profiling by hand; ends when
 /// stdin closes.
 fn hold_for_profiling(dir: &Path, envoy: &Envoy, token: &str, listeners: &[&str]) -> Result<()> {
@@ -462,6 +561,16 @@ fn run() -> Result<()> {
         tls: None,
         provider_key: None,
     };
+    if args.iter().any(|a| a == "--memory") {
+        for &kb in &plan.sizes_kb {
+            std::fs::write(dir.join(format!("body-{kb}k.json")), body(kb))?;
+        }
+        print_memory(
+            &memory_of_one_configuration(&dir, &ports, &plan, &token)?,
+            &plan,
+        );
+        return Ok(());
+    }
     let envoy_dir = dir.join("envoy");
     std::fs::create_dir_all(&envoy_dir)?;
     let mut bootstrap = envoy_config::bench_bootstrap(&ports, &filter_wasm(), &policy(), true);
@@ -733,46 +842,23 @@ fn run() -> Result<()> {
     let stream_report = streams(without, with, &token, plan.streams, smoke)?;
     print_streams(&stream_report);
 
-    // Memory: this process (both listeners, tracegate loaded) against an
-    // Envoy without the filter that served the same load.
-    let rss_with = rss_kb(envoy.process.pid());
-    let wasm_bytes = envoy.stat("wasmcustom.tracegate.wasm_memory_bytes")?;
+    // Memory after the whole bench, in this Envoy: its one VM holds every
+    // configuration of the runs above.
+    let rss_all = rss_kb(envoy.process.pid());
+    let wasm_all = envoy.stat("wasmcustom.tracegate.wasm_memory_bytes")?;
     let records = envoy.stat("wasmcustom.tracegate.records_exported")?;
+    let configurations = 1 + bootstrap["static_resources"]["listeners"]
+        .as_array()
+        .map_or(0, |l| l.len().saturating_sub(2));
     drop(envoy);
-    let plain_dir = dir.join("envoy-plain");
-    std::fs::create_dir_all(&plain_dir)?;
-    let plain = Envoy::start(
-        &plain_dir,
-        &envoy_config::bench_bootstrap(&ports, &filter_wasm(), &policy(), false),
-    )?;
-    let file = dir.join(format!(
-        "body-{}k.json",
-        plan.sizes_kb[plan.sizes_kb.len() / 2]
-    ));
-    wrk(
-        &dir,
-        plain.port,
-        &file,
-        &token,
-        plan.seconds,
-        plan.connections,
-    )?;
-    let rss_without = rss_kb(plain.process.pid());
-    drop(plain);
+    let memory = memory_of_one_configuration(&dir, &ports, &plan, &token)?;
+    print_memory(&memory, &plan);
+    let mb = |kb: u64| kb as f64 / 1024.0;
     println!();
-    println!("| memory | |");
-    println!("|---|---:|");
     println!(
-        "| Envoy RSS without tracegate | {:.1} MB |",
-        rss_without as f64 / 1024.0
-    );
-    println!(
-        "| Envoy RSS with tracegate (one worker) | {:.1} MB |",
-        rss_with as f64 / 1024.0
-    );
-    println!(
-        "| wasm linear memory of the worker's VM | {:.1} MB |",
-        wasm_bytes as f64 / 1048576.0
+        "After the whole bench, the Envoy above (its VM holding all {configurations} configurations): RSS {:.1} MB, wasm linear memory {:.1} MB.",
+        mb(rss_all),
+        wasm_all as f64 / 1048576.0
     );
     println!();
     println!("{records} records reached the collector during the runs.");
@@ -785,8 +871,16 @@ fn run() -> Result<()> {
         "latency_4kb_fixed_rate": latency,
         "forged_token_4kb": forged_rows,
         "stream": stream_report,
-        "memory": {"envoy_rss_without_kb": rss_without, "envoy_rss_with_kb": rss_with,
-                   "wasm_memory_bytes": wasm_bytes},
+        "memory": {"envoy_rss_without_kb": memory.rss_without_kb,
+                   "envoy_rss_with_kb": memory.rss_with_kb,
+                   "wasm_memory_bytes": memory.wasm_bytes,
+                   "records_refused": memory.refused,
+                   "export_failures": memory.export_failures,
+                   "wasm_memory_bytes_after_kb": memory.wasm_after.iter()
+                       .map(|(kb, b)| json!({"body_kb": kb, "bytes": b})).collect::<Vec<_>>(),
+                   "all_configurations": {"configurations": configurations,
+                                          "envoy_rss_kb": rss_all,
+                                          "wasm_memory_bytes": wasm_all}},
         "records_exported": records,
     });
     std::fs::write(
