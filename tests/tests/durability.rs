@@ -95,6 +95,70 @@ fn fail_closed_refuses_what_it_cannot_record_and_loses_nothing() {
     assert_eq!(chat(&stack, &s, "after").0, 200);
 }
 
+/// An agent sending large requests while the collector is down cannot grow
+/// the worker's memory past `buffer_max_bytes`, however many records the
+/// count would still allow: past it, 503; nothing admitted is lost.
+#[test]
+fn large_bodies_stop_at_the_byte_bound_and_lose_nothing() {
+    let mut stack = Stack::start(&config(json!({
+        "buffer_max_records": 1000, "batch_max_bytes": 65536, "buffer_max_bytes": 1048576
+    })))
+    .unwrap();
+    let port = stack.collector.grpc_port;
+    stack.collector.process.kill().unwrap();
+    let s = session("byte-bound");
+    // About 100 KB of record each (a short answer): ten or eleven fit
+    // under 1 MiB.
+    let text = "lorem ipsum dolor sit amet ".repeat(3_700);
+    let send = || {
+        ureq::post(stack.envoy.url("/v1/chat/completions"))
+            .header("x-session-id", &s)
+            .header("x-test-reply", "ok")
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let statuses: Vec<u16> = (0..16).map(|_| send()).collect();
+    let served = statuses.iter().take_while(|&&c| c == 200).count();
+    assert!(
+        (9..=12).contains(&served),
+        "served {served} before the bound: {statuses:?}"
+    );
+    assert!(statuses[served..].iter().all(|&c| c == 503), "{statuses:?}");
+    assert_eq!(stack.upstream.received().unwrap().len(), served);
+    assert_eq!(
+        stack
+            .envoy
+            .stat("wasmcustom.tracegate.records_dropped")
+            .unwrap(),
+        0
+    );
+
+    restart_collector(&mut stack, port);
+    let records = stack.collector.wait_for_records(&s, served).unwrap();
+    assert_eq!(records.len(), served, "every admitted record arrives");
+    poll(
+        "the filter to see its records acknowledged",
+        Duration::from_secs(10),
+        || {
+            Ok(
+                (stack.envoy.stat("wasmcustom.tracegate.records_exported")? >= served as u64)
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        chat(&stack, &s, &text).0,
+        200,
+        "room again once acknowledged"
+    );
+}
+
 #[test]
 fn fail_open_serves_and_counts_what_it_drops() {
     let mut stack = Stack::start(&config(json!({"failure_mode": "fail_open"}))).unwrap();
