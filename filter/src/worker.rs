@@ -245,6 +245,11 @@ impl Worker {
         }
     }
 
+    /// Whether records wait in the outbox to be sent (not in flight).
+    pub fn records_queued(&self) -> bool {
+        self.gateway.outbox.queued() > 0
+    }
+
     /// The timer: the memory gauge, due JWKS fetches and due record batches.
     pub fn tick(&mut self, root: u32) {
         if self.serving {

@@ -98,6 +98,11 @@ impl Outbox {
         self.queue.len() + self.in_flight_records
     }
 
+    /// Records waiting to be sent (not in flight).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
