@@ -19,6 +19,7 @@
 //!   --baseline WASM: only this build against another build of the filter,
 //!     interleaved (for before/after figures).
 //!   --memory: only the memory table (one configuration against none).
+//!   --latency: only the table of latency at fixed rates.
 //!   --hold: set everything up, warm it, print the listeners' ports, the
 //!     token and the body files, and wait for stdin to close (for profiling
 //!     Envoy with perf while driving it by hand).
@@ -685,6 +686,22 @@ fn run() -> Result<()> {
                 "tg-ahead",
             ],
         );
+    }
+    if args.iter().any(|a| a == "--latency") {
+        let file = dir.join("body-4k.json");
+        std::fs::write(&file, body(4))?;
+        let capacity = wrk(&dir, without, &file, &token, plan.seconds, plan.connections)?.rps;
+        fixed_rate_latency(
+            &[
+                ("passthrough", without),
+                ("tracegate (records async)", with),
+                ("tracegate (records written ahead)", ahead_port),
+            ],
+            &token,
+            capacity,
+            &plan,
+        )?;
+        return Ok(());
     }
     println!(
         "# Envoy with and without tracegate: one worker, wrk, {} connections, {} s per run, {} rounds interleaved, medians",
