@@ -606,7 +606,8 @@ impl Upstream {
     }
 }
 
-/// The real Envoy, one worker, admin and listener on free ports.
+/// The real Envoy, one worker (unless started with more), admin and
+/// listener on free ports.
 pub struct Envoy {
     pub process: Process,
     pub admin_port: u16,
@@ -616,7 +617,12 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy with a bootstrap (JSON) and waits for admin `/ready`.
     pub fn start(dir: &Path, bootstrap: &Value) -> Result<Envoy> {
-        let mut process = Self::spawn(dir, bootstrap)?;
+        Self::start_workers(dir, bootstrap, 1)
+    }
+
+    /// The same with `workers` worker threads (`--concurrency`).
+    pub fn start_workers(dir: &Path, bootstrap: &Value, workers: u32) -> Result<Envoy> {
+        let mut process = Self::spawn_workers(dir, bootstrap, workers)?;
         let ports = Self::wait_ready(&mut process, dir);
         let (admin_port, port) = process.with_log(ports)?;
         Ok(Envoy {
@@ -655,6 +661,10 @@ impl Envoy {
 
     /// Starts Envoy without waiting; for tests that expect it to refuse a configuration.
     pub fn spawn(dir: &Path, bootstrap: &Value) -> Result<Process> {
+        Self::spawn_workers(dir, bootstrap, 1)
+    }
+
+    fn spawn_workers(dir: &Path, bootstrap: &Value, workers: u32) -> Result<Process> {
         let config = dir.join("envoy.json");
         std::fs::write(&config, serde_json::to_vec_pretty(bootstrap)?)?;
         Process::spawn(
@@ -662,7 +672,9 @@ impl Envoy {
             Command::new(envoy_bin())
                 .arg("-c")
                 .arg(&config)
-                .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+                .arg("--concurrency")
+                .arg(workers.to_string())
+                .args(["--disable-hot-restart", "-l", "info"])
                 .arg("--admin-address-path")
                 .arg(dir.join("envoy-admin.addr")),
             dir,

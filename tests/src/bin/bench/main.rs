@@ -397,20 +397,45 @@ struct Memory {
     wasm_after: Vec<(usize, u64)>,
     refused: u64,
     export_failures: u64,
+    /// The same with two workers (Envoy RSS without and with tracegate):
+    /// what a further worker adds. Not in smoke runs.
+    two_workers: Option<(u64, u64)>,
 }
 
+/// Envoy's memory with one tracegate configuration and without, one
+/// worker; and, unless `smoke`, the RSS of both with two workers.
 fn memory_of_one_configuration(
     dir: &Path,
     ports: &envoy_config::Ports,
     plan: &Plan,
     token: &str,
+    smoke: bool,
+) -> Result<Memory> {
+    let one = memory_with_workers(dir, ports, plan, token, 1)?;
+    if smoke {
+        return Ok(one);
+    }
+    let two = memory_with_workers(dir, ports, plan, token, 2)?;
+    Ok(Memory {
+        two_workers: Some((two.rss_without_kb, two.rss_with_kb)),
+        ..one
+    })
+}
+
+fn memory_with_workers(
+    dir: &Path,
+    ports: &envoy_config::Ports,
+    plan: &Plan,
+    token: &str,
+    workers: u32,
 ) -> Result<Memory> {
     let start = |name: &str, filter: bool| -> Result<Envoy> {
-        let d = dir.join(name);
+        let d = dir.join(format!("{name}-{workers}"));
         std::fs::create_dir_all(&d)?;
-        Envoy::start(
+        Envoy::start_workers(
             &d,
             &envoy_config::bench_bootstrap(ports, &filter_wasm(), &policy(), filter),
+            workers,
         )
     };
     let drive = |port: u16| -> Result<()> {
@@ -437,6 +462,7 @@ fn memory_of_one_configuration(
         refused: with.stat("wasmcustom.tracegate.recording.refused")?,
         export_failures: with.stat("wasmcustom.tracegate.export_failures")?,
         rss_without_kb: 0,
+        two_workers: None,
     };
     drop(with);
     let plain = start("envoy-plain", false)?;
@@ -461,8 +487,16 @@ fn print_memory(memory: &Memory, plan: &Plan) {
         mb(one),
         mb(one.saturating_sub(plain))
     );
+    if let Some((plain2, with2)) = memory.two_workers {
+        println!(
+            "| Envoy RSS (two workers) | {:.1} MB | {:.1} MB | {:.1} MB |",
+            mb(plain2),
+            mb(with2),
+            mb(with2.saturating_sub(plain2))
+        );
+    }
     println!(
-        "| wasm linear memory of the worker's VM | | {:.1} MB | |",
+        "| wasm linear memory of the worker's VM (one worker) | | {:.1} MB | |",
         memory.wasm_bytes as f64 / 1048576.0
     );
     let steps: Vec<String> = memory
@@ -482,6 +516,16 @@ fn print_memory(memory: &Memory, plan: &Plan) {
         "| export calls failed (retried) | | {} | |",
         memory.export_failures
     );
+    if let Some((plain2, with2)) = memory.two_workers {
+        let added1 = mb(one.saturating_sub(plain));
+        let added2 = mb(with2.saturating_sub(plain2));
+        println!();
+        println!(
+            "A further worker adds {:.1} MB; the first {:.1} MB (with what an Envoy carries once: the main thread's VM, the module's code).",
+            added2 - added1,
+            added1
+        );
+    }
 }
 
 /// `--hold`: everything stays up, warmed, for profiling by hand; ends when
@@ -567,7 +611,7 @@ fn run() -> Result<()> {
             std::fs::write(dir.join(format!("body-{kb}k.json")), body(kb))?;
         }
         print_memory(
-            &memory_of_one_configuration(&dir, &ports, &plan, &token)?,
+            &memory_of_one_configuration(&dir, &ports, &plan, &token, smoke)?,
             &plan,
         );
         return Ok(());
@@ -868,7 +912,7 @@ fn run() -> Result<()> {
         .as_array()
         .map_or(0, |l| l.len().saturating_sub(2));
     drop(envoy);
-    let memory = memory_of_one_configuration(&dir, &ports, &plan, &token)?;
+    let memory = memory_of_one_configuration(&dir, &ports, &plan, &token, smoke)?;
     print_memory(&memory, &plan);
     let mb = |kb: u64| kb as f64 / 1024.0;
     println!();
@@ -893,6 +937,8 @@ fn run() -> Result<()> {
                    "wasm_memory_bytes": memory.wasm_bytes,
                    "records_refused": memory.refused,
                    "export_failures": memory.export_failures,
+                   "two_workers": memory.two_workers.map(|(without, with)|
+                       json!({"envoy_rss_without_kb": without, "envoy_rss_with_kb": with})),
                    "wasm_memory_bytes_after_kb": memory.wasm_after.iter()
                        .map(|(kb, b)| json!({"body_kb": kb, "bytes": b})).collect::<Vec<_>>(),
                    "all_configurations": {"configurations": configurations,
