@@ -171,9 +171,9 @@ impl Outbox {
         if !self.is_due(now) {
             return None;
         }
-        // Which records go: then the payload is allocated once, at its size
-        // (growing it record by record left a trail of freed smaller
-        // buffers in linear memory, which never shrinks).
+        // Count first, so the payload is allocated once at its size and the
+        // entries are freed as they are copied in (a batch of one sends its
+        // entry as it is, without a copy).
         let (mut n, mut bytes) = (0, 0);
         for next in &self.queue {
             let full = n >= self.limits.batch_max_records
@@ -188,7 +188,6 @@ impl Outbox {
         let mut payload = Vec::new();
         for q in self.queue.drain(..n) {
             if n == 1 {
-                // A batch of one (a large record) sends its entry as it is.
                 payload = q.entry;
             } else {
                 if payload.is_empty() {

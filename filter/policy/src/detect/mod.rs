@@ -7,8 +7,8 @@
 //! patterns, or a gate where a pattern matches much that its check
 //! refuses), and an anchored lazy DFA (`live`) that tells, for text still
 //! arriving, whether a match starting at a position could still appear or
-//! change. The stream
-//! masker holds back exactly the text from the earliest such position.
+//! change. The stream masker holds back exactly the text from the earliest
+//! such position.
 //!
 //! Both compile from one syntax tree in which `\b` means an ASCII word
 //! boundary (the lazy DFA cannot evaluate Unicode word boundaries on
