@@ -17,11 +17,11 @@ use crate::host;
 use crate::stream::Stream;
 use crate::worker::{self, Worker};
 
-/// Longest wait between checks of the outbox while it holds no queued
-/// record.
+/// Longest wait between checks of the outbox while no record waits to be
+/// sent.
 const MAX_TICK: Duration = Duration::from_millis(100);
 
-/// The timer while records are queued. A batch that fills between export
+/// The timer while records wait to be sent (not during a backoff). A batch that fills between export
 /// answers is sent at the next tick: at 100 ms, under load, records waited
 /// there longer than anywhere else on their way out (and held the worker's
 /// memory meanwhile).
@@ -38,7 +38,7 @@ pub struct Root {
     /// its last request ended) while records were still held: when to give
     /// up on them, in host nanoseconds.
     retiring_until: Option<i64>,
-    /// The timer when no record is queued (`flush_interval_ms`, at most
+    /// The timer when no record waits (`flush_interval_ms`, at most
     /// `MAX_TICK`), and the period now set.
     idle_tick: Duration,
     tick: Duration,
@@ -160,12 +160,12 @@ impl RootContext for Root {
             return;
         }
         let id = self.id;
-        let mut queued = false;
+        let mut waiting = false;
         worker::with(&self.worker, |w| {
             w.tick(id);
-            queued = w.records_queued();
+            waiting = w.records_waiting();
         });
-        let tick = if queued {
+        let tick = if waiting {
             BUSY_TICK.min(self.idle_tick)
         } else {
             self.idle_tick

@@ -245,9 +245,10 @@ impl Worker {
         }
     }
 
-    /// Whether records wait in the outbox to be sent (not in flight).
-    pub fn records_queued(&self) -> bool {
-        self.gateway.outbox.queued() > 0
+    /// Whether records wait in the outbox to be sent (not in flight, and
+    /// not held back by a backoff after a failed export).
+    pub fn records_waiting(&self) -> bool {
+        self.gateway.outbox.waiting(now_u64())
     }
 
     /// The timer: the memory gauge, due JWKS fetches and due record batches.

@@ -98,9 +98,9 @@ impl Outbox {
         self.queue.len() + self.in_flight_records
     }
 
-    /// Records waiting to be sent (not in flight).
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    /// Whether records wait to be sent and no backoff holds them back.
+    pub fn waiting(&self, now: u64) -> bool {
+        !self.queue.is_empty() && now >= self.retry_at
     }
 
     pub fn is_empty(&self) -> bool {
@@ -341,6 +341,19 @@ mod tests {
         let b = take(&mut o, 0).unwrap();
         assert_eq!(ids(&b), ["r1"], "a batch never exceeds batch_max_bytes");
         assert!(b.bytes <= 1024);
+    }
+
+    #[test]
+    fn records_wait_unless_a_backoff_holds_them() {
+        let mut o = Outbox::new(limits());
+        assert!(!o.waiting(0), "nothing queued");
+        o.push(rec(1), 0).unwrap();
+        assert!(o.waiting(0));
+        let b = take(&mut o, 100 * MS).unwrap();
+        assert!(!o.waiting(100 * MS), "in flight, not waiting");
+        o.fail(b.id, 100 * MS);
+        assert!(!o.waiting(150 * MS), "backing off");
+        assert!(o.waiting(200 * MS));
     }
 
     #[test]
