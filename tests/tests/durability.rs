@@ -107,8 +107,8 @@ fn large_bodies_stop_at_the_byte_bound_and_lose_nothing() {
     let port = stack.collector.grpc_port;
     stack.collector.process.kill().unwrap();
     let s = session("byte-bound");
-    // About 100 KB of record each (a short answer): ten or eleven fit
-    // under 1 MiB.
+    // About 100 KB of record each (a short answer): about ten fit under
+    // 1 MiB.
     let text = "lorem ipsum dolor sit amet ".repeat(3_700);
     let send = || {
         ureq::post(stack.envoy.url("/v1/chat/completions"))

@@ -438,23 +438,14 @@ fn memory_with_workers(
             workers,
         )
     };
-    let drive = |port: u16| -> Result<()> {
-        for &kb in &plan.sizes_kb {
-            let file = dir.join(format!("body-{kb}k.json"));
-            wrk(dir, port, &file, token, plan.seconds, plan.connections)?;
-        }
-        Ok(())
-    };
     let with = start("envoy-one", true)?;
-    let port = with.listener_port("tracegate")?;
     // Linear memory only grows: read after each size, it shows which load
     // took it where.
     let mut wasm_after = Vec::new();
-    for &kb in &plan.sizes_kb {
-        let file = dir.join(format!("body-{kb}k.json"));
-        wrk(dir, port, &file, token, plan.seconds, plan.connections)?;
+    every_size(dir, plan, token, with.listener_port("tracegate")?, |kb| {
         wasm_after.push((kb, with.stat("wasmcustom.tracegate.wasm_memory_bytes")?));
-    }
+        Ok(())
+    })?;
     let memory = Memory {
         rss_with_kb: rss_kb(with.process.pid()),
         wasm_bytes: with.stat("wasmcustom.tracegate.wasm_memory_bytes")?,
@@ -466,11 +457,28 @@ fn memory_with_workers(
     };
     drop(with);
     let plain = start("envoy-plain", false)?;
-    drive(plain.port)?;
+    every_size(dir, plan, token, plain.port, |_| Ok(()))?;
     Ok(Memory {
         rss_without_kb: rss_kb(plain.process.pid()),
         ..memory
     })
+}
+
+/// wrk against `port` with every body size of the plan in turn; `after`
+/// runs after each.
+fn every_size(
+    dir: &Path,
+    plan: &Plan,
+    token: &str,
+    port: u16,
+    mut after: impl FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    for &kb in &plan.sizes_kb {
+        let file = dir.join(format!("body-{kb}k.json"));
+        wrk(dir, port, &file, token, plan.seconds, plan.connections)?;
+        after(kb)?;
+    }
+    Ok(())
 }
 
 fn print_memory(memory: &Memory, plan: &Plan) {
@@ -908,9 +916,10 @@ fn run() -> Result<()> {
     let rss_all = rss_kb(envoy.process.pid());
     let wasm_all = envoy.stat("wasmcustom.tracegate.wasm_memory_bytes")?;
     let records = envoy.stat("wasmcustom.tracegate.records_exported")?;
-    let configurations = 1 + bootstrap["static_resources"]["listeners"]
+    // Every listener but passthrough has one.
+    let configurations = bootstrap["static_resources"]["listeners"]
         .as_array()
-        .map_or(0, |l| l.len().saturating_sub(2));
+        .map_or(0, |l| l.len().saturating_sub(1));
     drop(envoy);
     let memory = memory_of_one_configuration(&dir, &ports, &plan, &token, smoke)?;
     print_memory(&memory, &plan);
