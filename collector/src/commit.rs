@@ -50,9 +50,16 @@ impl std::fmt::Display for Stopped {
 
 impl Committer {
     async fn send(&self, job: Job) -> Result<(), Stopped> {
+        // Straight onto the queue when it has room (the usual case: no
+        // thread hand-off on the path of a write-ahead call).
+        let job = match self.jobs.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(Stopped),
+            Err(mpsc::TrySendError::Full(job)) => job,
+        };
         let jobs = self.jobs.clone();
-        // The queue is bounded: a full queue blocks, which must not stall an
-        // async worker.
+        // The queue is full: waiting for room blocks, which must not stall
+        // an async worker.
         tokio::task::spawn_blocking(move || jobs.send(job))
             .await
             .map_err(|_| Stopped)?
@@ -161,4 +168,36 @@ fn write_loop(mut ledger: Ledger, jobs: mpsc::Receiver<Job>) -> Result<()> {
         ledger.append_delivered(&delivered)?;
     }
     ledger.close()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue with room takes the job at once; a full one makes the
+    /// sender wait for room (off the async worker), not fail.
+    #[tokio::test]
+    async fn a_full_queue_waits_for_room() {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(1);
+        let committer = Committer { jobs };
+        committer
+            .send(Job::Delivered(Vec::new()))
+            .await
+            .expect("room: sent at once");
+        let waiting = tokio::spawn({
+            let committer = committer.clone();
+            async move { committer.send(Job::Delivered(Vec::new())).await }
+        });
+        // The second job cannot be queued until the first is taken.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(matches!(queue.recv(), Ok(Job::Delivered(_))));
+        waiting
+            .await
+            .expect("task")
+            .expect("sent once there was room");
+        assert!(matches!(queue.recv(), Ok(Job::Delivered(_))));
+        drop(queue);
+        assert!(committer.send(Job::Delivered(Vec::new())).await.is_err());
+    }
 }
