@@ -41,28 +41,33 @@ OFFLINE_PACKAGES := rustc-web cargo-web rust-web-src lld-22 wasi-libc
 OFFLINE_ENV := RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
 BUILD_STD := -Z build-std=std,panic_abort
 
+# Wasm SIMD (every V8 since 9.1, so every Envoy and Istio with wasm since
+# 2021): memchr, UTF-8 checks and byte loops take 16 bytes a step. The
+# policy core runs about 10 % faster for it in V8 (exchange_bench).
+WASM_RUSTFLAGS := -C target-feature=+simd128
+
 ifeq ($(call rustup_has,wasm32-wasip1),yes)
-FILTER_BUILD := cargo build
+FILTER_BUILD := RUSTFLAGS="$(WASM_RUSTFLAGS)" cargo build
 FILTER_DEPS  :=
 else
-FILTER_BUILD := $(OFFLINE_ENV) RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no" \
+FILTER_BUILD := $(OFFLINE_ENV) RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no $(WASM_RUSTFLAGS)" \
                 /usr/bin/cargo build $(BUILD_STD)
 FILTER_DEPS  := offline-toolchain
 endif
 
 # Benchmarks run the policy core as a WASI command module (it needs _start).
 ifeq ($(call rustup_has,wasm32-wasip1),yes)
-BENCH_WASM_BUILD := cargo build
+BENCH_WASM_BUILD := RUSTFLAGS="$(WASM_RUSTFLAGS)" cargo build
 else
 BENCH_WASM_BUILD := $(OFFLINE_ENV) RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no \
-                    -C link-arg=/usr/lib/wasm32-wasi/crt1-command.o" /usr/bin/cargo build $(BUILD_STD)
+                    -C link-arg=/usr/lib/wasm32-wasi/crt1-command.o $(WASM_RUSTFLAGS)" /usr/bin/cargo build $(BUILD_STD)
 endif
 
 ifeq ($(call rustup_has,wasm32-unknown-unknown),yes)
-WASM_TEST := cargo test
+WASM_TEST := RUSTFLAGS="$(WASM_RUSTFLAGS)" cargo test
 WASM_TEST_DEPS :=
 else
-WASM_TEST := $(OFFLINE_ENV) /usr/bin/cargo test $(BUILD_STD)
+WASM_TEST := $(OFFLINE_ENV) RUSTFLAGS="$(WASM_RUSTFLAGS)" /usr/bin/cargo test $(BUILD_STD)
 WASM_TEST_DEPS := offline-toolchain
 endif
 
