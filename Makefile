@@ -75,7 +75,7 @@ endif
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/version = |"/, ""); print}' Cargo.lock)
 WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: build filter collector test check unit-test wasm-test e2e-test demo clean \
+.PHONY: build filter floor-filter collector test check unit-test wasm-test e2e-test demo clean \
         offline-toolchain node python-env bench bench-tools wrk prometheus chromium oidc-provider
 
 build: filter collector
@@ -88,6 +88,14 @@ filter: $(FILTER_DEPS)
 
 collector:
 	cargo build --release -p tracegate-collector
+
+# make bench's floor (bench/floor-filter): what any filter that holds headers
+# and reads whole bodies costs in Envoy, with no policy; a listener of its own.
+FLOOR_WASM := target/floor_filter.wasm
+floor-filter: $(FILTER_DEPS)
+	$(FILTER_BUILD) --profile wasm-release -p tracegate-floor --target wasm32-wasip1 \
+	  --target-dir target/wasm
+	cp target/wasm/wasm32-wasip1/wasm-release/tracegate_floor.wasm $(FLOOR_WASM)
 
 offline-toolchain:
 	@if ! dpkg -s $(OFFLINE_PACKAGES) >/dev/null 2>&1; then \
@@ -135,7 +143,7 @@ wasm-test: $(WASM_TEST_DEPS) node $(WASM_BINDGEN_RUNNER)
 # The collector under test is the debug build: `unit-test` has already built it
 # for its own tests (a release build would cost CI five more minutes of compiling
 # for no faster test). `make demo` and `make bench` use the release build.
-e2e-test: filter python-env wrk prometheus chromium oidc-provider
+e2e-test: filter floor-filter python-env wrk prometheus chromium oidc-provider
 	cargo build -p tracegate-collector --bin tracegate
 	PYTHON=$(PYTHON) TRACEGATE_BIN=$(ROOT)/target/debug/tracegate cargo test -p tracegate-e2e
 
@@ -182,7 +190,7 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-bench: $(FILTER_DEPS) node filter bench-tools chromium oidc-provider
+bench: $(FILTER_DEPS) node filter floor-filter bench-tools chromium oidc-provider
 	mkdir -p target/bench
 	cargo build --release -q -p tracegate-collector --bin tracegate --example store_bench \
 	  --example console_bench

@@ -38,6 +38,9 @@ def main():
         ratio = row["throughput_ratio"]
         errors = row["tracegate"]["errors"]
         got = f"{ratio * 100:.0f} %" + ("" if errors == "none" else f", errors: {errors}")
+        if "floor_ratio" in row:
+            # What a filter that reads whole bodies without any policy reaches.
+            got += f" (floor {row['floor_ratio'] * 100:.0f} %)"
         rows.append((f"throughput with tracegate at {kb} KB, share of passthrough, no errors",
                      f">= {share * 100:.0f} %", got, ratio >= share and row["clean"]))
 

@@ -60,6 +60,14 @@ pub fn filter_wasm() -> PathBuf {
     )
 }
 
+/// The bench's floor filter (bench/floor-filter; `make floor-filter`).
+pub fn floor_wasm() -> PathBuf {
+    from_env_or(
+        "TRACEGATE_FLOOR_WASM",
+        workspace_root().join("target/floor_filter.wasm"),
+    )
+}
+
 /// A binary of this crate: next to the running executable (the demo) or one
 /// level up (integration tests run from `target/<profile>/deps`).
 pub fn sibling_bin(name: &str) -> PathBuf {

@@ -22,7 +22,7 @@ fn envoy_benchmark_runs_and_reports() {
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("envoy.json")).unwrap()).unwrap();
     let row = &report["load"][0];
-    for side in ["passthrough", "tracegate"] {
+    for side in ["passthrough", "tracegate", "floor"] {
         assert!(row[side]["rps"].as_f64().unwrap() > 0.0, "{report}");
     }
     assert!(report["records_exported"].as_u64().unwrap() > 0, "{report}");

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tracegate_e2e::jwt::{claims, Keys, AUDIENCE, ISSUER};
 use tracegate_e2e::{
-    envoy_config, filter_wasm, python_bin, workspace_root, Collector, Envoy, Upstream,
+    envoy_config, filter_wasm, floor_wasm, python_bin, workspace_root, Collector, Envoy, Upstream,
 };
 
 struct Plan {
@@ -648,6 +648,15 @@ fn run() -> Result<()> {
         &record_nowhere,
     );
     envoy_config::add_variant(&mut bootstrap, "tg-jwt", &filter_wasm(), &jwt_only);
+    // The floor: a filter that holds headers and reads whole bodies, with no
+    // policy (bench/floor-filter). Its configuration only asks Envoy to allow
+    // holding the headers.
+    envoy_config::add_variant(
+        &mut bootstrap,
+        "floor",
+        &floor_wasm(),
+        &json!({"inspection": {"hold_headers": true}}),
+    );
     // The full policy, its records written ahead.
     let mut ahead = policy();
     ahead["recording"] = json!({"mode": "write_ahead"});
@@ -703,6 +712,7 @@ fn run() -> Result<()> {
     let forged_port = envoy.listener_port("tg-forged")?;
     let forged_nocache_port = envoy.listener_port("tg-forged-nocache")?;
     let ahead_port = envoy.listener_port("tg-ahead")?;
+    let floor_port = envoy.listener_port("floor")?;
 
     // Warm up (JWKS fetch, token cache, connections), and check both work.
     let warm = dir.join("warm.json");
@@ -714,6 +724,7 @@ fn run() -> Result<()> {
         nowhere_port,
         jwt_port,
         ahead_port,
+        floor_port,
     ] {
         let r = wrk(&dir, port, &warm, &token, 1, 2)?;
         if r.errors > 0 || r.rps == 0.0 {
@@ -736,6 +747,7 @@ fn run() -> Result<()> {
                 "tg-nowhere",
                 "tg-jwt",
                 "tg-ahead",
+                "floor",
             ],
         );
     }
@@ -763,10 +775,11 @@ fn run() -> Result<()> {
     println!("| body | passthrough req/s | tracegate req/s | ratio | p50 passthrough | p50 tracegate | p50 added | p99 passthrough | p99 tracegate | errors passthrough | errors tracegate |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     let mut rows = Vec::new();
+    let mut floor_rows = Vec::new();
     for &kb in &plan.sizes_kb {
         let file = dir.join(format!("body-{kb}k.json"));
         std::fs::write(&file, body(kb))?;
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut a, mut b, mut floor) = (Vec::new(), Vec::new(), Vec::new());
         // Errors are reported in the row (a row with errors misses its
         // target), not a reason to stop.
         let codes_before = (
@@ -790,6 +803,14 @@ fn run() -> Result<()> {
                 plan.seconds,
                 plan.connections,
             )?);
+            floor.push(wrk(
+                &dir,
+                floor_port,
+                &file,
+                &token,
+                plan.seconds,
+                plan.connections,
+            )?);
         }
         let codes_a = Codes::read(&envoy, "passthrough").since(codes_before.0);
         let codes_b = Codes::read(&envoy, "llm_ingress").since(codes_before.1);
@@ -802,6 +823,8 @@ fn run() -> Result<()> {
         let (rps_a, rps_b) = (m(&a, |r| r.rps), m(&b, |r| r.rps));
         let (p50_a, p50_b) = (m(&a, |r| r.p50_ms), m(&b, |r| r.p50_ms));
         let (p99_a, p99_b) = (m(&a, |r| r.p99_ms), m(&b, |r| r.p99_ms));
+        let rps_floor = m(&floor, |r| r.rps);
+        floor_rows.push((kb, rps_a, rps_b, rps_floor, connection(&floor)));
         println!(
             "| {kb} KB | {rps_a:.0} | {rps_b:.0} | {:.0} % | {p50_a:.2} ms | {p50_b:.2} ms | {:.2} ms | {p99_a:.2} ms | {p99_b:.2} ms | {errors_a} | {errors_b} |",
             rps_b / rps_a * 100.0,
@@ -813,8 +836,24 @@ fn run() -> Result<()> {
                          "tracegate": {"rps": rps_b, "p50_ms": p50_b, "p99_ms": p99_b,
                                        "errors": errors_b, "2xx": codes_b.c2xx,
                                        "4xx": codes_b.c4xx, "5xx": codes_b.c5xx},
-                         "throughput_ratio": rps_b / rps_a, "p50_added_ms": p50_b - p50_a,
+                         "floor": {"rps": rps_floor},
+                         "throughput_ratio": rps_b / rps_a, "floor_ratio": rps_floor / rps_a,
+                         "p50_added_ms": p50_b - p50_a,
                          "clean": errors_a == "none" && errors_b == "none"}),
+        );
+    }
+
+    println!();
+    println!("The floor under any filter that inspects whole bodies (bench/floor-filter: headers held, bodies buffered and copied into the VM, no policy, no record), same runs, interleaved:");
+    println!();
+    println!("| body | passthrough req/s | floor req/s | floor ratio | tracegate req/s | tracegate ratio | tracegate against the floor | floor connection errors |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (kb, rps_a, rps_b, rps_floor, errors) in floor_rows {
+        println!(
+            "| {kb} KB | {rps_a:.0} | {rps_floor:.0} | {:.0} % | {rps_b:.0} | {:.0} % | {:.0} % | {errors} |",
+            rps_floor / rps_a * 100.0,
+            rps_b / rps_a * 100.0,
+            rps_b / rps_floor * 100.0
         );
     }
 
@@ -839,6 +878,10 @@ fn run() -> Result<()> {
     std::fs::write(&file, body(4))?;
     let variants = [
         ("passthrough (no filter)", without),
+        (
+            "floor: headers held, bodies read, no policy (bench/floor-filter)",
+            floor_port,
+        ),
         (
             "tracegate: records built, then dropped (no collector)",
             nowhere_port,
