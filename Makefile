@@ -213,6 +213,9 @@ bench: $(FILTER_DEPS) node filter floor-filter bench-tools chromium oidc-provide
 	  | tee target/bench/exchange-native.txt
 	node --no-warnings bench/wasi-run.mjs target/wasm-bench/wasm32-wasip1/release/examples/exchange_bench.wasm \
 	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/exchange-wasm.txt
+	EVICT_MB=16 node --no-warnings bench/wasi-run.mjs \
+	  target/wasm-bench/wasm32-wasip1/release/examples/exchange_bench.wasm \
+	  "wasm32-wasip1 in V8, node $$(node --version)" | tee target/bench/exchange-wasm-cold.txt
 	PYTHON=$(PYTHON) target/release/tracegate-bench --out target/bench | tee target/bench/envoy.txt
 	$(PYTHON) bench/presidio_compare.py target/release/examples/detect_corpus target/bench \
 	  | tee target/bench/presidio.txt

@@ -5,7 +5,7 @@ import { WASI } from "node:wasi";
 import process from "node:process";
 
 const [file, ...args] = process.argv.slice(2);
-const wasi = new WASI({ version: "preview1", args: [file, ...args], env: { CASE: process.env.CASE ?? "", N: process.env.N ?? "", KB: process.env.KB ?? "" } });
+const wasi = new WASI({ version: "preview1", args: [file, ...args], env: process.env });
 const module = await WebAssembly.compile(await readFile(file));
 const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
 process.exitCode = wasi.start(instance);

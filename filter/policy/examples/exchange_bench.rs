@@ -5,7 +5,9 @@
 //! records batched): request headers, the whole request body, a 600-byte
 //! JSON answer, the end and its record encoded into a batch. Microseconds
 //! per exchange, split by step, for chat requests of 1, 4, 16 and 64 KB.
-//! `ACCESS=1` adds access rules the caller passes (the cost of judging them).
+//! `ACCESS=1` adds access rules the caller passes (the cost of judging them);
+//! `EVICT_MB=16` evicts the CPU caches before each step (the cost when
+//! the core's code and tables are cold, as between Envoy's callbacks).
 //! Runs natively and, built for wasm32-wasip1, inside V8 (`make bench`):
 //! the Envoy tables show the same work plus the proxy's own.
 
@@ -123,7 +125,12 @@ fn main() {
     let label = std::env::args().nth(1).unwrap_or_else(|| "native".into());
     let v: Value = serde_json::from_str(VECTORS).expect("vectors");
     let token = format!("Bearer {}", v["tokens"]["es256"].as_str().expect("token"));
-    println!("One exchange in the policy core ({label}), µs per exchange");
+    let cold = if std::env::var("EVICT_MB").is_ok_and(|v| v != "0" && !v.is_empty()) {
+        ", caches evicted before each step"
+    } else {
+        ""
+    };
+    println!("One exchange in the policy core ({label}{cold}), µs per exchange");
     println!("| request | headers + JWT | request body | answer (600 B) | end + record | total |");
     println!("|---|---:|---:|---:|---:|---:|");
     let only: Option<usize> = std::env::var("KB").ok().and_then(|k| k.parse().ok());
@@ -157,13 +164,28 @@ fn main() {
         let mut id = 0;
         // N: a fixed number of exchanges (to count instructions), else a time budget.
         let fixed: Option<u32> = std::env::var("N").ok().and_then(|n| n.parse().ok());
+        // EVICT_MB: that many MB written before each step (not timed), so
+        // each starts with cold caches, as in Envoy, where the proxy's own
+        // work and other requests' run between a request's callbacks.
+        let evict_mb: usize = std::env::var("EVICT_MB")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let mut evict = vec![0u8; evict_mb << 20];
+        let mut cold = || {
+            for byte in evict.iter_mut().step_by(64) {
+                *byte = byte.wrapping_add(1);
+            }
+            std::hint::black_box(&evict);
+            Instant::now()
+        };
         while match fixed {
             Some(n) => split.n < n,
             None => start.elapsed() < budget || split.n < 20,
         } {
             id += 1;
             let mut ex = Exchange::new(id);
-            let t0 = Instant::now();
+            let t0 = cold();
             ex.on(
                 Event::RequestHeaders {
                     headers: &headers,
@@ -174,6 +196,7 @@ fn main() {
                 &mut out,
             );
             let t1 = Instant::now();
+            let t1b = cold();
             ex.on(
                 Event::RequestBody {
                     size: host.request.len(),
@@ -184,6 +207,7 @@ fn main() {
                 &mut out,
             );
             let t2 = Instant::now();
+            let t2b = cold();
             ex.on(
                 Event::ResponseHeaders {
                     status: 200,
@@ -205,6 +229,7 @@ fn main() {
                 &mut out,
             );
             let t3 = Instant::now();
+            let t3b = cold();
             ex.on(
                 Event::End {
                     response_code: Some(200),
@@ -228,9 +253,9 @@ fn main() {
             let t4 = Instant::now();
             if id > 3 {
                 split.headers += t1 - t0;
-                split.body += t2 - t1;
-                split.response += t3 - t2;
-                split.end += t4 - t3;
+                split.body += t2 - t1b;
+                split.response += t3 - t2b;
+                split.end += t4 - t3b;
                 split.n += 1;
             }
         }
