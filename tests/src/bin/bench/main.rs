@@ -400,6 +400,9 @@ struct Memory {
     /// The same with two workers (Envoy RSS without and with tracegate):
     /// what a further worker adds. Not in smoke runs.
     two_workers: Option<(u64, u64)>,
+    /// Envoy RSS with the floor filter in tracegate's place, one worker:
+    /// what any wasm filter that reads bodies makes Envoy carry.
+    rss_floor_kb: u64,
 }
 
 /// Envoy's memory with one tracegate configuration and without, one
@@ -429,16 +432,17 @@ fn memory_with_workers(
     token: &str,
     workers: u32,
 ) -> Result<Memory> {
-    let start = |name: &str, filter: bool| -> Result<Envoy> {
+    let start = |name: &str, filter: Option<(PathBuf, Value)>| -> Result<Envoy> {
         let d = dir.join(format!("{name}-{workers}"));
         std::fs::create_dir_all(&d)?;
+        let (wasm, config) = filter.clone().unwrap_or_else(|| (filter_wasm(), policy()));
         Envoy::start_workers(
             &d,
-            &envoy_config::bench_bootstrap(ports, &filter_wasm(), &policy(), filter),
+            &envoy_config::bench_bootstrap(ports, &wasm, &config, filter.is_some()),
             workers,
         )
     };
-    let with = start("envoy-one", true)?;
+    let with = start("envoy-one", Some((filter_wasm(), policy())))?;
     // Linear memory only grows: read after each size, it shows which load
     // took it where.
     let mut wasm_after = Vec::new();
@@ -454,12 +458,28 @@ fn memory_with_workers(
         export_failures: with.stat("wasmcustom.tracegate.export_failures")?,
         rss_without_kb: 0,
         two_workers: None,
+        rss_floor_kb: 0,
     };
     drop(with);
-    let plain = start("envoy-plain", false)?;
+    let plain = start("envoy-plain", None)?;
     every_size(dir, plan, token, plain.port, |_| Ok(()))?;
+    let rss_without_kb = rss_kb(plain.process.pid());
+    drop(plain);
+    let rss_floor_kb = if workers == 1 {
+        let floor = start(
+            "envoy-floor",
+            Some((floor_wasm(), json!({"inspection": {"hold_headers": true}}))),
+        )?;
+        every_size(dir, plan, token, floor.listener_port("tracegate")?, |_| {
+            Ok(())
+        })?;
+        rss_kb(floor.process.pid())
+    } else {
+        0
+    };
     Ok(Memory {
-        rss_without_kb: rss_kb(plain.process.pid()),
+        rss_without_kb,
+        rss_floor_kb,
         ..memory
     })
 }
@@ -495,6 +515,14 @@ fn print_memory(memory: &Memory, plan: &Plan) {
         mb(one),
         mb(one.saturating_sub(plain))
     );
+    if memory.rss_floor_kb > 0 {
+        println!(
+            "| Envoy RSS with the floor filter instead (one worker; bench/floor-filter) | {:.1} MB | {:.1} MB | {:.1} MB |",
+            mb(plain),
+            mb(memory.rss_floor_kb),
+            mb(memory.rss_floor_kb.saturating_sub(plain))
+        );
+    }
     if let Some((plain2, with2)) = memory.two_workers {
         println!(
             "| Envoy RSS (two workers) | {:.1} MB | {:.1} MB | {:.1} MB |",
@@ -986,6 +1014,7 @@ fn run() -> Result<()> {
         "stream": stream_report,
         "memory": {"envoy_rss_without_kb": memory.rss_without_kb,
                    "envoy_rss_with_kb": memory.rss_with_kb,
+                   "envoy_rss_floor_kb": memory.rss_floor_kb,
                    "wasm_memory_bytes": memory.wasm_bytes,
                    "records_refused": memory.refused,
                    "export_failures": memory.export_failures,
