@@ -152,7 +152,8 @@ e2e-test: filter floor-filter python-env wrk prometheus chromium oidc-provider
 # - JWT decision cost and masking throughput, natively and inside a wasm VM
 #   (V8, as in Envoy, here under Node's WASI);
 # - Envoy with and without tracegate (tracegate-bench: one Envoy, two
-#   listeners, wrk), streaming, memory;
+#   listeners, wrk), beside the floor filter (bench/floor-filter: headers
+#   held and bodies read, no policy), streaming, memory;
 # - tracegate's detectors against Microsoft Presidio on one labelled corpus;
 # - the collector's durable ingest through real gRPC next to a raw
 #   write+fdatasync loop, and verify throughput;
