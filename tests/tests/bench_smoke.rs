@@ -25,6 +25,8 @@ fn envoy_benchmark_runs_and_reports() {
     for side in ["passthrough", "tracegate", "floor"] {
         assert!(row[side]["rps"].as_f64().unwrap() > 0.0, "{report}");
     }
+    // The floor forwards everything: an error there makes its ratio meaningless.
+    assert_eq!(row["floor"]["errors"], 0, "{report}");
     assert!(report["records_exported"].as_u64().unwrap() > 0, "{report}");
     // Errors are reported per row, not a reason to stop.
     assert!(row["tracegate"]["errors"].is_string(), "{report}");
