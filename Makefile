@@ -80,10 +80,14 @@ WASM_BINDGEN_RUNNER  := $(TOOLS)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-b
 
 build: filter collector
 
+# A proxy-wasm module: $(1) the package, $(2) its library name, $(3) the output.
+define build_module
+	$(FILTER_BUILD) --profile wasm-release -p $(1) --target wasm32-wasip1 --target-dir target/wasm
+	cp target/wasm/wasm32-wasip1/wasm-release/$(2).wasm $(3)
+endef
+
 filter: $(FILTER_DEPS)
-	$(FILTER_BUILD) --profile wasm-release -p tracegate-filter --target wasm32-wasip1 \
-	  --target-dir target/wasm
-	cp target/wasm/wasm32-wasip1/wasm-release/tracegate_filter.wasm $(WASM)
+	$(call build_module,tracegate-filter,tracegate_filter,$(WASM))
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes, sha256 $$(sha256sum $(WASM) | cut -c1-16)…)"
 
 collector:
@@ -93,9 +97,7 @@ collector:
 # and reads whole bodies costs in Envoy, with no policy; a listener of its own.
 FLOOR_WASM := target/floor_filter.wasm
 floor-filter: $(FILTER_DEPS)
-	$(FILTER_BUILD) --profile wasm-release -p tracegate-floor --target wasm32-wasip1 \
-	  --target-dir target/wasm
-	cp target/wasm/wasm32-wasip1/wasm-release/tracegate_floor.wasm $(FLOOR_WASM)
+	$(call build_module,tracegate-floor,tracegate_floor,$(FLOOR_WASM))
 
 offline-toolchain:
 	@if ! dpkg -s $(OFFLINE_PACKAGES) >/dev/null 2>&1; then \

@@ -196,7 +196,7 @@ fn main() {
                 &mut out,
             );
             let t1 = Instant::now();
-            let t1b = cold();
+            let body_start = cold();
             ex.on(
                 Event::RequestBody {
                     size: host.request.len(),
@@ -207,7 +207,7 @@ fn main() {
                 &mut out,
             );
             let t2 = Instant::now();
-            let t2b = cold();
+            let answer_start = cold();
             ex.on(
                 Event::ResponseHeaders {
                     status: 200,
@@ -229,7 +229,7 @@ fn main() {
                 &mut out,
             );
             let t3 = Instant::now();
-            let t3b = cold();
+            let end_start = cold();
             ex.on(
                 Event::End {
                     response_code: Some(200),
@@ -253,9 +253,9 @@ fn main() {
             let t4 = Instant::now();
             if id > 3 {
                 split.headers += t1 - t0;
-                split.body += t2 - t1b;
-                split.response += t3 - t2b;
-                split.end += t4 - t3b;
+                split.body += t2 - body_start;
+                split.response += t3 - answer_start;
+                split.end += t4 - end_start;
                 split.n += 1;
             }
         }
