@@ -384,6 +384,87 @@ fn fixed_rate_latency(
     Ok(Value::Array(out))
 }
 
+/// Where one Envoy's RSS goes (kB): pages of Envoy's own binary
+/// (file-backed, shared with every Envoy on the machine that maps the same
+/// file), V8's compiled code (anonymous executable mappings), the malloc
+/// heap as tcmalloc reports it (admin `/memory`: live allocations, and
+/// freed memory it keeps in its caches), and the rest (wasm linear
+/// memories, V8's own heaps, stacks).
+#[derive(Debug, Clone, Copy, Default)]
+struct Footprint {
+    rss_kb: u64,
+    binary_kb: u64,
+    jit_kb: u64,
+    heap_live_kb: u64,
+    heap_kept_kb: u64,
+}
+
+impl Footprint {
+    fn of(envoy: &Envoy) -> Result<Footprint> {
+        let pid = envoy.process.pid();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+        let (mut rss_kb, mut binary_kb, mut jit_kb) = (0, 0, 0);
+        // The mapping the following `Rss:` line belongs to.
+        let mut kind = "";
+        for line in smaps.lines() {
+            if let Some(kb) = line.strip_prefix("Rss:") {
+                let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse()?;
+                rss_kb += kb;
+                match kind {
+                    "binary" => binary_kb += kb,
+                    "jit" => jit_kb += kb,
+                    _ => {}
+                }
+            } else if line.starts_with(|c: char| c.is_ascii_hexdigit())
+                && line
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|r| r.contains('-'))
+            {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let perms = fields.get(1).copied().unwrap_or("");
+                let path = fields.get(5).copied();
+                kind = match path {
+                    Some(p) if std::path::Path::new(p) == exe => "binary",
+                    None if perms.contains('x') => "jit",
+                    _ => "",
+                };
+            }
+        }
+        let url = format!("http://127.0.0.1:{}/memory", envoy.admin_port);
+        let heap: Value = ureq::get(&url).call()?.body_mut().read_json()?;
+        // tcmalloc reports byte counts as JSON strings.
+        let field = |name: &str| -> u64 {
+            heap[name]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .or_else(|| heap[name].as_u64())
+                .unwrap_or(0)
+                / 1024
+        };
+        let live = field("allocated");
+        Ok(Footprint {
+            rss_kb,
+            binary_kb,
+            jit_kb,
+            heap_live_kb: live,
+            heap_kept_kb: field("total_physical_bytes").saturating_sub(live),
+        })
+    }
+
+    fn other_kb(&self) -> u64 {
+        self.rss_kb
+            .saturating_sub(self.binary_kb + self.jit_kb + self.heap_live_kb + self.heap_kept_kb)
+    }
+
+    fn json(&self) -> Value {
+        json!({"rss_kb": self.rss_kb, "envoy_binary_kb": self.binary_kb,
+               "compiled_code_kb": self.jit_kb, "heap_live_kb": self.heap_live_kb,
+               "heap_kept_free_kb": self.heap_kept_kb, "other_kb": self.other_kb()})
+    }
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -412,6 +493,9 @@ struct Memory {
     /// Envoy RSS with the floor filter in tracegate's place, one worker:
     /// what any wasm filter that reads bodies makes Envoy carry.
     rss_floor_kb: u64,
+    /// Where the RSS goes, one worker: without tracegate, with the floor
+    /// filter, with tracegate.
+    footprints: Option<[Footprint; 3]>,
 }
 
 /// Envoy's memory with one tracegate configuration and without, one
@@ -459,6 +543,7 @@ fn memory_with_workers(
         wasm_after.push((kb, with.stat("wasmcustom.tracegate.wasm_memory_bytes")?));
         Ok(())
     })?;
+    let with_footprint = Footprint::of(&with)?;
     let memory = Memory {
         rss_with_kb: rss_kb(with.process.pid()),
         wasm_bytes: with.stat("wasmcustom.tracegate.wasm_memory_bytes")?,
@@ -468,13 +553,15 @@ fn memory_with_workers(
         rss_without_kb: 0,
         two_workers: None,
         rss_floor_kb: 0,
+        footprints: None,
     };
     drop(with);
     let plain = start("envoy-plain", None)?;
     every_size(dir, plan, token, plain.port, |_| Ok(()))?;
     let rss_without_kb = rss_kb(plain.process.pid());
+    let plain_footprint = Footprint::of(&plain)?;
     drop(plain);
-    let rss_floor_kb = if workers == 1 {
+    let (rss_floor_kb, floor_footprint) = if workers == 1 {
         let floor = start(
             "envoy-floor",
             Some((floor_wasm(), json!({"inspection": {"hold_headers": true}}))),
@@ -482,13 +569,14 @@ fn memory_with_workers(
         every_size(dir, plan, token, floor.listener_port("tracegate")?, |_| {
             Ok(())
         })?;
-        rss_kb(floor.process.pid())
+        (rss_kb(floor.process.pid()), Some(Footprint::of(&floor)?))
     } else {
-        0
+        (0, None)
     };
     Ok(Memory {
         rss_without_kb,
         rss_floor_kb,
+        footprints: floor_footprint.map(|floor| [plain_footprint, floor, with_footprint]),
         ..memory
     })
 }
@@ -569,6 +657,46 @@ fn print_memory(memory: &Memory, plan: &Plan) {
             "A further worker adds {:.1} MB; the first {:.1} MB (with what an Envoy carries once: the main thread's VM, the module's code).",
             added2 - added1,
             added1
+        );
+    }
+    if let Some(footprints) = &memory.footprints {
+        print_footprints(footprints);
+    }
+}
+
+/// Where the RSS of the one-worker Envoys goes: without a filter, with the
+/// floor filter, with tracegate.
+fn print_footprints([plain, floor, with]: &[Footprint; 3]) {
+    println!();
+    println!("Where the RSS goes (one worker, the Envoys above; malloc heap from admin /memory):");
+    println!();
+    println!("| | without | floor filter | tracegate | tracegate − floor |");
+    println!("|---|---:|---:|---:|---:|");
+    let rows: [(&str, fn(&Footprint) -> u64); 6] = [
+        (
+            "Envoy's binary (file pages: shared by every Envoy mapping it)",
+            |f| f.binary_kb,
+        ),
+        ("compiled wasm (V8 code)", |f| f.jit_kb),
+        ("malloc heap, live", |f| f.heap_live_kb),
+        ("malloc heap, freed and kept by tcmalloc", |f| {
+            f.heap_kept_kb
+        }),
+        (
+            "the rest (wasm linear memories, V8 heaps, stacks)",
+            Footprint::other_kb,
+        ),
+        ("RSS", |f| f.rss_kb),
+    ];
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    for (name, part) in rows {
+        let (p, f, w) = (part(plain), part(floor), part(with));
+        println!(
+            "| {name} | {:.1} MB | {:.1} MB | {:.1} MB | {:+.1} MB |",
+            mb(p),
+            mb(f),
+            mb(w),
+            mb(w) - mb(f)
         );
     }
 }
@@ -1032,6 +1160,9 @@ fn run() -> Result<()> {
                    "export_failures": memory.export_failures,
                    "two_workers": memory.two_workers.map(|(without, with)|
                        json!({"envoy_rss_without_kb": without, "envoy_rss_with_kb": with})),
+                   "footprints": memory.footprints.map(|[without, floor, with]|
+                       json!({"without": without.json(), "floor": floor.json(),
+                              "with": with.json()})),
                    "wasm_memory_bytes_after_kb": memory.wasm_after.iter()
                        .map(|(kb, b)| json!({"body_kb": kb, "bytes": b})).collect::<Vec<_>>(),
                    "all_configurations": {"configurations": configurations,
