@@ -672,7 +672,8 @@ fn print_footprints([plain, floor, with]: &[Footprint; 3]) {
     println!();
     println!("| | without | floor filter | tracegate | tracegate − floor |");
     println!("|---|---:|---:|---:|---:|");
-    let rows: [(&str, fn(&Footprint) -> u64); 6] = [
+    type Part = fn(&Footprint) -> u64;
+    let rows: [(&str, Part); 6] = [
         (
             "Envoy's binary (file pages: shared by every Envoy mapping it)",
             |f| f.binary_kb,
