@@ -125,12 +125,19 @@ fn main() {
     let label = std::env::args().nth(1).unwrap_or_else(|| "native".into());
     let v: Value = serde_json::from_str(VECTORS).expect("vectors");
     let token = format!("Bearer {}", v["tokens"]["es256"].as_str().expect("token"));
-    let cold = if std::env::var("EVICT_MB").is_ok_and(|v| v != "0" && !v.is_empty()) {
+    // EVICT_MB: that many MB written before each step (not timed), so
+    // each starts with cold caches, as in Envoy, where the proxy's own
+    // work and other requests' run between a request's callbacks.
+    let evict_mb: usize = std::env::var("EVICT_MB")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let caches = if evict_mb > 0 {
         ", caches evicted before each step"
     } else {
         ""
     };
-    println!("One exchange in the policy core ({label}{cold}), µs per exchange");
+    println!("One exchange in the policy core ({label}{caches}), µs per exchange");
     println!("| request | headers + JWT | request body | answer (600 B) | end + record | total |");
     println!("|---|---:|---:|---:|---:|---:|");
     let only: Option<usize> = std::env::var("KB").ok().and_then(|k| k.parse().ok());
@@ -164,15 +171,10 @@ fn main() {
         let mut id = 0;
         // N: a fixed number of exchanges (to count instructions), else a time budget.
         let fixed: Option<u32> = std::env::var("N").ok().and_then(|n| n.parse().ok());
-        // EVICT_MB: that many MB written before each step (not timed), so
-        // each starts with cold caches, as in Envoy, where the proxy's own
-        // work and other requests' run between a request's callbacks.
-        let evict_mb: usize = std::env::var("EVICT_MB")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
         let mut evict = vec![0u8; evict_mb << 20];
-        let mut cold = || {
+        // Evicts the caches (nothing when EVICT_MB is 0); returns the time
+        // the step starts.
+        let mut step_start = || {
             for byte in evict.iter_mut().step_by(64) {
                 *byte = byte.wrapping_add(1);
             }
@@ -185,7 +187,7 @@ fn main() {
         } {
             id += 1;
             let mut ex = Exchange::new(id);
-            let t0 = cold();
+            let t0 = step_start();
             ex.on(
                 Event::RequestHeaders {
                     headers: &headers,
@@ -196,7 +198,7 @@ fn main() {
                 &mut out,
             );
             let t1 = Instant::now();
-            let body_start = cold();
+            let body_start = step_start();
             ex.on(
                 Event::RequestBody {
                     size: host.request.len(),
@@ -207,7 +209,7 @@ fn main() {
                 &mut out,
             );
             let t2 = Instant::now();
-            let answer_start = cold();
+            let answer_start = step_start();
             ex.on(
                 Event::ResponseHeaders {
                     status: 200,
@@ -229,7 +231,7 @@ fn main() {
                 &mut out,
             );
             let t3 = Instant::now();
-            let end_start = cold();
+            let end_start = step_start();
             ex.on(
                 Event::End {
                     response_code: Some(200),

@@ -404,17 +404,22 @@ impl Footprint {
         let pid = envoy.process.pid();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+        /// What the mapping of the following `Rss:` lines holds.
+        enum Mapping {
+            Binary,
+            Jit,
+            Other,
+        }
         let (mut rss_kb, mut binary_kb, mut jit_kb) = (0, 0, 0);
-        // The mapping the following `Rss:` line belongs to.
-        let mut kind = "";
+        let mut mapping = Mapping::Other;
         for line in smaps.lines() {
             if let Some(kb) = line.strip_prefix("Rss:") {
                 let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse()?;
                 rss_kb += kb;
-                match kind {
-                    "binary" => binary_kb += kb,
-                    "jit" => jit_kb += kb,
-                    _ => {}
+                match mapping {
+                    Mapping::Binary => binary_kb += kb,
+                    Mapping::Jit => jit_kb += kb,
+                    Mapping::Other => {}
                 }
             } else if line.starts_with(|c: char| c.is_ascii_hexdigit())
                 && line
@@ -425,10 +430,10 @@ impl Footprint {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 let perms = fields.get(1).copied().unwrap_or("");
                 let path = fields.get(5).copied();
-                kind = match path {
-                    Some(p) if std::path::Path::new(p) == exe => "binary",
-                    None if perms.contains('x') => "jit",
-                    _ => "",
+                mapping = match path {
+                    Some(p) if Path::new(p) == exe => Mapping::Binary,
+                    None if perms.contains('x') => Mapping::Jit,
+                    _ => Mapping::Other,
                 };
             }
         }
@@ -465,23 +470,13 @@ impl Footprint {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Envoy's memory with one tracegate configuration and without any, each
 /// after the same load: every body size of the plan, at the load tables'
 /// concurrency.
 struct Memory {
-    rss_without_kb: u64,
-    rss_with_kb: u64,
+    /// Envoy without a filter, and with tracegate.
+    without: Footprint,
+    with: Footprint,
     wasm_bytes: u64,
     /// Linear memory after each body size's run.
     wasm_after: Vec<(usize, u64)>,
@@ -490,12 +485,9 @@ struct Memory {
     /// The same with two workers (Envoy RSS without and with tracegate):
     /// what a further worker adds. Not in smoke runs.
     two_workers: Option<(u64, u64)>,
-    /// Envoy RSS with the floor filter in tracegate's place, one worker:
-    /// what any wasm filter that reads bodies makes Envoy carry.
-    rss_floor_kb: u64,
-    /// Where the RSS goes, one worker: without tracegate, with the floor
-    /// filter, with tracegate.
-    footprints: Option<[Footprint; 3]>,
+    /// Envoy with the floor filter in tracegate's place, one worker: what
+    /// any wasm filter that reads bodies makes Envoy carry.
+    floor: Option<Footprint>,
 }
 
 /// Envoy's memory with one tracegate configuration and without, one
@@ -513,7 +505,7 @@ fn memory_of_one_configuration(
     }
     let two = memory_with_workers(dir, ports, plan, token, 2)?;
     Ok(Memory {
-        two_workers: Some((two.rss_without_kb, two.rss_with_kb)),
+        two_workers: Some((two.without.rss_kb, two.with.rss_kb)),
         ..one
     })
 }
@@ -525,17 +517,20 @@ fn memory_with_workers(
     token: &str,
     workers: u32,
 ) -> Result<Memory> {
-    let start = |name: &str, filter: Option<(PathBuf, Value)>| -> Result<Envoy> {
+    let policy = policy();
+    let (tracegate_module, floor_module) = (filter_wasm(), floor_wasm());
+    // No filter: the bootstrap leaves out the one it is given.
+    let start = |name: &str, filter: Option<(&Path, &Value)>| -> Result<Envoy> {
         let d = dir.join(format!("{name}-{workers}"));
         std::fs::create_dir_all(&d)?;
-        let (wasm, config) = filter.clone().unwrap_or_else(|| (filter_wasm(), policy()));
+        let (wasm, config) = filter.unwrap_or((&tracegate_module, &policy));
         Envoy::start_workers(
             &d,
-            &envoy_config::bench_bootstrap(ports, &wasm, &config, filter.is_some()),
+            &envoy_config::bench_bootstrap(ports, wasm, config, filter.is_some()),
             workers,
         )
     };
-    let with = start("envoy-one", Some((filter_wasm(), policy())))?;
+    let with = start("envoy-one", Some((&tracegate_module, &policy)))?;
     // Linear memory only grows: read after each size, it shows which load
     // took it where.
     let mut wasm_after = Vec::new();
@@ -543,40 +538,34 @@ fn memory_with_workers(
         wasm_after.push((kb, with.stat("wasmcustom.tracegate.wasm_memory_bytes")?));
         Ok(())
     })?;
-    let with_footprint = Footprint::of(&with)?;
     let memory = Memory {
-        rss_with_kb: rss_kb(with.process.pid()),
+        with: Footprint::of(&with)?,
         wasm_bytes: with.stat("wasmcustom.tracegate.wasm_memory_bytes")?,
         wasm_after,
         refused: with.stat("wasmcustom.tracegate.recording.refused")?,
         export_failures: with.stat("wasmcustom.tracegate.export_failures")?,
-        rss_without_kb: 0,
+        without: Footprint::default(),
         two_workers: None,
-        rss_floor_kb: 0,
-        footprints: None,
+        floor: None,
     };
     drop(with);
     let plain = start("envoy-plain", None)?;
     every_size(dir, plan, token, plain.port, |_| Ok(()))?;
-    let rss_without_kb = rss_kb(plain.process.pid());
-    let plain_footprint = Footprint::of(&plain)?;
+    let without = Footprint::of(&plain)?;
     drop(plain);
-    let (rss_floor_kb, floor_footprint) = if workers == 1 {
-        let floor = start(
-            "envoy-floor",
-            Some((floor_wasm(), json!({"inspection": {"hold_headers": true}}))),
-        )?;
-        every_size(dir, plan, token, floor.listener_port("tracegate")?, |_| {
+    let floor = if workers == 1 {
+        let config = json!({"inspection": {"hold_headers": true}});
+        let envoy = start("envoy-floor", Some((&floor_module, &config)))?;
+        every_size(dir, plan, token, envoy.listener_port("tracegate")?, |_| {
             Ok(())
         })?;
-        (rss_kb(floor.process.pid()), Some(Footprint::of(&floor)?))
+        Some(Footprint::of(&envoy)?)
     } else {
-        (0, None)
+        None
     };
     Ok(Memory {
-        rss_without_kb,
-        rss_floor_kb,
-        footprints: floor_footprint.map(|floor| [plain_footprint, floor, with_footprint]),
+        without,
+        floor,
         ..memory
     })
 }
@@ -605,19 +594,19 @@ fn print_memory(memory: &Memory, plan: &Plan) {
     println!("| | without tracegate | with tracegate | added |");
     println!("|---|---:|---:|---:|");
     let mb = |kb: u64| kb as f64 / 1024.0;
-    let (plain, one) = (memory.rss_without_kb, memory.rss_with_kb);
+    let (plain, one) = (memory.without.rss_kb, memory.with.rss_kb);
     println!(
         "| Envoy RSS (one worker) | {:.1} MB | {:.1} MB | {:.1} MB |",
         mb(plain),
         mb(one),
         mb(one.saturating_sub(plain))
     );
-    if memory.rss_floor_kb > 0 {
+    if let Some(floor) = &memory.floor {
         println!(
             "| Envoy RSS with the floor filter instead (one worker; bench/floor-filter) | {:.1} MB | {:.1} MB | {:.1} MB |",
             mb(plain),
-            mb(memory.rss_floor_kb),
-            mb(memory.rss_floor_kb.saturating_sub(plain))
+            mb(floor.rss_kb),
+            mb(floor.rss_kb.saturating_sub(plain))
         );
     }
     if let Some((plain2, with2)) = memory.two_workers {
@@ -659,8 +648,8 @@ fn print_memory(memory: &Memory, plan: &Plan) {
             added1
         );
     }
-    if let Some(footprints) = &memory.footprints {
-        print_footprints(footprints);
+    if let Some(floor) = &memory.floor {
+        print_footprints(&[memory.without, *floor, memory.with]);
     }
 }
 
@@ -1125,7 +1114,7 @@ fn run() -> Result<()> {
 
     // Memory after the whole bench, in this Envoy: its one VM holds every
     // configuration of the runs above.
-    let rss_all = rss_kb(envoy.process.pid());
+    let rss_all = Footprint::of(&envoy)?.rss_kb;
     let wasm_all = envoy.stat("wasmcustom.tracegate.wasm_memory_bytes")?;
     let records = envoy.stat("wasmcustom.tracegate.records_exported")?;
     // Every listener but passthrough has one.
@@ -1153,17 +1142,17 @@ fn run() -> Result<()> {
         "latency_4kb_fixed_rate": latency,
         "forged_token_4kb": forged_rows,
         "stream": stream_report,
-        "memory": {"envoy_rss_without_kb": memory.rss_without_kb,
-                   "envoy_rss_with_kb": memory.rss_with_kb,
-                   "envoy_rss_floor_kb": memory.rss_floor_kb,
+        "memory": {"envoy_rss_without_kb": memory.without.rss_kb,
+                   "envoy_rss_with_kb": memory.with.rss_kb,
+                   "envoy_rss_floor_kb": memory.floor.map_or(0, |f| f.rss_kb),
                    "wasm_memory_bytes": memory.wasm_bytes,
                    "records_refused": memory.refused,
                    "export_failures": memory.export_failures,
                    "two_workers": memory.two_workers.map(|(without, with)|
                        json!({"envoy_rss_without_kb": without, "envoy_rss_with_kb": with})),
-                   "footprints": memory.footprints.map(|[without, floor, with]|
-                       json!({"without": without.json(), "floor": floor.json(),
-                              "with": with.json()})),
+                   "footprints": {"without": memory.without.json(),
+                                  "floor": memory.floor.map(|f| f.json()),
+                                  "with": memory.with.json()},
                    "wasm_memory_bytes_after_kb": memory.wasm_after.iter()
                        .map(|(kb, b)| json!({"body_kb": kb, "bytes": b})).collect::<Vec<_>>(),
                    "all_configurations": {"configurations": configurations,
