@@ -51,7 +51,9 @@ fn read_body(buffer: BufferType, size: usize) {
 
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        std::hint::black_box(hostcalls::get_map(MapType::HttpRequestHeaders).ok());
+        // As bytes: the SDK's text variants panic on a value that is not
+        // UTF-8, which would trap the VM on a client's header.
+        std::hint::black_box(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).ok());
         at_end(end_of_stream)
     }
 
@@ -64,7 +66,9 @@ impl HttpContext for Floor {
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         for name in [":status", "content-type", "content-encoding"] {
-            std::hint::black_box(hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok());
+            std::hint::black_box(
+                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok(),
+            );
         }
         at_end(end_of_stream)
     }
