@@ -199,7 +199,8 @@ impl Catalogue {
         self.each_match(hay, from, |m| out.push(m));
     }
 
-    /// `matches`, each handed to `found` (detector by detector).
+    /// `matches`, each handed to `found` (detector by detector, then those
+    /// `uncover` finds).
     fn each_match(&self, hay: &str, from: usize, mut found: impl FnMut(Match)) {
         if from >= hay.len() {
             return;
@@ -210,52 +211,117 @@ impl Catalogue {
         if which.is_empty() {
             return;
         }
+        // Findings of more than one detector, to look for overlaps in.
+        let mut findings = Vec::new();
         for i in which.iter() {
-            let i = i.as_usize();
-            let Some(d) = self.detectors.get(i) else {
-                continue;
-            };
-            let finding = |start: usize, end: usize| {
-                let value = &hay[start..end];
-                let before_ok = d.before.allows(hay.as_bytes()[..start].last().copied());
-                (start < end && before_ok && d.check.is_none_or(|check| check(value))).then_some(
-                    Finding {
-                        start,
-                        end,
-                        detector: i,
-                    },
-                )
-            };
-            if d.group == 0 {
-                // No capture slots: the regex engine can stay on its DFA.
-                for m in d.regex.find_iter(input.clone()) {
-                    found(Match {
-                        start: m.start(),
-                        end: m.end(),
-                        finding: finding(m.start(), m.end()),
-                    });
+            self.search(i.as_usize(), hay, from, |m| {
+                findings.extend(m.finding);
+                found(m);
+                true
+            });
+        }
+        if which.len() > 1 {
+            self.uncover(hay, &mut findings, &mut found);
+        }
+    }
+
+    /// Each search of one detector goes on after its previous match, so a
+    /// finding that reaches past the end of another detector's finding it
+    /// overlaps hides its detector's later values that start inside it. If
+    /// it then loses to the other in `resolve`, the text past the other's
+    /// end would go out unjudged by that detector (an e-mail address right
+    /// after a token the e-mail's local part began with). That detector is
+    /// searched again from the other's end, up to the end of its finding;
+    /// what it finds is looked past the same way.
+    fn uncover(&self, hay: &str, findings: &mut Vec<Finding>, found: &mut impl FnMut(Match)) {
+        let mut tried: Vec<(usize, usize)> = Vec::new();
+        loop {
+            findings.sort_by_key(|f| (f.start, f.end));
+            let mut todo = None;
+            'scan: for (j, a) in findings.iter().enumerate() {
+                for b in findings[j + 1..].iter().take_while(|b| b.start < a.end) {
+                    for (m, o) in [(a, b), (b, a)] {
+                        let key = (m.detector, o.end);
+                        if o.end < m.end && !tried.contains(&key) {
+                            todo = Some((key, m.end));
+                            break 'scan;
+                        }
+                    }
                 }
-            } else {
-                let mut caps: Captures = d.regex.create_captures();
-                let mut at = from;
-                while at < hay.len() {
-                    let input = Input::new(hay).span(at..hay.len());
-                    d.regex.search_captures(&input, &mut caps);
-                    let Some(m) = caps.get_match() else {
-                        break;
-                    };
-                    let value = (1..caps.group_len())
-                        .find_map(|g| caps.get_group(g))
-                        .unwrap_or(m.span());
-                    found(Match {
-                        start: m.start(),
-                        end: m.end(),
-                        finding: finding(value.start, value.end),
-                    });
-                    // Patterns cannot match the empty string (refused when
-                    // compiled), so this always moves on.
-                    at = m.end().max(at + 1);
+            }
+            let Some(((detector, at), until)) = todo else {
+                return;
+            };
+            tried.push((detector, at));
+            let mut new = Vec::new();
+            self.search(detector, hay, at, |m| {
+                if m.start >= until {
+                    return false;
                 }
+                // Found before (from another overlap): already handed on.
+                if !m.finding.is_some_and(|f| findings.contains(&f)) {
+                    new.extend(m.finding);
+                    found(m);
+                }
+                true
+            });
+            findings.append(&mut new);
+        }
+    }
+
+    /// Matches of detector `i` in `hay[from..]`, each handed to `each` until
+    /// it returns false.
+    fn search(&self, i: usize, hay: &str, from: usize, mut each: impl FnMut(Match) -> bool) {
+        let Some(d) = self.detectors.get(i) else {
+            return;
+        };
+        let finding = |start: usize, end: usize| {
+            let value = &hay[start..end];
+            let before_ok = d.before.allows(hay.as_bytes()[..start].last().copied());
+            (start < end && before_ok && d.check.is_none_or(|check| check(value))).then_some(
+                Finding {
+                    start,
+                    end,
+                    detector: i,
+                },
+            )
+        };
+        let input = Input::new(hay).span(from..hay.len());
+        if d.group == 0 {
+            // No capture slots: the regex engine can stay on its DFA.
+            for m in d.regex.find_iter(input) {
+                let go_on = each(Match {
+                    start: m.start(),
+                    end: m.end(),
+                    finding: finding(m.start(), m.end()),
+                });
+                if !go_on {
+                    return;
+                }
+            }
+        } else {
+            let mut caps: Captures = d.regex.create_captures();
+            let mut at = from;
+            while at < hay.len() {
+                let input = Input::new(hay).span(at..hay.len());
+                d.regex.search_captures(&input, &mut caps);
+                let Some(m) = caps.get_match() else {
+                    break;
+                };
+                let value = (1..caps.group_len())
+                    .find_map(|g| caps.get_group(g))
+                    .unwrap_or(m.span());
+                let go_on = each(Match {
+                    start: m.start(),
+                    end: m.end(),
+                    finding: finding(value.start, value.end),
+                });
+                if !go_on {
+                    return;
+                }
+                // Patterns cannot match the empty string (refused when
+                // compiled), so this always moves on.
+                at = m.end().max(at + 1);
             }
         }
     }

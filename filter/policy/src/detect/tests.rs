@@ -316,3 +316,25 @@ fn ipv6_gate_covers_every_address() {
         assert!(gate.is_match(text), "{text:?}");
     }
 }
+
+/// A finding that loses to an overlapping one of another detector does not
+/// hide its own detector's later values: the e-mail search had gone on
+/// after `…456oncall@example.comoncall`, an address that loses to the
+/// token its local part began with; the address after the token is found.
+#[test]
+fn a_value_inside_a_finding_that_loses_is_found() {
+    let c = all();
+    let token = "ghp_1234567890abcdefghijABCDEFGHIJ123456";
+    let text = format!("{token}oncall@example.comoncall@example.com");
+    let got = found(&c, &text);
+    assert_eq!(
+        got,
+        vec![
+            ("github_token".to_string(), format!("{token}oncall")),
+            (
+                "email".to_string(),
+                "example.comoncall@example.com".to_string()
+            ),
+        ],
+    );
+}

@@ -137,6 +137,11 @@ impl Gateway {
         self.parked.retain(|p| p.exchange != exchange);
     }
 
+    /// Buffer places promised to requests under way (for tests).
+    pub fn reservations(&self) -> usize {
+        self.reserved
+    }
+
     /// Exchanges parked (for tests and stats).
     pub fn parked(&self) -> usize {
         self.parked.len()

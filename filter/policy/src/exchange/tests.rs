@@ -606,4 +606,6 @@ fn every_stat_has_its_own_index_and_name() {
 }
 
 mod access;
+#[cfg(not(target_arch = "wasm32"))]
+mod proxy;
 mod usage;
