@@ -22,6 +22,7 @@ use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Input, MatchKind, PatternSet};
 use regex_syntax::hir::{Hir, HirKind, Look};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One compiled detector.
@@ -232,39 +233,72 @@ impl Catalogue {
     /// end would go out unjudged by that detector (an e-mail address right
     /// after a token the e-mail's local part began with). That detector is
     /// searched again from the other's end, up to the end of its finding;
-    /// what it finds is looked past the same way.
+    /// what it finds is looked past the same way, for a few rounds. Work is
+    /// bounded (a body can be built of such overlaps): past `MAX_RESEARCH`
+    /// searches, or after the last round, the rest of such a finding past
+    /// the other's end is a finding of its own (masked, not searched).
     fn uncover(&self, hay: &str, findings: &mut Vec<Finding>, found: &mut impl FnMut(Match)) {
+        const ROUNDS: usize = 4;
+        const MAX_RESEARCH: usize = 64;
         let mut tried: Vec<(usize, usize)> = Vec::new();
-        loop {
-            findings.sort_by_key(|f| (f.start, f.end));
-            let mut todo = None;
-            'scan: for (j, a) in findings.iter().enumerate() {
+        let mut searches = 0;
+        for round in 0..=ROUNDS {
+            findings.sort_by_key(|f| (f.start, f.end, f.detector));
+            // (detector, from, until): its finding ran on to `until` past
+            // another's end at `from`.
+            let mut todo: Vec<(usize, usize, usize)> = Vec::new();
+            for (j, a) in findings.iter().enumerate() {
                 for b in findings[j + 1..].iter().take_while(|b| b.start < a.end) {
                     for (m, o) in [(a, b), (b, a)] {
-                        let key = (m.detector, o.end);
-                        if o.end < m.end && !tried.contains(&key) {
-                            todo = Some((key, m.end));
-                            break 'scan;
+                        if o.end < m.end && tried.binary_search(&(m.detector, o.end)).is_err() {
+                            todo.push((m.detector, o.end, m.end));
                         }
                     }
                 }
             }
-            let Some(((detector, at), until)) = todo else {
+            if todo.is_empty() {
                 return;
-            };
-            tried.push((detector, at));
+            }
+            todo.sort_unstable();
+            todo.dedup_by_key(|t| (t.0, t.1));
             let mut new = Vec::new();
-            self.search(detector, hay, at, |m| {
-                if m.start >= until {
-                    return false;
+            for &(detector, at, until) in &todo {
+                if round == ROUNDS || searches == MAX_RESEARCH {
+                    let rest = Finding {
+                        start: at,
+                        end: until,
+                        detector,
+                    };
+                    new.push(rest);
+                    found(Match {
+                        start: at,
+                        end: until,
+                        finding: Some(rest),
+                    });
+                    continue;
                 }
-                // Found before (from another overlap): already handed on.
-                if !m.finding.is_some_and(|f| findings.contains(&f)) {
-                    new.extend(m.finding);
-                    found(m);
-                }
-                true
-            });
+                searches += 1;
+                self.search(detector, hay, at, |m| {
+                    if m.start >= until {
+                        return false;
+                    }
+                    // Found before (from another overlap): already handed on.
+                    if !m.finding.is_some_and(|f| {
+                        findings
+                            .binary_search_by_key(&(f.start, f.end, f.detector), |g| {
+                                (g.start, g.end, g.detector)
+                            })
+                            .is_ok()
+                            || new.contains(&f)
+                    }) {
+                        new.extend(m.finding);
+                        found(m);
+                    }
+                    true
+                });
+            }
+            tried.extend(todo.iter().map(|t| (t.0, t.1)));
+            tried.sort_unstable();
             findings.append(&mut new);
         }
     }
@@ -340,14 +374,20 @@ impl Catalogue {
                 f.detector,
             )
         });
-        let mut kept: Vec<Finding> = Vec::with_capacity(out.len());
+        // Kept findings never overlap, so of those starting before `f` ends
+        // only the last can reach into it (a search per finding, not a
+        // comparison with every one kept: a body can hold many).
+        let mut kept: BTreeMap<usize, Finding> = BTreeMap::new();
         for f in out.drain(..) {
-            if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
-                kept.push(f);
+            let clash = kept
+                .range(..f.end)
+                .next_back()
+                .is_some_and(|(_, k)| k.end > f.start);
+            if !clash {
+                kept.insert(f.start, f);
             }
         }
-        kept.sort_by_key(|f| f.start);
-        *out = kept;
+        out.extend(kept.into_values());
     }
 }
 
