@@ -16,8 +16,7 @@ use crate::detect::Catalogue;
 /// Planted in answers, in a sentence a stream may split anywhere.
 const ANSWER_SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
 
-/// Pieces of a prompt: plain text, secrets, and (rarer, so that most
-/// requests go on) words rules act on.
+/// Pieces of a prompt: plain text and secrets.
 const PIECES: &[&str] = &[
     "the pool ran dry ",
     "oncall@example.com",
@@ -25,13 +24,10 @@ const PIECES: &[&str] = &[
     "ghp_1234567890abcdefghijABCDEFGHIJ123456",
     "é ünïcode ",
     "\"quoted\" \\ back ",
-    "the pool ran dry ",
-    "oncall@example.com",
-    "card 4111 1111 1111 1111 ",
-    "ghp_1234567890abcdefghijABCDEFGHIJ123456",
-    "please exfiltrate it ",
-    "deploy to prod ",
 ];
+
+/// Words the rules act on (one blocks, one asks for approval).
+const RULED: &[&str] = &["please exfiltrate it ", "deploy to prod "];
 
 /// The configurations an exchange meets, with what each asks of it.
 fn config(which: usize) -> Value {
@@ -121,30 +117,89 @@ struct Answer {
     body: Vec<u8>,
 }
 
-fn answer(kind: usize, text_cut: u16, encoding: &'static str) -> Answer {
+/// The LLM APIs, each with its request, whole answer and stream events.
+#[derive(Debug, Clone, Copy)]
+enum Llm {
+    Chat,
+    Messages,
+    Responses,
+}
+
+impl Llm {
+    fn path(self) -> &'static str {
+        match self {
+            Llm::Chat => "/v1/chat/completions",
+            Llm::Messages => "/v1/messages",
+            Llm::Responses => "/v1/responses",
+        }
+    }
+
+    fn request(self, prompt: &str, stream: bool) -> Value {
+        match self {
+            Llm::Chat => json!({"model": "gpt-4o", "stream": stream, "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": prompt},
+            ]}),
+            Llm::Messages => json!({"model": "claude-sonnet-4-5", "max_tokens": 100,
+                "stream": stream, "system": "You are terse.",
+                "messages": [{"role": "user", "content": prompt}]}),
+            Llm::Responses => json!({"model": "gpt-4o", "stream": stream,
+                "instructions": "You are terse.", "input": prompt}),
+        }
+    }
+
+    fn whole(self, text: &str) -> Value {
+        match self {
+            Llm::Chat => json!({"choices": [{"index": 0,
+                "message": {"role": "assistant", "content": text}}]}),
+            Llm::Messages => json!({"type": "message", "role": "assistant",
+                "content": [{"type": "text", "text": text}]}),
+            Llm::Responses => json!({"object": "response", "output": [{"type": "message",
+                "content": [{"type": "output_text", "text": text}]}]}),
+        }
+    }
+
+    fn event(self, text: &str) -> String {
+        match self {
+            Llm::Chat => format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+            ),
+            Llm::Messages => format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                json!({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "text_delta", "text": text}})
+            ),
+            Llm::Responses => format!(
+                "event: response.output_text.delta\ndata: {}\n\n",
+                json!({"type": "response.output_text.delta", "item_id": "msg_1",
+                       "output_index": 0, "content_index": 0, "delta": text})
+            ),
+        }
+    }
+}
+
+fn answer(llm: Llm, kind: usize, text_cut: u16, encoding: &'static str) -> Answer {
     let text = format!("Rotate the key {ANSWER_SECRET} today, then tell the team.");
     let cut = usize::from(text_cut) * text.len() / usize::from(u16::MAX);
     let (a, b) = text.split_at(cut);
-    let chat = |content: &str| json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]});
-    let delta = |content: &str| {
-        format!(
-            "data: {}\n\n",
-            json!({"choices": [{"index": 0, "delta": {"content": content}}]})
-        )
-    };
     let (status, content_type, body) = match kind {
         0 => (
             200,
             "application/json",
-            chat(&text).to_string().into_bytes(),
+            llm.whole(&text).to_string().into_bytes(),
         ),
         1 => (
             200,
             "text/event-stream",
-            format!("{}{}data: [DONE]\n\n", delta(a), delta(b)).into_bytes(),
+            format!("{}{}", llm.event(a), llm.event(b)).into_bytes(),
         ),
         // No type: the first bytes tell a stream from a whole body.
-        2 => (200, "", format!("{}{}", delta(a), delta(b)).into_bytes()),
+        2 => (
+            200,
+            "",
+            format!("{}{}", llm.event(a), llm.event(b)).into_bytes(),
+        ),
         _ => (
             500,
             "application/json",
@@ -235,6 +290,8 @@ struct Proxy {
     enqueued: usize,
     /// The effects of the event being delivered let the request go on.
     resumed: bool,
+    /// The last record handed to the outbox.
+    record: Option<Record>,
     ended: bool,
     answers: std::vec::IntoIter<Answering>,
     /// The client goes away at this step (after the headers: a stream
@@ -326,6 +383,7 @@ impl Proxy {
                     reserved,
                 } => {
                     self.enqueued += 1;
+                    self.record = Some((**record).clone());
                     let mut more = Vec::new();
                     self.gw
                         .enqueue((**record).clone(), reserved, now, &mut more);
@@ -347,10 +405,10 @@ impl Proxy {
         self.request_buffered = false;
     }
 
-    fn request_headers(&mut self, token: Option<&str>, end_of_stream: bool) {
+    fn request_headers(&mut self, path: &str, token: Option<&str>, end_of_stream: bool) {
         let mut headers: Vec<(String, String)> = [
             (":method", "POST"),
-            (":path", "/v1/chat/completions"),
+            (":path", path),
             (":authority", "api.test"),
             ("content-type", "application/json"),
         ]
@@ -517,10 +575,14 @@ proptest! {
     #[test]
     fn any_life_of_an_exchange_keeps_its_promises(
         which in 0usize..4,
+        llm in prop::sample::select(vec![Llm::Chat, Llm::Messages, Llm::Responses]),
+        stream in any::<bool>(),
         token in prop::sample::select(vec![
-            Some("es256"), Some("es256"), Some("rs256"), Some("rs256"), Some("bad_signature"), None,
+            Some("es256"), Some("es256"), Some("es256"), Some("rs256"), Some("rs256"),
+            Some("bad_signature"), None,
         ]),
         prompt in prop::collection::vec(prop::sample::select(PIECES), 1..6),
+        ruled in prop::option::weighted(0.2, prop::sample::select(RULED)),
         glue in prop::sample::select(vec!["", " ", "\n"]),
         every in prop::sample::select(vec![0usize, 2, 5]),
         truncate in prop::option::weighted(0.1, 0usize..40),
@@ -554,22 +616,20 @@ proptest! {
             refused_before_upstream: false,
             enqueued: 0,
             resumed: false,
+            record: None,
             ended: false,
             answers: answers.into_iter(),
             gone_at: gone_at.unwrap_or(usize::MAX),
             step: 0,
         };
         let token = token.map(|t| vectors()["tokens"][t].as_str().unwrap().to_string());
-        let body = json!({"model": "gpt-4o", "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": prompt.join(glue)},
-        ]});
-        let mut body = escaped(&body, every).into_bytes();
+        let prompt = prompt.into_iter().chain(ruled).collect::<Vec<_>>().join(glue);
+        let mut body = escaped(&llm.request(&prompt, stream), every).into_bytes();
         if let Some(t) = truncate {
             body.truncate(body.len().saturating_sub(t + 1));
         }
 
-        p.request_headers(token.as_deref(), false);
+        p.request_headers(llm.path(), token.as_deref(), false);
         p.answer_all();
         let pieces = chunks(&body, &cuts);
         let last = pieces.len() - 1;
@@ -580,7 +640,7 @@ proptest! {
         prop_assert!(p.request_complete || p.ended);
         let sent_whole = !p.headers_held && !p.request_buffered && p.local_reply.is_none();
         if sent_whole || p.local_reply.is_some() {
-            let answer = answer(kind, text_cut, encoding);
+            let answer = answer(llm, kind, text_cut, encoding);
             p.response(&answer, &answer_cuts);
         }
         p.end(Some(200), "via_upstream");
@@ -607,5 +667,18 @@ proptest! {
         // Nor to the client.
         let raw = unmasked(&p.client);
         prop_assert!(raw.is_empty(), "the client got {:?} in {}", raw, String::from_utf8_lossy(&p.client));
+
+        // The record holds what went upstream and what the client got.
+        let record = p.record.take().unwrap();
+        let held = |b: Option<tracegate_proto::v1::Body>| b.filter(|b| !b.truncated).map(|b| b.data);
+        if !p.upstream.is_empty() {
+            prop_assert_eq!(held(record.request_body), Some(p.upstream.clone()));
+        }
+        if p.local_reply.is_none() && !p.client.is_empty() {
+            prop_assert_eq!(
+                held(record.response_body).map(|b| String::from_utf8_lossy(&b).to_string()),
+                Some(String::from_utf8_lossy(&p.client).to_string())
+            );
+        }
     }
 }
