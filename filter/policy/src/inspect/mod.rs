@@ -633,7 +633,7 @@ pub fn error_body(api: Api, kind: &str, message: &str, rule: Option<&str>) -> St
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// What inspection found in one exchange, for its record.
 #[derive(Debug, Clone, Default)]

@@ -434,7 +434,7 @@ fn bodies_are_judged_whole_and_forwarded_as_judged() {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-mod properties {
+pub(crate) mod properties {
     use super::*;
     use proptest::prelude::*;
 
@@ -498,7 +498,7 @@ mod properties {
     }
 
     /// JSON text of `v`, with some characters written as `\u` escapes.
-    fn escaped(v: &Value, every: usize) -> String {
+    pub(crate) fn escaped(v: &Value, every: usize) -> String {
         let s = v.to_string();
         if every == 0 {
             return s;

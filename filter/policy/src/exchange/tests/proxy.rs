@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::detect::Catalogue;
+use crate::inspect::tests::properties::escaped;
 
 /// Planted in answers, in a sentence a stream may split anywhere.
 const ANSWER_SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -64,29 +65,6 @@ fn config(which: usize) -> Value {
             "recording": {"mode": "write_ahead"},
         }),
     }
-}
-
-/// JSON text of `v`, every `every`th letter or digit inside strings
-/// written as a `\u` escape (0: none).
-fn escaped(v: &Value, every: usize) -> String {
-    let s = v.to_string();
-    if every == 0 {
-        return s;
-    }
-    let mut out = String::new();
-    let (mut in_string, mut prev_backslash) = (false, false);
-    for (i, c) in s.chars().enumerate() {
-        if c == '"' && !prev_backslash {
-            in_string = !in_string;
-        }
-        prev_backslash = c == '\\' && !prev_backslash;
-        if in_string && c.is_ascii_alphanumeric() && i % every == 0 {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Cuts `bytes` at the given fractions (sorted, deduplicated, no empty
