@@ -259,7 +259,9 @@ impl Catalogue {
             if todo.is_empty() {
                 return;
             }
-            todo.sort_unstable();
+            // One search per detector and start, as far as any of its
+            // findings there reached.
+            todo.sort_unstable_by_key(|t| (t.0, t.1, std::cmp::Reverse(t.2)));
             todo.dedup_by_key(|t| (t.0, t.1));
             let mut new = Vec::new();
             for &(detector, at, until) in &todo {
