@@ -4,8 +4,8 @@
 //! point, the client gone at any step), driven as the filter's worker drives
 //! them. Whatever happens: no panic (a trap would end the VM for every
 //! request of the worker), nothing unjudged reaches the upstream or the
-//! client, exactly one record, and what the exchange held in the gateway is
-//! given back.
+//! client, exactly one record, holding what went upstream and what the
+//! client got, and what the exchange held in the gateway is given back.
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
