@@ -212,16 +212,19 @@ impl Catalogue {
         if which.is_empty() {
             return;
         }
-        // Findings of more than one detector, to look for overlaps in.
+        // Only findings of different detectors can overlap.
+        let overlaps = which.len() > 1;
         let mut findings = Vec::new();
         for i in which.iter() {
             self.search(i.as_usize(), hay, from, |m| {
-                findings.extend(m.finding);
+                if overlaps {
+                    findings.extend(m.finding);
+                }
                 found(m);
                 true
             });
         }
-        if which.len() > 1 {
+        if overlaps {
             self.uncover(hay, &mut findings, &mut found);
         }
     }

@@ -390,7 +390,7 @@ fn fixed_rate_latency(
 /// heap as tcmalloc reports it (admin `/memory`: live allocations, and
 /// freed memory it keeps in its caches), and the rest (wasm linear
 /// memories, V8's own heaps, stacks).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Footprint {
     rss_kb: u64,
     binary_kb: u64,
@@ -538,16 +538,10 @@ fn memory_with_workers(
         wasm_after.push((kb, with.stat("wasmcustom.tracegate.wasm_memory_bytes")?));
         Ok(())
     })?;
-    let memory = Memory {
-        with: Footprint::of(&with)?,
-        wasm_bytes: with.stat("wasmcustom.tracegate.wasm_memory_bytes")?,
-        wasm_after,
-        refused: with.stat("wasmcustom.tracegate.recording.refused")?,
-        export_failures: with.stat("wasmcustom.tracegate.export_failures")?,
-        without: Footprint::default(),
-        two_workers: None,
-        floor: None,
-    };
+    let with_footprint = Footprint::of(&with)?;
+    let wasm_bytes = with.stat("wasmcustom.tracegate.wasm_memory_bytes")?;
+    let refused = with.stat("wasmcustom.tracegate.recording.refused")?;
+    let export_failures = with.stat("wasmcustom.tracegate.export_failures")?;
     drop(with);
     let plain = start("envoy-plain", None)?;
     every_size(dir, plan, token, plain.port, |_| Ok(()))?;
@@ -565,8 +559,13 @@ fn memory_with_workers(
     };
     Ok(Memory {
         without,
+        with: with_footprint,
+        wasm_bytes,
+        wasm_after,
+        refused,
+        export_failures,
+        two_workers: None,
         floor,
-        ..memory
     })
 }
 
