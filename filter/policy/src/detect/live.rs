@@ -676,6 +676,54 @@ impl Liveness {
         !matches!(self.any.try_search_fwd(&mut set.scan, &input), Ok(None))
     }
 
+    /// Which detectors' patterns match at the start of `text`, taken as
+    /// the start of a text (the DFA of all detectors, anchored), put in
+    /// `which` (sorted, once each); and whether more text after it could
+    /// still make or change such a match (the walk is not dead at its end:
+    /// a stream holds from there). Cannot tell: every detector, and live.
+    pub fn fresh(&self, text: &[u8], which: &mut Vec<usize>) -> bool {
+        which.clear();
+        let live = self.fresh_walk(text, which);
+        which.sort_unstable();
+        which.dedup();
+        live
+    }
+
+    fn fresh_walk(&self, text: &[u8], which: &mut Vec<usize>) -> bool {
+        let mut set = self.caches.get();
+        let cache = &mut set.scan;
+        let every = |which: &mut Vec<usize>| which.extend(0..self.dfas.len());
+        let config = start::Config::new().anchored(Anchored::Yes);
+        let Ok(mut sid) = self.any.start_state(cache, &config) else {
+            every(which);
+            return true;
+        };
+        let named = |sid: LazyStateID, cache: &Cache, which: &mut Vec<usize>| {
+            if sid.is_match() {
+                let n = self.any.match_len(cache, sid);
+                which.extend((0..n).map(|k| self.any.match_pattern(cache, sid, k).as_usize()));
+            }
+        };
+        for &byte in text {
+            sid = match self.any.next_state(cache, sid, byte) {
+                Ok(next) => next,
+                Err(_) => {
+                    every(which);
+                    return true;
+                }
+            };
+            named(sid, cache, which);
+            if sid.is_dead() {
+                return false;
+            }
+        }
+        match self.any.next_eoi_state(cache, sid) {
+            Ok(eoi) => named(eoi, cache, which),
+            Err(_) => every(which),
+        }
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn begin(
         &self,

@@ -20,9 +20,9 @@ pub mod validate;
 
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
-use regex_automata::{Input, MatchKind, PatternSet};
+use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 use regex_syntax::hir::{Hir, HirKind, Look};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// One compiled detector.
@@ -95,11 +95,22 @@ pub struct Catalogue {
     /// can find something.
     set: Regex,
     live: Arc<live::Liveness>,
+    /// Some pattern asserts the start of the text or of a line (`^`).
+    anchored_at_start: bool,
 }
 
 /// Custom patterns are refused beyond these compiled sizes (bytes), so a
 /// configuration cannot make a worker's memory explode.
 const MAX_REGEX_SIZE: usize = 2 << 20;
+
+/// How far after a finding a value is looked for as if the text began
+/// there (`Catalogue::follow_up`): longer than any built-in's value
+/// but the private key's.
+const FRESH_WINDOW: usize = 1024;
+
+/// A match that fails its detector's checks up to this long is searched
+/// past from its next character, not from its end (`Catalogue::search`).
+const RETRY_SPAN: usize = 256;
 
 /// Lazy DFA cache of each finding regex (the meta engine keeps one forward
 /// and one reverse); it is cleared and refilled when full.
@@ -157,10 +168,17 @@ impl Catalogue {
             .build_many_from_hir(&gates)
             .map_err(|e| e.to_string())?;
         let live = live::Liveness::new(&hirs)?;
+        let anchored_at_start = hirs.iter().any(|h| {
+            let looks = h.properties().look_set();
+            [Look::Start, Look::StartLF, Look::StartCRLF]
+                .into_iter()
+                .any(|l| looks.contains(l))
+        });
         Ok(Catalogue {
             detectors,
             set,
             live: Arc::new(live),
+            anchored_at_start,
         })
     }
 
@@ -187,130 +205,257 @@ impl Catalogue {
     /// listed (a password inside a URL is a password, not an e-mail).
     pub fn find(&self, text: &str, out: &mut Vec<Finding>) {
         out.clear();
-        self.each_match(text, 0, |m| out.extend(m.finding));
+        self.each_match(text, 0, false, |m| out.extend(m.finding));
         self.resolve(out);
     }
 
     /// Every detector's matches in `hay[from..]`, findings not yet resolved
     /// against each other (see `resolve`). The bytes before `from` are only
     /// context: what `\b` and `^` see, as if the search had started at the
-    /// text's beginning and found nothing before `from`.
-    pub fn matches(&self, hay: &str, from: usize, out: &mut Vec<Match>) {
+    /// text's beginning and found nothing before `from`; or, when
+    /// `after_finding`, a finding ended at `from` (see `follow_up`).
+    ///
+    /// Returns the earliest finding's end in `hay` after which more text
+    /// could still make or change a match (a stream holds from there).
+    pub fn matches(
+        &self,
+        hay: &str,
+        from: usize,
+        after_finding: bool,
+        out: &mut Vec<Match>,
+    ) -> Option<usize> {
         out.clear();
-        self.each_match(hay, from, |m| out.push(m));
+        self.each_match(hay, from, after_finding, |m| out.push(m))
     }
 
-    /// `matches`, each handed to `found` (detector by detector, then those
-    /// `uncover` finds).
-    fn each_match(&self, hay: &str, from: usize, mut found: impl FnMut(Match)) {
+    /// `matches`, each handed to `found`: detector by detector, then those
+    /// `follow_up` finds.
+    fn each_match(
+        &self,
+        hay: &str,
+        from: usize,
+        after_finding: bool,
+        mut found: impl FnMut(Match),
+    ) -> Option<usize> {
         if from >= hay.len() {
-            return;
+            return None;
         }
         let input = Input::new(hay).span(from..hay.len());
         let mut which = PatternSet::new(self.detectors.len());
         self.set.which_overlapping_matches(&input, &mut which);
-        if which.is_empty() {
-            return;
+        if which.is_empty() && !after_finding {
+            return None;
         }
-        // Only findings of different detectors can overlap.
-        let overlaps = which.len() > 1;
         let mut findings = Vec::new();
         for i in which.iter() {
-            self.search(i.as_usize(), hay, from, |m| {
-                if overlaps {
-                    findings.extend(m.finding);
-                }
+            self.search(i.as_usize(), hay, from, false, |m| {
+                findings.extend(m.finding);
                 found(m);
                 true
             });
         }
-        if overlaps {
-            self.uncover(hay, &mut findings, &mut found);
+        if findings.is_empty() && !after_finding {
+            return None;
         }
+        self.follow_up(hay, from, after_finding, findings, &mut found)
     }
 
-    /// Each search of one detector goes on after its previous match, so a
-    /// finding that reaches past the end of another detector's finding it
-    /// overlaps hides its detector's later values that start inside it. If
-    /// it then loses to the other in `resolve`, the text past the other's
-    /// end would go out unjudged by that detector (an e-mail address right
-    /// after a token the e-mail's local part began with). That detector is
-    /// searched again from the other's end, up to the end of its finding;
-    /// what it finds is looked past the same way, for a few rounds. Work is
-    /// bounded (a body can be built of such overlaps): past `MAX_RESEARCH`
-    /// searches, or after the last round, the rest of such a finding past
-    /// the other's end is a finding of its own (masked, not searched).
-    fn uncover(&self, hay: &str, findings: &mut Vec<Finding>, found: &mut impl FnMut(Match)) {
+    /// Findings can hide values from the search of one detector that goes
+    /// on after each of its matches, and from the text as the masked text
+    /// shows it. This looks at the text around findings again, and at what
+    /// that finds, until nothing new turns up.
+    ///
+    /// After a finding, a value is judged as the masked text shows it,
+    /// where a placeholder ends right before it: as if the text began
+    /// there. (`x@y.com4111 1111 1111 1111`: the card has no word boundary
+    /// after the address's last letter, but stands alone once the address
+    /// is `[EMAIL]`.) Each finding's end (and `from`, when `after_finding`)
+    /// is searched once, anchored, over at most `FRESH_WINDOW` bytes, so
+    /// each costs a bounded walk.
+    ///
+    /// Where two findings overlap, one loses in `resolve`, and the text of
+    /// the loser outside the winner goes out. Its detector's search went on
+    /// after the loser, so what it would find in that text past the
+    /// winner's end is searched again, from there up to the loser's end
+    /// (an e-mail address right after a token the e-mail's local part
+    /// began with); and the part before the winner's start with the text
+    /// taken to end there (an address whose match ran on into a key:
+    /// `a@b.com.sk-proj-…` read as the domain `b.com.sk`). Work is bounded
+    /// (a body can be built of such overlaps): past `MAX_RESEARCH` such
+    /// searches, or after `ROUNDS` rounds, such a part is a finding of its
+    /// own (masked, not searched).
+    ///
+    /// Returns the earliest finding's end whose window the text did not
+    /// fill while a match there was still possible.
+    fn follow_up(
+        &self,
+        hay: &str,
+        from: usize,
+        after_finding: bool,
+        mut findings: Vec<Finding>,
+        found: &mut impl FnMut(Match),
+    ) -> Option<usize> {
         const ROUNDS: usize = 4;
         const MAX_RESEARCH: usize = 64;
-        let mut tried: Vec<(usize, usize)> = Vec::new();
+        // Ends still to search after, and those searched.
+        let mut ends: Vec<usize> = findings.iter().map(|f| f.end).collect();
+        if after_finding {
+            ends.push(from);
+        }
+        let mut ended: BTreeSet<usize> = BTreeSet::new();
+        // Overlap searches done: (detector, from, where the text ends).
+        let mut tried: Vec<(usize, usize, usize)> = Vec::new();
         let mut searches = 0;
-        for round in 0..=ROUNDS {
+        let mut which = Vec::new();
+        let mut open: Option<usize> = None;
+        let mut new: Vec<Finding> = Vec::new();
+        // Every finding handed on: one found again is not handed on twice.
+        let mut known: BTreeSet<(usize, usize, usize)> = findings
+            .iter()
+            .map(|f| (f.start, f.end, f.detector))
+            .collect();
+        let mut first = |f: &Finding| known.insert((f.start, f.end, f.detector));
+        for round in 0.. {
+            while let Some(at) = ends.pop() {
+                if !ended.insert(at) || !self.starts_afresh(hay, at) {
+                    continue;
+                }
+                let window_end = floor_char_boundary(hay, at.saturating_add(FRESH_WINDOW));
+                let Some(window) = hay.get(at..window_end) else {
+                    continue;
+                };
+                let live = self.live.fresh(window.as_bytes(), &mut which);
+                if live && window_end == hay.len() {
+                    open = Some(open.map_or(at, |o| o.min(at)));
+                }
+                for &i in &which {
+                    self.search(i, window, 0, true, |m| {
+                        let shift = |f: Finding| Finding {
+                            start: f.start + at,
+                            end: f.end + at,
+                            ..f
+                        };
+                        let m = Match {
+                            start: m.start + at,
+                            end: m.end + at,
+                            finding: m.finding.map(shift),
+                        };
+                        if let Some(f) = m.finding {
+                            if !first(&f) {
+                                return false;
+                            }
+                            new.push(f);
+                            ends.push(f.end);
+                        }
+                        found(m);
+                        false
+                    });
+                }
+            }
+            findings.append(&mut new);
+            if round > ROUNDS {
+                return open;
+            }
             findings.sort_by_key(|f| (f.start, f.end, f.detector));
-            // (detector, from, until): its finding ran on to `until` past
-            // another's end at `from`.
-            let mut todo: Vec<(usize, usize, usize)> = Vec::new();
+            // (detector, from, until, end): its finding ran on to `until`
+            // past another's end at `from` (the text's end), or began at
+            // `from` before another's start at `until` (= `end`).
+            let mut todo: Vec<(usize, usize, usize, usize)> = Vec::new();
             for (j, a) in findings.iter().enumerate() {
                 for b in findings[j + 1..].iter().take_while(|b| b.start < a.end) {
                     for (m, o) in [(a, b), (b, a)] {
-                        if o.end < m.end && tried.binary_search(&(m.detector, o.end)).is_err() {
-                            todo.push((m.detector, o.end, m.end));
+                        let mut want = |t: (usize, usize, usize, usize)| {
+                            if tried.binary_search(&(t.0, t.1, t.3)).is_err() {
+                                todo.push(t);
+                            }
+                        };
+                        if o.end < m.end {
+                            want((m.detector, o.end, m.end, hay.len()));
+                        }
+                        if m.start < o.start {
+                            want((m.detector, m.start, o.start, o.start));
                         }
                     }
                 }
             }
             if todo.is_empty() {
-                return;
+                return open;
             }
-            // One search per detector and start, as far as any of its
-            // findings there reached.
-            todo.sort_unstable_by_key(|t| (t.0, t.1, std::cmp::Reverse(t.2)));
-            todo.dedup_by_key(|t| (t.0, t.1));
-            let mut new = Vec::new();
-            for &(detector, at, until) in &todo {
+            // One search per detector, start and end of text, as far as any
+            // of its findings there reached.
+            todo.sort_unstable_by_key(|t| (t.0, t.1, t.3, std::cmp::Reverse(t.2)));
+            todo.dedup_by_key(|t| (t.0, t.1, t.3));
+            for &(detector, at, until, end) in &todo {
                 if round == ROUNDS || searches == MAX_RESEARCH {
                     let rest = Finding {
                         start: at,
                         end: until,
                         detector,
                     };
-                    new.push(rest);
-                    found(Match {
-                        start: at,
-                        end: until,
-                        finding: Some(rest),
-                    });
+                    if first(&rest) {
+                        new.push(rest);
+                        ends.push(rest.end);
+                        found(Match {
+                            start: at,
+                            end: until,
+                            finding: Some(rest),
+                        });
+                    }
                     continue;
                 }
                 searches += 1;
-                self.search(detector, hay, at, |m| {
+                let Some(text) = hay.get(..end) else {
+                    continue;
+                };
+                self.search(detector, text, at, false, |m| {
                     if m.start >= until {
                         return false;
                     }
                     // Found before (from another overlap): already handed on.
-                    if !m.finding.is_some_and(|f| {
-                        findings
-                            .binary_search_by_key(&(f.start, f.end, f.detector), |g| {
-                                (g.start, g.end, g.detector)
-                            })
-                            .is_ok()
-                            || new.contains(&f)
-                    }) {
-                        new.extend(m.finding);
-                        found(m);
+                    if let Some(f) = m.finding {
+                        if !first(&f) {
+                            return true;
+                        }
+                        new.push(f);
+                        ends.push(f.end);
                     }
+                    found(m);
                     true
                 });
             }
-            tried.extend(todo.iter().map(|t| (t.0, t.1)));
+            tried.extend(todo.iter().map(|t| (t.0, t.1, t.3)));
             tried.sort_unstable();
             findings.append(&mut new);
         }
+        open
     }
 
-    /// Matches of detector `i` in `hay[from..]`, each handed to `each` until
-    /// it returns false.
-    fn search(&self, i: usize, hay: &str, from: usize, mut each: impl FnMut(Match) -> bool) {
+    /// Whether a value at `at` could be judged otherwise as if the text
+    /// began there than with the byte before it: that byte is a word byte,
+    /// a line break or one of a base64 text (`Before`), or a pattern looks
+    /// for the start of the text or a line.
+    fn starts_afresh(&self, hay: &str, at: usize) -> bool {
+        match hay.as_bytes()[..at].last() {
+            None => false,
+            Some(&b) => {
+                self.anchored_at_start
+                    || b.is_ascii_alphanumeric()
+                    || matches!(b, b'_' | b'\n' | b'\r')
+                    || validate::base64ish(b)
+            }
+        }
+    }
+
+    /// Matches of detector `i` in `hay[from..]` (only at `from` when
+    /// `anchored`), each handed to `each` until it returns false.
+    fn search(
+        &self,
+        i: usize,
+        hay: &str,
+        from: usize,
+        anchored: bool,
+        mut each: impl FnMut(Match) -> bool,
+    ) {
         let Some(d) = self.detectors.get(i) else {
             return;
         };
@@ -325,44 +470,126 @@ impl Catalogue {
                 },
             )
         };
-        let input = Input::new(hay).span(from..hay.len());
-        if d.group == 0 {
-            // No capture slots: the regex engine can stay on its DFA.
-            for m in d.regex.find_iter(input) {
-                let go_on = each(Match {
-                    start: m.start(),
-                    end: m.end(),
-                    finding: finding(m.start(), m.end()),
-                });
-                if !go_on {
-                    return;
-                }
-            }
+        let anchored = if anchored {
+            Anchored::Yes
         } else {
-            let mut caps: Captures = d.regex.create_captures();
-            let mut at = from;
-            while at < hay.len() {
-                let input = Input::new(hay).span(at..hay.len());
-                d.regex.search_captures(&input, &mut caps);
-                let Some(m) = caps.get_match() else {
-                    break;
-                };
-                let value = (1..caps.group_len())
-                    .find_map(|g| caps.get_group(g))
-                    .unwrap_or(m.span());
-                let go_on = each(Match {
+            Anchored::No
+        };
+        let mut caps: Option<Captures> = (d.group > 0).then(|| d.regex.create_captures());
+        // Searches spared for what a failed match may hide (below): a text
+        // made of failing matches costs a bounded multiple of the plain
+        // search; past it, a failed match hides what starts inside it.
+        let mut spare = 64 + (hay.len() - from.min(hay.len())) / 8;
+        let mut at = from;
+        while at < hay.len() {
+            let input = Input::new(hay).span(at..hay.len()).anchored(anchored);
+            let (span, value) = match caps.as_mut() {
+                // No capture slots: the regex engine can stay on its DFA.
+                None => match d.regex.search(&input) {
+                    Some(m) => (m.span(), m.span()),
+                    None => break,
+                },
+                Some(caps) => {
+                    d.regex.search_captures(&input, caps);
+                    let Some(m) = caps.get_match() else {
+                        break;
+                    };
+                    let value = (1..caps.group_len())
+                        .find_map(|g| caps.get_group(g))
+                        .unwrap_or(m.span());
+                    (m.span(), value)
+                }
+            };
+            let mut span = span;
+            let mut finding = finding(value.start, value.end);
+            if finding.is_none() && caps.is_none() && d.check.is_some() && spare > 0 {
+                // Failed its check: a shorter match at the same start may
+                // pass it (`4111111111111111 123`, a card and its code,
+                // reads as one 19-digit number first).
+                if let Some(shorter) = self.shorter_finding(i, hay, span, &mut spare) {
+                    span = regex_automata::Span::from(shorter.start..shorter.end);
+                    finding = Some(shorter);
+                }
+            }
+            let go_on = each(Match {
+                start: span.start,
+                end: span.end,
+                finding,
+            });
+            if !go_on {
+                return;
+            }
+            // A match that is not a finding hides nothing: the next search
+            // starts right after its start (`123-45-6789 4111 1111 1111
+            // 1111`: a card's search first matches `123-45-6789 4111`,
+            // which fails the card check, and would otherwise go on after
+            // it, past the card's start). Unless it is long: work stays
+            // linear, and such a match is held whole in a stream anyway.
+            // Patterns cannot match the empty string (refused when
+            // compiled), so this always moves on.
+            at = match finding {
+                None if span.end - span.start <= RETRY_SPAN && spare > 0 => {
+                    spare -= 1;
+                    span.start + hay[span.start..].chars().next().map_or(1, char::len_utf8)
+                }
+                _ => span.end.max(at + 1),
+            };
+        }
+    }
+
+    /// The longest finding of detector `i` (one without capture groups)
+    /// that starts where `failed`, a match that failed its check, starts
+    /// and ends before it does. Bounded: only for a match up to
+    /// `RETRY_SPAN` long, whose shorter matches are each one search, taken
+    /// from `spare`.
+    fn shorter_finding(
+        &self,
+        i: usize,
+        hay: &str,
+        failed: regex_automata::Span,
+        spare: &mut usize,
+    ) -> Option<Finding> {
+        let d = self.detectors.get(i)?;
+        let check = d.check?;
+        if failed.end - failed.start > RETRY_SPAN
+            || !d
+                .before
+                .allows(hay.as_bytes()[..failed.start].last().copied())
+        {
+            return None;
+        }
+        let mut end = failed.end;
+        loop {
+            // Shorter than the last: it ends at least one character earlier.
+            let shorter = floor_char_boundary(hay, end.checked_sub(1)?);
+            if shorter <= failed.start || *spare == 0 {
+                return None;
+            }
+            *spare -= 1;
+            let input = Input::new(hay)
+                .span(failed.start..shorter)
+                .anchored(Anchored::Yes);
+            let m = d.regex.search(&input)?;
+            if check(&hay[m.start()..m.end()]) {
+                return Some(Finding {
                     start: m.start(),
                     end: m.end(),
-                    finding: finding(value.start, value.end),
+                    detector: i,
                 });
-                if !go_on {
-                    return;
-                }
-                // Patterns cannot match the empty string (refused when
-                // compiled), so this always moves on.
-                at = m.end().max(at + 1);
             }
+            end = m.end();
         }
+    }
+
+    /// Whether a match in `text` failed its check and was too long to be
+    /// searched past from its next character (`RETRY_SPAN`): values that
+    /// start inside it are not looked for.
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    pub(crate) fn has_long_failed_match(&self, text: &str) -> bool {
+        let mut all = Vec::new();
+        self.matches(text, 0, false, &mut all);
+        all.iter()
+            .any(|m| m.finding.is_none() && m.end - m.start > RETRY_SPAN)
     }
 
     /// Keeps the non-overlapping winners of `findings`, sorted by start.
@@ -450,6 +677,16 @@ fn ascii_word_boundaries(hir: Hir) -> Hir {
         HirKind::Literal(lit) => Hir::literal(lit.0),
         HirKind::Class(class) => Hir::class(class),
     }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 #[cfg(test)]

@@ -285,18 +285,19 @@ fn invisible_and_fullwidth_disguises_are_masked() {
 /// times and paths.
 #[test]
 fn ipv6_gate_covers_every_address() {
-    let b = builtin::BUILTINS.iter().find(|b| b.name == "ipv6").unwrap();
-    let regex = Regex::new(b.pattern).unwrap();
-    let check = b.check.unwrap();
+    // The detector's own search (the set, which runs the gate, left out).
+    let ipv6 = Catalogue::new(|name| name == "ipv6", &[]).unwrap();
     let gate = Regex::new(builtin::IPV6_GATE).unwrap();
     let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
     let mut addresses = 0;
     for i in 0..20_000 {
         // Mostly hex and colons, so addresses of every shape come up.
         let text = rng.string(b"0123456789abcdefABCDEF:::: .xg", 4 + i % 40);
-        let finds = regex
-            .find_iter(&text)
-            .any(|m| check(&text[m.start()..m.end()]));
+        let mut finds = false;
+        ipv6.search(0, &text, 0, false, |m| {
+            finds |= m.finding.is_some();
+            !finds
+        });
         if finds {
             addresses += 1;
             assert!(gate.is_match(&text), "gate misses the address in {text:?}");
@@ -336,5 +337,89 @@ fn a_value_inside_a_finding_that_loses_is_found() {
                 "example.comoncall@example.com".to_string()
             ),
         ],
+    );
+}
+
+/// What the masked text shows: a value right after a finding stands alone
+/// once the finding is a placeholder, though in the text as written it
+/// has no boundary before it.
+#[test]
+fn a_value_glued_after_a_finding_is_found() {
+    let c = all();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        found(&c, "x@y.com4111 1111 1111 1111 and"),
+        pairs(&[
+            ("email", "x@y.com"),
+            ("payment_card", "4111 1111 1111 1111")
+        ])
+    );
+    // And after that one, and so on.
+    assert_eq!(
+        found(&c, "x@y.com123-45-6789 x@y.com4111111111111111"),
+        pairs(&[
+            ("email", "x@y.com"),
+            ("us_ssn", "123-45-6789"),
+            ("email", "x@y.com"),
+            ("payment_card", "4111111111111111"),
+        ])
+    );
+    // Only after a finding: a word glued to a card still hides it.
+    assert_eq!(found(&c, "ref4111 1111 1111 1111"), pairs(&[]));
+}
+
+/// A finding that loses to one it overlaps leaves its text before the
+/// winner's start to its detector, with the text taken to end there.
+#[test]
+fn a_value_before_a_finding_that_wins_is_found() {
+    let c = all();
+    let key = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx123";
+    let got = found(&c, &format!("alice@corp.example.com.{key}"));
+    assert_eq!(
+        got,
+        vec![
+            ("email".to_string(), "alice@corp.example.com".to_string()),
+            ("openai_api_key".to_string(), key.to_string()),
+        ]
+    );
+}
+
+/// A match that fails its check hides nothing: not the value that starts
+/// inside it, nor a shorter match at its start that passes.
+#[test]
+fn a_match_that_fails_its_check_hides_nothing() {
+    let c = all();
+    one(
+        &c,
+        "payment_card",
+        "4111111111111111 123",
+        "4111111111111111",
+    );
+    one(
+        &c,
+        "payment_card",
+        "card 4111 1111 1111 1111 123 exp",
+        "4111 1111 1111 1111",
+    );
+    let got = found(&c, "123-45-6789 4111 1111 1111 1111 ok");
+    assert_eq!(
+        got,
+        vec![
+            ("us_ssn".to_string(), "123-45-6789".to_string()),
+            (
+                "payment_card".to_string(),
+                "4111 1111 1111 1111".to_string()
+            ),
+        ]
+    );
+    one(
+        &c,
+        "payment_card",
+        "order 12345 4111 1111 1111 1111",
+        "4111 1111 1111 1111",
     );
 }

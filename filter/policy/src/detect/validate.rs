@@ -12,10 +12,11 @@ fn digits(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Payment card: 13–19 digits, a known issuer prefix, and the Luhn checksum.
+/// Payment card: 13–19 digits grouped as cards are, a known issuer
+/// prefix, and the Luhn checksum.
 pub fn payment_card(s: &str) -> bool {
     let d = digits(s);
-    if !(13..=19).contains(&d.len()) || d.iter().all(|&x| x == d[0]) {
+    if !(13..=19).contains(&d.len()) || d.iter().all(|&x| x == d[0]) || !card_grouping(s) {
         return false;
     }
     let prefix2 = d[0] * 10 + d[1];
@@ -29,6 +30,22 @@ pub fn payment_card(s: &str) -> bool {
         || prefix2 == 36 || (300..=305).contains(&(prefix4 / 10)) // Diners
         || prefix2 == 62; // UnionPay
     known && luhn(&d)
+}
+
+/// Written as card numbers are: digits alone, or groups split by one
+/// kind of separator, the first of four digits and each other of three to
+/// six (4-4-4-4, 4-6-5, 4-6-4). A list of numbers (`4 8 15 16 23 42`)
+/// is not one.
+fn card_grouping(s: &str) -> bool {
+    let Some(sep) = s.chars().find(|c| !c.is_ascii_digit()) else {
+        return true;
+    };
+    let mut groups = s.split(sep);
+    let digits_only = |g: &str| g.bytes().all(|b| b.is_ascii_digit());
+    groups
+        .next()
+        .is_some_and(|g| g.len() == 4 && digits_only(g))
+        && groups.all(|g| (3..=6).contains(&g.len()) && digits_only(g))
 }
 
 pub fn luhn(d: &[u8]) -> bool {
@@ -274,6 +291,10 @@ mod tests {
         for bad in [
             "4111 1111 1111 1112",
             "1234567812345678",
+            // Luhn and prefix pass, but numbers in a list, not a card.
+            "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+            "41 11 11 11 11 11 11 11",
+            "4111 1111-1111 1111",
             "0000000000000000",
             "4111",
         ] {

@@ -195,6 +195,17 @@ impl Masker {
         hits: &mut Hits,
         marks: Option<&mut Vec<(usize, usize)>>,
     ) -> Option<String> {
+        let findings = self.findings(text);
+        // Most strings hold nothing: no allocation beyond the empty Vec.
+        if findings.is_empty() {
+            return None;
+        }
+        Some(self.apply_marked(text, &findings, tokens, hits, marks))
+    }
+
+    /// What `mask` replaces in `text`: findings in the folded text, at the
+    /// original bytes they came from.
+    pub(crate) fn findings(&self, text: &str) -> Vec<Finding> {
         let mut findings = Vec::new();
         match crate::normalize::fold(text) {
             None => self.catalogue.find(text, &mut findings),
@@ -205,11 +216,7 @@ impl Masker {
                 }
             }
         }
-        // Most strings hold nothing: no allocation beyond the empty Vec.
-        if findings.is_empty() {
-            return None;
-        }
-        Some(self.apply_marked(text, &findings, tokens, hits, marks))
+        findings
     }
 
     /// Replaces `findings` (sorted, non-overlapping) in `text`.

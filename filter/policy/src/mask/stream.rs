@@ -52,6 +52,9 @@ pub struct StreamMasker {
     /// A candidate of this detector outgrew the hold: its text is dropped
     /// until it ends.
     cut_off: Option<usize>,
+    /// `released`, when a finding ended there: the text after it is judged
+    /// as if it began there (`Catalogue::matches`).
+    after_finding: Option<usize>,
     matches: Vec<Match>,
     findings: Vec<Finding>,
 }
@@ -69,6 +72,7 @@ impl StreamMasker {
             map: Vec::new(),
             tracks: Tracks::default(),
             cut_off: None,
+            after_finding: None,
             matches: Vec::new(),
             findings: Vec::new(),
         }
@@ -141,6 +145,7 @@ impl StreamMasker {
             // is judged afresh.
             let resume = self.released.max(ended.unwrap_or(0)).min(self.end());
             self.cut_off = None;
+            self.after_finding = None;
             live.restart(&mut self.tracks, resume);
             self.release_to(resume);
         }
@@ -150,17 +155,25 @@ impl StreamMasker {
         let mut cut =
             floor_char_boundary(&self.buf, self.index(hold.from.clamp(self.released, end)));
         // The gate does not walk starts that die: a match among them shows
-        // in the text that goes out (or in the held text after it).
+        // in the text that goes out (or in the held text after it). Nor
+        // does it see a value glued to a finding that ended at `released`.
+        let after_finding = self.after_finding == Some(self.released);
         let needs_regexes = cut > from
-            && (self.tracks.matched.iter().any(|&s| s < self.base + cut)
+            && (after_finding
+                || self.tracks.matched.iter().any(|&s| s < self.base + cut)
                 || live.any_match(self.buf.as_bytes(), from));
         self.findings.clear();
         if needs_regexes {
             let catalogue = m.catalogue();
-            catalogue.matches(&self.buf, from, &mut self.matches);
+            let open = catalogue.matches(&self.buf, from, after_finding, &mut self.matches);
+            // Right after a finding, a value may still be arriving.
+            if let Some(open) = open {
+                cut = cut.min(open);
+            }
             // A match that reaches over the cut holds from its start (and
             // may pull the cut back over another one). Matches that failed
-            // their checks count too: the search resumes after them.
+            // their checks count too: a long one hides what starts inside
+            // it (`Catalogue::search`).
             while let Some(start) = self
                 .matches
                 .iter()
@@ -182,6 +195,12 @@ impl StreamMasker {
         let orig_cut = self.orig_at(cut_at);
         self.masked_original(m, orig_cut, tokens, hits, bounds, outs);
         self.tracks.matched.retain(|&s| s >= cut_at);
+        let ends_at_cut = needs_regexes
+            && self
+                .matches
+                .iter()
+                .any(|x| x.finding.is_some_and(|f| f.end == cut));
+        self.after_finding = (ends_at_cut || (cut == from && after_finding)).then_some(cut_at);
 
         if end - cut_at > self.hold_max {
             // Not waited for any longer: masked whole, never released raw.
@@ -196,6 +215,7 @@ impl StreamMasker {
                 out.push_str(&m.apply(rest, &[held], tokens, hits));
             }
             hits.stream_holds_exceeded += 1;
+            self.after_finding = None;
             match hold.detector {
                 Some(d) => self.cut_off = Some(d),
                 None => live.restart(&mut self.tracks, end),
@@ -214,7 +234,8 @@ impl StreamMasker {
         let mut out = String::new();
         if self.cut_off.is_none() && from < self.buf.len() {
             let catalogue = m.catalogue();
-            catalogue.matches(&self.buf, from, &mut self.matches);
+            let after_finding = self.after_finding == Some(self.released);
+            catalogue.matches(&self.buf, from, after_finding, &mut self.matches);
             self.findings
                 .extend(self.matches.iter().filter_map(|x| x.finding));
             catalogue.resolve(&mut self.findings);
@@ -229,6 +250,7 @@ impl StreamMasker {
             );
         }
         self.cut_off = None;
+        self.after_finding = None;
         m.catalogue().live().restart(&mut self.tracks, end);
         self.release_to(end);
         out
