@@ -423,3 +423,35 @@ fn a_match_that_fails_its_check_hides_nothing() {
         "4111 1111 1111 1111",
     );
 }
+
+/// Values written one after another as forms and logs write them, each
+/// missed in part before: a card with its expiry and code, a card after
+/// an address or a phone number.
+#[test]
+fn values_in_a_row_are_each_found() {
+    let c = all();
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "4111 1111 1111 1111 12/27 123",
+            &[("payment_card", "4111 1111 1111 1111")],
+        ),
+        (
+            "ip 10.1.2.3 4111111111111111",
+            &[("ipv4", "10.1.2.3"), ("payment_card", "4111111111111111")],
+        ),
+        (
+            "call +1 415 555 0132 4111 1111 1111 1111",
+            &[
+                ("phone", "+1 415 555 0132"),
+                ("payment_card", "4111 1111 1111 1111"),
+            ],
+        ),
+    ];
+    for (text, want) in cases {
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(found(&c, text), want, "in {text:?}");
+    }
+}
