@@ -523,10 +523,11 @@ impl Catalogue {
             // starts right after its start (`123-45-6789 4111 1111 1111
             // 1111`: a card's search first matches `123-45-6789 4111`,
             // which fails the card check, and would otherwise go on after
-            // it, past the card's start). Unless it is long: work stays
-            // linear, and such a match is held whole in a stream anyway.
-            // Patterns cannot match the empty string (refused when
-            // compiled), so this always moves on.
+            // it, past the card's start). Unless it is longer than
+            // `RETRY_SPAN` or the spare searches are spent: then it hides
+            // what starts inside it, as it always did. Patterns cannot
+            // match the empty string (refused when compiled), so this
+            // always moves on.
             at = match finding {
                 None if span.end - span.start <= RETRY_SPAN && spare > 0 => {
                     spare -= 1;
