@@ -297,26 +297,27 @@ impl Catalogue {
     ) -> Option<usize> {
         const ROUNDS: usize = 4;
         const MAX_RESEARCH: usize = 64;
-        // Ends still to search after, and those searched.
-        let mut ends: Vec<usize> = findings.iter().map(|f| f.end).collect();
+        let mut followed = Followed {
+            known: findings
+                .iter()
+                .map(|f| (f.start, f.end, f.detector))
+                .collect(),
+            new: Vec::new(),
+            ends: findings.iter().map(|f| f.end).collect(),
+        };
         if after_finding {
-            ends.push(from);
+            followed.ends.push(from);
         }
+        // Ends searched after.
         let mut ended: BTreeSet<usize> = BTreeSet::new();
         // Overlap searches done: (detector, from, where the text ends).
         let mut tried: Vec<(usize, usize, usize)> = Vec::new();
         let mut searches = 0;
         let mut which = Vec::new();
         let mut open: Option<usize> = None;
-        let mut new: Vec<Finding> = Vec::new();
-        // Every finding handed on: one found again is not handed on twice.
-        let mut known: BTreeSet<(usize, usize, usize)> = findings
-            .iter()
-            .map(|f| (f.start, f.end, f.detector))
-            .collect();
-        let mut first = |f: &Finding| known.insert((f.start, f.end, f.detector));
-        for round in 0.. {
-            while let Some(at) = ends.pop() {
+        let mut round = 0;
+        loop {
+            while let Some(at) = followed.ends.pop() {
                 if !ended.insert(at) || !self.starts_afresh(hay, at) {
                     continue;
                 }
@@ -340,19 +341,14 @@ impl Catalogue {
                             end: m.end + at,
                             finding: m.finding.map(shift),
                         };
-                        if let Some(f) = m.finding {
-                            if !first(&f) {
-                                return false;
-                            }
-                            new.push(f);
-                            ends.push(f.end);
+                        if followed.take(&m) {
+                            found(m);
                         }
-                        found(m);
                         false
                     });
                 }
             }
-            findings.append(&mut new);
+            findings.append(&mut followed.new);
             if round > ROUNDS {
                 return open;
             }
@@ -387,19 +383,17 @@ impl Catalogue {
             todo.dedup_by_key(|t| (t.0, t.1, t.3));
             for &(detector, at, until, end) in &todo {
                 if round == ROUNDS || searches == MAX_RESEARCH {
-                    let rest = Finding {
+                    let rest = Match {
                         start: at,
                         end: until,
-                        detector,
-                    };
-                    if first(&rest) {
-                        new.push(rest);
-                        ends.push(rest.end);
-                        found(Match {
+                        finding: Some(Finding {
                             start: at,
                             end: until,
-                            finding: Some(rest),
-                        });
+                            detector,
+                        }),
+                    };
+                    if followed.take(&rest) {
+                        found(rest);
                     }
                     continue;
                 }
@@ -412,22 +406,17 @@ impl Catalogue {
                         return false;
                     }
                     // Found before (from another overlap): already handed on.
-                    if let Some(f) = m.finding {
-                        if !first(&f) {
-                            return true;
-                        }
-                        new.push(f);
-                        ends.push(f.end);
+                    if followed.take(&m) {
+                        found(m);
                     }
-                    found(m);
                     true
                 });
             }
             tried.extend(todo.iter().map(|t| (t.0, t.1, t.3)));
             tried.sort_unstable();
-            findings.append(&mut new);
+            findings.append(&mut followed.new);
+            round += 1;
         }
-        open
     }
 
     /// Whether a value at `at` could be judged otherwise as if the text
@@ -483,7 +472,7 @@ impl Catalogue {
         let mut at = from;
         while at < hay.len() {
             let input = Input::new(hay).span(at..hay.len()).anchored(anchored);
-            let (span, value) = match caps.as_mut() {
+            let (mut span, value) = match caps.as_mut() {
                 // No capture slots: the regex engine can stay on its DFA.
                 None => match d.regex.search(&input) {
                     Some(m) => (m.span(), m.span()),
@@ -500,7 +489,6 @@ impl Catalogue {
                     (m.span(), value)
                 }
             };
-            let mut span = span;
             let mut finding = finding(value.start, value.end);
             if finding.is_none() && caps.is_none() && d.check.is_some() && spare > 0 {
                 // Failed its check: a shorter match at the same start may
@@ -621,6 +609,32 @@ impl Catalogue {
             }
         }
         out.extend(kept.into_values());
+    }
+}
+
+/// What `Catalogue::follow_up` has found so far.
+struct Followed {
+    /// Every finding handed on: one found again is not handed on twice.
+    known: BTreeSet<(usize, usize, usize)>,
+    /// Findings handed on since the last round.
+    new: Vec<Finding>,
+    /// Ends of findings still to search after.
+    ends: Vec<usize>,
+}
+
+impl Followed {
+    /// Whether `m` is to be handed on: not a finding, or a finding not
+    /// found before (then kept, its end to search after).
+    fn take(&mut self, m: &Match) -> bool {
+        let Some(f) = m.finding else {
+            return true;
+        };
+        if !self.known.insert((f.start, f.end, f.detector)) {
+            return false;
+        }
+        self.new.push(f);
+        self.ends.push(f.end);
+        true
     }
 }
 
