@@ -36,6 +36,12 @@ fn envoy_benchmark_runs_and_reports() {
         assert!(l["sent"].as_u64().unwrap() > 0, "{l}");
         assert!(l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());
     }
+    // The breakdown reads the worker thread's own CPU: every listener costs some.
+    let breakdown = report["breakdown_4kb"].as_array().unwrap();
+    assert_eq!(breakdown.len(), 7, "{report}");
+    for b in breakdown {
+        assert!(b["worker_cpu_us"].as_f64().unwrap() > 0.0, "{b}");
+    }
     assert!(
         report["memory"]["wasm_memory_bytes"].as_u64().unwrap() > 0,
         "{report}"

@@ -214,6 +214,53 @@ impl Codes {
     }
 }
 
+/// The CPU time of Envoy's (one) worker thread, from `/proc`: what a
+/// request costs the worker, whatever else runs on the machine's CPUs.
+struct WorkerClock {
+    stat: PathBuf,
+    ticks_per_second: f64,
+}
+
+impl WorkerClock {
+    fn of(pid: u32) -> Result<WorkerClock> {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = task?.path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if comm.trim() == "wrk:worker_0" {
+                // SAFETY: sysconf only reads a configuration value.
+                let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+                if ticks <= 0 {
+                    bail!("sysconf(_SC_CLK_TCK) failed");
+                }
+                return Ok(WorkerClock {
+                    stat: task.join("stat"),
+                    ticks_per_second: ticks as f64,
+                });
+            }
+        }
+        bail!("Envoy {pid} has no thread named wrk:worker_0")
+    }
+
+    /// User plus system CPU seconds so far.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(&self.stat)?;
+        // Fields after the command (which is in parentheses and may hold
+        // spaces): state is field 3, utime 14 and stime 15.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("unreadable /proc stat")?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<f64> {
+            Ok(fields
+                .get(i - 3)
+                .context("short /proc stat")?
+                .parse::<f64>()?)
+        };
+        Ok((ticks(14)? + ticks(15)?) / self.ticks_per_second)
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -802,6 +849,16 @@ fn run() -> Result<()> {
         &record_nowhere,
     );
     envoy_config::add_variant(&mut bootstrap, "tg-jwt", &filter_wasm(), &jwt_only);
+    // The full policy with answers passed unmasked: what masking requests
+    // costs apart from masking answers.
+    let mut requests_only = policy();
+    requests_only["inspection"]["responses"] = json!(false);
+    envoy_config::add_variant(
+        &mut bootstrap,
+        "tg-requests",
+        &filter_wasm(),
+        &requests_only,
+    );
     // The floor: a filter that holds headers and reads whole bodies, with no
     // policy (bench/floor-filter). Its configuration only asks Envoy to allow
     // holding the headers.
@@ -863,6 +920,7 @@ fn run() -> Result<()> {
     let record_port = envoy.listener_port("tg-record")?;
     let nowhere_port = envoy.listener_port("tg-nowhere")?;
     let jwt_port = envoy.listener_port("tg-jwt")?;
+    let requests_port = envoy.listener_port("tg-requests")?;
     let forged_port = envoy.listener_port("tg-forged")?;
     let forged_nocache_port = envoy.listener_port("tg-forged-nocache")?;
     let ahead_port = envoy.listener_port("tg-ahead")?;
@@ -877,6 +935,7 @@ fn run() -> Result<()> {
         record_port,
         nowhere_port,
         jwt_port,
+        requests_port,
         ahead_port,
         floor_port,
     ] {
@@ -900,6 +959,7 @@ fn run() -> Result<()> {
                 "tg-record",
                 "tg-nowhere",
                 "tg-jwt",
+                "tg-requests",
                 "tg-ahead",
                 "floor",
             ],
@@ -1045,32 +1105,39 @@ fn run() -> Result<()> {
         ),
         ("tracegate: recording only", record_port),
         ("+ JWT (ES256, cached)", jwt_port),
-        ("+ masking, all detectors, requests and responses", with),
+        (
+            "+ masking requests, all detectors, a block rule (answers not masked)",
+            requests_port,
+        ),
+        ("+ masking answers too (the full policy)", with),
     ];
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    let worker = WorkerClock::of(envoy.process.pid())?;
+    // Per variant: each run, and the worker thread's CPU per request in it.
+    let mut runs: Vec<Vec<(Run, f64)>> = vec![Vec::new(); variants.len()];
     for _ in 0..plan.rounds {
         for (i, (_, port)) in variants.iter().enumerate() {
-            runs[i].push(wrk(
-                &dir,
-                *port,
-                &file,
-                &token,
-                plan.seconds,
-                plan.connections,
-            )?);
+            let cpu_before = worker.cpu_seconds()?;
+            let run = wrk(&dir, *port, &file, &token, plan.seconds, plan.connections)?;
+            let cpu = worker.cpu_seconds()? - cpu_before;
+            runs[i].push((run, cpu * 1e6 / run.requests.max(1) as f64));
         }
     }
     println!();
-    println!("Where the cost goes, 4 KB bodies (same runs setup):");
+    println!("Where the cost goes, 4 KB bodies (same runs setup; worker time per request is 1/rate of the saturated worker, worker CPU per request is its thread's own CPU time, from /proc):");
     println!();
-    println!("| listener | req/s | p50 | worker time per request |");
-    println!("|---|---:|---:|---:|");
+    println!("| listener | req/s | p50 | worker time per request | worker CPU per request |");
+    println!("|---|---:|---:|---:|---:|");
     let mut breakdown = Vec::new();
     for ((name, _), r) in variants.iter().zip(&runs) {
-        let rps = median(r.iter().map(|x| x.rps).collect());
-        let p50 = median(r.iter().map(|x| x.p50_ms).collect());
-        println!("| {name} | {rps:.0} | {p50:.2} ms | {:.0} µs |", 1e6 / rps);
-        breakdown.push(json!({"listener": name, "rps": rps, "p50_ms": p50}));
+        let rps = median(r.iter().map(|(x, _)| x.rps).collect());
+        let p50 = median(r.iter().map(|(x, _)| x.p50_ms).collect());
+        let cpu_us = median(r.iter().map(|(_, c)| *c).collect());
+        println!(
+            "| {name} | {rps:.0} | {p50:.2} ms | {:.0} µs | {cpu_us:.0} µs |",
+            1e6 / rps
+        );
+        breakdown
+            .push(json!({"listener": name, "rps": rps, "p50_ms": p50, "worker_cpu_us": cpu_us}));
     }
 
     // A repeated forged token: every answer a 401, no connection errors.
