@@ -14,6 +14,7 @@ use tracegate_policy::exchange::Gateway;
 use tracegate_policy::Policy;
 
 use crate::host;
+use crate::stats::Callback;
 use crate::stream::Stream;
 use crate::worker::{self, Worker};
 
@@ -104,12 +105,16 @@ impl Context for Root {
         _trailers: usize,
     ) {
         let id = self.id;
-        worker::with(&self.worker, |w| w.http_answered(id, token, body));
+        worker::timed(&self.worker, Callback::CallAnswer, || {
+            worker::with(&self.worker, |w| w.http_answered(id, token, body))
+        });
     }
 
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let id = self.id;
-        worker::with(&self.worker, |w| w.grpc_answered(id, token, status, size));
+        worker::timed(&self.worker, Callback::CallAnswer, || {
+            worker::with(&self.worker, |w| w.grpc_answered(id, token, status, size))
+        });
     }
 }
 
@@ -161,9 +166,11 @@ impl RootContext for Root {
         }
         let id = self.id;
         let mut waiting = false;
-        worker::with(&self.worker, |w| {
-            w.tick(id);
-            waiting = w.records_waiting();
+        worker::timed(&self.worker, Callback::Tick, || {
+            worker::with(&self.worker, |w| {
+                w.tick(id);
+                waiting = w.records_waiting();
+            })
         });
         let tick = if waiting {
             BUSY_TICK.min(self.idle_tick)

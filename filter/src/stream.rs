@@ -7,6 +7,7 @@ use proxy_wasm::types::{Action, LogLevel};
 use tracegate_policy::exchange::{self, Event};
 
 use crate::host;
+use crate::stats::Callback;
 use crate::worker;
 
 pub struct Stream {
@@ -53,12 +54,16 @@ impl Context for Stream {
         _trailers: usize,
     ) {
         let id = self.id;
-        worker::with(&self.worker, |w| w.http_answered(id, token, body));
+        worker::timed(&self.worker, Callback::CallAnswer, || {
+            worker::with(&self.worker, |w| w.http_answered(id, token, body))
+        });
     }
 
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let id = self.id;
-        worker::with(&self.worker, |w| w.grpc_answered(id, token, status, size));
+        worker::timed(&self.worker, Callback::CallAnswer, || {
+            worker::with(&self.worker, |w| w.grpc_answered(id, token, status, size))
+        });
     }
 }
 
@@ -74,43 +79,59 @@ impl HttpContext for Stream {
             );
             return Action::Pause;
         }
-        let headers = host::request_headers();
-        self.deliver(Event::RequestHeaders {
-            headers: &headers,
-            end_of_stream,
+        worker::timed(&self.worker, Callback::RequestHeaders, || {
+            let headers = host::request_headers();
+            self.deliver(Event::RequestHeaders {
+                headers: &headers,
+                end_of_stream,
+            })
         })
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        self.deliver(Event::RequestBody {
-            size,
-            end_of_stream,
+        worker::timed(&self.worker, Callback::RequestBody, || {
+            self.deliver(Event::RequestBody {
+                size,
+                end_of_stream,
+            })
         })
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.deliver(Event::RequestTrailers)
+        worker::timed(&self.worker, Callback::RequestBody, || {
+            self.deliver(Event::RequestTrailers)
+        })
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_none() {
             return Action::Continue;
         }
-        let status = host::response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        self.deliver(Event::ResponseHeaders {
-            status,
-            content_type: host::response_header("content-type").unwrap_or_default(),
-            content_encoding: host::response_header("content-encoding").unwrap_or_default(),
-            end_of_stream,
+        worker::timed(&self.worker, Callback::ResponseHeaders, || {
+            let headers = host::response_headers();
+            // The first value of each, as the proxy's single-header read gives.
+            let first = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
+            let status = first(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+            self.deliver(Event::ResponseHeaders {
+                status,
+                content_type: first("content-type").unwrap_or_default(),
+                content_encoding: first("content-encoding").unwrap_or_default(),
+                end_of_stream,
+            })
         })
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        self.deliver(Event::ResponseBody {
-            size,
-            end_of_stream,
+        worker::timed(&self.worker, Callback::ResponseBody, || {
+            self.deliver(Event::ResponseBody {
+                size,
+                end_of_stream,
+            })
         })
     }
 
@@ -118,9 +139,16 @@ impl HttpContext for Stream {
         if self.worker.is_none() {
             return;
         }
-        self.deliver(Event::End {
-            response_code: host::property_u64(&["response", "code"]),
-            code_details: host::property_string(&["response", "code_details"]),
+        worker::timed(&self.worker, Callback::End, || {
+            let id = self.id;
+            let mut needs_code = false;
+            worker::with(&self.worker, |w| needs_code = w.needs_response_code(id));
+            self.deliver(Event::End {
+                response_code: needs_code
+                    .then(|| host::property_u64(&["response", "code"]))
+                    .flatten(),
+                code_details: host::property_string(&["response", "code_details"]),
+            });
         });
     }
 }

@@ -24,7 +24,7 @@ use tracegate_proto::v1::ExportResponse;
 use tracegate_proto::{EXPORT_METHOD, RECORD_SERVICE};
 
 use crate::host;
-use crate::stats::Stats;
+use crate::stats::{Callback, Stats};
 
 /// The worker shared by a configuration's root and request contexts.
 pub type Handle = Option<Rc<RefCell<Worker>>>;
@@ -35,6 +35,22 @@ pub fn with(worker: &Handle, f: impl FnOnce(&mut Worker)) {
     if let Some(Ok(mut w)) = worker.as_ref().map(|w| w.try_borrow_mut()) {
         f(&mut w);
     }
+}
+
+/// Runs callback `f`, and counts its time as `kind` when the configuration
+/// asks for callback times (`diagnostics.callback_time`).
+pub fn timed<R>(worker: &Handle, kind: Callback, f: impl FnOnce() -> R) -> R {
+    let start = worker
+        .as_ref()
+        .and_then(|w| w.try_borrow().ok())
+        .and_then(|w| w.stats.callback_start());
+    let result = f();
+    if start.is_some() {
+        if let Some(Ok(w)) = worker.as_ref().map(|w| w.try_borrow()) {
+            w.stats.callback_end(kind, start);
+        }
+    }
+    result
 }
 
 /// What an outstanding call is for.
@@ -112,6 +128,14 @@ impl Worker {
     pub fn open(&mut self, id: u32) {
         self.serving = true;
         self.exchanges.insert(id, Exchange::new(id));
+    }
+
+    /// Whether exchange `id`'s end needs the proxy's response code
+    /// (`Exchange::needs_response_code`).
+    pub fn needs_response_code(&self, id: u32) -> bool {
+        self.exchanges
+            .get(&id)
+            .is_some_and(Exchange::needs_response_code)
     }
 
     /// A request's context is gone; if it never ended, what it held is given

@@ -42,6 +42,13 @@ fn envoy_benchmark_runs_and_reports() {
     for b in breakdown {
         assert!(b["worker_cpu_us"].as_f64().unwrap() > 0.0, "{b}");
     }
+    // The timed listener reports time in every callback a request makes.
+    let callbacks = report["callbacks_4kb"]["callbacks"].as_array().unwrap();
+    for name in ["request_headers", "request_body", "response_body", "end"] {
+        let c = callbacks.iter().find(|c| c["callback"] == name).unwrap();
+        assert!(c["calls"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["ns"].as_u64().unwrap() > 0, "{c}");
+    }
     assert!(
         report["memory"]["wasm_memory_bytes"].as_u64().unwrap() > 0,
         "{report}"

@@ -27,18 +27,15 @@ fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
-fn header(map: MapType, name: &str) -> Option<String> {
-    let bytes = abi::get_header(map as u32, name).ok().flatten()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
-}
-
 /// Every request header, in order.
 pub fn request_headers() -> Vec<(String, String)> {
     abi::get_headers(MapType::HttpRequestHeaders as u32).unwrap_or_default()
 }
 
-pub fn response_header(name: &str) -> Option<String> {
-    header(MapType::HttpResponseHeaders, name)
+/// Every response header, in one host call (each call crossing into the
+/// host and back costs more than reading a few headers more).
+pub fn response_headers() -> Vec<(String, String)> {
+    abi::get_headers(MapType::HttpResponseHeaders as u32).unwrap_or_default()
 }
 
 pub fn buffer(kind: BufferType, len: usize) -> Option<Vec<u8>> {

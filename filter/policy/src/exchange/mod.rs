@@ -86,7 +86,9 @@ pub enum Event<'a> {
         end_of_stream: bool,
     },
     /// The exchange ended (answered, reset or abandoned): what the proxy
-    /// says of its end.
+    /// says of its end. `response_code` counts only when the exchange saw
+    /// no response status (`Exchange::needs_response_code`): a host need
+    /// not read it otherwise.
     End {
         response_code: Option<u64>,
         code_details: Option<String>,
@@ -515,6 +517,13 @@ impl Exchange {
 
     fn answered_locally(&self) -> bool {
         self.phase == Phase::Answered
+    }
+
+    /// Whether `Event::End` needs the proxy's response code: only when no
+    /// response status was seen (the status header is the same code, and in
+    /// Envoy reading the property costs a few µs per request).
+    pub fn needs_response_code(&self) -> bool {
+        self.recorder.as_ref().is_some_and(|r| r.status() == 0)
     }
 
     /// Headers wait for the body too: it is inspected and

@@ -609,3 +609,25 @@ mod access;
 #[cfg(not(target_arch = "wasm32"))]
 mod proxy;
 mod usage;
+
+#[test]
+fn the_response_code_is_needed_only_without_a_response_status() {
+    let mut s = Scenario::new(json!({}));
+    s.headers(&[], false);
+    s.body("hello");
+    // No answer yet: only the proxy can tell how it ended.
+    assert!(s.ex.needs_response_code());
+    s.on(Event::ResponseHeaders {
+        status: 502,
+        content_type: "application/json".into(),
+        content_encoding: String::new(),
+        end_of_stream: true,
+    });
+    assert!(!s.ex.needs_response_code());
+    // The code the proxy gives then changes nothing: the status stands.
+    s.on(Event::End {
+        response_code: None,
+        code_details: Some("via_upstream".into()),
+    });
+    assert_eq!(s.records.last().expect("a record").0.status, 502);
+}

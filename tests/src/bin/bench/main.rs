@@ -214,6 +214,78 @@ impl Codes {
     }
 }
 
+/// The kinds of callback the filter times (filter/src/stats.rs).
+const CALLBACKS: [&str; 7] = [
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "response_body",
+    "end",
+    "call_answer",
+    "tick",
+];
+
+/// Time inside each kind of the filter's callbacks, per request, with the
+/// full policy at 4 KB: what the policy core costs inside Envoy, beside
+/// what `exchange_bench` measures outside it.
+fn callback_times(
+    envoy: &Envoy,
+    dir: &Path,
+    file: &Path,
+    token: &str,
+    plan: &Plan,
+    port: u16,
+) -> Result<Value> {
+    let read = || -> Vec<(u64, u64)> {
+        CALLBACKS
+            .iter()
+            .map(|c| {
+                let stat = |what: &str| {
+                    envoy
+                        .stat(&format!("wasmcustom.tracegate.callback.{c}.{what}"))
+                        .unwrap_or(0)
+                };
+                (stat("calls"), stat("ns"))
+            })
+            .collect()
+    };
+    let before = read();
+    let mut requests = 0;
+    for _ in 0..plan.rounds {
+        requests += wrk(dir, port, file, token, plan.seconds, plan.connections)?.requests;
+    }
+    let after = read();
+    if requests == 0 {
+        bail!("no request reached the timed listener");
+    }
+    println!();
+    println!("Time inside the filter's callbacks, full policy, 4 KB bodies (`diagnostics.callback_time`; wall time from the host's clock, per request, over {requests} requests):");
+    println!();
+    println!("| callback | calls per request | µs per call | µs per request |");
+    println!("|---|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut total = 0.0;
+    for ((name, (calls0, ns0)), (calls1, ns1)) in CALLBACKS.iter().zip(&before).zip(&after) {
+        let calls = calls1.saturating_sub(*calls0);
+        let ns = ns1.saturating_sub(*ns0);
+        let per_request = ns as f64 / 1e3 / requests as f64;
+        let per_call = if calls > 0 {
+            ns as f64 / 1e3 / calls as f64
+        } else {
+            0.0
+        };
+        total += per_request;
+        println!(
+            "| {name} | {:.2} | {per_call:.1} | {per_request:.1} |",
+            calls as f64 / requests as f64
+        );
+        rows.push(json!({"callback": name, "calls": calls, "ns": ns,
+                         "us_per_request": per_request}));
+    }
+    println!("| all | | | {total:.1} |");
+    Ok(json!({"requests": requests, "callbacks": rows, "us_per_request": total}))
+}
+
 /// The CPU time of Envoy's (one) worker thread, from `/proc`: what a
 /// request costs the worker, whatever else runs on the machine's CPUs.
 struct WorkerClock {
@@ -859,6 +931,10 @@ fn run() -> Result<()> {
         &filter_wasm(),
         &requests_only,
     );
+    // The full policy, timing its own callbacks (`diagnostics.callback_time`).
+    let mut timed = policy();
+    timed["diagnostics"] = json!({"callback_time": true});
+    envoy_config::add_variant(&mut bootstrap, "tg-timed", &filter_wasm(), &timed);
     // The floor: a filter that holds headers and reads whole bodies, with no
     // policy (bench/floor-filter). Its configuration only asks Envoy to allow
     // holding the headers.
@@ -921,6 +997,7 @@ fn run() -> Result<()> {
     let nowhere_port = envoy.listener_port("tg-nowhere")?;
     let jwt_port = envoy.listener_port("tg-jwt")?;
     let requests_port = envoy.listener_port("tg-requests")?;
+    let timed_port = envoy.listener_port("tg-timed")?;
     let forged_port = envoy.listener_port("tg-forged")?;
     let forged_nocache_port = envoy.listener_port("tg-forged-nocache")?;
     let ahead_port = envoy.listener_port("tg-ahead")?;
@@ -936,6 +1013,7 @@ fn run() -> Result<()> {
         nowhere_port,
         jwt_port,
         requests_port,
+        timed_port,
         ahead_port,
         floor_port,
     ] {
@@ -960,6 +1038,7 @@ fn run() -> Result<()> {
                 "tg-nowhere",
                 "tg-jwt",
                 "tg-requests",
+                "tg-timed",
                 "tg-ahead",
                 "floor",
             ],
@@ -1140,6 +1219,8 @@ fn run() -> Result<()> {
             .push(json!({"listener": name, "rps": rps, "p50_ms": p50, "worker_cpu_us": cpu_us}));
     }
 
+    let callbacks = callback_times(&envoy, &dir, &file, &token, &plan, timed_port)?;
+
     // A repeated forged token: every answer a 401, no connection errors.
     let forged_variants = [
         (
@@ -1205,6 +1286,7 @@ fn run() -> Result<()> {
                  "connections": plan.connections, "smoke": smoke},
         "load": rows,
         "breakdown_4kb": breakdown,
+        "callbacks_4kb": callbacks,
         "latency_4kb_fixed_rate": latency,
         "forged_token_4kb": forged_rows,
         "stream": stream_report,
