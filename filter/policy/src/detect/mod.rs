@@ -20,6 +20,7 @@ pub mod validate;
 
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
+use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 use regex_syntax::hir::{Hir, HirKind, Look};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,12 +89,18 @@ pub struct Custom {
     pub risk: u32,
 }
 
+type MakeWhich =
+    Box<dyn Fn() -> PatternSet + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
+
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     detectors: Vec<Detector>,
     /// Every detector's pattern (or its gate), to learn in one pass which
     /// can find something.
     set: Regex,
+    /// What `set` names, reused from string to string: most strings are
+    /// short, and an allocation per string was a third of a request's.
+    which: Arc<Pool<PatternSet, MakeWhich>>,
     live: Arc<live::Liveness>,
     /// Some pattern asserts the start of the text or of a line (`^`).
     anchored_at_start: bool,
@@ -174,9 +181,12 @@ impl Catalogue {
                 .into_iter()
                 .any(|l| looks.contains(l))
         });
+        let patterns = detectors.len();
+        let make_which: MakeWhich = Box::new(move || PatternSet::new(patterns));
         Ok(Catalogue {
             detectors,
             set,
+            which: Arc::new(Pool::new(make_which)),
             live: Arc::new(live),
             anchored_at_start,
         })
@@ -241,7 +251,8 @@ impl Catalogue {
             return None;
         }
         let input = Input::new(hay).span(from..hay.len());
-        let mut which = PatternSet::new(self.detectors.len());
+        let mut which = self.which.get();
+        which.clear();
         self.set.which_overlapping_matches(&input, &mut which);
         if which.is_empty() && !after_finding {
             return None;
