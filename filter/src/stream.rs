@@ -140,13 +140,7 @@ impl HttpContext for Stream {
             return;
         }
         worker::timed(&self.worker, Callback::End, || {
-            let id = self.id;
-            let mut needs_code = false;
-            worker::with(&self.worker, |w| needs_code = w.needs_response_code(id));
             self.deliver(Event::End {
-                response_code: needs_code
-                    .then(|| host::property_u64(&["response", "code"]))
-                    .flatten(),
                 code_details: host::property_string(&["response", "code_details"]),
             });
         });

@@ -97,6 +97,10 @@ impl Host for HostIo {
     fn response_body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
         host::buffer_at(BufferType::HttpResponseBody, start, len)
     }
+
+    fn response_code(&self) -> Option<u64> {
+        host::property_u64(&["response", "code"])
+    }
 }
 
 fn now_u64() -> u64 {
@@ -128,14 +132,6 @@ impl Worker {
     pub fn open(&mut self, id: u32) {
         self.serving = true;
         self.exchanges.insert(id, Exchange::new(id));
-    }
-
-    /// Whether exchange `id`'s end needs the proxy's response code
-    /// (`Exchange::needs_response_code`).
-    pub fn needs_response_code(&self, id: u32) -> bool {
-        self.exchanges
-            .get(&id)
-            .is_some_and(Exchange::needs_response_code)
     }
 
     /// A request's context is gone; if it never ended, what it held is given

@@ -47,6 +47,9 @@ impl Host for Fake {
     fn response_body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
         slice(&self.response, start, len)
     }
+    fn response_code(&self) -> Option<u64> {
+        Some(200)
+    }
 }
 
 /// The chat request of `make bench` (tests/src/bin/bench/main.rs): prose, code
@@ -234,7 +237,6 @@ fn main() {
             let end_start = step_start();
             ex.on(
                 Event::End {
-                    response_code: Some(200),
                     code_details: Some("via_upstream".into()),
                 },
                 &mut gw,

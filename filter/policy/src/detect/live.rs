@@ -78,8 +78,7 @@ const BYTE_CLASS: [u8; 256] = {
 const REPRESENTATIVE: [Option<u8>; CLASSES] =
     [None, Some(b'\n'), Some(b'\r'), Some(b'a'), Some(b' ')];
 
-type MakeCaches =
-    Box<dyn Fn() -> CacheSet + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
+type MakeCaches = super::Make<CacheSet>;
 
 /// One lazy DFA cache per detector, with an identity: a DFA state is only
 /// valid with the cache (and cache generation) that produced it.

@@ -89,8 +89,10 @@ pub struct Custom {
     pub risk: u32,
 }
 
-type MakeWhich =
-    Box<dyn Fn() -> PatternSet + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
+/// What a `Pool` of per-search scratch (lazy DFA caches, pattern sets)
+/// makes a new one with.
+type Make<T> =
+    Box<dyn Fn() -> T + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
 
 #[derive(Debug, Clone)]
 pub struct Catalogue {
@@ -100,7 +102,7 @@ pub struct Catalogue {
     set: Regex,
     /// What `set` names, reused from string to string: most strings are
     /// short, and an allocation per string was a third of a request's.
-    which: Arc<Pool<PatternSet, MakeWhich>>,
+    which: Arc<Pool<PatternSet, Make<PatternSet>>>,
     live: Arc<live::Liveness>,
     /// Some pattern asserts the start of the text or of a line (`^`).
     anchored_at_start: bool,
@@ -182,7 +184,7 @@ impl Catalogue {
                 .any(|l| looks.contains(l))
         });
         let patterns = detectors.len();
-        let make_which: MakeWhich = Box::new(move || PatternSet::new(patterns));
+        let make_which: Make<PatternSet> = Box::new(move || PatternSet::new(patterns));
         Ok(Catalogue {
             detectors,
             set,

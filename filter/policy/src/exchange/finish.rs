@@ -10,7 +10,6 @@ use crate::record::{final_verdict, AnsweredBy, Ending, Verdict};
 impl Exchange {
     pub(super) fn end(
         &mut self,
-        response_code: Option<u64>,
         code_details: Option<String>,
         gw: &mut Gateway,
         host: &dyn Host,
@@ -54,8 +53,12 @@ impl Exchange {
             self.inspection.reason = detail.clone();
             verdict
         });
-        if let Some(code) = response_code {
-            recorder.fallback_status(u32::try_from(code).unwrap_or(0));
+        // Without a response status seen, the proxy tells the code it
+        // answered (or 0).
+        if recorder.status() == 0 {
+            if let Some(code) = host.response_code() {
+                recorder.fallback_status(u32::try_from(code).unwrap_or(0));
+            }
         }
         // What the record states happened: never "forwarded" for a request
         // that did not go upstream whole. The proxy's response code details

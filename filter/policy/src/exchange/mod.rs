@@ -50,6 +50,10 @@ pub trait Host {
     fn request_body(&self, start: usize, len: usize) -> Option<Vec<u8>>;
     /// Likewise of the response body.
     fn response_body(&self, start: usize, len: usize) -> Option<Vec<u8>>;
+    /// The proxy's final response code, asked for at the end only when the
+    /// exchange saw no response status (in Envoy a property read costs a
+    /// few µs per request).
+    fn response_code(&self) -> Option<u64>;
 }
 
 /// Something that happened to the exchange.
@@ -85,12 +89,9 @@ pub enum Event<'a> {
         size: usize,
         end_of_stream: bool,
     },
-    /// The exchange ended (answered, reset or abandoned): what the proxy
-    /// says of its end. `response_code` counts only when the exchange saw
-    /// no response status (`Exchange::needs_response_code`): a host need
-    /// not read it otherwise.
+    /// The exchange ended (answered, reset or abandoned): the proxy's
+    /// response code details (`via_upstream` for the upstream's answers).
     End {
-        response_code: Option<u64>,
         code_details: Option<String>,
     },
 }
@@ -494,11 +495,8 @@ impl Exchange {
                 size,
                 end_of_stream,
             } => self.response_body(size, end_of_stream, gw, host, out),
-            Event::End {
-                response_code,
-                code_details,
-            } => {
-                self.end(response_code, code_details, gw, host, out);
+            Event::End { code_details } => {
+                self.end(code_details, gw, host, out);
                 Action::Continue
             }
         }
@@ -517,13 +515,6 @@ impl Exchange {
 
     fn answered_locally(&self) -> bool {
         self.phase == Phase::Answered
-    }
-
-    /// Whether `Event::End` needs the proxy's response code: only when no
-    /// response status was seen (the status header is the same code, and in
-    /// Envoy reading the property costs a few µs per request).
-    pub fn needs_response_code(&self) -> bool {
-        self.recorder.as_ref().is_some_and(|r| r.status() == 0)
     }
 
     /// Headers wait for the body too: it is inspected and

@@ -538,8 +538,8 @@ impl Proxy {
         }
         self.ended = true;
         let before = self.enqueued;
+        self.host.code.set(code);
         self.on(Event::End {
-            response_code: code,
             code_details: Some(details.into()),
         });
         assert_eq!(self.enqueued - before, 1, "one record at the end");
