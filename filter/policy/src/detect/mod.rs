@@ -2,7 +2,7 @@
 //! compiled once per configuration.
 //!
 //! Each detector is compiled twice from the same syntax tree: a `meta::Regex`
-//! that finds and locates matches (one multi-pattern set in front of them
+//! that finds and locates matches (one lazy DFA of them all in front, `set`,
 //! tells in one pass which detectors can find something in a text: their
 //! patterns, or a gate where a pattern matches much that its check
 //! refuses), and an anchored lazy DFA (`live`) that tells, for text still
@@ -16,12 +16,12 @@
 
 pub mod builtin;
 pub mod live;
+mod set;
 pub mod validate;
 
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
-use regex_automata::util::pool::Pool;
-use regex_automata::{Anchored, Input, MatchKind, PatternSet};
+use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Hir, HirKind, Look};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -99,10 +99,7 @@ pub struct Catalogue {
     detectors: Vec<Detector>,
     /// Every detector's pattern (or its gate), to learn in one pass which
     /// can find something.
-    set: Regex,
-    /// What `set` names, reused from string to string: most strings are
-    /// short, and an allocation per string was a third of a request's.
-    which: Arc<Pool<PatternSet, Make<PatternSet>>>,
+    set: set::Set,
     live: Arc<live::Liveness>,
     /// Some pattern asserts the start of the text or of a line (`^`).
     anchored_at_start: bool,
@@ -167,15 +164,7 @@ impl Catalogue {
             gates.push(hir.clone());
             hirs.push(hir);
         }
-        let set = Regex::builder()
-            .configure(
-                meta::Config::new()
-                    .match_kind(MatchKind::All)
-                    .nfa_size_limit(Some(MAX_REGEX_SIZE * 8))
-                    .hybrid_cache_capacity(REGEX_CACHE_BYTES * 4),
-            )
-            .build_many_from_hir(&gates)
-            .map_err(|e| e.to_string())?;
+        let set = set::Set::new(&gates, MAX_REGEX_SIZE * 8)?;
         let live = live::Liveness::new(&hirs)?;
         let anchored_at_start = hirs.iter().any(|h| {
             let looks = h.properties().look_set();
@@ -183,12 +172,9 @@ impl Catalogue {
                 .into_iter()
                 .any(|l| looks.contains(l))
         });
-        let patterns = detectors.len();
-        let make_which: Make<PatternSet> = Box::new(move || PatternSet::new(patterns));
         Ok(Catalogue {
             detectors,
             set,
-            which: Arc::new(Pool::new(make_which)),
             live: Arc::new(live),
             anchored_at_start,
         })
@@ -252,21 +238,16 @@ impl Catalogue {
         if from >= hay.len() {
             return None;
         }
-        let input = Input::new(hay).span(from..hay.len());
-        let mut which = self.which.get();
-        which.clear();
-        self.set.which_overlapping_matches(&input, &mut which);
-        if which.is_empty() && !after_finding {
-            return None;
-        }
         let mut findings = Vec::new();
-        for i in which.iter() {
-            self.search(i.as_usize(), hay, from, false, |m| {
-                findings.extend(m.finding);
-                found(m);
-                true
-            });
-        }
+        self.set.scan(hay.as_bytes(), from, |named| {
+            for d in named.which() {
+                self.search(d, hay, from, false, |m| {
+                    findings.extend(m.finding);
+                    found(m);
+                    true
+                });
+            }
+        });
         if findings.is_empty() && !after_finding {
             return None;
         }
