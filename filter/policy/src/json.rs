@@ -69,6 +69,9 @@ impl Tape {
     /// Parses `src` (the root is node 0).
     pub fn parse(&mut self, src: &str) -> Result<(), Error> {
         self.nodes.clear();
+        // About a node per 32 bytes of a chat body: one allocation, not one
+        // per doubling.
+        self.nodes.reserve(src.len() / 32);
         let b = src.as_bytes();
         let mut p = Parser { b, at: 0 };
         // Open containers: the node index of each.

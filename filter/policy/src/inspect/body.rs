@@ -203,7 +203,7 @@ impl Inspector {
         tokens: &mut Tokens,
         restore: bool,
     ) -> Result<Judged, Stop> {
-        let mut list = Vec::new();
+        let mut list = Vec::with_capacity(tape.nodes().len());
         parts(tape, src, direction, &mut list);
         // Media decoded once: (index in `list`, payload).
         let decoded: Vec<(usize, Payload)> = list

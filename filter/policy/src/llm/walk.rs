@@ -27,14 +27,21 @@ pub struct Part {
 }
 
 fn role_scope(role: &str) -> Scope {
-    let role = role.to_ascii_lowercase();
-    match role.as_str() {
-        "system" | "developer" => Scope::System,
-        "user" => Scope::Prompt,
-        "assistant" | "model" => Scope::Assistant,
-        "tool" | "function" | "ipython" => Scope::ToolResult,
-        _ => Scope::Other,
-    }
+    const ROLES: [(&str, Scope); 8] = [
+        ("system", Scope::System),
+        ("developer", Scope::System),
+        ("user", Scope::Prompt),
+        ("assistant", Scope::Assistant),
+        ("model", Scope::Assistant),
+        ("tool", Scope::ToolResult),
+        ("function", Scope::ToolResult),
+        ("ipython", Scope::ToolResult),
+    ];
+    // Any case, without a lower-cased copy per message.
+    ROLES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(role))
+        .map_or(Scope::Other, |&(_, scope)| scope)
 }
 
 /// The scope an object's `type` gives its contents, if any.
