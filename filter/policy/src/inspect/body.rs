@@ -397,16 +397,30 @@ fn mask(
     }
 }
 
-/// The key of an object that appears twice, if any.
+/// The key of an object that appears twice (as decoded), if any.
 pub fn duplicate_key(tape: &Tape, src: &str) -> Option<String> {
+    // Most objects have a few keys: compared with each other directly,
+    // without hashing every key of every object.
+    const FEW: usize = 16;
+    let mut keys: Vec<Cow<'_, str>> = Vec::new();
     let mut seen: HashSet<Cow<'_, str>> = HashSet::new();
     for (i, n) in tape.nodes().iter().enumerate() {
         if n.kind != Kind::Object || n.next - i < 4 {
             continue;
         }
+        keys.clear();
         seen.clear();
         for (k, _) in tape.members(i) {
             let key = tape.str(src, k)?;
+            if seen.is_empty() && keys.len() < FEW {
+                if keys.contains(&key) {
+                    return Some(key.into_owned());
+                }
+                keys.push(key);
+                continue;
+            }
+            // Past a few keys, a set (the keys so far move into it once).
+            seen.extend(keys.drain(..));
             if let Some(dup) = seen.replace(key) {
                 return Some(dup.into_owned());
             }

@@ -340,6 +340,39 @@ fn path_query_and_headers_are_judged() {
     assert!(!format!("{:?}", h.recorded).contains("AKIAIOSF"), "{h:?}");
 }
 
+/// A key twice in one object is found, also as escapes spell it, in small
+/// and large objects, at any depth; the same key in two objects is not.
+#[test]
+fn duplicate_keys_are_found_in_objects_of_any_size() {
+    let dup = |src: &str| {
+        let mut tape = crate::json::Tape::default();
+        tape.parse(src).unwrap();
+        body::duplicate_key(&tape, src)
+    };
+    let object = |n: usize, extra: &str| {
+        let members: Vec<String> = (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        format!("{{{}{extra}}}", members.join(","))
+    };
+    assert_eq!(dup(r#"{"a":1,"b":2}"#), None);
+    assert_eq!(dup(r#"{"a":1,"a":2}"#), Some("a".into()));
+    assert_eq!(dup(r#"{"a":1,"\u0061":2}"#), Some("a".into()));
+    assert_eq!(dup(r#"[{"a":1},{"a":2}]"#), None);
+    assert_eq!(
+        dup(r#"{"x":{"y":[{"m":1,"n":2,"m":3}]}}"#),
+        Some("m".into())
+    );
+    for n in [15, 16, 17, 40] {
+        assert_eq!(dup(&object(n, "")), None, "{n} keys");
+        assert_eq!(dup(&object(n, r#","k0":0"#)), Some("k0".into()), "{n} keys");
+        let last = format!(r#","k{}":0"#, n - 1);
+        assert_eq!(
+            dup(&object(n, &last)),
+            Some(format!("k{}", n - 1)),
+            "{n} keys"
+        );
+    }
+}
+
 #[test]
 fn bodies_are_judged_whole_and_forwarded_as_judged() {
     let i = inspector(json!({}), json!([]));
