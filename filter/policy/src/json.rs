@@ -70,8 +70,9 @@ impl Tape {
     pub fn parse(&mut self, src: &str) -> Result<(), Error> {
         self.nodes.clear();
         // About a node per 32 bytes of a chat body: one allocation, not one
-        // per doubling.
-        self.nodes.reserve(src.len() / 32);
+        // per doubling; capped, so that a large body of few nodes does not
+        // grow the VM's memory (which never shrinks) for nothing.
+        self.nodes.reserve((src.len() / 32).min(4096));
         let b = src.as_bytes();
         let mut p = Parser { b, at: 0 };
         // Open containers: the node index of each.

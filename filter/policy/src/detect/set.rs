@@ -150,6 +150,9 @@ impl Set {
     /// and hands `found` the detectors whose patterns match somewhere in
     /// it.
     pub fn scan<R>(&self, hay: &[u8], from: usize, found: impl FnOnce(&Scratch) -> R) -> R {
+        // Past the end there is nothing to walk (and a range from there
+        // would panic).
+        let from = from.min(hay.len());
         let mut scratch = self.scratch.get();
         let s = &mut *scratch;
         s.which.clear();
