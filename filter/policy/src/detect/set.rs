@@ -54,36 +54,23 @@ impl Scratch {
 #[derive(Debug)]
 struct Named {
     words: Vec<u64>,
-    len: usize,
-    count: usize,
 }
 
 impl Named {
     fn new(len: usize) -> Named {
         Named {
             words: vec![0; len.div_ceil(64)],
-            len,
-            count: 0,
         }
     }
 
     fn clear(&mut self) {
         self.words.fill(0);
-        self.count = 0;
     }
 
     fn insert(&mut self, d: usize) {
         if let Some(word) = self.words.get_mut(d / 64) {
-            let bit = 1 << (d % 64);
-            if *word & bit == 0 {
-                *word |= bit;
-                self.count += 1;
-            }
+            *word |= 1 << (d % 64);
         }
-    }
-
-    fn is_full(&self) -> bool {
-        self.count == self.len
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
@@ -197,9 +184,6 @@ impl Set {
                 // state whose transitions are not computed yet.
                 if sid.is_match() {
                     note(dfa, cache, sid, which);
-                    if which.is_full() {
-                        return Ok(());
-                    }
                 } else if sid.is_dead() {
                     return Ok(());
                 } else if sid.is_quit() {
@@ -344,8 +328,7 @@ mod tests {
         assert_eq!(named, [base, base + 63, base + 64, base + 99]);
         let mut all = Named::new(130);
         (0..130).for_each(|d| all.insert(d));
-        assert!(all.is_full());
-        assert_eq!(all.iter().count(), 130);
+        assert!(all.iter().eq(0..130));
     }
 
     /// A lazy DFA whose cache thrashes gives up, and the PikeVM names the

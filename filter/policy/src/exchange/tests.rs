@@ -127,6 +127,16 @@ impl Scenario {
         })
     }
 
+    /// The upstream's response headers.
+    fn answer(&mut self, status: u32, content_type: &str, end_of_stream: bool) -> Action {
+        self.on(Event::ResponseHeaders {
+            status,
+            content_type: content_type.into(),
+            content_encoding: String::new(),
+            end_of_stream,
+        })
+    }
+
     fn end(&mut self) -> Record {
         self.host.code.set(Some(200));
         self.on(Event::End {
@@ -401,12 +411,7 @@ fn a_reset_mid_stream_records_only_what_was_released() {
     let mut s = Scenario::new(json!({}));
     s.headers(&[], false);
     s.body("hi");
-    s.on(Event::ResponseHeaders {
-        status: 200,
-        content_type: "text/event-stream".into(),
-        content_encoding: String::new(),
-        end_of_stream: false,
-    });
+    s.answer(200, "text/event-stream", false);
     let chunk = |text: &str| {
         format!(
             "data: {}\n\n",
@@ -614,23 +619,13 @@ fn every_stat_has_its_own_index_and_name() {
     assert_eq!(names.len(), all.len());
 }
 
-mod access;
-#[cfg(not(target_arch = "wasm32"))]
-mod proxy;
-mod usage;
-
 #[test]
 fn the_response_code_is_asked_for_only_without_a_response_status() {
     // The upstream answered: its status stands, the proxy is not asked.
     let mut s = Scenario::new(json!({}));
     s.headers(&[], false);
     s.body("hello");
-    s.on(Event::ResponseHeaders {
-        status: 502,
-        content_type: "application/json".into(),
-        content_encoding: String::new(),
-        end_of_stream: true,
-    });
+    s.answer(502, "application/json", true);
     s.host.code.set(Some(200));
     s.on(Event::End {
         code_details: Some("via_upstream".into()),
@@ -648,3 +643,8 @@ fn the_response_code_is_asked_for_only_without_a_response_status() {
     assert_eq!(s.records.last().expect("a record").0.status, 503);
     assert_eq!(s.host.code_reads.get(), 1);
 }
+
+mod access;
+#[cfg(not(target_arch = "wasm32"))]
+mod proxy;
+mod usage;
