@@ -2,9 +2,12 @@
 //! Masking throughput on a realistic chat body: a multi-turn OpenAI chat
 //! request of about 64 KB of prose, code and logs with a few secrets in it,
 //! inspected whole (parse, walk, detect, mask, serialise) as the filter does.
-//! Also the detector scan alone over the same text, and the SSE stream path.
+//! Also the detector scan alone over the same text, the SSE stream path,
+//! and high-entropy text (base64 of bytes that are no media format: the
+//! detectors' lazy DFA of all patterns gives up there).
 //! Runs natively and, built for wasm32-wasip1, inside V8 (`make bench`).
 
+use base64::Engine;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tracegate_policy::inspect::config::{InspectionConfig, MaskingConfig};
@@ -36,6 +39,22 @@ fn body(kb: usize, secrets: bool) -> Vec<u8> {
     json!({"model": "gpt-4o", "messages": messages})
         .to_string()
         .into_bytes()
+}
+
+/// `kb` KB of base64 of pseudo-random bytes: not a media format, so
+/// inspected as text (a zip, a key file or an encrypted blob an agent
+/// passes on looks like this).
+fn high_entropy(kb: usize) -> String {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..kb * 768)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// MB/s of `f`: the best of five slices of `budget` (on a machine shared
@@ -95,6 +114,22 @@ fn main() {
         });
         println!("{:<44} {:>10.1}", format!("{name} (whole request)"), mbps);
     }
+    if run("high-entropy") {
+        let blob = high_entropy(256);
+        let b = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Unpack this archive and list its files."},
+            {"type": "text", "text": blob}]}]})
+        .to_string()
+        .into_bytes();
+        let mbps = measure(budget, b.len(), || {
+            let v = inspector.request("application/json", &b, &mut Tokens::default());
+            assert!(matches!(v, RequestVerdict::Forward { .. }));
+        });
+        println!(
+            "{:<44} {:>10.1}",
+            "request with 256 KB of high-entropy base64", mbps
+        );
+    }
     let text = format!("{PROSE}{CODE}{LOG}").repeat(200);
     let mut findings = Vec::new();
     if run("detector scan") {
@@ -112,17 +147,33 @@ fn main() {
         .take(3200)
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
+    let blob = high_entropy(48);
+    let blob_pieces: Vec<String> = blob
+        .as_bytes()
+        .chunks(20)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let chat_chunks = |pieces: &[String]| {
+        let mut s = String::new();
+        for p in pieces {
+            let ev = json!({"id": "chatcmpl-AbC123dEf456", "object": "chat.completion.chunk",
+                "created": 1764070000, "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_5f2c1b",
+                "choices": [{"index": 0, "delta": {"content": p}, "logprobs": null, "finish_reason": null}]});
+            s.push_str(&format!("data: {ev}\n\n"));
+        }
+        s + "data: [DONE]\n\n"
+    };
     let streams = [
-        ("SSE OpenAI chat chunks", Api::OpenAiChat, {
-            let mut s = String::new();
-            for p in &pieces {
-                let ev = json!({"id": "chatcmpl-AbC123dEf456", "object": "chat.completion.chunk",
-                    "created": 1764070000, "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_5f2c1b",
-                    "choices": [{"index": 0, "delta": {"content": p}, "logprobs": null, "finish_reason": null}]});
-                s.push_str(&format!("data: {ev}\n\n"));
-            }
-            s + "data: [DONE]\n\n"
-        }),
+        (
+            "SSE OpenAI chat chunks",
+            Api::OpenAiChat,
+            chat_chunks(&pieces),
+        ),
+        (
+            "SSE OpenAI chat chunks, high-entropy base64",
+            Api::OpenAiChat,
+            chat_chunks(&blob_pieces),
+        ),
         ("SSE Responses output_text.delta", Api::OpenAiResponses, {
             let mut s = String::new();
             for (i, p) in pieces.iter().enumerate() {

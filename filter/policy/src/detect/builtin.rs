@@ -37,8 +37,8 @@ pub struct Builtin {
 
 // Long runs are written unbounded (`{20,}`, not `{20,250}`): a bounded
 // repetition unrolls into that many NFA states, and together in the
-// multi-pattern set they thrashed its lazy DFA into the PikeVM (measured: the
-// scan 0.4 MB/s instead of 150). An over-long value is masked whole, and a
+// multi-pattern set they thrashed its lazy DFA on ordinary text (measured:
+// the scan 0.4 MB/s instead of 150). An over-long value is masked whole, and a
 // stream holds it back at most `stream_hold_max_bytes`.
 
 macro_rules! b {

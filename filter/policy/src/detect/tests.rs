@@ -223,6 +223,41 @@ fn bare_aws_secret_keys_are_found_and_ids_and_hashes_are_not() {
     }
 }
 
+/// Long high-entropy text (base64 of something that is not media,
+/// random tokens) thrashes the lazy DFA of all the detectors at once: it
+/// gives up and names every detector, and each detector's own search
+/// finds what is there, as in any other text.
+#[test]
+fn secrets_in_long_high_entropy_text_are_found() {
+    let c = all();
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    let kb = if cfg!(target_arch = "wasm32") { 16 } else { 64 };
+    let secrets = [
+        ("aws_access_key_id", "AKIAIOSFODNN7EXAMPLE"),
+        ("email", "alice@corp.example.com"),
+        ("github_token", "ghp_1234567890abcdefghijABCDEFGHIJ123456"),
+        ("us_ssn", "123-45-6789"),
+    ];
+    for alphabet in [
+        BASE64,
+        &b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[..],
+    ] {
+        let mut text = String::new();
+        for (_, secret) in &secrets {
+            text.push_str(&rng.string(alphabet, kb * 256));
+            text.push_str(&format!(" {secret} "));
+        }
+        let named = c.set.scan(text.as_bytes(), 0, |s| s.which().count());
+        assert_eq!(named, c.detectors().len(), "the set did not give up");
+        let got = found(&c, &text);
+        let want: Vec<(String, String)> = secrets
+            .iter()
+            .map(|(name, secret)| (name.to_string(), secret.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
+
 #[test]
 fn keys_joined_by_underscores_are_found_and_words_are_not() {
     let c = all();
