@@ -114,7 +114,8 @@ fn main() {
         });
         println!("{:<44} {:>10.1}", format!("{name} (whole request)"), mbps);
     }
-    if run("high-entropy") {
+    let name = "request with 256 KB of high-entropy base64";
+    if run(name) {
         let blob = high_entropy(256);
         let b = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
             {"type": "text", "text": "Unpack this archive and list its files."},
@@ -125,10 +126,7 @@ fn main() {
             let v = inspector.request("application/json", &b, &mut Tokens::default());
             assert!(matches!(v, RequestVerdict::Forward { .. }));
         });
-        println!(
-            "{:<44} {:>10.1}",
-            "request with 256 KB of high-entropy base64", mbps
-        );
+        println!("{name:<44} {mbps:>10.1}");
     }
     let text = format!("{PROSE}{CODE}{LOG}").repeat(200);
     let mut findings = Vec::new();

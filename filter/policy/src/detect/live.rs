@@ -87,9 +87,10 @@ struct CacheSet {
     caches: Vec<Cache>,
     any: Cache,
     prefixes: Cache,
-    /// The DFA of all detectors searching unanchored (`any_match`): its
-    /// states are not the anchored walks' states.
+    /// The DFA of all detectors walked from a finding's end (`fresh`).
     scan: Cache,
+    /// `any_match`'s DFA.
+    unanchored: Cache,
     /// The starts the prefix DFA names, latest first (reused).
     starts: Vec<usize>,
 }
@@ -100,6 +101,12 @@ pub struct Liveness {
     dfas: Vec<DFA>,
     /// Every detector in one anchored DFA that reports all matches.
     any: DFA,
+    /// The same, for `any_match`'s unanchored search, which gives up where
+    /// its cache thrashes (and then answers yes). On long high-entropy text
+    /// (base64 that is no media format, tokens) nearly every byte needs a
+    /// new state; never giving up, this search was three quarters of a
+    /// streamed base64 answer's instructions.
+    any_unanchored: DFA,
     /// Every prefix of every detector's matches, reversed: walked back from
     /// the end of the text, it is in a match state at each start whose text
     /// to the end could still grow into a match.
@@ -193,6 +200,18 @@ impl Liveness {
             64 << 20,
             ANY_CACHE_BYTES,
         )?;
+        let any_unanchored = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::All)
+                    .cache_capacity(ANY_CACHE_BYTES)
+                    .skip_cache_capacity_check(true)
+                    // The regex crate's own limits for giving up.
+                    .minimum_cache_clear_count(Some(3))
+                    .minimum_bytes_per_state(Some(10)),
+            )
+            .build_from_nfa(any.get_nfa().clone())
+            .map_err(|e| e.to_string())?;
         let prefix_hirs: Vec<Hir> = hirs.iter().map(prefixes).collect();
         let prefixes = lazy_dfa(
             &prefix_hirs,
@@ -232,17 +251,20 @@ impl Liveness {
         let for_caches = dfas.clone();
         let any_for_cache = any.clone();
         let prefixes_for_cache = prefixes.clone();
+        let unanchored_for_cache = any_unanchored.clone();
         let make: MakeCaches = Box::new(move || CacheSet {
             id: NEXT_CACHE_SET.fetch_add(1, Ordering::Relaxed),
             caches: for_caches.iter().map(DFA::create_cache).collect(),
             any: any_for_cache.create_cache(),
             prefixes: prefixes_for_cache.create_cache(),
             scan: any_for_cache.create_cache(),
+            unanchored: unanchored_for_cache.create_cache(),
             starts: Vec::new(),
         });
         Ok(Liveness {
             dfas,
             any,
+            any_unanchored,
             prefixes,
             words,
             starts,
@@ -668,11 +690,14 @@ impl Liveness {
 
     /// Whether some detector's pattern matches in `hay[from..]` (the DFA of
     /// all detectors, unanchored, with the bytes before `from` as
-    /// look-behind). Yes when the DFA cannot tell.
+    /// look-behind). Yes when the DFA cannot tell (it gave up).
     pub fn any_match(&self, hay: &[u8], from: usize) -> bool {
         let mut set = self.caches.get();
         let input = Input::new(hay).range(from..).earliest(true);
-        !matches!(self.any.try_search_fwd(&mut set.scan, &input), Ok(None))
+        let found = self
+            .any_unanchored
+            .try_search_fwd(&mut set.unanchored, &input);
+        !matches!(found, Ok(None))
     }
 
     /// Which detectors' patterns match at the start of `text`, taken as

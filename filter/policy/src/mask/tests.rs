@@ -178,6 +178,48 @@ fn releases(m: &Masker, pieces: &[&str]) -> Vec<String> {
 
 const HOLD_MAX: usize = 16 << 10;
 
+/// A streamed answer of long high-entropy text (base64 that is no media
+/// format) thrashes the DFAs of all detectors, which then give up and
+/// leave it to each detector's own regex: masked as the whole text is.
+#[test]
+fn high_entropy_streams_mask_as_the_whole_text_does() {
+    let m = redactor();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut blob = |n: usize| -> String {
+        const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(BASE64[(x % 64) as usize])
+            })
+            .collect()
+    };
+    let mut text = String::new();
+    for secret in [
+        "alice@corp.example.com",
+        "AKIAIOSFODNN7EXAMPLE",
+        "123-45-6789",
+    ] {
+        text.push_str(&blob(8 << 10));
+        text.push_str(&format!(" {secret} "));
+    }
+    text.push_str(&blob(8 << 10));
+    let mut t = Tokens::default();
+    let mut whole_hits = Hits::default();
+    let whole = m.mask(&text, &mut t, &mut whole_hits).unwrap();
+    assert_eq!(whole_hits.counts.values().sum::<u32>(), 3, "{whole_hits:?}");
+    let pieces: Vec<&str> = text
+        .as_bytes()
+        .chunks(20)
+        .map(|p| std::str::from_utf8(p).unwrap())
+        .collect();
+    let (out, hits) = stream(m, &pieces, 512);
+    assert!(out == whole, "the stream masked differently");
+    assert_eq!(hits, whole_hits);
+}
+
 #[test]
 fn prose_waits_only_for_the_word_in_progress() {
     let m = redactor();
