@@ -201,15 +201,7 @@ impl Liveness {
             ANY_CACHE_BYTES,
         )?;
         let any_unanchored = DFA::builder()
-            .configure(
-                DFA::config()
-                    .match_kind(MatchKind::All)
-                    .cache_capacity(ANY_CACHE_BYTES)
-                    .skip_cache_capacity_check(true)
-                    // The regex crate's own limits for giving up.
-                    .minimum_cache_clear_count(Some(3))
-                    .minimum_bytes_per_state(Some(10)),
-            )
+            .configure(super::giving_up(ANY_CACHE_BYTES))
             .build_from_nfa(any.get_nfa().clone())
             .map_err(|e| e.to_string())?;
         let prefix_hirs: Vec<Hir> = hirs.iter().map(prefixes).collect();

@@ -658,6 +658,20 @@ fn compile(hir: &Hir) -> Result<Regex, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A lazy DFA of all detectors at once, reporting every one that matches,
+/// that gives up where its cache thrashes (long high-entropy text), by the
+/// regex crate's own rule: once cleared 3 times, a cache that fills again
+/// before 10 bytes were searched per state. Its callers then leave the
+/// text to each detector's own regex.
+fn giving_up(cache: usize) -> regex_automata::hybrid::dfa::Config {
+    regex_automata::hybrid::dfa::Config::new()
+        .match_kind(regex_automata::MatchKind::All)
+        .cache_capacity(cache)
+        .skip_cache_capacity_check(true)
+        .minimum_cache_clear_count(Some(3))
+        .minimum_bytes_per_state(Some(10))
+}
+
 /// The same tree with every Unicode word-boundary assertion made ASCII.
 fn ascii_word_boundaries(hir: Hir) -> Hir {
     match hir.into_kind() {

@@ -22,7 +22,7 @@ use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::nfa::thompson;
 use regex_automata::util::pool::Pool;
-use regex_automata::{Input, MatchKind};
+use regex_automata::Input;
 use regex_syntax::hir::Hir;
 use std::sync::Arc;
 
@@ -118,15 +118,7 @@ impl Set {
             .build_many_from_hir(patterns)
             .map_err(|e| e.to_string())?;
         let dfa = DFA::builder()
-            .configure(
-                DFA::config()
-                    .match_kind(MatchKind::All)
-                    .cache_capacity(cache)
-                    .skip_cache_capacity_check(true)
-                    // The regex crate's own limits for giving up.
-                    .minimum_cache_clear_count(Some(3))
-                    .minimum_bytes_per_state(Some(10)),
-            )
+            .configure(super::giving_up(cache))
             .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
         let len = patterns.len();
@@ -235,7 +227,7 @@ mod tests {
     use super::*;
     use crate::detect::{builtin, parse};
     use regex_automata::meta::Regex;
-    use regex_automata::PatternSet;
+    use regex_automata::{MatchKind, PatternSet};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
