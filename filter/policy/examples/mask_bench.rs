@@ -128,6 +128,30 @@ fn main() {
         });
         println!("{name:<44} {mbps:>10.1}");
     }
+    let name = "request with 4,000 high-entropy strings of 64 B";
+    if run(name) {
+        // A tool result of hashes or keys: many short strings.
+        let blob = high_entropy(192);
+        let items: Vec<&str> = blob
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        let parts: Vec<_> = items
+            .iter()
+            .map(|i| json!({"type": "text", "text": i}))
+            .collect();
+        let b = json!({"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "Which of these objects changed?"},
+            {"role": "tool", "tool_call_id": "call_1", "content": parts}]})
+        .to_string()
+        .into_bytes();
+        let mbps = measure(budget, b.len(), || {
+            let v = inspector.request("application/json", &b, &mut Tokens::default());
+            assert!(matches!(v, RequestVerdict::Forward { .. }));
+        });
+        println!("{name:<44} {mbps:>10.1}");
+    }
     let text = format!("{PROSE}{CODE}{LOG}").repeat(200);
     let mut findings = Vec::new();
     if run("detector scan") {
