@@ -8,8 +8,8 @@
 //! tight loop while the DFA is in ordinary states, and only notes which
 //! patterns a match state names.
 //!
-//! Like the regex crate, it gives up on the lazy DFA when its cache
-//! thrashes. That happens on long high-entropy strings (base64 that is not
+//! It gives up on the lazy DFA when its cache thrashes (as the regex crate
+//! does, by a stricter rule: `detect::giving_up`). That happens on long high-entropy strings (base64 that is not
 //! media, keys, hashes): there the detectors' counted repetitions
 //! (`{40}`, `{20,}`, …) each track their own run, and the DFA needs a state
 //! for nearly every combination. Where the regex crate then runs the PikeVM
