@@ -57,6 +57,31 @@ fn high_entropy(kb: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A request with 256 KB of high-entropy base64 in one text part.
+fn archive_request() -> Vec<u8> {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Unpack this archive and list its files."},
+        {"type": "text", "text": high_entropy(256)}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// A tool result of hashes or keys: 4,000 short high-entropy strings.
+fn hashes_request() -> Vec<u8> {
+    let blob = high_entropy(192);
+    let parts: Vec<_> = blob
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .map(|item| json!({"type": "text", "text": item}))
+        .collect();
+    json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "Which of these objects changed?"},
+        {"role": "tool", "tool_call_id": "call_1", "content": parts}]})
+    .to_string()
+    .into_bytes()
+}
+
 /// MB/s of `f`: the best of five slices of `budget` (on a machine shared
 /// with other work, interference only ever slows a slice down, so the best
 /// slice is the closest to what the code itself costs); or, with `N=k` in
@@ -99,55 +124,26 @@ fn main() {
         masker.catalogue().detectors().len()
     );
     println!("{:<44} {:>10}", "case", "MB/s");
-    for (name, kb, secrets) in [
+    // Whole requests, inspected as the filter does.
+    let mut requests: Vec<(String, Vec<u8>)> = [
         ("chat request 64 KB, no secrets", 64, false),
         ("chat request 64 KB, 17 secrets", 64, true),
         ("chat request 4 KB, 1 secret", 4, true),
-    ] {
-        if !run(name) {
-            continue;
-        }
-        let b = body(kb, secrets);
+    ]
+    .into_iter()
+    .map(|(name, kb, secrets)| (format!("{name} (whole request)"), body(kb, secrets)))
+    .collect();
+    requests.push((
+        "request with 256 KB of high-entropy base64".into(),
+        archive_request(),
+    ));
+    requests.push((
+        "request with 4,000 high-entropy strings of 64 B".into(),
+        hashes_request(),
+    ));
+    for (name, b) in requests.iter().filter(|(name, _)| run(name)) {
         let mbps = measure(budget, b.len(), || {
-            let v = inspector.request("application/json", &b, &mut Tokens::default());
-            assert!(matches!(v, RequestVerdict::Forward { .. }));
-        });
-        println!("{:<44} {:>10.1}", format!("{name} (whole request)"), mbps);
-    }
-    let name = "request with 256 KB of high-entropy base64";
-    if run(name) {
-        let blob = high_entropy(256);
-        let b = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "Unpack this archive and list its files."},
-            {"type": "text", "text": blob}]}]})
-        .to_string()
-        .into_bytes();
-        let mbps = measure(budget, b.len(), || {
-            let v = inspector.request("application/json", &b, &mut Tokens::default());
-            assert!(matches!(v, RequestVerdict::Forward { .. }));
-        });
-        println!("{name:<44} {mbps:>10.1}");
-    }
-    let name = "request with 4,000 high-entropy strings of 64 B";
-    if run(name) {
-        // A tool result of hashes or keys: many short strings.
-        let blob = high_entropy(192);
-        let items: Vec<&str> = blob
-            .as_bytes()
-            .chunks(64)
-            .filter_map(|c| std::str::from_utf8(c).ok())
-            .collect();
-        let parts: Vec<_> = items
-            .iter()
-            .map(|i| json!({"type": "text", "text": i}))
-            .collect();
-        let b = json!({"model": "gpt-4o", "messages": [
-            {"role": "user", "content": "Which of these objects changed?"},
-            {"role": "tool", "tool_call_id": "call_1", "content": parts}]})
-        .to_string()
-        .into_bytes();
-        let mbps = measure(budget, b.len(), || {
-            let v = inspector.request("application/json", &b, &mut Tokens::default());
+            let v = inspector.request("application/json", b, &mut Tokens::default());
             assert!(matches!(v, RequestVerdict::Forward { .. }));
         });
         println!("{name:<44} {mbps:>10.1}");

@@ -724,4 +724,4 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

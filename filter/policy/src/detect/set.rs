@@ -225,6 +225,7 @@ fn note(dfa: &DFA, cache: &Cache, sid: LazyStateID, which: &mut Named) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::tests::{Xorshift, BASE64};
     use crate::detect::{builtin, parse};
     use regex_automata::meta::Regex;
     use regex_automata::{MatchKind, PatternSet};
@@ -372,18 +373,9 @@ mod tests {
     #[test]
     fn a_walk_that_gave_up_goes_on_later() {
         let small = Set::with_cache(&patterns(), 16 << 20, 128 << 10).unwrap();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..16 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-                    [(x % 64) as usize]
-            })
-            .collect();
+        let noise = Xorshift(0x9e37_79b9_7f4a_7c15).string(BASE64, 16 << 10);
         let mut scratch = small.scratch.get();
-        let gave_up = (0..64).any(|_| small.walk(&noise, 0, &mut scratch).is_err());
+        let gave_up = (0..64).any(|_| small.walk(noise.as_bytes(), 0, &mut scratch).is_err());
         assert!(gave_up, "random base64 did not make the walk give up");
         let mut prose = String::new();
         for i in 0..200u32 {

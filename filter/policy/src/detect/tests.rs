@@ -145,7 +145,7 @@ fn at_least_twenty_builtins() {
 }
 
 /// A small deterministic generator for corpora.
-struct Xorshift(u64);
+pub(crate) struct Xorshift(pub u64);
 
 impl Xorshift {
     fn next(&mut self) -> u64 {
@@ -155,14 +155,15 @@ impl Xorshift {
         self.0
     }
 
-    fn string(&mut self, alphabet: &[u8], n: usize) -> String {
+    pub fn string(&mut self, alphabet: &[u8], n: usize) -> String {
         (0..n)
             .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
             .collect()
     }
 }
 
-const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub(crate) const BASE64: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 #[test]
 fn bare_aws_secret_keys_are_found_and_ids_and_hashes_are_not() {
