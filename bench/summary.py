@@ -56,8 +56,14 @@ def main():
                      f"{half['p99_added_ms']:.2f} ms", half["p99_added_ms"] <= 0.5))
     ahead = latency("light", "tracegate (records written ahead)")
     if ahead:
+        got = f"{ahead['p99_added_ms']:.2f} ms"
+        disk = latency("light", "disk")
+        if disk:
+            # A written-ahead request waits for one fdatasync: the disk's
+            # own p99 at that pace, measured in the same run.
+            got += f" (the disk alone: fdatasync p99 {disk['p99_ms']:.2f} ms)"
         rows.append(("p99 added at 4 KB, records written ahead, light load (100/s)", "<= 2 ms",
-                     f"{ahead['p99_added_ms']:.2f} ms", ahead["p99_added_ms"] <= 2))
+                     got, ahead["p99_added_ms"] <= 2))
     memory = envoy["memory"]
     wasm_mb = memory["wasm_memory_bytes"] / 1048576
     rows.append(("wasm linear memory per worker, one configuration, after every body size",

@@ -31,7 +31,12 @@ fn envoy_benchmark_runs_and_reports() {
     // Errors are reported per row, not a reason to stop.
     assert!(row["tracegate"]["errors"].is_string(), "{report}");
     let latency = report["latency_4kb_fixed_rate"].as_array().unwrap();
-    assert_eq!(latency.len(), 6, "two rates, three listeners: {report}");
+    assert_eq!(
+        latency.len(),
+        7,
+        "two rates, three listeners, and the disk at the light rate: {report}"
+    );
+    assert!(latency.iter().any(|l| l["listener"] == "disk"), "{report}");
     for l in latency {
         assert!(l["sent"].as_u64().unwrap() > 0, "{l}");
         assert!(l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());

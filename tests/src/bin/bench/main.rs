@@ -446,13 +446,20 @@ fn compare_builds(
     Ok(())
 }
 
+/// About the size of the record a 4 KB request is written ahead with.
+const AHEAD_RECORD_BYTES: usize = 4608;
+
 /// Latency at 4 KB at fixed rates (open loop): half of passthrough's
-/// capacity, and a light 100 requests/s (about one at a time).
+/// capacity, and a light 100 requests/s (about one at a time); then, at
+/// the light rate, the disk alone under `disk` (the collector's file
+/// system): a written-ahead request waits for one fdatasync, and no
+/// filter makes it faster than the disk's.
 fn fixed_rate_latency(
     listeners: &[(&str, u16)],
     token: &str,
     capacity: f64,
     plan: &Plan,
+    disk: &Path,
 ) -> Result<Value> {
     let request = open_loop::request(&body(4), token, REPLY);
     // The light run is four times longer: at 100/s a 5 s run's p99 is its
@@ -500,6 +507,18 @@ fn fixed_rate_latency(
             );
         }
     }
+    let (rate_name, rate, seconds) = rates[1];
+    let d = open_loop::disk_sync(disk, rate, seconds, AHEAD_RECORD_BYTES)?;
+    let name = format!("the disk alone: {AHEAD_RECORD_BYTES} bytes appended, then fdatasync");
+    println!(
+        "| {rate_name} ({rate:.0}/s) | {name} | {:.2} ms | {:.2} ms | {:.2} ms | | | |",
+        d.p50_ms, d.p99_ms, d.max_ms
+    );
+    out.push(
+        json!({"rate": rate, "rate_name": rate_name, "listener": "disk",
+                    "p50_ms": d.p50_ms, "p99_ms": d.p99_ms, "max_ms": d.max_ms,
+                    "sent": d.sent, "errors": 0}),
+    );
     Ok(Value::Array(out))
 }
 
@@ -1057,6 +1076,7 @@ fn run() -> Result<()> {
             &token,
             capacity,
             &plan,
+            &dir,
         )?;
         return Ok(());
     }
@@ -1167,6 +1187,7 @@ fn run() -> Result<()> {
         &token,
         capacity_4k,
         &plan,
+        &dir,
     )?;
 
     // Where the cost goes, at 4 KB: each variant adds one part of the policy.

@@ -80,16 +80,23 @@ async fn schedule(
         all.extend(w.await?);
     }
     let errors = all.iter().filter(|(_, ok)| !ok).count();
-    let mut ms: Vec<f64> = all.iter().map(|(d, _)| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)));
-    Ok(Latency {
-        p50_ms: at(0.5).copied().unwrap_or(0.0),
-        p99_ms: at(0.99).copied().unwrap_or(0.0),
-        max_ms: ms.last().copied().unwrap_or(0.0),
-        sent: all.len(),
-        errors,
-    })
+    let ms = all.iter().map(|(d, _)| d.as_secs_f64() * 1e3).collect();
+    Ok(Latency::of(ms, errors))
+}
+
+impl Latency {
+    /// From every latency in milliseconds.
+    fn of(mut ms: Vec<f64>, errors: usize) -> Latency {
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)));
+        Latency {
+            p50_ms: at(0.5).copied().unwrap_or(0.0),
+            p99_ms: at(0.99).copied().unwrap_or(0.0),
+            max_ms: ms.last().copied().unwrap_or(0.0),
+            sent: ms.len(),
+            errors,
+        }
+    }
 }
 
 /// One request on a keep-alive HTTP/1.1 connection (opened if needed); the
@@ -145,4 +152,34 @@ pub fn request(body: &[u8], token: &str, reply: &str) -> Vec<u8> {
     .into_bytes();
     r.extend_from_slice(body);
     r
+}
+
+/// The disk alone at the same pace: `rate` appends per second of `bytes`
+/// each to a scratch file in `dir`, each followed by fdatasync, as the
+/// collector makes a written-ahead record durable. Latency is the write
+/// and its sync. What a written-ahead request cannot be faster than on
+/// this disk, measured in the same run as the requests.
+pub fn disk_sync(dir: &std::path::Path, rate: f64, seconds: f64, bytes: usize) -> Result<Latency> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let record = vec![b'r'; bytes];
+    let n = (rate * seconds) as usize;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut ms = Vec::with_capacity(n);
+    for i in 0..n {
+        // Pacing, not synchronisation: the next append is due then.
+        if let Some(wait) = (start + period * i as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let t = Instant::now();
+        file.write_all(&record)?;
+        file.sync_data()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(Latency::of(ms, 0))
 }
