@@ -507,6 +507,7 @@ fn fixed_rate_latency(
             );
         }
     }
+    // The light rate: one fdatasync at a time, as its requests wait for.
     let (rate_name, rate, seconds) = rates[1];
     let d = open_loop::disk_sync(disk, rate, seconds, AHEAD_RECORD_BYTES)?;
     let name = format!("the disk alone: {AHEAD_RECORD_BYTES} bytes appended, then fdatasync");
