@@ -11,6 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 
+/// How late tokio's timer may wake.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub p50_ms: f64,
@@ -71,7 +74,14 @@ async fn schedule(
     let period = Duration::from_secs_f64(1.0 / rate);
     for i in 0..n {
         let due = start + period * i as u32;
-        tokio::time::sleep_until(due.into()).await;
+        // Tokio's timer wakes on whole milliseconds: up to 1 ms late, and
+        // at high rates requests would go out in bursts. It only gets
+        // close; a thread sleep (tens of microseconds late) waits the
+        // rest. This task runs on the caller's thread, not a worker's.
+        tokio::time::sleep_until((due - TIMER_RESOLUTION).into()).await;
+        if let Some(rest) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(rest);
+        }
         tx.send(due).context("workers gone")?;
     }
     drop(tx);
