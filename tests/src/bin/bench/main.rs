@@ -466,13 +466,14 @@ fn fixed_rate_latency(
     // fifth slowest request, which moved by ±2 ms between runs; 20 s makes
     // it the twentieth.
     let seconds = f64::from(plan.seconds);
+    let light = ("light", 100.0, seconds * 4.0);
     let rates = [
         (
             "half of passthrough's capacity",
             (capacity / 2.0).round(),
             seconds,
         ),
-        ("light", 100.0, seconds * 4.0),
+        light,
     ];
     println!();
     println!(
@@ -508,7 +509,7 @@ fn fixed_rate_latency(
         }
     }
     // The light rate: one fdatasync at a time, as its requests wait for.
-    let (rate_name, rate, seconds) = rates[1];
+    let (rate_name, rate, seconds) = light;
     let d = open_loop::disk_sync(disk, rate, seconds, AHEAD_RECORD_BYTES)?;
     let name = format!("the disk alone: {AHEAD_RECORD_BYTES} bytes appended, then fdatasync");
     println!(
@@ -518,7 +519,7 @@ fn fixed_rate_latency(
     out.push(
         json!({"rate": rate, "rate_name": rate_name, "listener": "disk",
                     "p50_ms": d.p50_ms, "p99_ms": d.p99_ms, "max_ms": d.max_ms,
-                    "sent": d.sent, "errors": 0}),
+                    "sent": d.sent, "errors": d.errors}),
     );
     Ok(Value::Array(out))
 }
