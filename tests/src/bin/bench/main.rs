@@ -423,14 +423,15 @@ fn compare_builds(
     for &kb in &plan.sizes_kb {
         let file = dir.join(format!("body-{kb}k.json"));
         std::fs::write(&file, body(kb))?;
+        // Indices into `ports` and `runs`: passthrough first, then the builds.
+        let ports = [passthrough, baseline, this];
         let mut runs: [Vec<Run>; 3] = Default::default();
         for round in 0..rounds {
             let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
             for i in order {
-                let port = [passthrough, baseline, this][i];
                 runs[i].push(wrk(
                     dir,
-                    port,
+                    ports[i],
                     &file,
                     token,
                     plan.seconds,
